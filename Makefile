@@ -1,0 +1,59 @@
+# make test   — set up .venv from scratch (torch CPU first, llama-cpp-python built once without AMX) and run the tests
+# make demo   — the offline end-to-end pipeline on the embedded small model (see README)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CACHE ?= $(HOME)/.cache/llamatune
+export LLAMATUNE_CACHE := $(CACHE)
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+TORCH_VERSION := 2.13.0
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_SDIST := $(CACHE)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
+# Built once per machine; the no-AMX flags avoid SIGILL on quantized models on these Xeons.
+LLAMA_WHEEL_DIR := $(CACHE)/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-noamx
+NOAMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install test test-all demo bench browser clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	@if ! ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (once, ~5-7 min on 2 cores)"; \
+	  test -f $(LLAMA_SDIST) || $(PIP) download -q --no-deps --no-binary :all: -d $(CACHE)/sdist llama-cpp-python==$(LLAMA_CPP_VERSION); \
+	  CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(NOAMX)' -DCMAKE_CXX_FLAGS='$(NOAMX)'" \
+	    $(PIP) wheel -q --no-deps -w $(LLAMA_WHEEL_DIR) $(LLAMA_SDIST); \
+	fi
+	$(PIP) install -q --find-links $(LLAMA_WHEEL_DIR) -e ".[train,eval,space,dev]"
+	$(PY) -m llamatune.vendor
+	$(PIP) check
+	@touch $@
+
+# Debian's Chromium for the Playwright browser test (root only; the test is skipped without it).
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser test will be skipped"; }
+
+test: install browser
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install browser
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/llamatune demo
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) runs/demo .pytest_cache

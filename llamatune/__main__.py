@@ -1,0 +1,5 @@
+import sys
+
+from llamatune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,73 @@
+"""The ``llamatune`` command line: subcommands that parse arguments and call the package. No logic here.
+
+Each command lives in a module that exposes ``add_arguments(parser)`` and ``main(args) -> int``; modules
+are imported only when their command runs, so ``llamatune --help`` stays fast.
+
+    llamatune tiny-model --out DIR
+    llamatune data finetome --source mlabonne/FineTome-100k --train 20000 --eval 200 --out data/finetome
+    llamatune data funccall --out data/funccall --n 2000 --seed 0
+    llamatune train FineTome/recipes/tiny-cpu.yaml
+    llamatune export runs/tiny --quant f16,q8_0,q4_k_m
+    llamatune eval toolcall|arc|judge|judge-agreement ...
+    llamatune report results/
+    llamatune chat --model X.gguf --mode weather
+    llamatune demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# command path -> (module, one-line help)
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("tiny-model",): ("llamatune.models", "write the tiny offline Llama (real Llama 3.2 tokenizer) to a directory"),
+    ("data", "finetome"): ("llamatune.data.finetome", "FineTome-100K (ShareGPT) → messages train/eval JSONL"),
+    ("data", "funccall"): ("llamatune.data.funccall", "generate the synthetic function-calling dataset"),
+    ("train",): ("llamatune.train", "LoRA SFT from a recipe YAML (TRL, or unsloth on CUDA)"),
+    ("export",): ("llamatune.export", "merge LoRA, convert to GGUF, quantize, check fidelity"),
+    ("eval", "toolcall"): ("llamatune.evals.toolcall", "BFCL-style tool-call evaluation"),
+    ("eval", "arc"): ("llamatune.evals.arc", "ARC-Challenge through lm-eval (HF or GGUF)"),
+    ("eval", "judge"): ("llamatune.evals.judge", "pairwise LLM judge, both orders"),
+    ("eval", "judge-agreement"): ("llamatune.evals.agreement", "judge-human agreement and Cohen's kappa"),
+    ("report",): ("llamatune.report", "markdown tables and plots from results/"),
+    ("chat",): ("llamatune.agent", "chat with a GGUF as a tool-using agent in the terminal"),
+    ("demo",): ("llamatune.demo", "the offline end-to-end pipeline on the embedded small model"),
+}
+
+
+def _module_available(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def build_parser(argv_hint: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llamatune", description=__doc__.split("\n\n")[0])
+    root = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for path, (module, help_) in COMMANDS.items():
+        if not _module_available(module):
+            continue
+        subs = root
+        if len(path) == 2:
+            if path[0] not in groups:
+                g = root.add_parser(path[0], help=f"{path[0]} commands")
+                groups[path[0]] = g.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+            subs = groups[path[0]]
+        p = subs.add_parser(path[-1], help=help_, description=help_)
+        p.set_defaults(_module=module)
+        # Only import the module whose arguments are needed (keeps `llamatune --help` fast).
+        if argv_hint is None or list(path) == argv_hint[: len(path)]:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
+    return int(importlib.import_module(args._module).main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
