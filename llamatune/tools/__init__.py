@@ -109,3 +109,20 @@ class Tool:
 def tool(fn: Callable) -> Tool:
     """Decorator: make ``fn`` a :class:`Tool` with its derived schema."""
     return Tool(fn, function_schema(fn))
+
+
+def all_tools() -> dict[str, Tool]:
+    """Every tool of the project by name (weather, Wikipedia, and the offline distractors)."""
+    from llamatune.tools import misc, weather, wikipedia
+
+    tools = [weather.get_current_weather, weather.get_weather_forecast, wikipedia.search_wikipedia,
+             wikipedia.get_wikipedia_summary, misc.convert_units, misc.get_local_time, misc.calculate]
+    return {t.name: t for t in tools}
+
+
+# The tools each agent mode offers (the Space's mode selector; the data generator's tool sets).
+MODES = {
+    "weather": ["get_current_weather", "get_weather_forecast"],
+    "research": ["search_wikipedia", "get_wikipedia_summary"],
+    "chat": [],
+}

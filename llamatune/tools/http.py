@@ -1,0 +1,70 @@
+"""HTTP for tools: timeouts, one retry, a short-TTL cache, and errors a user can read.
+
+Tools never raise on network trouble: a :class:`ToolError` carries a message meant for the end user
+("The weather service did not answer within 8 s."), and the agent turns it into an answer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+DEFAULT_TIMEOUT = 8.0
+CACHE_TTL = 300.0
+USER_AGENT = "llamatune-agent/0.1 (https://github.com/llamatune; research demo)"
+
+
+class ToolError(Exception):
+    """A failure a user should read (unknown place, no article, service down). ``str(e)`` is that message."""
+
+
+_cache: dict[tuple, tuple[float, Any]] = {}
+_lock = threading.Lock()
+
+
+def clear_cache() -> None:
+    with _lock:
+        _cache.clear()
+
+
+def get_json(url: str, params: dict, *, service: str, timeout: float = DEFAULT_TIMEOUT, retries: int = 1,
+             ttl: float = CACHE_TTL) -> Any:
+    """GET ``url`` with ``params`` and return the decoded JSON; cached for ``ttl`` seconds.
+
+    Timeouts, connection errors and 5xx/429 answers are retried ``retries`` times; then a :class:`ToolError`
+    naming ``service`` is raised. A 4xx answer is not retried.
+    """
+    import requests
+
+    key = (url, tuple(sorted(params.items())))
+    now = time.monotonic()
+    with _lock:
+        hit = _cache.get(key)
+        if hit and now - hit[0] < ttl:
+            return hit[1]
+    last = ""
+    for attempt in range(retries + 1):
+        try:
+            resp = requests.get(url, params=params, timeout=timeout, headers={"User-Agent": USER_AGENT})
+        except requests.Timeout:
+            last = f"The {service} did not answer within {timeout:g} s."
+        except requests.RequestException as exc:
+            last = f"The {service} could not be reached ({type(exc).__name__})."
+        else:
+            if resp.status_code >= 500 or resp.status_code == 429:
+                last = f"The {service} is unavailable right now (HTTP {resp.status_code})."
+            elif resp.status_code >= 400:
+                raise ToolError(f"The {service} rejected the request (HTTP {resp.status_code}).")
+            else:
+                try:
+                    data = resp.json()
+                except (ValueError, json.JSONDecodeError):
+                    raise ToolError(f"The {service} sent an answer that is not JSON.") from None
+                with _lock:
+                    _cache[key] = (time.monotonic(), data)
+                return data
+        if attempt < retries:
+            time.sleep(0.5)
+    raise ToolError(last)
