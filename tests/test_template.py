@@ -1,0 +1,89 @@
+"""The project's Llama 3.2 template renders exactly like Meta's official one (read from the llama-cpp-python
+sdist at test time), and its generation markers select exactly the assistant's tokens."""
+
+import pytest
+
+from llamatune import vendor
+from llamatune.chat import render, template_text
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_current_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"location": {"type": "string", "description": "City, e.g. Oslo"},
+                           "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["location"],
+        },
+    },
+}
+CALL = {"role": "assistant", "tool_calls": [{"type": "function", "function": {
+    "name": "get_current_weather", "arguments": {"location": "Zürich", "unit": "celsius"}}}]}
+
+CASES = {
+    "plain": ([{"role": "user", "content": "Hello!"}], None, False),
+    "system_chat": ([{"role": "system", "content": "  You are terse.  "}, {"role": "user", "content": "Hi"},
+                     {"role": "assistant", "content": "Hello."}], None, False),
+    "tools_call_result_answer": ([
+        {"role": "system", "content": "You are a weather assistant."},
+        {"role": "user", "content": "Weather in Zürich?"}, CALL,
+        {"role": "ipython", "content": {"temperature": "3°C", "conditions": "fog"}},
+        {"role": "assistant", "content": "It is 3°C and foggy in Zürich."}], [WEATHER], False),
+    "tool_role_string_result": ([
+        {"role": "user", "content": "Weather in Oslo?"}, CALL,
+        {"role": "tool", "content": "3 degrees"}], [WEATHER], True),
+    "multi_turn": ([
+        {"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"},
+        {"role": "user", "content": "And times 3?"}, {"role": "assistant", "content": "12"},
+        {"role": "user", "content": "Thanks!"}], None, False),
+    "generation_prompt": ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
+                          None, True),
+    "tools_generation_prompt": ([{"role": "user", "content": "Is it raining in Bergen?"}], [WEATHER], True),
+}
+
+
+@pytest.fixture(scope="module")
+def official():
+    return vendor.official_template("meta-llama-Llama-3.2-3B-Instruct.jinja")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_renders_like_official_template(case, official):
+    messages, tools, gen = CASES[case]
+    ours = render(messages, tools, add_generation_prompt=gen, date_string="28 Nov 2026")
+    theirs = render(messages, tools, source=official, add_generation_prompt=gen, date_string="28 Nov 2026")
+    assert ours == theirs
+
+
+def test_documented_format_details():
+    messages, tools, _ = CASES["tools_call_result_answer"]
+    text = render(messages, tools, date_string="28 Nov 2026")
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n"
+                           "Cutting Knowledge Date: December 2023\nToday Date: 28 Nov 2026\n\nYou are a weather assistant.")
+    assert '{"name": "get_current_weather", "parameters": {"location": "Zürich", "unit": "celsius"}}<|eot_id|>' in text
+    assert "<|start_header_id|>ipython<|end_header_id|>\n\n{\"temperature\": \"3°C\"" in text
+    assert text.count("<|eot_id|>") == 5
+    assert "Environment: ipython" not in render(CASES["plain"][0], date_string="x")
+
+
+def test_only_one_tool_call_per_turn_is_rejected():
+    bad = dict(CALL, tool_calls=CALL["tool_calls"] * 2)
+    with pytest.raises(Exception, match="single tool-calls"):
+        render([{"role": "user", "content": "x"}, bad], [WEATHER])
+
+
+def test_generation_mask_is_exactly_the_assistant_turns():
+    from llamatune.models import load_llama_tokenizer
+
+    tok = load_llama_tokenizer()
+    assert tok.chat_template == template_text("llama-3.2")
+    messages, tools, _ = CASES["tools_call_result_answer"]
+    out = tok.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True,
+                                  return_assistant_tokens_mask=True, date_string="28 Nov 2026")
+    trained = tok.decode([t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m])
+    assert trained == ('{"name": "get_current_weather", "parameters": {"location": "Zürich", "unit": "celsius"}}'
+                       "<|eot_id|>It is 3°C and foggy in Zürich.<|eot_id|>")
+    # and the rendered text is the same through transformers and through llamatune.chat
+    assert tok.decode(out["input_ids"]) == render(messages, tools, date_string="28 Nov 2026")
