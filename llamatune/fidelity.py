@@ -78,7 +78,7 @@ def sample_prompts(template: str = "llama-3.2") -> dict[str, str]:
         "tool_result": r([{"role": "user", "content": "Is it warm in Lisbon?"},
                           {"role": "assistant", "tool_calls": [{"type": "function", "function": {
                               "name": "get_weather", "arguments": {"city": "Lisbon"}}}]},
-                          {"role": "tool", "content": {"temperature": 24, "unit": "celsius"}}], [_WEATHER_TOOL]),
+                          {"role": "tool", "content": {"temperature": 24, "unit": "celsius"}}]),
         "code": r([{"role": "user", "content": "Fix this: `def f(x): return x**2 if x > 0 else -x` 🐍"}]),
     }
 
@@ -100,13 +100,14 @@ def hf_reference(hf_dir: str | Path, prompts: dict[str, str], texts: list[str], 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # float32 3B: ~13 GB, fits a T4 when RAM does not
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device)
     model.eval()
     ref = {"text_ids": [tok(t, add_special_tokens=False)["input_ids"] for t in texts], "prompts": {}}
     for name, prompt in prompts.items():
         ids = tok(prompt, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
-            logits = model(torch.tensor([ids])).logits[0].float().numpy()
+            logits = model(torch.tensor([ids], device=device)).logits[0].float().cpu().numpy()
         ref["prompts"][name] = {"ids": ids, "logits": logits}
     ref["eos_token"] = TEMPLATES.get(template, {}).get("eos_token", tok.eos_token)
     ref["eos_id"] = tok.convert_tokens_to_ids(ref["eos_token"])
