@@ -26,7 +26,6 @@ adapter's ``base_model_name_or_path``; ``tiny`` means the tiny offline model (:m
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -335,7 +334,7 @@ def export(run_dir: str | Path, quants=DEFAULT_QUANTS, out_dir: str | Path | Non
         reports = check_all(hf_dir, ggufs, template=template, fidelity_path=fpath)
         timings["fidelity"] = round(time.perf_counter() - t, 2)
         failures = _fidelity_failures(reports)
-        result.update(fidelity=reports, fidelity_path=str(fpath), failures=failures, **{"pass": not failures})
+        result.update({"fidelity": reports, "fidelity_path": str(fpath), "failures": failures, "pass": not failures})
         if failures and strict:
             raise FidelityError("fidelity check failed:\n  " + "\n  ".join(failures) + f"\n(details: {fpath})")
     return result

@@ -119,13 +119,14 @@ def model_card(run_dir: str | Path, results_dir: str | Path | None = None) -> st
     reports = fidelity.get("reports") or {}
     if reports:
         body += ["", "## GGUF files and fidelity (vs the merged HF model)", "",
-                 "| file | size | top-1 agreement | threshold | max abs logit diff | tokenization | template | EOS | pass |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+                 "| file | size | top-1 agreement | threshold | HF top-1 in top-5 | max abs logit diff | tokenization "
+                 "| template | EOS | pass |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in reports.values():
             thr = r.get("threshold")
             body.append(
                 f"| `{Path(r['gguf']).name}` | {r['size_bytes'] / 2**20:.1f} MiB | {r['top1_agreement']:.4f} | "
-                f"{thr if thr is not None else '—'} | {r['max_abs_logit_diff']:.4g} | "
+                f"{thr if thr is not None else '—'} | {r.get('hf_top1_in_gguf_top5', float('nan')):.4f} | "
+                f"{r['max_abs_logit_diff']:.4g} | "
                 f"{'identical' if not r['tokenization']['mismatches'] else 'differs'} | "
                 f"{'project' if r['chat_template']['equal'] else 'differs'} | `{r['eos']['token']}` | "
                 f"{'yes' if r['pass'] else 'NO'} |")

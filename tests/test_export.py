@@ -59,6 +59,7 @@ def test_export_writes_merged_ggufs_and_passing_fidelity(run_dir, exported):
         assert r["chat_template"]["equal"], quant
         assert (r["eos"]["token"], r["eos"]["id"]) == ("<|eot_id|>", 128009)
         assert set(r["per_prompt"]) >= {"chat", "tools", "tool_result"}
+        assert r["hf_top1_in_gguf_top5"] >= r["top1_agreement"]
         if quant in THRESHOLDS:
             assert r["top1_agreement"] >= THRESHOLDS[quant]
     # Quantization error grows with coarser types, as it must.
