@@ -35,6 +35,7 @@ from pathlib import Path
 from llamatune.chat import TEMPLATES, template_text
 
 DEFAULT_QUANTS = ("f16", "q8_0", "q4_k_m")
+MERGE_STAMP = "llamatune_merge.json"  # in merged/: what it was merged from (a rerun with another base re-merges)
 # Files of an HF model directory that export rewrites rather than links (tokenizer, template, generation).
 _REWRITTEN = {"tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
               "generation_config.json", "tokenizer.json", "tokenizer.model", "added_tokens.json"}
@@ -155,16 +156,18 @@ def merge(run_dir: str | Path, out_dir: str | Path | None = None, base: str | No
     run_dir = Path(run_dir)
     adapter = _adapter_dir(run_dir)
     out = Path(out_dir) if out_dir else run_dir / "merged"
-    inputs = [adapter, run_dir / "run.json"]
-    if _fresh(out / "config.json", inputs):
+    base_path = resolve_base(run_dir, base)
+    template = _template_name(run_dir, template)
+    stamp = {"base": base_path, "template": template}
+    done = _read_json(out / MERGE_STAMP)
+    if (_fresh(out / "config.json", [adapter, run_dir / "run.json"]) and done.get("stamp") == stamp
+            and dtype in (None, done.get("dtype"))):
         _log(f"{out}: exists, skipping merge")
         return out
     import torch
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    base_path = resolve_base(run_dir, base)
-    template = _template_name(run_dir, template)
     cfg = AutoConfig.from_pretrained(base_path)
     if qc := getattr(cfg, "quantization_config", None):
         method = qc.get("quant_method", "?") if isinstance(qc, dict) else getattr(qc, "quant_method", "?")
@@ -173,7 +176,7 @@ def merge(run_dir: str | Path, out_dir: str | Path | None = None, base: str | No
     save_dtype = getattr(torch, dtype) if dtype else (getattr(cfg, "dtype", None) or torch.float32)
     if isinstance(save_dtype, str):
         save_dtype = getattr(torch, save_dtype)
-    _log(f"merging {adapter} into {base_path} ({str(save_dtype).removeprefix('torch.')})")
+    _log(f"merging {adapter} into {base_path} ({save_dtype})")
     # Loaded in the dtype it is saved in (halves the memory of a bf16 3B merge); PEFT computes B@A in float32.
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=save_dtype)
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
@@ -184,6 +187,8 @@ def merge(run_dir: str | Path, out_dir: str | Path | None = None, base: str | No
     del model
     has_tok = (adapter / "tokenizer.json").exists() or (adapter / "tokenizer_config.json").exists()
     _write_tokenizer_and_generation(adapter if has_tok else base_path, base_path, tmp, template)
+    dtype_name = str(save_dtype).removeprefix("torch.")
+    (tmp / MERGE_STAMP).write_text(json.dumps({"stamp": stamp, "dtype": dtype_name, "adapter": str(adapter)}, indent=2))
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

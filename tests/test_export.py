@@ -135,6 +135,8 @@ def test_rerun_skips_and_push_only_when_asked(run_dir, exported, monkeypatch, ca
     err = capfd.readouterr().err
     assert "exists, skipping merge" in err and err.count("exists, skipping") == 4
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    stamp = json.loads((run_dir / "merged" / "llamatune_merge.json").read_text())
+    assert stamp["stamp"]["template"] == "llama-3.2" and stamp["dtype"] == "float32"
     assert pushed == []
     assert main(["export", str(run_dir), "--push-to-hub", "someone/tinyrun-gguf"]) == 0
     assert pushed == [(str(run_dir), "someone/tinyrun-gguf")]
