@@ -26,6 +26,11 @@ def _load(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _cell(text: str) -> str:
+    """A markdown table cell: pipes escaped (GFM needs it even inside code spans)."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
 def _yaml_value(v) -> str:
     return json.dumps(v, ensure_ascii=False)  # JSON scalars/lists are valid YAML flow values
 
@@ -105,7 +110,7 @@ def model_card(run_dir: str | Path, results_dir: str | Path | None = None) -> st
                 f"`{recipe.get('chat_template', 'llama-3.2')}` template; generation stops at `<|eot_id|>`.")
     if recipe:
         body += ["", "## Recipe", "", "| key | value |", "|---|---|"]
-        body += [f"| `{k}` | `{json.dumps(v, ensure_ascii=False)}` |" for k, v in recipe.items()]
+        body += [f"| `{_cell(k)}` | `{_cell(json.dumps(v, ensure_ascii=False))}` |" for k, v in recipe.items()]
     if manifests:
         body += ["", "## Training data", ""]
         for where, m in manifests:
@@ -115,7 +120,7 @@ def model_card(run_dir: str | Path, results_dir: str | Path | None = None) -> st
     results = _results(run_dir, Path(results_dir) if results_dir else None)
     if results:
         body += ["", "## Evaluation", "", "| file | metric | value |", "|---|---|---|"]
-        body += [f"| {f} | {k} | {v} |" for f, k, v in results]
+        body += [f"| {_cell(f)} | {_cell(k)} | {v} |" for f, k, v in results]
     reports = fidelity.get("reports") or {}
     if reports:
         body += ["", "## GGUF files and fidelity (vs the merged HF model)", "",
@@ -128,7 +133,7 @@ def model_card(run_dir: str | Path, results_dir: str | Path | None = None) -> st
                 f"{thr if thr is not None else '—'} | {r.get('hf_top1_in_gguf_top5', float('nan')):.4f} | "
                 f"{r['max_abs_logit_diff']:.4g} | "
                 f"{'identical' if not r['tokenization']['mismatches'] else 'differs'} | "
-                f"{'project' if r['chat_template']['equal'] else 'differs'} | `{r['eos']['token']}` | "
+                f"{'project' if r['chat_template']['equal'] else 'differs'} | `{_cell(r['eos']['token'])}` | "
                 f"{'yes' if r['pass'] else 'NO'} |")
         body += ["", "Top-1 agreement: share of positions of sample chat prompts where the GGUF's most likely next "
                  "token equals the HF model's."]
