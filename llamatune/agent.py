@@ -222,7 +222,7 @@ class Agent:
         n_ctx = self.model.n_ctx
         reserve = min(self.max_new_tokens, max(32, n_ctx // 4))
         if self.schemas:
-            reserve += min(self.tool_token_budget + 64, n_ctx // 4)
+            reserve += min(self.tool_token_budget + 64, n_ctx // 8)
         limit = n_ctx - reserve
         system = {"role": "system", "content": self.system_prompt}
         notes, dropped = [], 0
@@ -254,7 +254,7 @@ class Agent:
                          f"({n_ctx} tokens); only its first {self.model.count_tokens(kept)} tokens were used.")
         return msgs, notes
 
-    def _tool_message(self, name: str, result: dict | None, error: str | None) -> tuple[dict, bool]:
+    def _tool_message(self, name: str, result: dict | None, error: str | None, budget: int) -> tuple[dict, bool]:
         content = {"tool": name}
         truncated = False
         if error is not None:
@@ -262,8 +262,8 @@ class Agent:
         else:
             data = neutralize(result)
             text = json.dumps(data, ensure_ascii=False)
-            if self.model.count_tokens(text) > self.tool_token_budget:
-                data = truncate_to_tokens(text, self.tool_token_budget, self.model.count_tokens) + " …[truncated]"
+            if self.model.count_tokens(text) > budget:
+                data = truncate_to_tokens(text, budget, self.model.count_tokens) + " …[truncated]"
                 truncated = True
             content["result"] = data
         content["note"] = DATA_NOTE
@@ -369,10 +369,14 @@ class Agent:
             for r in reasons:
                 yield Event("invalid_call", {"text": text, "reason": r, "action": "skipped"})
             errors, results = [], []
+            # each result gets the configured budget, or less when the context is nearly full
+            used = self.model.count_tokens(self.render(msgs + [c.to_message() for c in valid]))
+            free = self.model.n_ctx - used - min(self.max_new_tokens, self.model.n_ctx // 4) - 32 * len(valid)
+            budget = max(16, min(self.tool_token_budget, free // len(valid)))
             for call in valid:
                 n_tools += 1
                 result, error, dt = self._execute(call)
-                message, truncated = self._tool_message(call.name, result, error)
+                message, truncated = self._tool_message(call.name, result, error, budget)
                 yield Event("tool_call", {"name": call.name, "arguments": call.arguments})
                 yield Event("tool_result", {"name": call.name, "result": result, "error": error,
                                             "truncated": truncated, "seconds": round(dt, 3)})
