@@ -122,8 +122,14 @@ def looks_like_call(prefix: str) -> bool | None:
     s = prefix.lstrip()
     if not s:
         return None
-    if s[0] in "{[`<":
+    if s[0] in "{`<":
         return True
+    if s[0] == "[":  # a JSON list of calls or [f(...)], but not "[1] ..." or "[Link](...)"
+        s = s[1:].lstrip()
+        if not s:
+            return None
+        if s[0] in '{"':
+            return True
     m = _IDENT.match(s)
     if not m:
         return False

@@ -279,7 +279,7 @@ def respond(agent_factory, message: str, history: list[dict], model_name: str, m
         reply.append(waiting)
         yield _snapshot(reply)
     elif lease.needs_load:
-        waiting = {"role": "assistant", "content": f"Loading {model_name} (once; the previous model is unloaded).",
+        waiting = {"role": "assistant", "content": f"Loading {model_name} (first use; models are loaded one at a time).",
                    "metadata": {"title": f"⏳ Loading {model_name}", "status": "pending"}}
         reply.append(waiting)
         yield _snapshot(reply)

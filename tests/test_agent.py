@@ -249,6 +249,14 @@ def test_looks_like_call_prefix_rules():
     assert looks_like_call("  ") is None and looks_like_call("get_weather") is None
     assert looks_like_call("{") and looks_like_call("<|python_tag|>") and looks_like_call("get_weather (")
     assert looks_like_call("The weather") is False and looks_like_call("Sure!") is False
+    assert looks_like_call("[{") and looks_like_call("[get_weather(") and looks_like_call("[get") is None
+    assert looks_like_call("[1] Smith") is False and looks_like_call("[Oslo](https://") is False
+
+
+def test_prose_starting_with_a_bracket_is_an_answer():
+    model = ScriptedModel(["[1] Oslo is the capital of Norway."])
+    events, final = run(Agent(model, mode="research"))
+    assert final["text"] == "[1] Oslo is the capital of Norway." and not of(events, "invalid_call")
 
 
 def test_event_kinds_are_checked_and_modes_validated():
