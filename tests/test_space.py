@@ -185,3 +185,31 @@ def test_app_cli_serves_a_models_dir(tiny_gguf):
     assert reg.acquire("tiny-q8_0").template == "llama-3.2"  # detected from the GGUF's embedded template
     reg.release("tiny-q8_0")
     reg.close()
+
+
+def test_space_bundle_is_self_contained(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "space"
+    subprocess.run([sys.executable, str(REPO / "space" / "bundle.py"), str(out)], check=True, capture_output=True)
+    assert {p.name for p in out.iterdir()} >= {"app.py", "models.yaml", "requirements.txt", "README.md", "llamatune"}
+    assert (out / "llamatune" / "templates" / "llama-3.2.jinja").exists()
+    assert not list(out.rglob("__pycache__"))
+    # -I: no PYTHONPATH, no user site; only the bundle's own folder (as on the Space) provides llamatune
+    code = ("import sys; sys.path.insert(0, '.'); import llamatune, llamatune.agent, llamatune.serving; "
+            "from llamatune.chat import render; print(llamatune.__file__)")
+    r = subprocess.run([sys.executable, "-I", "-c", code], cwd=out, capture_output=True, text=True, check=True)
+    assert r.stdout.strip().startswith(str(out))
+    front = (out / "README.md").read_text().split("---")[1]
+    assert "sdk: gradio" in front and "sdk_version: 6.31.0" in front and "app_file: app.py" in front
+
+
+def test_agent_modules_import_light():
+    import subprocess
+    import sys
+
+    code = ("import sys; import llamatune.agent, llamatune.llm, llamatune.serving, llamatune.tools.fakes; "
+            "print([m for m in ('llama_cpp', 'gradio', 'torch', 'transformers', 'requests') if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
