@@ -104,7 +104,8 @@ def calls_per_turn(model, prompts, max_new_tokens):
 
 
 def decode_rates(model, max_new_tokens, repeats):
-    """(agent tok/s, raw tok/s) over the same prompt and number of generated tokens, medians of repeats."""
+    """Median (agent/raw ratio, agent tok/s, raw tok/s) over pairs of runs on the same prompt and token count;
+    the order within a pair alternates, so drift on a shared machine does not favour either side."""
     import llama_cpp
 
     from llamatune.agent import Agent
@@ -113,16 +114,16 @@ def decode_rates(model, max_new_tokens, repeats):
     prompt = agent.render([{"role": "system", "content": agent.system_prompt}, {"role": "user", "content": LONG_ANSWER}])
     tokens = model.tokenize(prompt)
     llm = model.llama
-    agent_rates, raw_rates = [], []
-    for _ in range(repeats):
+
+    def agent_rate():
         model.reset_cache()
-        for ev in agent.run([], LONG_ANSWER):
+        for _ in agent.run([], LONG_ANSWER):
             pass
         t_end = time.perf_counter()
         st = model.stats
-        n = st["generated"]
-        t_first = st["t_start"] + st["ttft"]
-        agent_rates.append((n - 1) / (t_end - t_first))
+        return (st["generated"] - 1) / (t_end - st["t_start"] - st["ttft"]), st["generated"]
+
+    def raw_rate(n):
         model.reset_cache()
         t_first = None
         for i, tok in enumerate(llm.generate(tokens, temp=0.0)):
@@ -130,8 +131,21 @@ def decode_rates(model, max_new_tokens, repeats):
                 t_first = time.perf_counter()
             if i + 1 >= n or llama_cpp.llama_vocab_is_eog(llm._model.vocab, tok):
                 break
-        raw_rates.append(i / (time.perf_counter() - t_first))
-    return statistics.median(agent_rates), statistics.median(raw_rates), n
+        return i / (time.perf_counter() - t_first)
+
+    _, n = agent_rate()  # the number of tokens the agent generates (greedy: the same every time)
+    ratios, agent_rates, raw_rates = [], [], []
+    for r in range(repeats):
+        if r % 2:
+            raw = raw_rate(n)
+            a, _ = agent_rate()
+        else:
+            a, _ = agent_rate()
+            raw = raw_rate(n)
+        ratios.append(a / raw)
+        agent_rates.append(a)
+        raw_rates.append(raw)
+    return statistics.median(ratios), statistics.median(agent_rates), statistics.median(raw_rates), n
 
 
 def long_system_prompt(model, target_tokens: int) -> str:
@@ -199,7 +213,7 @@ def main(argv=None) -> int:
             model.complete("Hello", max_tokens=4, stop=[], stream=False)  # warm-up
             calls_no_tool, false_call = calls_per_turn(model, NO_TOOL, args.max_new_tokens)
             calls_tool, called = calls_per_turn(model, TOOL, args.max_new_tokens)
-            agent_tps, raw_tps, n_dec = decode_rates(model, args.decode_tokens, args.repeats)
+            decode_ratio, agent_tps, raw_tps, n_dec = decode_rates(model, args.decode_tokens, args.repeats)
             ttft1, ttft2, prefix = ttft_pair(model, args.repeats, long_system_prompt(model, args.prefix_tokens))
             s1, s2, space_prefix = ttft_pair(model, args.repeats)  # the Space's own prefix: tools + 6 examples
     finally:
@@ -209,7 +223,7 @@ def main(argv=None) -> int:
         "calls_no_tool": round(calls_no_tool, 3), "calls_tool": round(calls_tool, 3),
         "tool_called_frac": round(called, 3), "false_call_frac": round(false_call, 3),
         "n_no_tool": len(NO_TOOL), "n_tool": len(TOOL),
-        "decode_ratio": round(agent_tps / raw_tps, 3), "agent_decode_tok_s": round(agent_tps, 2),
+        "decode_ratio": round(decode_ratio, 3), "agent_decode_tok_s": round(agent_tps, 2),
         "raw_decode_tok_s": round(raw_tps, 2), "decode_tokens": n_dec,
         "ttft_ratio": round(ttft2 / ttft1, 3), "ttft_first_s": round(ttft1, 4), "ttft_second_s": round(ttft2, 4),
         "shared_prefix_tokens": prefix,

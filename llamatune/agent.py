@@ -316,7 +316,8 @@ class Agent:
             msgs, notes = self._fit(self._clean_history(history), user_msg)
         except ContextError as exc:
             yield Event("note", {"text": str(exc)})
-            yield self._final(str(exc), 0, 0, [], t0)
+            yield from self._emit_text(str(exc))
+            yield self._final(str(exc), 0, 0, [{"role": "user", "content": user_msg}], t0)
             return
         for n in notes:
             yield Event("note", {"text": n})

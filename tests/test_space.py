@@ -98,6 +98,19 @@ def test_one_generation_per_model_with_a_busy_message():
     assert not reg.agent_factory("tuned", "chat", False).busy
 
 
+def test_stopping_a_reply_midway_frees_the_model():
+    """Gradio's stop button closes the generator: the model must not stay busy."""
+    reg = scripted_registry(names=("base",))
+    gen = respond(reg.agent_factory, "Hello", [], "base", "chat", False)
+    for reply in gen:
+        if any("metadata" not in m and m["content"] for m in reply):
+            break  # mid-answer
+    assert reg.busy("base")
+    gen.close()
+    assert not reg.busy("base")
+    assert last(respond(reg.agent_factory, "Again", [], "base", "chat", False))[-1]["metadata"]["title"].startswith("1 LLM")
+
+
 def test_reply_messages_show_tool_trace_and_stream(fake):
     reg = scripted_registry()
     replies = list(respond(reg.agent_factory, "Weather in Oslo?", [], "funccall", "weather", False))
