@@ -23,7 +23,7 @@ def router(name: str):
         if IPY in last:
             data = json.loads(last.rsplit(IPY, 1)[1].split("<|eot_id|>", 1)[0])
             r = data.get("result") or {}
-            fact = r.get("temperature") or r.get("summary", "")[:60] if isinstance(r, dict) else str(r)[:60]
+            fact = r.get("temperature") or r.get("summary", "")[:120] if isinstance(r, dict) else str(r)[:60]
             return f"[{name}] According to {data['tool']}: {fact or data.get('error')}"
         if "Environment: ipython" in prompt:
             if "Oslo" in msg:
