@@ -56,9 +56,17 @@ RECIPE_KEYS: dict[str, Any] = {
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 safe loader that also reads ``2e-4`` (no dot) as a float, as people write learning rates."""
+    """Safe loader with YAML 1.2 scalars: ``2e-4`` (no dot) is a float, as people write learning rates, and only
+    true/false are booleans (YAML 1.1 would read ``eval_strategy: no`` as False)."""
 
 
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?[eE][-+]?\d+|\d[\d_]*\.[\d_]*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
@@ -322,6 +330,22 @@ def git_info() -> dict:
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
+def _is_final(checkpoint: Path) -> bool:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
+
+
+def _restore_final(trainer, checkpoint: Path) -> dict:
+    """Load a final checkpoint's adapter weights and trainer state into ``trainer`` (no training)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    set_peft_model_state_dict(trainer.model, load_file(checkpoint / "adapter_model.safetensors"))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    return {}
+
+
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
@@ -351,8 +375,13 @@ def train(recipe: dict, run_dir: str | Path | None = None, resume: bool = False,
     if resume and last is None:
         print(f"[llamatune] no checkpoint in {run_dir}: starting from scratch", file=sys.stderr)
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=str(last) if last else None)
-    metrics = dict(result.metrics)
+    if last is not None and _is_final(last):
+        # Killed after its final checkpoint, or already complete: the trainer would run past max_steps (it
+        # restarts an epoch), so finish from the checkpoint instead of training.
+        print(f"[llamatune] {last.name} is the final step: finishing the run from it", file=sys.stderr)
+        metrics = _restore_final(trainer, last)
+    else:
+        metrics = dict(trainer.train(resume_from_checkpoint=str(last) if last else None).metrics)
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
     if trainer.eval_dataset is not None and (not evals or evals[-1].get("step") != trainer.state.global_step):
         evals.append(trainer.evaluate())  # the held-out loss of the final weights, unless just measured

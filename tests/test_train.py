@@ -25,9 +25,9 @@ pytest.importorskip("peft")
 
 TINY = REPO / "FineTome" / "recipes" / "tiny-cpu.yaml"
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-STEPS, SAVE = 12, 4
+STEPS, SAVE = 8, 4
 # Small steps so the suite stays fast on 2 cores: one ≤128-token pack per step.
-FAST = ["--max_steps", str(STEPS), "--save_steps", str(SAVE), "--eval_steps", "6", "--eval_samples", "4",
+FAST = ["--max_steps", str(STEPS), "--save_steps", str(SAVE), "--eval_steps", "4", "--eval_samples", "4",
         "--max_length", "128", "--per_device_train_batch_size", "1", "--learning_rate", "5e-3"]
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city.",
@@ -124,6 +124,7 @@ def test_recipes_load_and_validate():
     tiny = load_recipe(TINY, ["--learning_rate", "1e-3", "--max_steps=7", "--target_modules", "[q_proj, v_proj]"])
     assert (tiny["learning_rate"], tiny["max_steps"], tiny["target_modules"]) == (1e-3, 7, ["q_proj", "v_proj"])
     assert tiny["model_name_or_path"] == "tiny" and tiny["run_name"] == "tiny-cpu"
+    assert load_recipe(TINY, ["--save_strategy", "no", "--packing", "false"])["save_strategy"] == "no"  # not YAML 1.1 False
     with pytest.raises(ValueError, match=r"learning_rat \(did you mean learning_rate"):
         split_recipe({**tiny, "learning_rat": 1})
     with pytest.raises(ValueError, match="missing a value"):
@@ -241,15 +242,15 @@ def test_kill_then_resume_matches_uninterrupted_run(full_run, data_dir, tmp_path
     killed = tmp_path / "killed"
     args = [*FAST, "--dataset_path", str(data_dir), "--output_dir", str(killed)]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-c", KILL, str(TINY), str(2 * SAVE), *args],
+    proc = subprocess.run([sys.executable, "-c", KILL, str(TINY), str(SAVE), *args],
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert proc.returncode == 137, proc.stderr[-2000:]
-    assert (killed / f"checkpoint-{2 * SAVE}").is_dir() and not (killed / "adapter").exists()
+    assert (killed / f"checkpoint-{SAVE}").is_dir() and not (killed / "adapter").exists()
     assert json.loads((killed / "run.json").read_text())["status"] == "running"
 
     assert cli.main(["train", str(TINY), *args, "--resume"]) == 0
     run = json.loads((killed / "run.json").read_text())
-    assert run["resumed_from"] == f"checkpoint-{2 * SAVE}" and run["global_step"] == STEPS
+    assert run["resumed_from"] == f"checkpoint-{SAVE}" and run["global_step"] == STEPS
     a = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     b = load_file(killed / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
@@ -258,3 +259,25 @@ def test_kill_then_resume_matches_uninterrupted_run(full_run, data_dir, tmp_path
     la = [h["loss"] for h in json.loads((run_dir / "trainer_state.json").read_text())["log_history"] if "loss" in h]
     lb = [h["loss"] for h in json.loads((killed / "trainer_state.json").read_text())["log_history"] if "loss" in h]
     assert lb == pytest.approx(la, rel=1e-5)
+
+
+def test_resume_of_a_finished_run_does_not_train_further(full_run, tmp_path):
+    """Resuming from the final checkpoint (a kill right after it, or a rerun) finishes without extra steps."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from llamatune.train import load_recipe, train
+
+    run_dir, _ = full_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    shutil.rmtree(copy / "adapter")
+    for name in ("trainer_state.json", "run.json", "loss.png"):
+        (copy / name).unlink()
+    train(load_recipe(run_dir / "config.yaml", ["--output_dir", str(copy)]), resume=True)
+    run = json.loads((copy / "run.json").read_text())
+    assert run["resumed_from"] == f"checkpoint-{STEPS}" and "train_runtime" not in run["metrics"]
+    assert json.loads((copy / "trainer_state.json").read_text())["global_step"] == STEPS
+    a, b = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (run_dir, copy))
+    assert all(a[k].equal(b[k]) for k in a)
