@@ -178,10 +178,9 @@ def last_checkpoint(run_dir: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _choose_backend(extra: dict) -> str:
+def _choose_backend(want: str) -> str:
     import torch
 
-    want = extra["backend"]
     has_unsloth = importlib.util.find_spec("unsloth") is not None
     if want == "unsloth" and not (has_unsloth and torch.cuda.is_available()):
         raise RuntimeError("backend: unsloth needs CUDA and the gpu extra (pip install 'llamatune[gpu]')")
@@ -251,6 +250,9 @@ def _load_model(extra: dict, sft: dict, lora: dict, backend: str, dtype: str):
 
 def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: list | None = None):
     """Everything up to ``trainer.train()``: ``(trainer, info)``. ``info`` holds what ``run.json`` records."""
+    backend = _choose_backend(recipe.get("backend", RECIPE_KEYS["backend"]))
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (unsloth patches transformers/trl/peft: import it before them)
     from trl import SFTConfig, SFTTrainer
 
     extra, sft, lora = split_recipe(recipe)
@@ -259,7 +261,6 @@ def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: li
     sft["output_dir"] = str(run_dir)
     sft.setdefault("report_to", "none")
     sft.setdefault("assistant_only_loss", True)
-    backend = _choose_backend(extra)
     dtype = _resolve_precision(extra, sft, notes)
     model, tok, peft_config = _load_model(extra, sft, lora, backend, dtype)
 
@@ -284,7 +285,8 @@ def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: li
     args = SFTConfig(**sft)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok,
                          peft_config=peft_config, callbacks=callbacks)
-    check_assistant_labels(trainer.train_dataset)
+    if args.assistant_only_loss:
+        check_assistant_labels(trainer)
     data = {"dataset_path": str(data_dir), "train_rows": len(train_ds), "eval_rows_used": len(eval_ds or [])}
     for name in ("train.jsonl", "eval.jsonl", "manifest.json"):
         if (data_dir / name).exists():
@@ -295,13 +297,17 @@ def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: li
     return trainer, info
 
 
-def check_assistant_labels(dataset) -> None:
-    """Fail loudly unless the prepared rows train on some tokens and mask others (assistant-only loss)."""
-    for row in dataset.select(range(min(4, len(dataset)))):
-        labels = row["labels"]
-        if all(x == -100 for x in labels) or all(x != -100 for x in labels):
-            raise RuntimeError("prepared training rows are not masked to assistant turns (labels are all or nothing); "
-                               "check assistant_only_loss and the chat template's {% generation %} markers")
+def check_assistant_labels(trainer) -> None:
+    """Fail loudly unless the first training batch, as the collator builds it, trains on some of its real
+    tokens and masks the others (assistant-only loss). Works whatever prepared the dataset (TRL or unsloth)."""
+    ds = trainer.train_dataset
+    batch = trainer.data_collator([ds[i] for i in range(min(2, len(ds)))])
+    labels = batch["labels"]
+    real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else labels.numel()
+    trained = int((labels != -100).sum())
+    if not 0 < trained < real:
+        raise RuntimeError(f"the first training batch trains on {trained} of {real} tokens: it is not masked to the "
+                           "assistant turns; check assistant_only_loss and the chat template's {% generation %} markers")
 
 
 def _versions(backend: str) -> dict:

@@ -73,6 +73,24 @@ def label_spans(tok, labels: list[int]) -> list[str]:
     return spans
 
 
+def assert_padding_free_loss_equals_padded(trainer, examples):
+    """A padding-free batch (sequences concatenated, positions restarting) gives the padded batch's loss: the
+    attention does not leak across the packed sequences on this backend."""
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    pad = trainer.processing_class.pad_token_id
+    examples = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples]
+    losses = []
+    for padding_free in (False, True):
+        batch = DataCollatorForLanguageModeling(pad_token_id=pad, padding_free=padding_free)(examples)
+        assert ("attention_mask" in batch) != padding_free
+        trainer.model.eval()
+        with torch.no_grad():
+            losses.append(trainer.compute_loss(trainer.model, batch).item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("finetome")
@@ -151,6 +169,7 @@ def test_labels_are_exactly_the_assistant_turns(tmp_path):
                 assert all((m.get("content") if isinstance(m.get("content"), str) else "").strip() in text
                            for m in conv["messages"] if m["role"] in ("system", "user"))
             assert '"name": "get_weather"' in tok.decode(rows[2]["input_ids"])  # the tools column reached the prompt
+            assert_padding_free_loss_equals_padded(trainer, [rows[i] for i in range(3)])
         else:
             assert info["padding_free"] is True
             got = sorted(s for row in rows for s in label_spans(tok, row["labels"]))
