@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.metadata
 import importlib.util
 import json
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +39,7 @@ import yaml
 
 from llamatune.chat import template_text, validate_messages
 from llamatune.data.io import iter_jsonl, sha256_file
+from llamatune.provenance import git_info, package_versions
 
 # Recipe keys that are neither SFTConfig nor LoraConfig fields, with their defaults (None = required).
 RECIPE_KEYS: dict[str, Any] = {
@@ -271,6 +270,9 @@ def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: li
         tok.pad_token = pad
 
     data_dir = Path(extra["dataset_path"])
+    if not (data_dir / "train.jsonl").exists():
+        raise FileNotFoundError(f"{data_dir / 'train.jsonl'}: no such file (recipe dataset_path; write it with "
+                                "`llamatune data finetome ...` or `llamatune data funccall ...`)")
     train_ds = load_conversations(data_dir / "train.jsonl")
     eval_path = data_dir / "eval.jsonl"
     n_eval = int(extra["eval_samples"] or 0)
@@ -308,32 +310,6 @@ def check_assistant_labels(trainer) -> None:
     if not 0 < trained < real:
         raise RuntimeError(f"the first training batch trains on {trained} of {real} tokens: it is not masked to the "
                            "assistant turns; check assistant_only_loss and the chat template's {% generation %} markers")
-
-
-def _versions(backend: str) -> dict:
-    import llamatune
-
-    names = ["torch", "transformers", "trl", "peft", "datasets", "accelerate"] + (["unsloth"] if backend == "unsloth" else [])
-    out = {"llamatune": llamatune.__version__, "python": sys.version.split()[0]}
-    for name in names:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def git_info() -> dict:
-    """Commit and dirty flag of the checkout that holds this package (None outside a git checkout)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return {"commit": None, "dirty": None}
-    if commit.returncode:
-        return {"commit": None, "dirty": None}
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
 def _is_final(checkpoint: Path) -> bool:
@@ -374,7 +350,7 @@ def train(recipe: dict, run_dir: str | Path | None = None, resume: bool = False,
                               "continue it, or choose another output_dir/run_name")
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer, info = build_trainer(recipe, run_dir, callbacks)
-    record = {"recipe": recipe, **info, "versions": _versions(info["backend"]), "git": git_info(),
+    record = {"recipe": recipe, **info, "versions": package_versions(["unsloth"] if info["backend"] == "unsloth" else []), "git": git_info(),
               "status": "running", "resumed_from": last.name if last else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _write_json(run_dir / "run.json", record)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
