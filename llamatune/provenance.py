@@ -1,0 +1,44 @@
+"""What a result was made with: package versions and the git commit of this checkout (for run.json and results).
+
+    python -m llamatune.provenance      # print both as JSON
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CORE = ("torch", "transformers", "trl", "peft", "datasets", "accelerate")
+
+
+def package_versions(extra: list[str] | tuple[str, ...] = ()) -> dict:
+    """Installed versions of llamatune, Python and the ML packages (None when not installed)."""
+    import llamatune
+
+    out = {"llamatune": llamatune.__version__, "python": sys.version.split()[0]}
+    for name in (*CORE, *extra):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_info() -> dict:
+    """Commit and dirty flag of the checkout that holds this package (None outside a git checkout)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+    if commit.returncode:
+        return {"commit": None, "dirty": None}
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+if __name__ == "__main__":
+    print(json.dumps({"versions": package_versions(), "git": git_info()}, indent=2))

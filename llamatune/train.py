@@ -1,0 +1,412 @@
+"""LoRA SFT from a flat recipe YAML: TRL ``SFTTrainer`` + PEFT, or unsloth on CUDA, with the same recipe.
+
+    llamatune train FineTome/recipes/tiny-cpu.yaml --max_steps 20 --learning_rate 1e-3
+    llamatune train FineTome/recipes/llama-3.2-3b-lora.yaml --resume      # continue from the last checkpoint
+    python -m llamatune.train FineTome/recipes/tiny-cpu.yaml
+
+A recipe is flat YAML whose keys are TRL ``SFTConfig`` fields (all of ``TrainingArguments``), PEFT
+``LoraConfig`` fields, or one of ``RECIPE_KEYS`` below (model, data, template). ``--key value`` overrides on
+the command line are typed by YAML parsing (``--max_steps 20`` is an int, ``--learning_rate 1e-3`` a float,
+``--target_modules '[q_proj, v_proj]'`` a list). Unknown keys are an error naming them.
+
+What a run does: renders the ``dataset_path``'s ``train.jsonl`` (``messages``, optional ``tools``) through the
+project chat template (``llamatune/templates/<chat_template>.jinja``, which marks assistant turns with
+``{% generation %}``) and trains on the assistant tokens only (``assistant_only_loss=True``); it evaluates the
+loss on the first ``eval_samples`` rows of ``eval.jsonl`` every ``eval_steps``, saves ``checkpoint-*`` every
+``save_steps``, and ``resume=True`` continues from the last complete checkpoint (same global step, same
+weights as an uninterrupted run). The run directory gets ``adapter/`` (LoRA weights + tokenizer with the
+template), ``run.json`` (resolved recipe, versions, git commit, data hashes, metrics), ``config.yaml``
+(the resolved recipe, re-runnable), ``trainer_state.json`` and ``loss.png``.
+
+Backend: ``backend: auto`` uses unsloth (``FastLanguageModel``) when CUDA is available and the ``gpu`` extra is
+installed, else plain TRL; ``trl`` / ``unsloth`` force one. ``model_name_or_path: tiny`` is the offline tiny
+test model (:func:`llamatune.models.tiny_model_dir`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.util
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llamatune.chat import template_text, validate_messages
+from llamatune.data.io import iter_jsonl, sha256_file
+from llamatune.provenance import git_info, package_versions
+
+# Recipe keys that are neither SFTConfig nor LoraConfig fields, with their defaults (None = required).
+RECIPE_KEYS: dict[str, Any] = {
+    "model_name_or_path": None,  # HF id or local dir; "tiny" = llamatune.models.tiny_model_dir()
+    "dataset_path": None,  # a directory with train.jsonl and eval.jsonl (from `llamatune data ...`)
+    "eval_samples": 200,  # eval loss on the first N rows of eval.jsonl (0 = no eval)
+    "chat_template": "llama-3.2",  # a template in llamatune/templates/
+    "date_string": "26 Jul 2024",  # pins the template's "Today Date" so tokenisation is reproducible; null = today
+    "dtype": "auto",  # model weights: auto (bf16/fp16 on CUDA, float32 on CPU), float32, bfloat16, float16
+    "load_in_4bit": False,  # QLoRA (bitsandbytes, CUDA only)
+    "backend": "auto",  # auto | trl | unsloth
+}
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe loader with YAML 1.2 scalars: ``2e-4`` (no dot) is a float, as people write learning rates, and only
+    true/false are booleans (YAML 1.1 would read ``eval_strategy: no`` as False)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?[eE][-+]?\d+|\d[\d_]*\.[\d_]*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."),
+)
+
+
+def parse_value(text: str) -> Any:
+    """Type a command-line value the way YAML would (``20`` → int, ``1e-3`` → float, ``[a, b]`` → list)."""
+    return yaml.load(text, Loader=_Loader) if text.strip() else ""
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
+    """Read a flat recipe YAML and apply ``--key value`` / ``--key=value`` overrides (YAML-typed).
+
+    Fills ``run_name`` (the file's stem) and ``output_dir`` (``runs/<run_name>``) when absent. Key validation
+    against SFTConfig/LoraConfig happens in :func:`train` (it needs the heavy imports).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such recipe")
+    try:
+        recipe = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: a recipe must be a flat YAML mapping of keys to values")
+    items = list(overrides or [])
+    i = 0
+    while i < len(items):
+        item = items[i]
+        if not item.startswith("--") or item == "--":
+            raise ValueError(f"override {item!r}: expected --key value or --key=value")
+        key, eq, value = item[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(items) or items[i + 1].startswith("--"):
+                raise ValueError(f"override --{key}: missing a value")
+            value, i = items[i + 1], i + 1
+        recipe[key.replace("-", "_")] = parse_value(value)
+        i += 1
+    recipe.setdefault("run_name", path.stem)
+    recipe.setdefault("output_dir", str(Path("runs") / str(recipe["run_name"])))
+    return recipe
+
+
+def split_recipe(recipe: dict) -> tuple[dict, dict, dict]:
+    """``(extra, sft_kwargs, lora_kwargs)``: the recipe's keys by destination, with defaults for ``RECIPE_KEYS``.
+    Raises ``ValueError`` naming unknown keys (with the closest known names)."""
+    from peft import LoraConfig
+    from trl import SFTConfig
+
+    sft_fields = {f.name for f in dataclasses.fields(SFTConfig) if f.init}
+    lora_fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
+    extra, sft, lora, unknown = {}, {}, {}, []
+    for key, value in recipe.items():
+        if key in RECIPE_KEYS:
+            extra[key] = value
+        elif key in lora_fields:
+            lora[key] = value
+        elif key in sft_fields:
+            sft[key] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        known = list(RECIPE_KEYS) + sorted(sft_fields | lora_fields)
+        hints = [f"{k} (did you mean {', '.join(difflib.get_close_matches(k, known, 2)) or '?'})" for k in unknown]
+        raise ValueError(f"unknown recipe keys: {'; '.join(hints)}")
+    for key, default in RECIPE_KEYS.items():
+        extra.setdefault(key, default)
+        if default is None and extra[key] is None:
+            raise ValueError(f"recipe: {key!r} is required")
+    return extra, sft, lora
+
+
+def load_conversations(path: str | Path, limit: int | None = None):
+    """A ``datasets.Dataset`` with ``messages`` (and ``tools`` when any row has them) from a data-stage JSONL.
+
+    Each message and the tools are stored with the ``Json`` feature, so every row keeps exactly its own keys
+    (Arrow structs would add ``None`` for keys other rows have, e.g. ``tool_calls``, and change the render).
+    Rows must pass :func:`llamatune.chat.validate_messages`; errors name the file and line.
+    """
+    from datasets import Dataset, Features, Json, List
+
+    messages, tools = [], []
+    for lineno, row in iter_jsonl(path):
+        if limit is not None and len(messages) >= limit:
+            break
+        validate_messages(row.get("messages"), where=f"{path}:{lineno}: messages")
+        if row.get("tools") is not None and not isinstance(row["tools"], list):
+            raise ValueError(f"{path}:{lineno}: tools must be a list of tool schemas")
+        messages.append(row["messages"])
+        tools.append(row.get("tools"))
+    if not messages:
+        raise ValueError(f"{path}: no rows")
+    data, features = {"messages": messages}, {"messages": List(Json())}
+    if any(t is not None for t in tools):
+        data["tools"], features["tools"] = tools, Json()
+    return Dataset.from_dict(data, features=Features(features))
+
+
+def last_checkpoint(run_dir: str | Path) -> Path | None:
+    """The highest ``checkpoint-N`` in ``run_dir`` that is complete (its ``trainer_state.json``, written last,
+    exists); a checkpoint cut short by a kill is ignored."""
+    found = []
+    for p in Path(run_dir).glob("checkpoint-*"):
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and (p / "trainer_state.json").exists():
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
+
+
+def _choose_backend(want: str) -> str:
+    import torch
+
+    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    if want == "unsloth" and not (has_unsloth and torch.cuda.is_available()):
+        raise RuntimeError("backend: unsloth needs CUDA and the gpu extra (pip install 'llamatune[gpu]')")
+    if want not in ("auto", "trl", "unsloth"):
+        raise ValueError(f"recipe: backend must be auto, trl or unsloth, got {want!r}")
+    return "unsloth" if want == "unsloth" or (want == "auto" and has_unsloth and torch.cuda.is_available()) else "trl"
+
+
+def _resolve_precision(extra: dict, sft: dict, notes: list[str]) -> str:
+    """Model dtype name, and bf16/fp16 flags in ``sft`` when the recipe leaves them unset."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    if "bf16" not in sft and "fp16" not in sft:
+        sft["bf16"], sft["fp16"] = (bf16_ok, cuda and not bf16_ok)
+    sft.setdefault("bf16", False)
+    sft.setdefault("fp16", False)
+    dtype = extra["dtype"]
+    if dtype == "auto":
+        dtype = ("bfloat16" if bf16_ok else "float16") if cuda else "float32"
+    if "8bit" in str(sft.get("optim", "")) and importlib.util.find_spec("bitsandbytes") is None:
+        notes.append(f"optim {sft['optim']} needs bitsandbytes, which is not installed: using adamw_torch")
+        sft["optim"] = "adamw_torch"
+    return dtype
+
+
+def _load_model(extra: dict, sft: dict, lora: dict, backend: str, dtype: str):
+    """``(model, tokenizer, peft_config)``; with unsloth the model already carries the LoRA adapter."""
+    import torch
+
+    path = str(extra["model_name_or_path"])
+    if path == "tiny":
+        from llamatune.models import tiny_model_dir
+
+        path = str(tiny_model_dir())
+    extra["model_path"] = path
+    if backend == "unsloth":
+        from unsloth import FastLanguageModel  # must come before transformers/trl patch points are used
+
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=path, max_seq_length=sft.get("max_length") or 2048, dtype=getattr(torch, dtype),
+            load_in_4bit=bool(extra["load_in_4bit"]),
+        )
+        keep = {"r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "modules_to_save",
+                "layers_to_transform", "init_lora_weights", "loftq_config"}
+        model = FastLanguageModel.get_peft_model(
+            model, **{k: v for k, v in lora.items() if k in keep},
+            use_gradient_checkpointing="unsloth" if sft.get("gradient_checkpointing", True) else False,
+            random_state=sft.get("seed", 42), max_seq_length=sft.get("max_length") or 2048,
+        )
+        sft["gradient_checkpointing"] = False  # unsloth does its own
+        return model, tok, None
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
+    if extra["load_in_4bit"]:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    tok = AutoTokenizer.from_pretrained(path)
+    return model, tok, LoraConfig(**{"task_type": "CAUSAL_LM", **lora})
+
+
+def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: list | None = None):
+    """Everything up to ``trainer.train()``: ``(trainer, info)``. ``info`` holds what ``run.json`` records."""
+    backend = _choose_backend(recipe.get("backend", RECIPE_KEYS["backend"]))
+    if backend == "unsloth":
+        import unsloth  # noqa: F401  (unsloth patches transformers/trl/peft: import it before them)
+    from trl import SFTConfig, SFTTrainer
+
+    extra, sft, lora = split_recipe(recipe)
+    notes: list[str] = []
+    run_dir = Path(run_dir or sft.get("output_dir") or Path("runs") / str(sft.get("run_name", "run")))
+    sft["output_dir"] = str(run_dir)
+    sft.setdefault("report_to", "none")
+    sft.setdefault("assistant_only_loss", True)
+    dtype = _resolve_precision(extra, sft, notes)
+    model, tok, peft_config = _load_model(extra, sft, lora, backend, dtype)
+
+    # The one chat template (with {% generation %} markers) and a pad token distinct from <|eot_id|>.
+    tok.chat_template = template_text(extra["chat_template"])
+    if tok.pad_token is None or tok.pad_token == tok.eos_token:
+        pad = "<|finetune_right_pad_id|>" if "<|finetune_right_pad_id|>" in tok.get_vocab() else tok.eos_token
+        tok.pad_token = pad
+
+    data_dir = Path(extra["dataset_path"])
+    if not (data_dir / "train.jsonl").exists():
+        raise FileNotFoundError(f"{data_dir / 'train.jsonl'}: no such file (recipe dataset_path; write it with "
+                                "`llamatune data finetome ...` or `llamatune data funccall ...`)")
+    train_ds = load_conversations(data_dir / "train.jsonl")
+    eval_path = data_dir / "eval.jsonl"
+    n_eval = int(extra["eval_samples"] or 0)
+    eval_ds = load_conversations(eval_path, limit=n_eval) if n_eval and eval_path.exists() else None
+    if extra["date_string"] is not None:
+        kw = {"date_string": str(extra["date_string"])}
+        train_ds = train_ds.add_column("chat_template_kwargs", [kw] * len(train_ds))
+        if eval_ds is not None:
+            eval_ds = eval_ds.add_column("chat_template_kwargs", [kw] * len(eval_ds))
+    if eval_ds is None:
+        sft["eval_strategy"] = "no"
+    args = SFTConfig(**sft)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tok,
+                         peft_config=peft_config, callbacks=callbacks)
+    if args.assistant_only_loss:
+        check_assistant_labels(trainer)
+    data = {"dataset_path": str(data_dir), "train_rows": len(train_ds), "eval_rows_used": len(eval_ds or [])}
+    for name in ("train.jsonl", "eval.jsonl", "manifest.json"):
+        if (data_dir / name).exists():
+            data[f"{name}_sha256"] = sha256_file(data_dir / name)
+    info = {"backend": backend, "dtype": dtype, "bf16": args.bf16, "fp16": args.fp16, "optim": getattr(args.optim, "value", str(args.optim)),
+            "model_path": extra["model_path"], "padding_free": bool(trainer.padding_free), "data": data,
+            "notes": notes, "device": str(args.device)}
+    return trainer, info
+
+
+def check_assistant_labels(trainer) -> None:
+    """Fail loudly unless the first training batch, as the collator builds it, trains on some of its real
+    tokens and masks the others (assistant-only loss). Works whatever prepared the dataset (TRL or unsloth)."""
+    ds = trainer.train_dataset
+    batch = trainer.data_collator([ds[i] for i in range(min(2, len(ds)))])
+    labels = batch["labels"]
+    real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else labels.numel()
+    trained = int((labels != -100).sum())
+    if not 0 < trained < real:
+        raise RuntimeError(f"the first training batch trains on {trained} of {real} tokens: it is not masked to the "
+                           "assistant turns; check assistant_only_loss and the chat template's {% generation %} markers")
+
+
+def _is_final(checkpoint: Path) -> bool:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
+
+
+def _restore_final(trainer, checkpoint: Path) -> dict:
+    """Load a final checkpoint's adapter weights and trainer state into ``trainer`` (no training)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    set_peft_model_state_dict(trainer.model, load_file(checkpoint / "adapter_model.safetensors"))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    return {}
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
+def train(recipe: dict, run_dir: str | Path | None = None, resume: bool = False, callbacks: list | None = None) -> Path:
+    """Train a LoRA adapter as the recipe says; return the run directory.
+
+    ``resume=True`` continues from the last complete checkpoint (or starts fresh when there is none). Without
+    it, a run directory that already holds checkpoints is an error, so runs are never silently mixed.
+    """
+    recipe = dict(recipe)
+    if run_dir is not None:
+        recipe["output_dir"] = str(run_dir)
+    run_dir = Path(recipe.get("output_dir") or Path("runs") / str(recipe.get("run_name", "run")))
+    last = last_checkpoint(run_dir) if run_dir.exists() else None
+    if last is not None and not resume:
+        raise FileExistsError(f"{run_dir} already holds checkpoints (last: {last.name}); pass --resume to "
+                              "continue it, or choose another output_dir/run_name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer, info = build_trainer(recipe, run_dir, callbacks)
+    record = {"recipe": recipe, **info, "versions": package_versions(["unsloth"] if info["backend"] == "unsloth" else []), "git": git_info(),
+              "status": "running", "resumed_from": last.name if last else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _write_json(run_dir / "run.json", record)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    if resume and last is None:
+        print(f"[llamatune] no checkpoint in {run_dir}: starting from scratch", file=sys.stderr)
+    t0 = time.time()
+    if last is not None and _is_final(last):
+        # Killed after its final checkpoint, or already complete: the trainer would run past max_steps (it
+        # restarts an epoch), so finish from the checkpoint instead of training.
+        print(f"[llamatune] {last.name} is the final step: finishing the run from it", file=sys.stderr)
+        metrics = _restore_final(trainer, last)
+    else:
+        metrics = dict(trainer.train(resume_from_checkpoint=str(last) if last else None).metrics)
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if trainer.eval_dataset is not None and (not evals or evals[-1].get("step") != trainer.state.global_step):
+        evals.append(trainer.evaluate())  # the held-out loss of the final weights, unless just measured
+    if evals:
+        metrics.update({k: v for k, v in evals[-1].items() if k.startswith("eval_")})
+    trainer.model.save_pretrained(run_dir / "adapter")
+    trainer.processing_class.save_pretrained(run_dir / "adapter")
+    trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
+    from llamatune.plots import plot_loss
+
+    plot_loss(run_dir / "trainer_state.json", run_dir / "loss.png", title=str(recipe.get("run_name", run_dir.name)))
+    record.update(status="done", global_step=trainer.state.global_step, metrics=metrics,
+                  wall_seconds=round(time.time() - t0, 2), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    _write_json(run_dir / "run.json", record)
+    return run_dir
+
+
+def add_arguments(parser) -> None:
+    import argparse
+
+    parser.add_argument("recipe", help="recipe YAML (e.g. FineTome/recipes/tiny-cpu.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER,
+                        help="--key value overrides of recipe keys (YAML-typed); --resume may also come here")
+
+
+def main(args) -> int:
+    overrides = list(args.overrides or [])
+    resume = args.resume or "--resume" in overrides
+    overrides = [o for o in overrides if o != "--resume"]
+    try:
+        recipe = load_recipe(args.recipe, overrides)
+        run_dir = train(recipe, resume=resume)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"run written to {run_dir} (adapter/, run.json, trainer_state.json, loss.png)")
+    return 0
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    sys.exit(main(p.parse_args()))
