@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from llamatune import vendor
+from llamatune.embedded import converter_source
 
 # llama.cpp file types (enum llama_ftype) for llama_model_quantize.
 FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}
@@ -29,10 +30,11 @@ def convert_hf_to_gguf(hf_dir: str | Path, out: str | Path, outtype: str = "f16"
     script = vendor.llama_cpp_source() / "convert_hf_to_gguf.py"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
-    cmd = [sys.executable, str(script), str(hf_dir), "--outfile", str(tmp), "--outtype", outtype]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("NO_LOCAL_GGUF", None)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    with converter_source(hf_dir) as src:  # Gemma 3: adds the vocabulary files the converter reads
+        cmd = [sys.executable, str(script), str(src), "--outfile", str(tmp), "--outtype", outtype]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0 or not tmp.exists():
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
         raise RuntimeError(f"convert_hf_to_gguf.py failed on {hf_dir} (exit {proc.returncode}):\n{tail}")

