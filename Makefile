@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml Makefile
 	  CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(NOAMX)' -DCMAKE_CXX_FLAGS='$(NOAMX)'" \
 	    $(PIP) wheel -q --no-deps -w $(LLAMA_WHEEL_DIR) $(LLAMA_SDIST); \
 	fi
-	$(PIP) install -q --find-links $(LLAMA_WHEEL_DIR) -e ".[train,eval,space,dev]"
+	$(PIP) install -q --find-links $(LLAMA_WHEEL_DIR) -e ".[train,eval,space,dev,demo]"
 	$(PY) -m llamatune.vendor
 	$(PIP) check
 	@touch $@
