@@ -169,8 +169,8 @@ FOLLOW_UPS = {
 # Grounded final answers after a tool result, by tool (not split: they are targets, not prompts).
 ANSWERS = {
     "get_current_weather": [
-        "It's currently {temperature} in {location} with {conditions}. It feels like {feels_like}, humidity is "
-        "{humidity} and the wind is {wind}.",
+        "It's currently {temperature} in {location}; conditions: {conditions}. It feels like {feels_like}, "
+        "humidity is {humidity} and the wind is {wind}.",
         "Right now in {location}: {conditions}, {temperature} (feels like {feels_like}), wind {wind}.",
     ],
     "get_weather_forecast": ["Here's the forecast for {location}:\n{day_lines}",
