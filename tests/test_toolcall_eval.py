@@ -174,3 +174,45 @@ def test_runner_on_tiny_gguf_resumes_from_cache(tmp_path, tiny_gguf, monkeypatch
     icl = evaluate(tiny_gguf["f16"], tmp_path / "data" / "eval.jsonl", tmp_path / "res" / "icl.json", icl=2,
                    limit=2, max_tokens=6)
     assert icl["icl"] == 2 and compare(out, tmp_path / "res" / "icl.json")["overall"]["n"] == 2
+
+
+@requires("transformers", "torch")
+def test_runner_on_tiny_hf_dir(tmp_path, tiny_model_dir):
+    from llamatune.data.funccall import build_dataset
+
+    build_dataset(tmp_path / "data", 10, seed=0)
+    res = evaluate(tiny_model_dir, tmp_path / "data" / "eval.jsonl", tmp_path / "hf.json", limit=1, max_tokens=4)
+    assert res["model"] == str(tiny_model_dir) and len(res["items"]) == 1
+    assert res["items"][0]["output"] and "<|eot_id|>" not in res["items"][0]["output"]
+
+
+def test_cli_predictions_and_compare(tmp_path, capsys):
+    from llamatune.cli import main
+
+    preds = _preds(tmp_path)
+    assert main(["eval", "toolcall", "--predictions", str(preds), "--out", str(tmp_path / "a.json")]) == 0
+    assert main(["eval", "toolcall", "--predictions", str(preds), "--out", str(tmp_path / "b.json")]) == 0
+    assert main(["eval", "toolcall", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
+                 "--out", str(tmp_path / "c.json")]) == 0
+    assert "| **overall** | 6 | 50% | 50% | +0 pp" in capsys.readouterr().out
+    assert json.loads((tmp_path / "c.json").read_text())["overall"]["mcnemar"]["p_value"] == 1.0
+    with pytest.raises(ValueError, match="expected a .gguf file or an HF model directory"):
+        evaluate(tmp_path / "nope.bin", preds, tmp_path / "x.json")
+
+
+def test_the_generators_own_targets_score_perfectly(tmp_path):
+    """Every target of the generated test set, written as the model would (Meta's JSON call or the text),
+    is correct; the same outputs shifted to the wrong item are mostly not."""
+    from llamatune.data.funccall import generate
+    from llamatune.toolcall import ToolCall
+
+    _, test = generate(400, seed=5)
+    outs = []
+    for r in test:
+        t = r["messages"][-1]
+        fn = t["tool_calls"][0]["function"] if "tool_calls" in t else None
+        outs.append(ToolCall(fn["name"], fn["arguments"]).to_json() if fn else t["content"])
+    scored = [score_output(o, r["expected"], r["tools"], r["category"]) for o, r in zip(outs, test)]
+    assert all(x["correct"] for x in scored), [x["reason"] for x in scored if not x["correct"]][:3]
+    shifted = [score_output(o, r["expected"], r["tools"], r["category"]) for o, r in zip(outs[1:], test)]
+    assert sum(x["correct"] for x in shifted) < 0.7 * len(shifted)

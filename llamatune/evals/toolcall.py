@@ -332,14 +332,21 @@ class HFRunner:
         pass
 
 
-def load_runner(spec, n_ctx: int = 4096, max_tokens: int = 128):
-    """A callable ``prompt -> raw text`` for a ``.gguf`` file (llama.cpp) or an HF model directory."""
+def model_kind(spec) -> str:
+    """``"gguf"`` or ``"hf"``; ``ValueError`` naming the path for anything else."""
     p = Path(spec)
     if p.suffix == ".gguf" and p.is_file():
-        return LlamaCppRunner(p, n_ctx, max_tokens)
+        return "gguf"
     if p.is_dir() and (p / "config.json").exists():
-        return HFRunner(p, max_tokens)
+        return "hf"
     raise ValueError(f"--model {spec}: expected a .gguf file or an HF model directory with config.json")
+
+
+def load_runner(spec, n_ctx: int = 4096, max_tokens: int = 128):
+    """A callable ``prompt -> raw text`` for a ``.gguf`` file (llama.cpp) or an HF model directory."""
+    if model_kind(spec) == "gguf":
+        return LlamaCppRunner(spec, n_ctx, max_tokens)
+    return HFRunner(spec, max_tokens)
 
 
 def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None, max_tokens: int = 128,
@@ -348,6 +355,7 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
     Outputs are cached per item in ``<out>.generations.jsonl`` (keyed by model, prompt and settings)."""
     from tqdm import tqdm
 
+    model_kind(model_spec)
     rows = read_jsonl(data_path, ("id", "messages", "tools", "expected", "category"))[: limit or None]
     cache_path = Path(out).with_suffix(".generations.jsonl")
     cache = {}
