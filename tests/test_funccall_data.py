@@ -154,7 +154,7 @@ def test_paraphrase_through_an_openai_compatible_server_is_cached(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/v1"
     try:
-        meta = build_dataset(tmp_path, 40, seed=1, paraphrase_endpoint=url, paraphrase_model="fake")
+        meta = build_dataset(tmp_path, 20, seed=1, paraphrase_endpoint=url, paraphrase_model="fake")
         first = _FakeOpenAI.calls
         assert first > 0 and meta["paraphrase"]["used"] > 0
         assert meta["paraphrase"]["rejected"] > 0  # replies that drop the slot values are not used
@@ -162,7 +162,7 @@ def test_paraphrase_through_an_openai_compatible_server_is_cached(tmp_path):
         assert any(m["content"].startswith("Quick question: ") for r in train for m in r["messages"] if m["role"] == "user")
         assert not any("Quick question" in json.dumps(r) for r in _read(tmp_path / "eval.jsonl"))
         before = (tmp_path / "train.jsonl").read_bytes()
-        build_dataset(tmp_path, 40, seed=1, paraphrase_endpoint=url, paraphrase_model="fake")
+        build_dataset(tmp_path, 20, seed=1, paraphrase_endpoint=url, paraphrase_model="fake")
         assert _FakeOpenAI.calls == first  # all from the cache
         assert (tmp_path / "train.jsonl").read_bytes() == before
     finally:

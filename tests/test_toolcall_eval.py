@@ -147,14 +147,24 @@ def test_compare_mcnemar_and_bootstrap(tmp_path):
     assert same["mcnemar"]["p_value"] == 1.0 and same["diff_b_minus_a"]["diff"] == 0
 
 
+def _short_test_set(out, n):
+    """The ``n`` generated test rows with the shortest prompts (keeps the model tests fast)."""
+    from llamatune.data.funccall import generate
+
+    _, test = generate(60, seed=0)
+    test.sort(key=lambda r: len(json.dumps(r)))
+    out.mkdir(parents=True)
+    (out / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test[:n]))
+
+
+
 @requires("llama_cpp")
 def test_runner_on_tiny_gguf_resumes_from_cache(tmp_path, tiny_gguf, monkeypatch):
-    from llamatune.data.funccall import build_dataset
     from llamatune.evals import toolcall
 
-    build_dataset(tmp_path / "data", 30, seed=0)
+    _short_test_set(tmp_path / "data", 3)
     out = tmp_path / "res" / "base.json"
-    res = evaluate(tiny_gguf["f16"], tmp_path / "data" / "eval.jsonl", out, limit=2, max_tokens=6)
+    res = evaluate(tiny_gguf["f16"], tmp_path / "data" / "eval.jsonl", out, limit=2, max_tokens=6, n_threads=1)
     assert len(res["items"]) == 2 and all(isinstance(i["output"], str) for i in res["items"])
     cache = out.with_suffix(".generations.jsonl")
     assert len(cache.read_text().splitlines()) == 2
@@ -163,24 +173,22 @@ def test_runner_on_tiny_gguf_resumes_from_cache(tmp_path, tiny_gguf, monkeypatch
         raise AssertionError("the model must not be loaded when every item is cached")
 
     monkeypatch.setattr(toolcall, "load_runner", boom)
-    again = evaluate(tiny_gguf["f16"], tmp_path / "data" / "eval.jsonl", out, limit=2, max_tokens=6)
+    again = evaluate(tiny_gguf["f16"], tmp_path / "data" / "eval.jsonl", out, limit=2, max_tokens=6, n_threads=1)
     assert [i["output"] for i in again["items"]] == [i["output"] for i in res["items"]]
     monkeypatch.undo()
     # an interrupted run: one cached item lost, so exactly one generation happens, with the same (greedy) result
     cache.write_text(cache.read_text().splitlines()[0] + "\n")
-    third = evaluate(tiny_gguf["f16"], tmp_path / "data" / "eval.jsonl", out, limit=2, max_tokens=6)
+    third = evaluate(tiny_gguf["f16"], tmp_path / "data" / "eval.jsonl", out, limit=2, max_tokens=6, n_threads=1)
     assert [i["output"] for i in third["items"]] == [i["output"] for i in res["items"]]
     assert len(cache.read_text().splitlines()) == 2
-    icl = evaluate(tiny_gguf["f16"], tmp_path / "data" / "eval.jsonl", tmp_path / "res" / "icl.json", icl=2,
+    icl = evaluate(tiny_gguf["f16"], tmp_path / "data" / "eval.jsonl", tmp_path / "res" / "icl.json", icl=2, n_threads=1,
                    limit=2, max_tokens=6)
     assert icl["icl"] == 2 and compare(out, tmp_path / "res" / "icl.json")["overall"]["n"] == 2
 
 
 @requires("transformers", "torch")
 def test_runner_on_tiny_hf_dir(tmp_path, tiny_model_dir):
-    from llamatune.data.funccall import build_dataset
-
-    build_dataset(tmp_path / "data", 10, seed=0)
+    _short_test_set(tmp_path / "data", 1)
     res = evaluate(tiny_model_dir, tmp_path / "data" / "eval.jsonl", tmp_path / "hf.json", limit=1, max_tokens=4)
     assert res["model"] == str(tiny_model_dir) and len(res["items"]) == 1
     assert res["items"][0]["output"] and "<|eot_id|>" not in res["items"][0]["output"]

@@ -28,6 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from llamatune.evals.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap_diff, wilson_ci
+from llamatune.evals.toolcall_runner import load_runner, model_kind
 from llamatune.toolcall import ToolCall, parse_output, validate_call
 
 DATE = "26 Jul 2024"  # fixed "Today Date" so that prompts (and the generation cache) are reproducible
@@ -269,88 +270,8 @@ def build_prompt(row: dict, icl: int = 0) -> str:
     return render(prompt_messages(row, icl), row.get("tools") or None, add_generation_prompt=True, date_string=DATE)
 
 
-STOPS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
-
-
-class LlamaCppRunner:
-    """Greedy completion of a rendered prompt with llama-cpp-python; special tokens (``<|python_tag|>``) kept."""
-
-    def __init__(self, path, n_ctx: int = 4096, max_tokens: int = 128):
-        import os
-
-        from llama_cpp import Llama
-
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=os.cpu_count(), verbose=False, seed=0)
-        self.n_ctx, self.max_tokens = n_ctx, max_tokens
-        self.stop = {self.llm.token_eos()}
-        for s in STOPS:
-            ids = self.llm.tokenize(s.encode(), add_bos=False, special=True)
-            if len(ids) == 1:
-                self.stop.add(ids[0])
-
-    def __call__(self, prompt: str) -> str:
-        toks = self.llm.tokenize(prompt.encode(), add_bos=False, special=True)
-        if len(toks) + self.max_tokens > self.n_ctx:
-            raise ValueError(f"prompt of {len(toks)} tokens + {self.max_tokens} new does not fit n_ctx={self.n_ctx}"
-                             " (pass --n-ctx)")
-        out = []
-        for t in self.llm.generate(toks, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
-            if t in self.stop:
-                break
-            out.append(t)
-            if len(out) >= self.max_tokens:
-                break
-        return self.llm.detokenize(out, special=True).decode("utf-8", errors="replace")
-
-    def close(self):
-        self.llm.close()
-
-
-class HFRunner:
-    """Greedy generation with transformers from an HF model directory."""
-
-    def __init__(self, path, max_tokens: int = 128):
-        from llamatune.models import load_causal_lm
-
-        self.model, self.tok = load_causal_lm(str(path))
-        self.model.eval()
-        self.max_tokens = max_tokens
-        self.stop = [i for i in (self.tok.convert_tokens_to_ids(s) for s in STOPS) if isinstance(i, int) and i >= 0]
-
-    def __call__(self, prompt: str) -> str:
-        import torch
-
-        ids = self.tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
-        with torch.no_grad():
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_tokens,
-                                      do_sample=False, eos_token_id=self.stop, pad_token_id=self.stop[0])
-        text = self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
-        cut = min([text.find(s) for s in STOPS if s in text], default=len(text))
-        return text[:cut]
-
-    def close(self):
-        pass
-
-
-def model_kind(spec) -> str:
-    """``"gguf"`` or ``"hf"``; ``ValueError`` naming the path for anything else."""
-    p = Path(spec)
-    if p.suffix == ".gguf" and p.is_file():
-        return "gguf"
-    if p.is_dir() and (p / "config.json").exists():
-        return "hf"
-    raise ValueError(f"--model {spec}: expected a .gguf file or an HF model directory with config.json")
-
-
-def load_runner(spec, n_ctx: int = 4096, max_tokens: int = 128):
-    """A callable ``prompt -> raw text`` for a ``.gguf`` file (llama.cpp) or an HF model directory."""
-    if model_kind(spec) == "gguf":
-        return LlamaCppRunner(spec, n_ctx, max_tokens)
-    return HFRunner(spec, max_tokens)
-
-
 def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None, max_tokens: int = 128,
-             n_ctx: int = 4096) -> dict:
+             n_ctx: int = 4096, n_threads: int | None = None) -> dict:
     """Run ``model_spec`` greedily on every row of ``data_path`` (the generator's ``eval.jsonl``) and score.
     Outputs are cached per item in ``<out>.generations.jsonl`` (keyed by model, prompt and settings)."""
     from tqdm import tqdm
@@ -374,7 +295,7 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
             prompt = build_prompt(row, icl)
             key = hashlib.sha256(json.dumps([str(model_spec), prompt, max_tokens]).encode()).hexdigest()
             if key not in cache:
-                runner = runner or load_runner(model_spec, n_ctx, max_tokens)
+                runner = runner or load_runner(model_spec, n_ctx, max_tokens, n_threads)
                 t0 = time.perf_counter()
                 cache[key] = runner(prompt)
                 with cache_path.open("a", encoding="utf-8") as f:
@@ -436,6 +357,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N test items")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--n-ctx", type=int, default=4096, help="llama.cpp context size")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
 
 
 def main(args) -> int:
@@ -453,5 +375,5 @@ def main(args) -> int:
     if not args.data:
         raise SystemExit("--data is required with --model")
     evaluate(args.model, args.data, args.out, icl=args.icl, limit=args.limit, max_tokens=args.max_tokens,
-             n_ctx=args.n_ctx)
+             n_ctx=args.n_ctx, n_threads=args.threads)
     return 0
