@@ -19,9 +19,10 @@ from llamatune.data import funccall_templates as T
 
 WEATHER = ("get_current_weather", "get_weather_forecast")
 TZ_ALIASES = {"Europe/Kyiv": ["Europe/Kiev"], "Asia/Kolkata": ["Asia/Calcutta"]}
-ERRORS = ["The weather service did not answer in time; please try again in a moment.",
-          "Wikipedia did not answer in time; please try again in a moment.",
-          "The service is temporarily unavailable (HTTP 503)."]
+ERRORS = {"weather": ["The weather service did not answer in time; please try again in a moment.",
+                      "The weather service is temporarily unavailable (HTTP 503)."],
+          "wikipedia": ["Wikipedia did not answer in time; please try again in a moment.",
+                        "Wikipedia is temporarily unavailable (HTTP 503)."]}
 
 
 @dataclass
@@ -212,7 +213,7 @@ def answer(rng: random.Random, tool: str, args: dict, result: dict) -> str:
 def exchange(rng: random.Random, tool: str, args: dict, errors: bool = False) -> list[dict]:
     """``[call, tool result, grounded answer]`` for a call already decided."""
     if errors and tool in (*WEATHER, "search_wikipedia", "get_wikipedia_summary") and rng.random() < 0.1:
-        result = {"error": rng.choice(ERRORS)}
+        result = {"error": rng.choice(ERRORS["weather" if tool in WEATHER else "wikipedia"])}
     else:
         result = fake_result(rng, tool, args)
     return [call(tool, args), {"role": "tool", "content": result}, say(answer(rng, tool, args, result))]

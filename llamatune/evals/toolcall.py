@@ -107,7 +107,7 @@ def score_output(output: str, expected: dict | None, tools: list, category: str)
     answer, 2 for a call (it runs the tool, then asks the model again)."""
     parsed = parse_output(output if isinstance(output, str) else "")
     called = bool(parsed.calls)
-    clarified = not parsed.attempted and "?" in (output or "")
+    clarified = not parsed.attempted and any(q in (output or "") for q in "?？")
     rec = {"format_valid": parsed.format_valid, "called": called, "attempted": parsed.attempted,
            "clarified": clarified, "llm_calls": 2 if called else 1, "expects_call": expected is not None,
            "name_correct": False}
@@ -189,6 +189,9 @@ def markdown_table(agg: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, m in rows:
         lines.append("| " + " | ".join([name, str(m["n"]), *(_cell(m[k]) for k in METRICS)]) + " |")
+    ideal = agg["overall"]["calls_per_turn"].get("ideal")
+    if ideal is not None:
+        lines += ["", f"LLM calls per turn of a perfect model on these items: {ideal:.2f} (1 per text answer, 2 per call)."]
     return "\n".join(lines)
 
 
