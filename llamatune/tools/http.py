@@ -7,11 +7,13 @@ Tools never raise on network trouble: a :class:`ToolError` carries a message mea
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from typing import Any
 
-DEFAULT_TIMEOUT = 8.0
+DEFAULT_TIMEOUT = float(os.environ.get("LLAMATUNE_TOOL_TIMEOUT", 8.0))  # seconds; read at call time
+RETRY_DELAY = 0.5
 CACHE_TTL = 300.0
 USER_AGENT = "llamatune-agent/0.1 (https://github.com/llamatune; research demo)"
 
@@ -29,15 +31,19 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def get_json(url: str, params: dict, *, service: str, timeout: float = DEFAULT_TIMEOUT, retries: int = 1,
-             ttl: float = CACHE_TTL) -> Any:
+def get_json(url: str, params: dict, *, service: str, timeout: float | None = None, retries: int = 1,
+             ttl: float | None = None, accept: tuple[int, ...] = ()) -> Any:
     """GET ``url`` with ``params`` and return the decoded JSON; cached for ``ttl`` seconds.
 
     Timeouts, connection errors and 5xx/429 answers are retried ``retries`` times; then a :class:`ToolError`
-    naming ``service`` is raised. A 4xx answer is not retried.
+    naming ``service`` is raised. A 4xx answer is not retried; statuses in ``accept`` (e.g. 404, whose body
+    says "not found") return their JSON body instead. ``timeout`` defaults to ``DEFAULT_TIMEOUT``
+    (``$LLAMATUNE_TOOL_TIMEOUT``).
     """
     import requests
 
+    timeout = DEFAULT_TIMEOUT if timeout is None else timeout
+    ttl = CACHE_TTL if ttl is None else ttl
     key = (url, tuple(sorted(params.items())))
     now = time.monotonic()
     with _lock:
@@ -53,6 +59,11 @@ def get_json(url: str, params: dict, *, service: str, timeout: float = DEFAULT_T
         except requests.RequestException as exc:
             last = f"The {service} could not be reached ({type(exc).__name__})."
         else:
+            if resp.status_code in accept:
+                try:
+                    return resp.json()
+                except ValueError:
+                    raise ToolError(f"The {service} sent an answer that is not JSON.") from None
             if resp.status_code >= 500 or resp.status_code == 429:
                 last = f"The {service} is unavailable right now (HTTP {resp.status_code})."
             elif resp.status_code >= 400:
@@ -66,5 +77,5 @@ def get_json(url: str, params: dict, *, service: str, timeout: float = DEFAULT_T
                     _cache[key] = (time.monotonic(), data)
                 return data
         if attempt < retries:
-            time.sleep(0.5)
+            time.sleep(RETRY_DELAY)
     raise ToolError(last)

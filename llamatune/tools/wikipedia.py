@@ -54,7 +54,7 @@ def get_wikipedia_summary(title: str) -> dict:
     if not title.strip():
         raise ToolError("Please give an article title.")
     data = get_json(f"{_rest()}/page/summary/{quote(title.strip().replace(' ', '_'), safe='')}", {},
-                    service="Wikipedia")
+                    service="Wikipedia summary service", accept=(404,))
     if not data or data.get("type", "").endswith("not_found") or "extract" not in data:
         raise ToolError(f"Wikipedia has no article titled {title!r}.")
     if data.get("type") == "disambiguation":

@@ -1,0 +1,114 @@
+"""The Gradio Space: three Llama-3.2-3B GGUFs (base, FineTome-tuned, FuncCall-tuned) on CPU as a live weather
+assistant, a Wikipedia researcher or a plain chatbot. Everything it does is in the ``llamatune`` package
+(``llamatune.agent``, ``llamatune.serving``); this file only builds the UI and launches it.
+
+    python space/app.py                                   # the models of space/models.yaml (hub downloads on use)
+    python space/app.py --models-dir runs/demo/gguf       # local GGUFs, e.g. from `llamatune export` / `make demo`
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODES = ("weather", "research", "chat")
+DESCRIPTION = (
+    "Pick a model and a mode. **weather** uses live Open-Meteo data, **research** searches Wikipedia, **chat** "
+    "offers no tools. Tool calls and their results appear as collapsible steps above the answer; a question "
+    "that needs no tool is answered in a single model call. **ICL** adds a few worked tool-use examples to "
+    "the system prompt. Models run on CPU with llama.cpp, one at a time."
+)
+EXAMPLES = {
+    "weather": "What's the weather like in Oslo right now?",
+    "research": "Who was Ada Lovelace?",
+    "chat": "Write a haiku about autumn.",
+}
+
+
+def build_demo(agent_factory, model_names: list[str], *, modes=MODES, default_model: str | None = None,
+               title: str = "Llama-3.2-3B: base vs FineTome vs FuncCall, as CPU agents",
+               concurrency_limit: int | None = None, queue_size: int = 32):
+    """The UI. ``agent_factory(model_name, mode, icl)`` returns a lease (``busy``, ``needs_load``, and a
+    context manager yielding an :class:`llamatune.agent.Agent`), e.g. ``ModelRegistry.agent_factory``."""
+    import gradio as gr
+
+    from llamatune.serving import respond as respond_turn
+
+    if not model_names:
+        raise ValueError("build_demo needs at least one model name")
+
+    def respond(message: str, history: list, model_name: str, mode: str, icl: bool):
+        """Answer one message with the chosen model and mode; yields the reply as it is produced."""
+        yield from respond_turn(agent_factory, message, history, model_name, mode, icl)
+
+    with gr.Blocks(title=title, fill_height=True) as demo:
+        gr.Markdown(f"## {title}\n{DESCRIPTION}")
+        with gr.Row(equal_height=True):
+            model = gr.Dropdown(list(model_names), value=default_model or model_names[0], label="Model",
+                                elem_id="model-select", scale=3)
+            mode = gr.Radio(list(modes), value=modes[0], label="Mode", elem_id="mode-select", scale=2)
+            icl = gr.Checkbox(value=False, label="ICL (few-shot tool examples)", elem_id="icl-switch", scale=1)
+        chatbot = gr.Chatbot(label="Agent", elem_id="chatbot", height=520, layout="panel",
+                             placeholder="Ask about the weather, a Wikipedia topic, or anything else.")
+        gr.ChatInterface(
+            respond,
+            chatbot=chatbot,
+            textbox=gr.Textbox(placeholder="Message", elem_id="msg", submit_btn=True, stop_btn=True),
+            additional_inputs=[model, mode, icl],
+            examples=[[EXAMPLES[m], model_names[0], m, False] for m in modes if m in EXAMPLES],
+            cache_examples=False,
+            # one generation per model is enforced (with a visible busy message) by the model registry;
+            # Gradio may run requests for different models side by side
+            concurrency_limit=concurrency_limit or max(1, len(model_names)),
+            fill_height=True,
+        )
+    demo.queue(max_size=queue_size)
+    return demo
+
+
+def make_registry(args):
+    """The model registry from ``--models-dir`` or ``--config`` (see ``space/models.yaml``)."""
+    from llamatune.serving import ModelRegistry, llama_cpp_loader, load_config, models_from_dir
+
+    settings: dict = {}
+    if args.models_dir:
+        specs = models_from_dir(args.models_dir, n_ctx=args.n_ctx or 4096)
+    else:
+        specs, settings = load_config(args.config)
+    if args.n_ctx:
+        for s in specs:
+            s.n_ctx = args.n_ctx
+    threads = args.threads or settings.get("n_threads")
+    agent_kwargs = {"max_llm_calls": args.max_llm_calls or settings.get("max_llm_calls", 2),
+                    "max_new_tokens": args.max_new_tokens or settings.get("max_new_tokens", 512)}
+    return ModelRegistry(specs, loader=llama_cpp_loader(n_threads=threads),
+                         max_resident=args.max_resident or settings.get("max_resident", 1), agent_kwargs=agent_kwargs)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models-dir", help="serve every *.gguf under this directory instead of the config")
+    p.add_argument("--config", default=str(HERE / "models.yaml"), help="models YAML (default: space/models.yaml)")
+    p.add_argument("--host", default=None, help="default: $GRADIO_SERVER_NAME or 127.0.0.1")
+    p.add_argument("--port", type=int, default=None, help="default: $GRADIO_SERVER_PORT or 7860")
+    p.add_argument("--max-resident", type=int, default=None, help="models kept in memory at once (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: physical cores)")
+    p.add_argument("--n-ctx", type=int, default=None, help="context length (default: per model, 4096)")
+    p.add_argument("--max-llm-calls", type=int, default=None, help="LLM calls per turn (default 2)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per LLM call (default 512)")
+    return p.parse_args(argv)
+
+
+def launch(argv=None, **launch_kwargs):
+    """Build the registry and the UI from the command line, and serve (blocking unless told otherwise)."""
+    args = parse_args(argv)
+    registry = make_registry(args)
+    demo = build_demo(registry.agent_factory, registry.names)
+    return demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs)
+
+
+main = launch
+
+if __name__ == "__main__":
+    launch()

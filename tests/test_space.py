@@ -1,0 +1,228 @@
+"""The Space: the model registry (lazy, one resident, one generation per model, busy state), chat messages
+with tool traces, context overflow, config loading, and the Gradio app called through gradio_client."""
+
+import threading
+import time
+
+import pytest
+
+from llamatune.serving import (ModelRegistry, ModelSpec, history_from_chat, load_config, models_from_dir,
+                               respond)
+from llamatune.tools import http
+from llamatune.tools.fakes import FakeServices
+from tests.conftest import REPO, requires
+from tests.space_fakes import free_port, load_app, scripted_registry
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    monkeypatch.setattr(http, "DEFAULT_TIMEOUT", 0.5)
+    http.clear_cache()
+    with FakeServices() as f:
+        yield f
+    http.clear_cache()
+
+
+def last(it):
+    out = None
+    for out in it:
+        pass
+    return out
+
+
+def test_registry_loads_lazily_and_keeps_one_resident():
+    loaded, closed = [], []
+
+    class M:
+        def __init__(self, name):
+            self.name = name
+
+        def close(self):
+            closed.append(self.name)
+
+    reg = ModelRegistry([ModelSpec("a", path="a"), ModelSpec("b", path="b")],
+                        loader=lambda s: loaded.append(s.name) or M(s.name))
+    assert loaded == [] and reg.resident() == []
+    lease = reg.agent_factory("a", "chat", False)
+    assert lease.needs_load and not lease.busy
+    m = reg.acquire("a")
+    reg.release("a")
+    assert reg.acquire("a") is m  # cached, not reloaded
+    reg.release("a")
+    reg.acquire("b")
+    assert loaded == ["a", "b"] and closed == ["a"] and reg.resident() == ["b"]
+    reg.release("b")
+    with pytest.raises(KeyError, match="unknown model 'c'"):
+        reg.acquire("c")
+
+
+def test_registry_failed_load_frees_the_slot():
+    calls = []
+
+    def loader(spec):
+        calls.append(spec.name)
+        if len(calls) == 1:
+            raise FileNotFoundError("no GGUF")
+        return object()
+
+    reg = ModelRegistry([ModelSpec("a", path="a")], loader=loader)
+    with pytest.raises(FileNotFoundError):
+        reg.acquire("a")
+    assert reg.acquire("a") is not None and calls == ["a", "a"]
+
+
+def test_one_generation_per_model_with_a_busy_message():
+    reg = scripted_registry(names=("base", "tuned"))
+    model = reg.acquire("base")  # another user is generating with "base"
+    seen = []
+
+    def user2():
+        for reply in respond(reg.agent_factory, "hi", [], "base", "chat", False):
+            seen.append((time.perf_counter(), reply))
+
+    th = threading.Thread(target=user2)
+    th.start()
+    time.sleep(0.3)
+    assert len(seen) == 1 and "Busy" in seen[0][1][0]["metadata"]["title"]
+    assert seen[0][1][0]["metadata"]["status"] == "pending" and model.calls == 0  # waiting, not generating
+    t_release = time.perf_counter()
+    reg.release("base")
+    th.join(5)
+    final = seen[-1][1]
+    assert final[0]["metadata"]["status"] == "done" and seen[1][0] >= t_release
+    assert any(m["content"].startswith("Hello from base!") for m in final) and model.calls == 1
+    # a different model, when only one may be resident, waits too
+    reg.acquire("base")
+    assert reg.agent_factory("tuned", "chat", False).busy
+    reg.release("base")
+    assert not reg.agent_factory("tuned", "chat", False).busy
+
+
+def test_stopping_a_reply_midway_frees_the_model():
+    """Gradio's stop button closes the generator: the model must not stay busy."""
+    reg = scripted_registry(names=("base",))
+    gen = respond(reg.agent_factory, "Hello", [], "base", "chat", False)
+    for reply in gen:
+        if any("metadata" not in m and m["content"] for m in reply):
+            break  # mid-answer
+    assert reg.busy("base")
+    gen.close()
+    assert not reg.busy("base")
+    assert last(respond(reg.agent_factory, "Again", [], "base", "chat", False))[-1]["metadata"]["title"].startswith("1 LLM")
+
+
+def test_reply_messages_show_tool_trace_and_stream(fake):
+    reg = scripted_registry()
+    replies = list(respond(reg.agent_factory, "Weather in Oslo?", [], "funccall", "weather", False))
+    final = replies[-1]
+    assert final[0]["metadata"]["title"].startswith("⏳ Loading") and final[0]["metadata"]["status"] == "done"
+    tool = final[1]
+    assert tool["metadata"]["title"] == "🛠️ get_current_weather" and tool["metadata"]["status"] == "done"
+    assert '"location": "Oslo"' in tool["content"] and "4.2°C" in tool["content"]
+    assert final[2] == {"role": "assistant", "content": "[funccall] According to get_current_weather: 4.2°C"}
+    assert final[3]["metadata"]["title"].startswith("2 LLM calls · 1 tool call")
+    answers = [r[2]["content"] for r in replies if len(r) > 2 and "metadata" not in r[2]]
+    assert len(answers) > 3 and answers[0] != answers[-1]  # the answer grows token by token
+    # no tool needed: one call
+    final = last(respond(reg.agent_factory, "Hi there", [], "funccall", "weather", False))
+    assert final[-1]["metadata"]["title"].startswith("1 LLM call · 0 tool calls")
+
+
+def test_history_from_gradio_skips_traces_and_joins_parts():
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "Weather in Oslo?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Arguments..."}], "metadata": {"title": "🛠️ x"}},
+        {"role": "assistant", "content": "It is 4.2°C.", "metadata": None},
+        {"role": "assistant", "content": "m", "metadata": {"title": "1 LLM call"}},
+        {"role": "user", "content": [{"type": "file", "file": {"path": "a.png"}}]},
+    ]
+    assert history_from_chat(history) == [{"role": "user", "content": "Weather in Oslo?"},
+                                          {"role": "assistant", "content": "It is 4.2°C."}]
+
+
+def test_overlong_input_is_truncated_with_a_note_not_a_crash():
+    reg = scripted_registry(n_ctx=1024)
+    final = last(respond(reg.agent_factory, "blah " * 20000, [], "base", "weather", False))
+    titles = [m.get("metadata", {}).get("title", "") for m in final]
+    assert "ℹ️ Note" in titles and any(m["content"].startswith("Hello from base!") for m in final)
+
+
+def test_config_and_models_dir(tmp_path):
+    specs, settings = load_config(REPO / "space" / "models.yaml")
+    assert len(specs) == 3 and all(s.path or (s.repo and s.file) for s in specs)
+    assert settings["max_resident"] == 1
+    bad = tmp_path / "m.yaml"
+    bad.write_text("models:\n  - name: x\n")
+    with pytest.raises(ValueError, match=r"m.yaml: models\[0\] \(x\) needs 'path', or 'repo' and 'file'"):
+        load_config(bad)
+    (tmp_path / "a.gguf").write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.gguf").write_bytes(b"")
+    assert [s.name for s in models_from_dir(tmp_path)] == ["a", "sub/b"]
+    with pytest.raises(FileNotFoundError, match="no .gguf"):
+        models_from_dir(tmp_path / "sub" / "none")
+
+
+@requires("gradio", "gradio_client")
+def test_gradio_app_through_client(fake):
+    from gradio_client import Client
+
+    app = load_app()
+    reg = scripted_registry()
+    demo = app.build_demo(reg.agent_factory, reg.names)
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        job = client.submit("What's the weather in Oslo?", "finetome", "weather", True, api_name="/respond")
+        outputs = list(job)
+        final = job.result()
+        assert len(outputs) > 3  # streamed
+        titles = [m.get("metadata", {}).get("title") for m in final if m.get("metadata")]
+        assert "🛠️ get_current_weather" in titles
+        assert {"role": "assistant", "content": "[finetome] According to get_current_weather: 4.2°C"} in final
+        chat = client.predict("Hello", "base", "chat", False, api_name="/respond")
+        assert any(m["content"].startswith("Hello from base!") for m in chat) and reg.resident() == ["base"]
+    finally:
+        demo.close()
+
+
+@requires("gradio", "llama_cpp")
+def test_app_cli_serves_a_models_dir(tiny_gguf):
+    app = load_app()
+    args = app.parse_args(["--models-dir", str(tiny_gguf["q8_0"].parent), "--n-ctx", "512", "--threads", "1",
+                          "--max-new-tokens", "8"])
+    reg = app.make_registry(args)
+    assert set(reg.names) == {"tiny-f16", "tiny-q8_0"} and reg.resident() == []
+    final = last(respond(reg.agent_factory, "hi", [], "tiny-q8_0", "chat", False))
+    assert final[-1]["metadata"]["title"].startswith("1 LLM call") and reg.resident() == ["tiny-q8_0"]
+    assert reg.acquire("tiny-q8_0").template == "llama-3.2"  # detected from the GGUF's embedded template
+    reg.release("tiny-q8_0")
+    reg.close()
+
+
+def test_space_bundle_is_self_contained(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "space"
+    subprocess.run([sys.executable, str(REPO / "space" / "bundle.py"), str(out)], check=True, capture_output=True)
+    assert {p.name for p in out.iterdir()} >= {"app.py", "models.yaml", "requirements.txt", "README.md", "llamatune"}
+    assert (out / "llamatune" / "templates" / "llama-3.2.jinja").exists()
+    assert not list(out.rglob("__pycache__"))
+    # -I: no PYTHONPATH, no user site; only the bundle's own folder (as on the Space) provides llamatune
+    code = ("import sys; sys.path.insert(0, '.'); import llamatune, llamatune.agent, llamatune.serving; "
+            "from llamatune.chat import render; print(llamatune.__file__)")
+    r = subprocess.run([sys.executable, "-I", "-c", code], cwd=out, capture_output=True, text=True, check=True)
+    assert r.stdout.strip().startswith(str(out))
+    front = (out / "README.md").read_text().split("---")[1]
+    assert "sdk: gradio" in front and "sdk_version: 6.31.0" in front and "app_file: app.py" in front
+
+
+def test_agent_modules_import_light():
+    import subprocess
+    import sys
+
+    code = ("import sys; import llamatune.agent, llamatune.llm, llamatune.serving, llamatune.tools.fakes; "
+            "print([m for m in ('llama_cpp', 'gradio', 'torch', 'transformers', 'requests') if m in sys.modules])")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
