@@ -109,11 +109,14 @@ def test_targets_match_expected(rows):
         else:
             fn = target["tool_calls"][0]["function"]
             assert (fn["name"], fn["arguments"]) == (r["expected"]["name"], r["expected"]["arguments"])
+        turns = [m for m in r["messages"] if m["role"] != "system"]
         if r["category"] == "no_tool":
-            assert r["expected"] is None and len(r["messages"]) == 2
+            assert r["expected"] is None and len(turns) == 2
         if r["category"] == "tool_result":
             assert r["expected"] is None and r["messages"][-2]["role"] == "tool"
-            assert isinstance(r["messages"][-2]["content"], dict)
+            content = r["messages"][-2]["content"]  # wrapped as the agent wraps tool results
+            assert set(content) in ({"tool", "result", "note"}, {"tool", "error", "note"})
+            assert content["tool"] == r["messages"][-3]["tool_calls"][0]["function"]["name"]
         if r["category"] == "multi_turn":
             assert sum(m["role"] == "user" for m in r["messages"]) == 2
 
@@ -186,3 +189,19 @@ def test_icl_examples_come_from_training_families_only():
     text = icl_system_prompt(3)
     assert text.count("Example ") == 3 and '"parameters"' in text
     assert icl_system_prompt(0) == ""
+
+
+def test_agent_system_prompt_on_training_rows_of_agent_tool_sets(rows):
+    from llamatune.agent import SYSTEM_PROMPTS
+    from llamatune.data.funccall import agent_system_prompt
+    from llamatune.tools import MODES
+
+    train, test = rows
+    assert not any(m["role"] == "system" for r in test for m in r["messages"])
+    moded = [r for r in train if agent_system_prompt([t["function"]["name"] for t in r["tools"]])]
+    with_system = [r for r in moded if r["messages"][0]["role"] == "system"]
+    assert 0.3 < len(with_system) / len(moded) < 0.7
+    for r in with_system:
+        assert r["messages"][0]["content"].startswith(tuple(SYSTEM_PROMPTS[m] for m in MODES if MODES[m]))
+    others = [r for r in train if r not in moded]
+    assert others and not any(r["messages"][0]["role"] == "system" for r in others)

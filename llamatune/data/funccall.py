@@ -18,7 +18,10 @@ the scorer accepts per argument), ``null`` for a text answer. Categories:
 * ``clarify``: a required argument is missing or ambiguous, so the answer is a question;
 * ``multi_turn``: a follow-up ("and tomorrow?") after a first exchange; mostly a new call.
 
-Train and test never share a template family. ``--paraphrase-endpoint`` paraphrases *training* user turns
+Half of the training rows whose tools are exactly an agent mode's set start with the agent's system prompt
+(:data:`llamatune.agent.SYSTEM_PROMPTS` + the tool-data rule), and tool results are wrapped as the agent
+wraps them, so the fine-tune sees what it will be served; test rows have no system prompt (Meta's official
+format, where the base model over-calls). Train and test never share a template family. ``--paraphrase-endpoint`` paraphrases *training* user turns
 with any OpenAI-compatible server (cached in ``DIR/paraphrase_cache.jsonl``); a paraphrase that drops a
 slot value (a city, a number) is rejected and the template text kept. The test split is never paraphrased.
 """
@@ -40,6 +43,7 @@ CATEGORIES = ("single_call", "no_tool", "tool_result", "clarify", "multi_turn")
 DEFAULT_PROPORTIONS = {"single_call": 0.35, "no_tool": 0.25, "tool_result": 0.15, "clarify": 0.10, "multi_turn": 0.15}
 SINGLE_WEIGHTS = {"get_current_weather": 3, "get_weather_forecast": 3, "search_wikipedia": 2,
                   "get_wikipedia_summary": 2, "get_local_time": 1.5, "convert_units": 1.5, "calculate": 1}
+AGENT_SYSTEM_SHARE = 0.5  # training rows offered exactly an agent mode's tools that get the agent's system prompt
 PARAPHRASE_PROMPT = ("Paraphrase the user's message. Keep its meaning, language and every name, place, number and "
                      "unit exactly as written. Reply with the paraphrase only.")
 
@@ -126,7 +130,16 @@ def _pick(rng: random.Random, by_group: dict[str, list[str]]) -> str:
     return rng.choice(by_group[group])
 
 
-def _row(rng: random.Random, category: str, fams: dict) -> dict:
+def agent_system_prompt(tool_names: list[str]) -> str | None:
+    """The system prompt the agent uses with exactly these tools (a mode's set), else ``None``."""
+    from llamatune.agent import SYSTEM_PROMPTS, TOOL_DATA_RULE
+    from llamatune.tools import MODES
+
+    mode = next((m for m, names in MODES.items() if names and sorted(names) == sorted(tool_names)), None)
+    return f"{SYSTEM_PROMPTS[mode]}\n\n{TOOL_DATA_RULE}" if mode else None
+
+
+def _row(rng: random.Random, category: str, fams: dict, system_share: float = 0.0) -> dict:
     exclude: list[str] = []
     if category in ("single_call", "tool_result"):
         tool = rng.choices(list(SINGLE_WEIGHTS), weights=list(SINGLE_WEIGHTS.values()))[0]
@@ -149,8 +162,12 @@ def _row(rng: random.Random, category: str, fams: dict) -> dict:
         exclude = T.NO_TOOL[family][3]
         messages, must, exp = B.build_no_tool(rng, family)
         used = [family]
-    return {"messages": messages, "tools": _toolset(rng, must, exclude), "category": category,
-            "template_id": family, "expected": exp, "families": used}
+    tools = _toolset(rng, must, exclude)
+    system = agent_system_prompt([t["function"]["name"] for t in tools])
+    if system and rng.random() < system_share:  # the agent's own prompt, so training matches serving
+        messages = [{"role": "system", "content": system}, *messages]
+    return {"messages": messages, "tools": tools, "category": category, "template_id": family, "expected": exp,
+            "families": used}
 
 
 def _families_of(split: str, test_fraction: float) -> dict:
@@ -178,7 +195,7 @@ def build_split(split: str, n: int, seed: int, proportions: dict | None = None,
     rng.shuffle(order)
     rows = []
     for i, category in enumerate(order):
-        row = _row(rng, category, fams)
+        row = _row(rng, category, fams, AGENT_SYSTEM_SHARE if split == "train" else 0.0)
         rows.append({"id": f"fc-{split}-{i:05d}", **row})
     return rows
 

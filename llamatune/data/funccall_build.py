@@ -1,7 +1,8 @@
 """Builders of the function-calling generator: one conversation per category, from a family and a seeded RNG.
 
 Everything is offline: tool results are fabricated plausibly in the shape the real tools return (the pure
-tools, ``convert_units`` and ``calculate``, are run for real), and final answers are grounded in them.
+tools, ``convert_units`` and ``calculate``, are run for real) and wrapped as the agent wraps them
+(``{"tool", "result", "note"}``, :mod:`llamatune.agent`); final answers are grounded in them.
 Builders return ``(messages, tool names that must be offered, expected)``; user turns carry a private
 ``_keep`` list (strings a paraphrase must keep), stripped before writing.
 """
@@ -210,13 +211,21 @@ def answer(rng: random.Random, tool: str, args: dict, result: dict) -> str:
     return rng.choice(T.ANSWERS[tool]).format(**f)
 
 
+def tool_turn(tool: str, result: dict) -> dict:
+    """The result as the agent puts it in the conversation: ``{"tool", "result" | "error", "note"}``."""
+    from llamatune.agent import DATA_NOTE
+
+    body = {"error": result["error"]} if "error" in result else {"result": result}
+    return {"role": "tool", "content": {"tool": tool, **body, "note": DATA_NOTE}}
+
+
 def exchange(rng: random.Random, tool: str, args: dict, errors: bool = False) -> list[dict]:
     """``[call, tool result, grounded answer]`` for a call already decided."""
     if errors and tool in (*WEATHER, "search_wikipedia", "get_wikipedia_summary") and rng.random() < 0.1:
         result = {"error": rng.choice(ERRORS["weather" if tool in WEATHER else "wikipedia"])}
     else:
         result = fake_result(rng, tool, args)
-    return [call(tool, args), {"role": "tool", "content": result}, say(answer(rng, tool, args, result))]
+    return [call(tool, args), tool_turn(tool, result), say(answer(rng, tool, args, result))]
 
 
 # --- per-category conversations -------------------------------------------------------------------------
