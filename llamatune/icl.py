@@ -1,0 +1,66 @@
+"""In-context learning: a system prompt with k worked tool-use examples, the baseline a fine-tune must beat.
+
+The examples come from the function-calling generator's **training** template families only (so an
+evaluation on the test split never shows the model a test phrasing), cycling through the categories: a call,
+no call, an answer from a tool result, a clarifying question, a follow-up. The agent reuses it for its ICL
+switch.
+
+    from llamatune.icl import icl_system_prompt
+    icl_system_prompt(3)
+"""
+
+from __future__ import annotations
+
+import json
+
+INSTRUCTIONS = (
+    "You are a helpful assistant that can call functions. Call a function only when the request needs one: then "
+    "reply with the JSON call alone, {\"name\": ..., \"parameters\": {...}}. Otherwise answer in plain text. If a "
+    "required argument is missing or ambiguous, ask a short question instead of guessing. After a function result, "
+    "answer from it in plain text without calling again."
+)
+ORDER = ("single_call", "no_tool", "tool_result", "clarify", "multi_turn")
+MAX_CHARS = 700  # keep examples short (a 14-day forecast would crowd the context)
+
+
+def format_turn(m: dict) -> str:
+    if m.get("tool_calls"):
+        fn = m["tool_calls"][0]["function"]
+        return "Assistant: " + json.dumps({"name": fn["name"], "parameters": fn["arguments"]}, ensure_ascii=False)
+    if m["role"] in ("tool", "ipython"):
+        c = m["content"]
+        return "Function result: " + (c if isinstance(c, str) else json.dumps(c, ensure_ascii=False))
+    return f"{m['role'].capitalize()}: {m['content']}"
+
+
+def format_example(row: dict) -> str:
+    """One generated row as a plain-text transcript."""
+    return "\n".join(format_turn(m) for m in row["messages"] if m["role"] != "system")
+
+
+def icl_examples(k: int, seed: int = 0) -> list[dict]:
+    """``k`` short training rows, cycling through the categories."""
+    from llamatune.data.funccall import build_split, strip_private
+
+    pool = strip_private(build_split("train", max(50, 20 * k), seed))
+    by_cat = {c: [r for r in pool if r["category"] == c and len(format_example(r)) <= MAX_CHARS] for c in ORDER}
+    out, i = [], 0
+    while len(out) < k:
+        cat = ORDER[i % len(ORDER)]
+        rows = by_cat[cat]
+        if rows:
+            out.append(rows.pop(0))
+        elif not any(by_cat.values()):
+            raise ValueError(f"cannot draw {k} ICL examples (pool exhausted)")
+        i += 1
+    return out
+
+
+def icl_system_prompt(k: int, seed: int = 0) -> str:
+    """Instructions plus ``k`` worked examples; ``""`` for k = 0."""
+    if k <= 0:
+        return ""
+    parts = [INSTRUCTIONS, ""]
+    for n, row in enumerate(icl_examples(k, seed), 1):
+        parts += [f"Example {n}:", format_example(row), ""]
+    return "\n".join(parts).strip()
