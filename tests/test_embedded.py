@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import requires
+from tests.conftest import requires
 from llamatune import embedded, vendor
 from llamatune.chat import render, template_text
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires
+from tests.conftest import requires
 
 pytestmark = requires("llama_cpp", "peft", "transformers")
 

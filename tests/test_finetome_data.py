@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import FIXTURES, REPO
+from tests.conftest import FIXTURES, REPO
 from llamatune.data import finetome
 from llamatune.data.finetome import convert_row, prepare
 from llamatune.data.io import content_hash, read_jsonl, sha256_file, write_jsonl

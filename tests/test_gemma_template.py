@@ -16,7 +16,7 @@ import pytest
 
 from llamatune.chat import TEMPLATES, render, template_text
 
-from conftest import requires
+from tests.conftest import requires
 
 CHAT = [
     {"role": "user", "content": "  Hi there! \n"},

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from conftest import REPO
+from tests.conftest import REPO
 
 NOTEBOOK = REPO / "FineTome" / "finetuning.ipynb"
 nbformat = pytest.importorskip("nbformat")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, REPO
+from tests.conftest import FIXTURES, REPO
 from llamatune.data.finetome import prepare
 from llamatune.data.io import write_jsonl
 
