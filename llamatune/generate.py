@@ -204,11 +204,14 @@ def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, ma
                     temperature: float = 0.0, progress: bool = True) -> dict[str, str]:
     """``{prompt id: answer}`` for ``prompts`` (``{"id", "messages"}``), reusing and appending to ``cache_path``.
 
-    ``gen_or_spec`` is a ``Generator`` or a spec string; a spec is loaded only if something is missing.
+    ``gen_or_spec`` is a ``Generator``, a ``ModelSpec`` or a spec string; a spec is loaded only if something is missing.
     """
     from tqdm import tqdm
 
-    spec = gen_or_spec.spec if isinstance(gen_or_spec, Generator) else parse_spec(gen_or_spec)
+    if isinstance(gen_or_spec, Generator):
+        spec = gen_or_spec.spec
+    else:
+        spec = gen_or_spec if isinstance(gen_or_spec, ModelSpec) else parse_spec(gen_or_spec)
     fp = fingerprint(spec)
     settings = {"max_tokens": max_tokens, "temperature": temperature}
 
