@@ -121,6 +121,8 @@ def generic_table(r: dict) -> str:
     for name, v in agg.items():
         if isinstance(v, dict):
             value = next((v[k] for k in ("value", "accuracy", "acc", "rate", "mean") if k in v), None)
+            if value is None:
+                continue  # a nested breakdown (e.g. a confusion matrix), not a metric
             low, high = _ci_of(v, name)
             n = v.get("n")
             p = v.get("p_value")

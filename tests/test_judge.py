@@ -292,3 +292,44 @@ def test_garbage_judge_is_reported_and_kept(tiny_gguf, judge_server, tmp_path):
     assert rows and all(r["winner"] is None and r["raw"] is not None for r in rows)
     result = json.loads((tmp_path / "j" / "judge.json").read_text())
     assert result["aggregate"]["n_invalid"] == 2 and result["aggregate"]["n"] == 0
+
+
+# --- judge-human agreement ----------------------------------------------------------------------------------
+def test_judge_agreement_blind_sheet(tmp_path):
+    from llamatune.cli import main
+    from llamatune.evals import agreement, stats
+
+    judge_v = ["A", "A", "B", "tie", "A", "B", "B", "tie", "A", "A"]
+    human_v = ["A", "B", "B", "tie", "A", "B", "A", "A", "A", "tie"]
+    items = [{"id": f"p{i}", "messages": [{"role": "user", "content": f"q{i}"}], "answer_a": f"a{i}",
+              "answer_b": f"b{i}", "verdict": v} for i, v in enumerate(judge_v)]
+    res = tmp_path / "run"
+    res.mkdir()
+    (res / "judge.json").write_text(json.dumps({"kind": "judge", "a": "ft", "b": "base", "judge_model": "j",
+                                                "items": items}))
+    sheet = tmp_path / "human.jsonl"
+    assert main(["eval", "judge-agreement", "--make-sheet", str(res), "--n", "10", "--out", str(sheet)]) == 0
+    rows = [json.loads(x) for x in sheet.read_text().splitlines()]
+    assert len(rows) == 10 and all(r["label"] == "" and "answer_a" not in r for r in rows)
+    orders = json.loads(sheet.with_suffix(".key.json").read_text())["order"]
+    assert set(orders.values()) == {"AB", "BA"}  # blind: both presentation orders occur
+    # the "labeller" picks by content, i.e. sees a{i}/b{i} in either position
+    want = dict(zip([f"p{i}" for i in range(10)], human_v))
+    for r in rows:
+        h = want[r["id"]]
+        r["label"] = "tie" if h == "tie" else ("1" if r["response_1"] == ("a" if h == "A" else "b") + r["id"][1:] else "2")
+    rows[0]["label"] = ""  # a skipped row
+    sheet.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["eval", "judge-agreement", "--labels", str(sheet)]) == 0
+    out = json.loads((res / "agreement.json").read_text())
+    keep = [i for i in range(10) if f"p{i}" != rows[0]["id"]]
+    h = [human_v[i] for i in keep]
+    j = [judge_v[i] for i in keep]
+    agg = out["aggregate"]
+    assert agg["agreement"]["n"] == 9
+    assert agg["agreement"]["value"] == pytest.approx(sum(x == y for x, y in zip(h, j)) / 9)
+    assert agg["cohen_kappa"]["value"] == pytest.approx(stats.cohen_kappa(h, j))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "p1", "human": "maybe"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl: row 1: field 'human' must be A, B or tie"):
+        agreement.read_labels(bad)

@@ -151,7 +151,7 @@ def make_lm(model: str, *, peft: str | None = None, backend: str = "inproc", bas
     from llamatune.generate import fingerprint, parse_spec
 
     spec = parse_spec(model, peft)
-    info = {"model": model, "label": spec.label, "kind": spec.kind, "fingerprint": fingerprint(spec), "backend": backend}
+    info = {"model": model, "label": spec.label, "model_kind": spec.kind, "fingerprint": fingerprint(spec), "backend": backend}
     if spec.kind == "gguf" and backend == "server":
         from lm_eval.models.gguf import GGUFLM
 

@@ -273,7 +273,8 @@ def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str
         rows = {o: cache.get(jobs[(p["id"], o)][0]) for o in ("AB", "BA")}
         pos = {o: (r or {}).get("winner") for o, r in rows.items()}
         ab, ba = to_model(pos["AB"], "AB"), to_model(pos["BA"], "BA")
-        items.append({"id": p["id"], "ab_position": pos["AB"], "ba_position": pos["BA"], "ab": ab, "ba": ba,
+        items.append({"id": p["id"], "messages": p["messages"], "reference": p.get("reference"),
+                      "answer_a": answers["A"][p["id"]], "answer_b": answers["B"][p["id"]], "ab_position": pos["AB"], "ba_position": pos["BA"], "ab": ab, "ba": ba,
                       "verdict": consistent_verdict(ab, ba), "consistent": (ab == ba) if ab and ba else None,
                       "reason_ab": (rows["AB"] or {}).get("reason"), "reason_ba": (rows["BA"] or {}).get("reason"),
                       "missing": [o for o, r in rows.items() if r is None]})

@@ -8,7 +8,8 @@ token). This model computes the same numbers in-process:
   parsed); llama.cpp is asked for logits only at the positions that predict the continuation tokens, and
   a numpy log-softmax of those rows scores them;
 * requests are processed in sorted token order and the KV cache is truncated to the longest common prefix
-  with what was evaluated before, so the four choices of one ARC question evaluate the shared question once;
+  with what was evaluated before, so the four choices of one ARC question evaluate the shared question once,
+  and the logits row that predicts every choice's first token is computed once per question;
 * ``generate_until`` decodes greedily (for the generative ``arc_challenge_llama`` task), rendering chats with
   the project template (``apply_chat_template``).
 
@@ -88,6 +89,7 @@ def _make_class():
             self._add_bos = bool(self.llm._model.add_bos_token()) and self._bos >= 0
             self._bos_text = self.llm.detokenize([self._bos], special=True).decode("utf-8", "ignore") if self._bos >= 0 else ""
             self.n_evaluated = 0  # tokens actually run through the model (shows the KV reuse)
+            self._last_ctx = None  # (context tokens, logits row of its last position)
 
         # --- tokenization -------------------------------------------------------------------------------
         @property
@@ -169,7 +171,15 @@ def _make_class():
             start = len(whole) - n_cont  # first continuation position
             if start < 1:
                 raise ValueError("continuation fills the context window; nothing to condition on")
-            rows = self._eval_rows(whole[:-1], need_from=start - 1)  # row q predicts token q+1
+            # row q predicts token q+1. The row of the last context token is the same for every choice of a
+            # question: keep it, so that a one-token choice after the first costs no model evaluation at all.
+            ctx_key = tuple(whole[:start])
+            if self._last_ctx is not None and self._last_ctx[0] == ctx_key:
+                first = self._last_ctx[1][None]
+                rows = first if n_cont == 1 else np.vstack([first, self._eval_rows(whole[:-1], need_from=start)])
+            else:
+                rows = self._eval_rows(whole[:-1], need_from=start - 1)
+                self._last_ctx = (ctx_key, rows[0])
             logp = log_softmax(rows)
             cont = np.asarray(whole[start:])
             picked = logp[np.arange(n_cont), cont]
