@@ -85,11 +85,12 @@ def fingerprint(spec: ModelSpec | str) -> str:
 
 
 class Generator:
-    """``generate(messages, max_tokens, temperature=0) -> str`` and ``close()``."""
+    """``generate(messages, max_tokens, temperature=0, tools=None) -> str`` and ``close()``."""
 
     spec: ModelSpec
 
-    def generate(self, messages: list[dict], max_tokens: int = 512, temperature: float = 0.0) -> str:
+    def generate(self, messages: list[dict], max_tokens: int = 512, temperature: float = 0.0,
+                 tools: list[dict] | None = None) -> str:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -109,10 +110,10 @@ class LlamaCppGenerator(Generator):
         self.spec, self.template = spec, template
         self.llm = open_llama(spec.path, n_ctx=n_ctx, n_threads=n_threads)
 
-    def generate(self, messages, max_tokens=512, temperature=0.0):
+    def generate(self, messages, max_tokens=512, temperature=0.0, tools=None):
         from llamatune.chat import render
 
-        text = render(messages, template=self.template, add_generation_prompt=True, date_string=DEFAULT_DATE)
+        text = render(messages, tools, template=self.template, add_generation_prompt=True, date_string=DEFAULT_DATE)
         ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
         room = self.llm.n_ctx() - len(ids)
         if room < 1:
@@ -140,12 +141,12 @@ class HFGenerator(Generator):
         self.model.eval()
         self.eos = [i for i in (self.tok.convert_tokens_to_ids(t) for t in STOP_TEXT) if isinstance(i, int) and i >= 0]
 
-    def generate(self, messages, max_tokens=512, temperature=0.0):
+    def generate(self, messages, max_tokens=512, temperature=0.0, tools=None):
         import torch
 
         from llamatune.chat import render
 
-        text = render(messages, template=self.template, add_generation_prompt=True, date_string=DEFAULT_DATE)
+        text = render(messages, tools, template=self.template, add_generation_prompt=True, date_string=DEFAULT_DATE)
         enc = self.tok(text, return_tensors="pt", add_special_tokens=False)
         kwargs = dict(max_new_tokens=max_tokens, eos_token_id=self.eos, pad_token_id=self.tok.pad_token_id)
         kwargs.update(do_sample=True, temperature=temperature) if temperature > 0 else kwargs.update(do_sample=False)
@@ -161,8 +162,9 @@ def load_generator(spec: str | ModelSpec, peft: str | None = None, **kwargs) -> 
 
 
 # --- resumable cache ------------------------------------------------------------------------------------------
-def prompt_hash(messages: list[dict]) -> str:
-    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+def prompt_hash(messages: list[dict], tools: list[dict] | None = None) -> str:
+    blob = json.dumps(messages if tools is None else [messages, tools], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -202,7 +204,7 @@ def append_jsonl(path: str | Path, row: dict) -> None:
 
 def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, max_tokens: int = 512,
                     temperature: float = 0.0, progress: bool = True) -> dict[str, str]:
-    """``{prompt id: answer}`` for ``prompts`` (``{"id", "messages"}``), reusing and appending to ``cache_path``.
+    """``{prompt id: answer}`` for ``prompts`` (``{"id", "messages"[, "tools"]}``), reusing and appending to ``cache_path``.
 
     ``gen_or_spec`` is a ``Generator``, a ``ModelSpec`` or a spec string; a spec is loaded only if something is missing.
     """
@@ -216,7 +218,7 @@ def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, ma
     settings = {"max_tokens": max_tokens, "temperature": temperature}
 
     def key(p):
-        return f"{fp}|{p['id']}|{prompt_hash(p['messages'])}|{max_tokens}|{temperature}"
+        return f"{fp}|{p['id']}|{prompt_hash(p['messages'], p.get('tools'))}|{max_tokens}|{temperature}"
 
     done = {r["key"]: r["output"] for r in read_jsonl(cache_path) if "key" in r}
     todo = [p for p in prompts if key(p) not in done]
@@ -224,7 +226,7 @@ def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, ma
         gen = gen_or_spec if isinstance(gen_or_spec, Generator) else load_generator(spec)
         try:
             for p in tqdm(todo, desc=f"answers {spec.label}", disable=not progress):
-                out = gen.generate(p["messages"], max_tokens=max_tokens, temperature=temperature)
+                out = gen.generate(p["messages"], max_tokens=max_tokens, temperature=temperature, tools=p.get("tools"))
                 row = {"key": key(p), "model": spec.label, "fingerprint": fp, "id": p["id"], **settings, "output": out}
                 append_jsonl(cache_path, row)
                 done[row["key"]] = out

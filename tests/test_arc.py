@@ -19,7 +19,7 @@ def test_load_arc_items_validates(tmp_path):
     assert len(items) == N_FIXTURE and items[0]["id"] == "LT-ARC-001"
     llama = arc.llama_process(items)
     assert len(llama) == N_FIXTURE - 1  # the 3-choice item is dropped, as Meta does
-    numeric = next(it for it in llama if it["id"] == "LT-ARC-019")
+    numeric = next(it for it in llama if it["id"] == "LT-ARC-003")  # labelled 1-4 in the file
     assert numeric["answerKey"] == "B" and numeric["choices"]["label"] == list("ABCD")
     bad = tmp_path / "bad.jsonl"
     row = json.loads(ARC.read_text().splitlines()[0])
@@ -44,9 +44,10 @@ def _check_cloze_items(result, n):
 
 @requires("llama_cpp", "lm_eval")
 def test_arc_gguf_inprocess(tiny_gguf, tmp_path):
-    r = arc.run_arc(str(tiny_gguf["f16"]), tmp_path / "gguf", data_dir=ARC)
-    _check_cloze_items(r, N_FIXTURE)
-    assert len(r["items"][-1]["loglik"]) == 3  # the 3-choice item is scored on its 3 choices
+    r = arc.run_arc(str(tiny_gguf["f16"]), tmp_path / "gguf", data_dir=ARC, limit=6)
+    _check_cloze_items(r, 6)
+    assert len(r["items"][4]["loglik"]) == 3  # the 3-choice item is scored on its 3 choices
+    assert r["items"][2]["target"] == 1  # answerKey "2" among labels 1-4
     saved = json.loads((tmp_path / "gguf" / "arc-arc_challenge.json").read_text())
     assert saved["items"] == r["items"] and saved["backend"] == "inproc"
     # every response is in the resumable cache
@@ -59,10 +60,10 @@ def test_arc_gguf_inprocess(tiny_gguf, tmp_path):
 
 @requires("lm_eval", "llama_cpp")
 def test_arc_hf_matches_gguf(tiny_model_dir, tiny_gguf, tmp_path):
-    hf = arc.run_arc(str(tiny_model_dir), tmp_path / "hf", data_dir=ARC, limit=5, batch_size=4)
-    _check_cloze_items(hf, 5)
+    hf = arc.run_arc(str(tiny_model_dir), tmp_path / "hf", data_dir=ARC, limit=4, batch_size=4)
+    _check_cloze_items(hf, 4)
     assert hf["backend"] == "hf"
-    gg = arc.run_arc(str(tiny_gguf["f16"]), tmp_path / "gguf", data_dir=ARC, limit=5)
+    gg = arc.run_arc(str(tiny_gguf["f16"]), tmp_path / "gguf", data_dir=ARC, limit=4)
     diffs = [abs(x - y) for a, b in zip(hf["items"], gg["items"]) for x, y in zip(a["loglik"], b["loglik"])]
     assert max(diffs) < 5e-3  # same tokens (BOS + text), f32 HF vs f16 GGUF
     # paired comparison through the CLI
@@ -72,7 +73,7 @@ def test_arc_hf_matches_gguf(tiny_model_dir, tiny_gguf, tmp_path):
     (cmp_path,) = tmp_path.glob("compare-*.json")
     cmp = json.loads(cmp_path.read_text())
     mc = stats.mcnemar_exact([it["correct"] for it in hf["items"]], [it["correct"] for it in gg["items"]])
-    assert cmp["kind"] == "arc_compare" and cmp["n"] == 5 and cmp["p_value"] == mc["p_value"]
+    assert cmp["kind"] == "arc_compare" and cmp["n"] == 4 and cmp["p_value"] == mc["p_value"]
     assert cmp["ci_low"] <= cmp["diff"] <= cmp["ci_high"]
 
 
@@ -131,7 +132,7 @@ def test_inprocess_matches_llama_cpp_server(tiny_gguf):
     from llamatune.evals.llamacpp_lm import LlamaCppLM
     from llamatune.evals.llamacpp_server import LlamaCppServer
 
-    reqs = [Instance("loglikelihood", {}, ("Q: sky?\nA:", c), i) for i, c in enumerate([" blue", " green", " red"])]
+    reqs = [Instance("loglikelihood", {}, ("Q: sky?\nA:", c), i) for i, c in enumerate([" blue", " green"])]
     lm = LlamaCppLM(model_path=str(tiny_gguf["f16"]), n_ctx=512)
     try:
         fast = lm.loglikelihood(reqs, disable_tqdm=True)

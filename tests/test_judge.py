@@ -333,3 +333,17 @@ def test_judge_agreement_blind_sheet(tmp_path):
     bad.write_text('{"id": "p1", "human": "maybe"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl: row 1: field 'human' must be A, B or tie"):
         agreement.read_labels(bad)
+
+
+def test_prompts_with_tools_reach_generation_and_judge():
+    from llamatune.evals.judge import judge_messages
+    from llamatune.generate import prompt_hash
+
+    ps = load_prompts(FIXTURES / "judge_prompts_tools.jsonl")
+    p1, p2, p3 = ps
+    assert p1["reference"] == '{"name": "get_current_weather", "parameters": {"city": "Lyon"}}'
+    assert p3["messages"][-1]["role"] == "tool" and p3["reference"].startswith("It is 28.4")
+    assert prompt_hash(p2["messages"], p2["tools"]) != prompt_hash(p2["messages"])
+    user = judge_messages(p3, "x", "y", reference=True)[1]["content"]
+    assert "[Available Tools]" in user and "get_current_weather" in user and "light snow" in user
+    assert "[The Start of Reference Answer]\nIt is 28.4" in user

@@ -69,30 +69,49 @@ def load_prompts(path: str | Path) -> list[dict]:
             raise ValueError(f"{where}: field 'id' {pid!r} is repeated")
         seen.add(pid)
         reference = row.get("reference")
+        tools = row.get("tools")
+        if tools is not None and not isinstance(tools, list):
+            raise ValueError(f"{where}: field 'tools' must be a list of JSON schemas")
         if "messages" in row:
             msgs = list(row["messages"])
             validate_messages(msgs, where=f"{where}: field 'messages'")
-            if msgs[-1]["role"] == "assistant":
-                reference = reference or msgs[-1].get("content")
+            if msgs[-1]["role"] == "assistant":  # the held-out answer: the reference, not part of the prompt
+                reference = reference or _turn_text(msgs[-1])
                 msgs = msgs[:-1]
-            if not msgs or msgs[-1]["role"] != "user":
-                raise ValueError(f"{where}: field 'messages' must end with a user turn (or user + assistant)")
+            if not msgs or msgs[-1]["role"] not in ("user", "tool", "ipython"):
+                raise ValueError(f"{where}: field 'messages' must end with a user (or tool) turn, "
+                                 "optionally followed by the reference assistant turn")
         elif isinstance(row.get("prompt"), str) and row["prompt"].strip():
             msgs = [{"role": "user", "content": row["prompt"]}]
         else:
             raise ValueError(f"{where}: needs field 'messages' (a chat) or 'prompt' (a string)")
-        out.append({"id": pid, "messages": msgs, "reference": reference})
+        out.append({"id": pid, "messages": msgs, "reference": reference, **({"tools": tools} if tools else {})})
     if not out:
         raise ValueError(f"{path}: no prompts")
     return out
 
 
+def _turn_text(m: dict) -> str:
+    if m.get("tool_calls"):
+        f = m["tool_calls"][0]["function"]
+        return json.dumps({"name": f["name"], "parameters": f.get("arguments", {})}, ensure_ascii=False)
+    c = m.get("content")
+    return c if isinstance(c, str) else json.dumps(c, ensure_ascii=False)
+
+
 def judge_messages(prompt: dict, first: str, second: str, *, reference: bool = False, max_chars: int = 400) -> list[dict]:
-    """The judge's chat for one order: the question (with earlier turns), then Assistant A's and B's answers."""
+    """The judge's chat for one order: tools offered, the conversation, then Assistant A's and B's answers."""
     turns = prompt["messages"]
-    context = "".join(f"[{m['role'].capitalize()}]\n{m['content']}\n\n" for m in turns[:-1] if isinstance(m.get("content"), str))
-    user = (f"[The Start of Conversation]\n{context}[The End of Conversation]\n\n" if context else "")
-    user += f"[User Question]\n{turns[-1]['content']}\n\n"
+    user = ""
+    if prompt.get("tools"):
+        tools = [{"name": t.get("function", t).get("name"), "description": t.get("function", t).get("description"),
+                  "parameters": t.get("function", t).get("parameters")} for t in prompt["tools"]]
+        user += f"[Available Tools]\n{json.dumps(tools, ensure_ascii=False)}\n\n"
+    if len(turns) == 1:
+        user += f"[User Question]\n{_turn_text(turns[0])}\n\n"
+    else:
+        convo = "".join(f"[{m['role'].capitalize()}]\n{_turn_text(m)}\n\n" for m in turns)
+        user += f"[The Start of Conversation]\n{convo}[The End of Conversation]\n(The answers are to its last turn.)\n\n"
     use_ref = reference and prompt.get("reference")
     if use_ref:
         user += f"[The Start of Reference Answer]\n{prompt['reference']}\n[The End of Reference Answer]\n\n"
