@@ -21,6 +21,14 @@ def test_load_arc_items_validates(tmp_path):
     assert len(llama) == N_FIXTURE - 1  # the 3-choice item is dropped, as Meta does
     numeric = next(it for it in llama if it["id"] == "LT-ARC-003")  # labelled 1-4 in the file
     assert numeric["answerKey"] == "B" and numeric["choices"]["label"] == list("ABCD")
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    (tmp_path / "ARC-Challenge").mkdir()
+    rows = [json.loads(x) for x in ARC.read_text().splitlines()]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "ARC-Challenge" / "test-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[:2]), tmp_path / "ARC-Challenge" / "train-00000-of-00001.parquet")
+    assert arc.load_arc_items(tmp_path) == items  # the hub's parquet layout: the test split is used
     bad = tmp_path / "bad.jsonl"
     row = json.loads(ARC.read_text().splitlines()[0])
     bad.write_text(json.dumps(row) + "\n" + json.dumps({**row, "answerKey": "E"}) + "\n")
@@ -43,8 +51,19 @@ def _check_cloze_items(result, n):
 
 
 @requires("llama_cpp", "lm_eval")
-def test_arc_gguf_inprocess(tiny_gguf, tmp_path):
+def test_arc_gguf_inprocess(tiny_gguf, tmp_path, monkeypatch):
+    from llamatune.evals.llamacpp_lm import llamacpp_lm_class
+
+    cls = llamacpp_lm_class()
+    scored = []
+    real_score = cls.score
+    monkeypatch.setattr(cls, "score", lambda self, c, x: scored.append(1) or real_score(self, c, x))
+    first = arc.run_arc(str(tiny_gguf["f16"]), tmp_path / "gguf", data_dir=ARC, limit=3)
+    n_first = len(scored)
+    assert n_first == sum(len(it["loglik"]) for it in first["items"])
     r = arc.run_arc(str(tiny_gguf["f16"]), tmp_path / "gguf", data_dir=ARC, limit=6)
+    assert len(scored) - n_first == sum(len(it["loglik"]) for it in r["items"][3:])  # a rerun resumes
+    assert r["items"][:3] == first["items"]
     _check_cloze_items(r, 6)
     assert len(r["items"][4]["loglik"]) == 3  # the 3-choice item is scored on its 3 choices
     assert r["items"][2]["target"] == 1  # answerKey "2" among labels 1-4

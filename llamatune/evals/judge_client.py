@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import threading
 import time
 from pathlib import Path
@@ -48,6 +49,17 @@ def require_api_key() -> str:
         raise JudgeError("OPENAI_API_KEY is not set. Export it before running the judge (for a local "
                          "OpenAI-compatible server such as llama_cpp.server any non-empty value works).", code=2)
     return key
+
+
+_KEYLIKE = re.compile(r"\b(sk|key)-[A-Za-z0-9_\-*.]{6,}")
+
+
+def scrub(text: str) -> str:
+    """``text`` without the API key or anything that looks like one (error messages may echo a masked key)."""
+    key = os.environ.get("OPENAI_API_KEY", "").strip()
+    if key:
+        text = text.replace(key, "***")
+    return _KEYLIKE.sub("***", text)
 
 
 def verdict_schema(reason_max_chars: int = 400) -> dict:
@@ -127,8 +139,10 @@ class JudgeClient:
         return {"temperature": self.temperature, "max_tokens": self.max_tokens, "schema": self.schema}
 
     def _response_format(self, fmt: str):
-        if fmt == "json_schema":
-            return {"type": "json_schema", "json_schema": {"name": "verdict", "schema": self.schema, "strict": True}}
+        if fmt == "json_schema":  # strict mode takes no length constraints: the limit is stated in the prompt
+            strict = json.loads(json.dumps(self.schema))
+            strict["properties"]["reason"].pop("maxLength", None)
+            return {"type": "json_schema", "json_schema": {"name": "verdict", "schema": strict, "strict": True}}
         if fmt == "json_object":  # llama-cpp-python's server: a grammar built from the schema
             return {"type": "json_object", "schema": self.schema}
         return None
@@ -158,7 +172,7 @@ class JudgeClient:
             try:
                 resp = self.client.chat.completions.create(**kwargs)
             except openai.AuthenticationError as e:
-                raise JudgeError(f"the judge endpoint refused the API key (401): {e.message}", code=2) from None
+                raise JudgeError(f"the judge endpoint refused the API key (401): {scrub(e.message)}", code=2) from None
             except (openai.APIStatusError, openai.APIConnectionError) as e:
                 if fmt != "text" and _is_format_rejection(e):
                     with self._lock:  # this endpoint does not take that format: use the next one, for all threads
@@ -172,7 +186,7 @@ class JudgeClient:
                     what = ("cannot reach the judge endpoint" if isinstance(e, openai.APIConnectionError)
                             else f"the judge endpoint answered HTTP {status}")
                     raise JudgeError(f"{what} ({where}) after {attempt + 1} attempt(s): {type(e).__name__}: "
-                                     f"{str(e)[:300]}", code=3) from None
+                                     f"{scrub(str(e))[:300]}", code=3) from None
                 self._sleep(attempt, e)
                 attempt += 1
                 continue
