@@ -204,7 +204,8 @@ def append_jsonl(path: str | Path, row: dict) -> None:
 
 def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, max_tokens: int = 512,
                     temperature: float = 0.0, progress: bool = True) -> dict[str, str]:
-    """``{prompt id: answer}`` for ``prompts`` (``{"id", "messages"[, "tools"]}``), reusing and appending to ``cache_path``.
+    """``{prompt id: answer}`` for ``prompts`` (``{"id", "messages"[, "tools"]}``), reusing and appending to
+    ``cache_path``.
 
     ``gen_or_spec`` is a ``Generator``, a ``ModelSpec`` or a spec string; a spec is loaded only if something is missing.
     """

@@ -165,18 +165,21 @@ def make_plots(results: list[dict], out: Path) -> list[Path]:
     if judges:
         a = [r["aggregate"] for r in judges]
         paths.append(_plot_intervals([f"{r['a']} vs {r['b']}" for r in judges], [x["adjusted_win_rate"] for x in a],
-                                     [x["adjusted_win_rate_ci"][0] for x in a], [x["adjusted_win_rate_ci"][1] for x in a],
-                                     0.5, "Pairwise judge: adjusted win rate of A (95% CI)", "(W + T/2) / n",
+                                     [x["adjusted_win_rate_ci"][0] for x in a],
+                                     [x["adjusted_win_rate_ci"][1] for x in a], 0.5,
+                                     "Pairwise judge: adjusted win rate of A (95% CI)", "(W + T/2) / n",
                                      out / "judge_win_rates.png"))
     cmps = [r for r in results if r["kind"] == "arc_compare"]
     if cmps:
         paths.append(_plot_intervals([f"{r['a']} − {r['b']} ({r['task']}, {r['metric']})" for r in cmps],
-                                     [r["diff"] for r in cmps], [r["ci_low"] for r in cmps], [r["ci_high"] for r in cmps],
+                                     [r["diff"] for r in cmps], [r["ci_low"] for r in cmps],
+                                     [r["ci_high"] for r in cmps],
                                      0.0, "Accuracy difference (paired bootstrap 95% CI)", "accuracy A − B",
                                      out / "accuracy_differences.png"))
     arcs = [(r, m, v) for r in results if r["kind"] == "arc" for m, v in r["aggregate"].items()]
     if arcs:
-        paths.append(_plot_intervals([f"{r['name']} ({r['task']}, {m})" for r, m, _ in arcs], [v["value"] for *_, v in arcs],
+        paths.append(_plot_intervals([f"{r['name']} ({r['task']}, {m})" for r, m, _ in arcs],
+                                     [v["value"] for *_, v in arcs],
                                      [v["ci_low"] for *_, v in arcs], [v["ci_high"] for *_, v in arcs], 0.25,
                                      "ARC accuracy (Wilson 95% CI; dashed: chance with 4 choices)", "accuracy",
                                      out / "arc_accuracy.png"))

@@ -328,7 +328,8 @@ def test_judge_agreement_blind_sheet(tmp_path):
     want = dict(zip([f"p{i}" for i in range(10)], human_v))
     for r in rows:
         h = want[r["id"]]
-        r["label"] = "tie" if h == "tie" else ("1" if r["response_1"] == ("a" if h == "A" else "b") + r["id"][1:] else "2")
+        better = ("a" if h == "A" else "b") + r["id"][1:]
+        r["label"] = "tie" if h == "tie" else ("1" if r["response_1"] == better else "2")
     rows[0]["label"] = ""  # a skipped row
     sheet.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert main(["eval", "judge-agreement", "--labels", str(sheet)]) == 0

@@ -31,7 +31,8 @@ def test_notebook_is_a_thin_driver(path):
         assert len(lines) <= 12, cell.source
         python = re.sub(r"(?m)^(\s*)[%!].*$", r"\1pass", cell.source)
         tree = ast.parse(python)
-        assert not [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda))], cell.source
+        defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda))]
+        assert not defs, cell.source
         assert "sk-" not in cell.source  # no key in a notebook
 
 
@@ -48,7 +49,8 @@ def _run(path, tmp_path, monkeypatch):
 
 
 def _images(nb):
-    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    return [o for o in outputs if "image/png" in o.get("data", {})]
 
 
 @pytest.mark.slow

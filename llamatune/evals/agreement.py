@@ -148,7 +148,8 @@ def main(args) -> int:
                   "`python -c 'import llamatune.evals.agreement as a; print(a.__doc__)'` for how to label")
             return 0
         if not args.labels:
-            print("llamatune eval judge-agreement: --labels FILE (or --make-sheet RESULTS) is required", file=sys.stderr)
+            print("llamatune eval judge-agreement: --labels FILE (or --make-sheet RESULTS) is required",
+                  file=sys.stderr)
             return 2
         results = args.results
         key_path = Path(args.labels).with_suffix(".key.json")

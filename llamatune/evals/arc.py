@@ -55,7 +55,8 @@ _LLAMA_YAML = {
     "gen_prefix": "The best answer is",
     "num_fewshot": 0,
     "generation_kwargs": {"do_sample": False, "max_gen_toks": 100, "until": []},
-    "filter_list": [{"name": "strict_match", "filter": [{"function": "remove_whitespace"}, {"function": "take_first"}]}],
+    "filter_list": [{"name": "strict_match",
+                     "filter": [{"function": "remove_whitespace"}, {"function": "take_first"}]}],
     "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True, "ignore_case": True,
                      "ignore_punctuation": True, "regexes_to_ignore": ["\\$", "\\.$"]}],
 }
@@ -99,7 +100,7 @@ def load_arc_items(data_dir: str | Path) -> list[dict]:
             if not isinstance(row.get("question"), str) or not row["question"].strip():
                 raise ValueError(f"{where}: field 'question' must be a non-empty string")
             ch = row.get("choices")
-            if not isinstance(ch, dict) or not isinstance(ch.get("text"), list) or not isinstance(ch.get("label"), list):
+            if not (isinstance(ch, dict) and isinstance(ch.get("text"), list) and isinstance(ch.get("label"), list)):
                 raise ValueError(f"{where}: field 'choices' must be {{'text': [...], 'label': [...]}}")
             if len(ch["text"]) != len(ch["label"]) or len(ch["text"]) < 2:
                 raise ValueError(f"{where}: field 'choices' needs >= 2 texts and as many labels")
@@ -139,7 +140,8 @@ def write_local_task(items: list[dict], task: str, work: Path) -> tuple[str, Pat
     data = tdir / f"{name}.jsonl"
     data.write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items), encoding="utf-8")
     cfg = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data.resolve())}},
-           "test_split": "test", **(_CLOZE_YAML if task == "arc_challenge" else _LLAMA_YAML), "metadata": {"version": 1.0}}
+           "test_split": "test", **(_CLOZE_YAML if task == "arc_challenge" else _LLAMA_YAML),
+           "metadata": {"version": 1.0}}
     (tdir / f"{name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return name, tdir
 
@@ -151,7 +153,8 @@ def make_lm(model: str, *, peft: str | None = None, backend: str = "inproc", bas
     from llamatune.generate import fingerprint, parse_spec
 
     spec = parse_spec(model, peft)
-    info = {"model": model, "label": spec.label, "model_kind": spec.kind, "fingerprint": fingerprint(spec), "backend": backend}
+    info = {"model": model, "label": spec.label, "model_kind": spec.kind, "fingerprint": fingerprint(spec),
+            "backend": backend}
     if spec.kind == "gguf" and backend == "server":
         from lm_eval.models.gguf import GGUFLM
 
@@ -265,7 +268,8 @@ def load_result(path: str | Path, kind: str = "arc") -> dict:
     return data
 
 
-def compare(a: str | Path | dict, b: str | Path | dict, metric: str = "acc", n_boot: int = 10000, seed: int = 0) -> dict:
+def compare(a: str | Path | dict, b: str | Path | dict, metric: str = "acc", n_boot: int = 10000,
+            seed: int = 0) -> dict:
     """Paired comparison on the items both results share: McNemar (exact) and a bootstrap CI of acc(A) - acc(B)."""
     ra = a if isinstance(a, dict) else load_result(a)
     rb = b if isinstance(b, dict) else load_result(b)

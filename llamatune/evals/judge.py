@@ -99,7 +99,8 @@ def _turn_text(m: dict) -> str:
     return c if isinstance(c, str) else json.dumps(c, ensure_ascii=False)
 
 
-def judge_messages(prompt: dict, first: str, second: str, *, reference: bool = False, max_chars: int = 400) -> list[dict]:
+def judge_messages(prompt: dict, first: str, second: str, *, reference: bool = False,
+                   max_chars: int = 400) -> list[dict]:
     """The judge's chat for one order: tools offered, the conversation, then Assistant A's and B's answers."""
     turns = prompt["messages"]
     user = ""
@@ -111,7 +112,8 @@ def judge_messages(prompt: dict, first: str, second: str, *, reference: bool = F
         user += f"[User Question]\n{_turn_text(turns[0])}\n\n"
     else:
         convo = "".join(f"[{m['role'].capitalize()}]\n{_turn_text(m)}\n\n" for m in turns)
-        user += f"[The Start of Conversation]\n{convo}[The End of Conversation]\n(The answers are to its last turn.)\n\n"
+        user += (f"[The Start of Conversation]\n{convo}[The End of Conversation]\n"
+                 "(The answers are to its last turn.)\n\n")
     use_ref = reference and prompt.get("reference")
     if use_ref:
         user += f"[The Start of Reference Answer]\n{prompt['reference']}\n[The End of Reference Answer]\n\n"
@@ -255,7 +257,8 @@ def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str
         cache.put({"key": key, "id": pid, "order": order, "judge_model": judge_model, "winner": winner,
                    "reason": reason, "raw": r["text"], "finish_reason": r["finish_reason"], "format": r["format"],
                    "requested_format": response_format,
-                   "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"], "time": time.time()})
+                   "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"],
+                   "time": time.time()})
         usage["prompt_tokens"] += r["prompt_tokens"]
         usage["completion_tokens"] += r["completion_tokens"]
         usage["verdicts"] += 1
@@ -278,7 +281,7 @@ def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str
             drain(pending)
     except KeyboardInterrupt:
         interrupted = True
-        print(f"\ninterrupted: saving the verdicts in flight (Ctrl-C again to abort) ...", file=sys.stderr)
+        print("\ninterrupted: saving the verdicts in flight (Ctrl-C again to abort) ...", file=sys.stderr)
         try:
             drain(pending)
         except KeyboardInterrupt:
@@ -293,11 +296,12 @@ def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str
         pos = {o: (r or {}).get("winner") for o, r in rows.items()}
         ab, ba = to_model(pos["AB"], "AB"), to_model(pos["BA"], "BA")
         items.append({"id": p["id"], "messages": p["messages"], "reference": p.get("reference"),
-                      "answer_a": answers["A"][p["id"]], "answer_b": answers["B"][p["id"]], "ab_position": pos["AB"], "ba_position": pos["BA"], "ab": ab, "ba": ba,
+                      "answer_a": answers["A"][p["id"]], "answer_b": answers["B"][p["id"]],
+                      "ab_position": pos["AB"], "ba_position": pos["BA"], "ab": ab, "ba": ba,
                       "verdict": consistent_verdict(ab, ba), "consistent": (ab == ba) if ab and ba else None,
                       "reason_ab": (rows["AB"] or {}).get("reason"), "reason_ba": (rows["BA"] or {}).get("reason"),
                       "missing": [o for o, r in rows.items() if r is None]})
-    all_rows = [cache.get(k) for k, _ in jobs.values() if cache.get(k)]
+    all_rows = [cache.get(k) for k in dict.fromkeys(k for k, _ in jobs.values()) if cache.get(k)]
     total = {t: sum(r.get(t, 0) for r in all_rows) for t in ("prompt_tokens", "completion_tokens")}
     result = {
         "kind": "judge", "name": f"{names['A']} vs {names['B']}", "a": names["A"], "b": names["B"],
@@ -305,7 +309,8 @@ def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str
         "prompt_version": PROMPT_VERSION, "n_prompts": len(plist), "complete": not errors and not interrupted,
         "aggregate": summarize(items),
         "usage": {"requests_this_run": client.requests, "verdicts_this_run": usage["verdicts"],
-                  "prompt_tokens_this_run": usage["prompt_tokens"], "completion_tokens_this_run": usage["completion_tokens"],
+                  "prompt_tokens_this_run": usage["prompt_tokens"],
+                  "completion_tokens_this_run": usage["completion_tokens"],
                   "prompt_tokens_total": total["prompt_tokens"], "completion_tokens_total": total["completion_tokens"],
                   "cost_usd_this_run": cost_usd(judge_model, usage["prompt_tokens"], usage["completion_tokens"],
                                                 price_in, price_out),
@@ -343,7 +348,9 @@ def format_result(r: dict) -> str:
     if a["position_consistency"] is not None:
         lines.append(f"  judge position consistency {a['position_consistency']:.3f}")
     u = r["usage"]
-    cost = f", est. ${u['cost_usd_this_run']:.4f} this run (${u['cost_usd_total']:.4f} total)" if u["cost_usd_total"] is not None else ""
+    cost = ""
+    if u["cost_usd_total"] is not None:
+        cost = f", est. ${u['cost_usd_this_run']:.4f} this run (${u['cost_usd_total']:.4f} total)"
     lines.append(f"  judge requests this run {u['requests_this_run']}, tokens in/out this run "
                  f"{u['prompt_tokens_this_run']}/{u['completion_tokens_this_run']}{cost}")
     return "\n".join(lines)

@@ -87,7 +87,8 @@ def _make_class():
             self._n_vocab = self.llm.n_vocab()
             self._bos = self.llm.token_bos()
             self._add_bos = bool(self.llm._model.add_bos_token()) and self._bos >= 0
-            self._bos_text = self.llm.detokenize([self._bos], special=True).decode("utf-8", "ignore") if self._bos >= 0 else ""
+            self._bos_text = (self.llm.detokenize([self._bos], special=True).decode("utf-8", "ignore")
+                              if self._bos >= 0 else "")
             self.n_evaluated = 0  # tokens actually run through the model (shows the KV reuse)
             self._last_ctx = None  # (context tokens, logits row of its last position)
 

@@ -24,7 +24,8 @@ class LlamaCppServer:
     """A llama-cpp-python server subprocess; ``url`` is the root, ``base_url`` the OpenAI ``/v1`` root."""
 
     def __init__(self, model_path: str | Path, *, n_ctx: int = 2048, port: int | None = None,
-                 extra_args: list[str] | None = None, startup_timeout: float = 120.0, log_path: str | Path | None = None):
+                 extra_args: list[str] | None = None, startup_timeout: float = 120.0,
+                 log_path: str | Path | None = None):
         if not Path(model_path).is_file():
             raise FileNotFoundError(f"GGUF not found: {model_path}")
         self.port = port or free_port()
