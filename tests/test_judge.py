@@ -189,24 +189,28 @@ def test_judge_interrupt_and_resume_pays_nothing_twice(tiny_gguf, tiny_model_dir
         generate_cached(spec, load_prompts(prompts), out / "answers.jsonl", max_tokens=6, progress=False)
     answers = (out / "answers.jsonl").read_text()
     assert len(answers.splitlines()) == 6
+    verdicts = out / "verdicts.jsonl"
+    outputs, saved = "", []
     try:
-        cmd, env = _cli(_judge_args(tiny_gguf, tiny_model_dir, tiny_adapter, out, proxy.base_url, prompts,
-                                    "--concurrency", "1"))
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        verdicts = out / "verdicts.jsonl"
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if verdicts.exists() and len(verdicts.read_text().splitlines()) >= 2:
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"run finished before it could be interrupted: {proc.communicate()}"
-        proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 130, stderr[-2000:]
-        assert "interrupted" in stderr and "rerun to continue" in stderr
-        first = len(verdicts.read_text().splitlines())
-        assert 2 <= first < 6
-        assert len(proxy.paid()) == first  # the request in flight at Ctrl-C was saved, not lost
+        for sig, at_least in ((signal.SIGTERM, 2), (signal.SIGINT, 4)):  # `kill`, then Ctrl-C
+            cmd, env = _cli(_judge_args(tiny_gguf, tiny_model_dir, tiny_adapter, out, proxy.base_url, prompts,
+                                        "--concurrency", "1"))
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.time() + 240
+            while time.time() < deadline and proc.poll() is None:
+                if verdicts.exists() and len(verdicts.read_text().splitlines()) >= at_least:
+                    break
+                time.sleep(0.05)
+            assert proc.poll() is None, f"run finished before it could be interrupted: {proc.communicate()}"
+            proc.send_signal(sig)
+            stdout, stderr = proc.communicate(timeout=120)
+            outputs += stdout + stderr
+            assert proc.returncode == 130, stderr[-2000:]
+            assert "interrupted" in stderr and "rerun to continue" in stderr
+            saved.append(len(verdicts.read_text().splitlines()))
+            assert len(proxy.paid()) == saved[-1]  # the request in flight was saved, not lost
+        assert 2 <= saved[0] < saved[1] < 6
+        first = saved[-1]
 
         cmd, env = _cli(_judge_args(tiny_gguf, tiny_model_dir, tiny_adapter, out, proxy.base_url, prompts))
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -226,7 +230,7 @@ def test_judge_interrupt_and_resume_pays_nothing_twice(tiny_gguf, tiny_model_dir
     assert all(r["format"] == "json_object" for r in rows)  # json_schema refused by llama.cpp → its own schema mode
     assert all(json.loads(r["raw"])["winner"] in ("A", "B", "tie") for r in rows)  # schema-constrained JSON
     # the key never reaches a file or the console
-    everything = done.stdout + done.stderr + stdout + stderr
+    everything = done.stdout + done.stderr + outputs
     everything += "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file() and p.suffix != ".db")
     assert SECRET not in everything
 

@@ -8,8 +8,9 @@
    ``OUT/answers.jsonl`` per (model fingerprint, prompt), so reruns resume.
 2. The judge sees each pair twice, A/B and B/A, and returns ``{"reason", "winner": "A"|"B"|"tie"}``
    (JSON schema; a free-text answer is parsed too: JSON fragments, ``[[A]]``/``[[B]]``/``[[C]]``, "Winner: A").
-   Verdicts go to the append-only ``OUT/verdicts.jsonl`` the moment they arrive (Ctrl-C or a crash loses
-   nothing; a rerun asks only what is missing).
+   Verdicts go to the append-only ``OUT/verdicts.jsonl`` the moment they arrive; on Ctrl-C or ``kill``
+   (SIGTERM) the requests in flight are finished and saved, so nothing paid is lost and a rerun asks only what is
+   missing (a hard kill -9 can lose at most the requests in flight, ``--concurrency``).
 3. A model wins a prompt only if both orders agree; any disagreement is a tie (FastChat's rule). Reported:
    W/L/T, win rate (Wilson CI), adjusted win rate (W + T/2)/n (bootstrap CI), a sign test on W vs L (ties
    excluded), the judge's position consistency, token usage and the estimated cost. Prompts whose verdict
@@ -24,7 +25,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait, FIRST_COMPLETED
 from pathlib import Path
@@ -192,6 +195,10 @@ def summarize(items: list[dict], n_boot: int = 10000, seed: int = 0) -> dict:
 
 
 # --- the run ------------------------------------------------------------------------------------------------
+def _terminate(signum, frame):
+    raise KeyboardInterrupt("terminated")
+
+
 def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str, out: str | Path, *,
               base_url: str | None = None, reference: bool = False, a_name: str | None = None,
               b_name: str | None = None, max_tokens: int = 512, concurrency: int = 4, retry_invalid: bool = False,
@@ -272,6 +279,9 @@ def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str
             record(f)
 
     pending = set(futures)
+    previous_term = None
+    if threading.current_thread() is threading.main_thread():  # `kill` (SIGTERM) is handled like Ctrl-C
+        previous_term = signal.signal(signal.SIGTERM, _terminate)
     try:
         while pending and not errors:
             done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -289,6 +299,8 @@ def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str
     finally:
         bar.close()
         pool.shutdown(wait=False, cancel_futures=True)
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
 
     items = []
     for p in plist:
