@@ -1,0 +1,237 @@
+"""Answer prompts with a model given by a spec string, through the project chat template, with a resumable cache.
+
+A model spec is
+
+* ``path/to/model.gguf`` — llama-cpp-python, in process (the artifact that is actually deployed);
+* ``DIR_OR_HF_ID`` — transformers; ``DIR+peft=ADAPTER_DIR`` (or ``peft=`` to ``load_generator``) adds a LoRA adapter.
+
+Prompts are rendered with :func:`llamatune.chat.render` (the one template) at a fixed date, and decoded greedily
+by default. ``generate_cached`` appends every answer to a JSONL cache keyed by (model fingerprint, prompt id,
+prompt hash, settings), so an interrupted run resumes where it stopped::
+
+    from llamatune.generate import load_generator, generate_cached
+    gen = load_generator("runs/ft/gguf/model-q4_k_m.gguf")
+    answers = generate_cached(gen, [{"id": "p1", "messages": [...]}], "results/x/answers.jsonl")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DATE = "26 Jul 2024"
+STOP_TEXT = ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str  # "gguf" | "hf"
+    path: str
+    peft: str | None = None
+
+    @property
+    def label(self) -> str:
+        name = Path(self.path).name or self.path
+        return f"{name}+{Path(self.peft).name}" if self.peft else name
+
+
+def parse_spec(spec: str, peft: str | None = None) -> ModelSpec:
+    """``X.gguf`` → llama.cpp; ``DIR[+peft=ADAPTER]`` or an HF id → transformers."""
+    if not spec:
+        raise ValueError("empty model spec")
+    base, _, rest = spec.partition("+peft=")
+    if rest and peft and rest != peft:
+        raise ValueError(f"model spec {spec!r} names an adapter and peft={peft!r} names another")
+    adapter = rest or peft
+    if base.lower().endswith(".gguf"):
+        if adapter:
+            raise ValueError(f"{spec!r}: a GGUF cannot take a peft adapter (merge and export it instead)")
+        if not Path(base).is_file():
+            raise FileNotFoundError(f"GGUF not found: {base}")
+        return ModelSpec("gguf", base)
+    if adapter and not Path(adapter).exists():
+        raise FileNotFoundError(f"peft adapter directory not found: {adapter}")
+    return ModelSpec("hf", base, adapter)
+
+
+def _file_digest(h, path: Path, edge: int = 1 << 20) -> None:
+    size = path.stat().st_size
+    h.update(f"{path.name}:{size}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(edge))
+        if size > 2 * edge:
+            f.seek(-edge, os.SEEK_END)
+            h.update(f.read(edge))
+
+
+def fingerprint(spec: ModelSpec | str) -> str:
+    """A short content hash of a model (size + first/last MiB of each weight/config file), for cache keys."""
+    spec = parse_spec(spec) if isinstance(spec, str) else spec
+    h = hashlib.sha256(spec.kind.encode())
+    for root in [spec.path] + ([spec.peft] if spec.peft else []):
+        p = Path(root)
+        if p.is_file():
+            _file_digest(h, p)
+        elif p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".model", ".jinja"}:
+                    _file_digest(h, f)
+        else:  # a hub id: the name is all we know
+            h.update(root.encode())
+    return h.hexdigest()[:16]
+
+
+class Generator:
+    """``generate(messages, max_tokens, temperature=0, tools=None) -> str`` and ``close()``."""
+
+    spec: ModelSpec
+
+    def generate(self, messages: list[dict], max_tokens: int = 512, temperature: float = 0.0,
+                 tools: list[dict] | None = None) -> str:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class LlamaCppGenerator(Generator):
+    def __init__(self, spec: ModelSpec, n_ctx: int = 4096, n_threads: int | None = None, template: str = "llama-3.2"):
+        from llamatune.evals.llamacpp_lm import open_llama
+
+        self.spec, self.template = spec, template
+        self.llm = open_llama(spec.path, n_ctx=n_ctx, n_threads=n_threads)
+
+    def generate(self, messages, max_tokens=512, temperature=0.0, tools=None):
+        from llamatune.chat import render
+
+        text = render(messages, tools, template=self.template, add_generation_prompt=True, date_string=DEFAULT_DATE)
+        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        room = self.llm.n_ctx() - len(ids)
+        if room < 1:
+            raise ValueError(f"prompt of {len(ids)} tokens does not fit n_ctx={self.llm.n_ctx()}")
+        out = self.llm.create_completion(prompt=ids, max_tokens=min(max_tokens, room), temperature=temperature,
+                                         top_k=1 if temperature == 0 else 40, stop=STOP_TEXT, seed=0)
+        return out["choices"][0]["text"].strip()
+
+    def close(self):
+        if getattr(self, "llm", None) is not None:
+            self.llm.close()
+            self.llm = None
+
+
+class HFGenerator(Generator):
+    def __init__(self, spec: ModelSpec, dtype: str = "float32", template: str = "llama-3.2"):
+        from llamatune.models import load_causal_lm
+
+        self.spec, self.template = spec, template
+        self.model, self.tok = load_causal_lm(spec.path, dtype=dtype)
+        if spec.peft:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, spec.peft)
+        self.model.eval()
+        self.eos = [i for i in (self.tok.convert_tokens_to_ids(t) for t in STOP_TEXT) if isinstance(i, int) and i >= 0]
+
+    def generate(self, messages, max_tokens=512, temperature=0.0, tools=None):
+        import torch
+
+        from llamatune.chat import render
+
+        text = render(messages, tools, template=self.template, add_generation_prompt=True, date_string=DEFAULT_DATE)
+        enc = self.tok(text, return_tensors="pt", add_special_tokens=False)
+        kwargs = dict(max_new_tokens=max_tokens, eos_token_id=self.eos, pad_token_id=self.tok.pad_token_id)
+        kwargs.update(do_sample=True, temperature=temperature) if temperature > 0 else kwargs.update(do_sample=False)
+        with torch.no_grad():
+            out = self.model.generate(**enc, **kwargs)
+        return self.tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def load_generator(spec: str | ModelSpec, peft: str | None = None, **kwargs) -> Generator:
+    """A generator for a model spec (see module docstring)."""
+    spec = parse_spec(spec, peft) if isinstance(spec, str) else spec
+    return LlamaCppGenerator(spec, **kwargs) if spec.kind == "gguf" else HFGenerator(spec, **kwargs)
+
+
+# --- resumable cache ------------------------------------------------------------------------------------------
+def prompt_hash(messages: list[dict], tools: list[dict] | None = None) -> str:
+    blob = json.dumps(messages if tools is None else [messages, tools], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSONL file; a torn last line (from a crash mid-write) is ignored, other bad lines raise."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines):
+                break
+            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+def append_jsonl(path: str | Path, row: dict) -> None:
+    """Append one row and make it durable (flush + fsync) before returning."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(row, ensure_ascii=False) + "\n"
+    with open(path, "a", encoding="utf-8") as f:
+        if f.tell() > 0:  # repair a torn last line left by a crash, so this row starts on its own line
+            with open(path, "rb") as r:
+                r.seek(-1, os.SEEK_END)
+                if r.read(1) != b"\n":
+                    f.write("\n")
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, max_tokens: int = 512,
+                    temperature: float = 0.0, progress: bool = True) -> dict[str, str]:
+    """``{prompt id: answer}`` for ``prompts`` (``{"id", "messages"[, "tools"]}``), reusing and appending to
+    ``cache_path``.
+
+    ``gen_or_spec`` is a ``Generator``, a ``ModelSpec`` or a spec string; a spec is loaded only if something is missing.
+    """
+    from tqdm import tqdm
+
+    if isinstance(gen_or_spec, Generator):
+        spec = gen_or_spec.spec
+    else:
+        spec = gen_or_spec if isinstance(gen_or_spec, ModelSpec) else parse_spec(gen_or_spec)
+    fp = fingerprint(spec)
+    settings = {"max_tokens": max_tokens, "temperature": temperature}
+
+    def key(p):
+        return f"{fp}|{p['id']}|{prompt_hash(p['messages'], p.get('tools'))}|{max_tokens}|{temperature}"
+
+    done = {r["key"]: r["output"] for r in read_jsonl(cache_path) if "key" in r}
+    todo = [p for p in prompts if key(p) not in done]
+    if todo:
+        gen = gen_or_spec if isinstance(gen_or_spec, Generator) else load_generator(spec)
+        try:
+            for p in tqdm(todo, desc=f"answers {spec.label}", disable=not progress):
+                out = gen.generate(p["messages"], max_tokens=max_tokens, temperature=temperature, tools=p.get("tools"))
+                row = {"key": key(p), "model": spec.label, "fingerprint": fp, "id": p["id"], **settings, "output": out}
+                append_jsonl(cache_path, row)
+                done[row["key"]] = out
+        finally:
+            if gen is not gen_or_spec:
+                gen.close()
+    return {p["id"]: done[key(p)] for p in prompts}

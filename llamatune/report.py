@@ -1,0 +1,258 @@
+"""Markdown tables and PNG plots built from the results files, so that no result number is typed by hand.
+
+    llamatune report results/                         # writes results/report.md and results/*.png
+    llamatune report results/ --readme README.md      # also refreshes the README between the markers
+
+Reads every ``*.json`` under the directory that has a ``kind``: ``arc`` and ``arc_compare``
+(``llamatune eval arc``), ``judge`` (``llamatune eval judge``), and any other kind (``toolcall``…) generically:
+a table of its ``aggregate`` metrics, with CI columns when the metrics carry them (``ci_low``/``ci_high`` or a
+``*ci`` pair). In the README, the generated part sits between ``<!-- llamatune:report:start -->`` and
+``<!-- llamatune:report:end -->``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+START, END = "<!-- llamatune:report:start -->", "<!-- llamatune:report:end -->"
+
+
+def load_results(results_dir: str | Path) -> list[dict]:
+    """All results json files with a ``kind`` under ``results_dir`` (sorted by path), each with ``_path``."""
+    root = Path(results_dir)
+    if not root.exists():
+        raise FileNotFoundError(f"results directory not found: {root}")
+    out = []
+    for p in sorted(root.rglob("*.json")):
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("kind"), str):
+            data["_path"] = str(p.relative_to(root))
+            out.append(data)
+    return out
+
+
+# --- formatting ---------------------------------------------------------------------------------------------
+def fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def fmt_ci(value, low, high, digits: int = 3, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    if low is None or high is None:
+        return f.format(value)
+    return f"{f.format(value)} [{f.format(low)}, {f.format(high)}]"
+
+
+def fmt_p(p) -> str:
+    if p is None:
+        return "–"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    esc = [[str(c).replace("|", "\\|") for c in r] for r in [header] + rows]
+    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
+    return "\n".join(lines)
+
+
+def _ci_of(d: dict, name: str | None = None):
+    """(low, high) from ``ci_low``/``ci_high``, ``ci``, ``<name>_ci`` or ``low``/``high``; else (None, None)."""
+    for lo, hi in (("ci_low", "ci_high"), ("low", "high")):
+        if lo in d and hi in d:
+            return d[lo], d[hi]
+    for k in ("ci", f"{name}_ci" if name else None):
+        if k and isinstance(d.get(k), (list, tuple)) and len(d[k]) == 2:
+            return tuple(d[k])
+    return None, None
+
+
+# --- sections -----------------------------------------------------------------------------------------------
+def arc_table(results: list[dict]) -> str:
+    rows = []
+    for r in results:
+        for m, v in r["aggregate"].items():
+            rows.append([r["name"], r["task"], r.get("backend", ""), fmt(v["n"]), m,
+                         fmt_ci(v["value"], v["ci_low"], v["ci_high"])])
+    return table(["model", "task", "backend", "n", "metric", "value [95% CI]"], rows)
+
+
+def arc_compare_table(results: list[dict]) -> str:
+    rows = [[r["a"], r["b"], r["task"], r["metric"], fmt(r["n"]), fmt(r["acc_a"]), fmt(r["acc_b"]),
+             fmt_ci(r["diff"], r["ci_low"], r["ci_high"], signed=True), f"{r['b01']}/{r['b10']}", fmt_p(r["p_value"])]
+            for r in results]
+    return table(["A", "B", "task", "metric", "n", "A", "B", "A − B [95% CI]", "B-only/A-only right",
+                  "McNemar p"], rows)
+
+
+def judge_table(results: list[dict]) -> str:
+    rows = []
+    for r in results:
+        a = r["aggregate"]
+        rows.append([f"{r['a']} vs {r['b']}", r["judge_model"], fmt(a["n"]),
+                     f"{a['wins']}/{a['losses']}/{a['ties']}",
+                     fmt_ci(a.get("win_rate"), *(a.get("win_rate_ci") or (None, None))),
+                     fmt_ci(a.get("adjusted_win_rate"), *(a.get("adjusted_win_rate_ci") or (None, None))),
+                     fmt_p(a.get("sign_test_p")), fmt(a.get("position_consistency")), fmt(a.get("n_invalid"))])
+    return table(["A vs B", "judge", "n", "W/L/T (A)", "win rate [95% CI]", "adj. win rate [95% CI]",
+                  "sign test p", "judge consistency", "invalid"], rows)
+
+
+def generic_table(r: dict) -> str:
+    """Aggregate metrics of any results file: one row per metric, CI columns when present."""
+    agg = r.get("aggregate") or {}
+    rows = []
+    for name, v in agg.items():
+        if isinstance(v, dict):
+            value = next((v[k] for k in ("value", "accuracy", "acc", "rate", "mean") if k in v), None)
+            if value is None:
+                continue  # a nested breakdown (e.g. a confusion matrix), not a metric
+            low, high = _ci_of(v, name)
+            n = v.get("n")
+            p = v.get("p_value")
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            value, (low, high), n, p = v, _ci_of(agg, name), None, None
+        else:
+            continue
+        if name.endswith("_ci"):
+            continue
+        cell = fmt_ci(value, low, high) if isinstance(value, float) else fmt(value)
+        rows.append([name, fmt(n), cell, fmt_p(p) if p is not None else "–"])
+    return table(["metric", "n", "value [95% CI]", "p"], rows)
+
+
+# --- plots --------------------------------------------------------------------------------------------------
+def _plot_intervals(labels, values, lows, highs, ref, title, xlabel, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 0.6 * len(labels) + 1.4))
+    y = list(range(len(labels)))
+    err = [[v - lo for v, lo in zip(values, lows)], [hi - v for v, hi in zip(values, highs)]]
+    ax.errorbar(values, y, xerr=err, fmt="o", capsize=4)
+    ax.axvline(ref, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def make_plots(results: list[dict], out: Path) -> list[Path]:
+    paths = []
+    judges = [r for r in results if r["kind"] == "judge" and r["aggregate"].get("n")]
+    if judges:
+        a = [r["aggregate"] for r in judges]
+        paths.append(_plot_intervals([f"{r['a']} vs {r['b']}" for r in judges], [x["adjusted_win_rate"] for x in a],
+                                     [x["adjusted_win_rate_ci"][0] for x in a],
+                                     [x["adjusted_win_rate_ci"][1] for x in a], 0.5,
+                                     "Pairwise judge: adjusted win rate of A (95% CI)", "(W + T/2) / n",
+                                     out / "judge_win_rates.png"))
+    cmps = [r for r in results if r["kind"] == "arc_compare"]
+    if cmps:
+        paths.append(_plot_intervals([f"{r['a']} − {r['b']} ({r['task']}, {r['metric']})" for r in cmps],
+                                     [r["diff"] for r in cmps], [r["ci_low"] for r in cmps],
+                                     [r["ci_high"] for r in cmps],
+                                     0.0, "Accuracy difference (paired bootstrap 95% CI)", "accuracy A − B",
+                                     out / "accuracy_differences.png"))
+    arcs = [(r, m, v) for r in results if r["kind"] == "arc" for m, v in r["aggregate"].items()]
+    if arcs:
+        paths.append(_plot_intervals([f"{r['name']} ({r['task']}, {m})" for r, m, _ in arcs],
+                                     [v["value"] for *_, v in arcs],
+                                     [v["ci_low"] for *_, v in arcs], [v["ci_high"] for *_, v in arcs], 0.25,
+                                     "ARC accuracy (Wilson 95% CI; dashed: chance with 4 choices)", "accuracy",
+                                     out / "arc_accuracy.png"))
+    return paths
+
+
+# --- the report ---------------------------------------------------------------------------------------------
+def build_report(results_dir: str | Path, out: str | Path | None = None, plots: bool = True) -> str:
+    """Write ``report.md`` (+ PNGs) for ``results_dir`` into ``out`` (default: the same dir); return the markdown."""
+    root = Path(results_dir)
+    out = Path(out) if out else root
+    out.mkdir(parents=True, exist_ok=True)
+    results = load_results(root)
+    if not results:
+        raise FileNotFoundError(f"{root}: no results files (json with a 'kind') found")
+    by_kind: dict[str, list[dict]] = {}
+    for r in results:
+        by_kind.setdefault(r["kind"], []).append(r)
+    parts = [f"_Generated by `llamatune report` from {len(results)} results file(s); do not edit by hand._"]
+    if "arc" in by_kind:
+        parts += ["### ARC-Challenge", "Cloze `arc_challenge` (acc, acc_norm) and Meta's generative "
+                  "`arc_challenge_llama` (exact_match) are different measurements; compare within a task only.",
+                  arc_table(by_kind["arc"])]
+    if "arc_compare" in by_kind:
+        parts += ["### Paired differences", "Exact McNemar test on per-item correctness; paired bootstrap CI.",
+                  arc_compare_table(by_kind["arc_compare"])]
+    if "judge" in by_kind:
+        parts += ["### Pairwise LLM judge", "Both orders; a win only when both agree (otherwise a tie). "
+                  "Sign test on W vs L, ties excluded.", judge_table(by_kind["judge"])]
+    for kind, rs in by_kind.items():
+        if kind in ("arc", "arc_compare", "judge"):
+            continue
+        for r in rs:
+            parts += [f"### {kind}: {r.get('name', r['_path'])}", generic_table(r)]
+    if plots:
+        for p in make_plots(results, out):
+            rel = p.relative_to(out) if p.is_relative_to(out) else p
+            parts.append(f"![{p.stem}]({rel.as_posix()})")
+    md = "\n\n".join(parts) + "\n"
+    (out / "report.md").write_text(md, encoding="utf-8")
+    return md
+
+
+def update_readme(readme: str | Path, markdown: str, image_prefix: str = "") -> None:
+    """Replace the text between the report markers in ``readme`` (which must already contain both)."""
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8")
+    if START not in text or END not in text or text.index(START) > text.index(END):
+        raise ValueError(f"{readme}: needs the markers {START} and {END} (in that order) where the tables go")
+    if image_prefix:
+        markdown = re.sub(r"!\[([^\]]*)\]\(", lambda m: f"![{m.group(1)}]({image_prefix.rstrip('/')}/", markdown)
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{markdown}{END}{tail}", encoding="utf-8")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("results_dir", help="directory of results json files (searched recursively)")
+    parser.add_argument("--out", help="where report.md and the PNGs go (default: results_dir)")
+    parser.add_argument("--readme", help="also replace the marked section of this README")
+    parser.add_argument("--no-plots", action="store_true")
+
+
+def main(args) -> int:
+    try:
+        md = build_report(args.results_dir, args.out, plots=not args.no_plots)
+        if args.readme:
+            out = Path(args.out or args.results_dir)
+            prefix = Path.relative_to(out.resolve(), Path(args.readme).resolve().parent).as_posix() \
+                if out.resolve().is_relative_to(Path(args.readme).resolve().parent) else str(out)
+            update_readme(args.readme, md, image_prefix=prefix)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"llamatune report: {e}", file=sys.stderr)
+        return 1
+    print(md)
+    return 0

@@ -1,0 +1,76 @@
+"""The evaluation notebooks are thin drivers (no def/class, short cells) that run end to end in smoke mode."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+
+import pytest
+
+from conftest import REPO, requires
+
+NOTEBOOKS = ["FineTome/eval_benchmark.ipynb", "FineTome/eval_llm_judge.ipynb", "FuncCall/eval_llm_judge.ipynb"]
+nbformat = pytest.importorskip("nbformat")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS)
+def test_notebook_is_a_thin_driver(path):
+    nb = nbformat.read(REPO / path, as_version=4)
+    nbformat.validate(nb)
+    assert "colab-badge.svg" in nb.cells[0].source
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and "SMOKE = False" in params[0].source
+    assert any("%pip install" in c.source for c in nb.cells if c.cell_type == "code")
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        assert not cell.get("outputs"), "commit the notebook without outputs"
+        lines = [ln for ln in cell.source.splitlines() if ln.strip()]
+        assert len(lines) <= 12, cell.source
+        python = re.sub(r"(?m)^(\s*)[%!].*$", r"\1pass", cell.source)
+        tree = ast.parse(python)
+        defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda))]
+        assert not defs, cell.source
+        assert "sk-" not in cell.source  # no key in a notebook
+
+
+def _run(path, tmp_path, monkeypatch):
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(REPO / path, as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    params.source += f"\nSMOKE = True\nWORKDIR = {str(tmp_path)!r}"
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    return nb
+
+
+def _images(nb):
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    return [o for o in outputs if "image/png" in o.get("data", {})]
+
+
+@pytest.mark.slow
+@requires("nbclient", "ipykernel", "llama_cpp", "lm_eval")
+def test_benchmark_notebook_smoke(tmp_path, monkeypatch, tiny_gguf):
+    nb = _run("FineTome/eval_benchmark.ipynb", tmp_path, monkeypatch)
+    for name in ("base", "tuned"):
+        r = json.loads((tmp_path / "results" / f"arc-{name}" / "arc-arc_challenge.json").read_text())
+        assert r["n"] == 4 and len(r["items"]) == 4
+    assert json.loads((tmp_path / "results" / "compare-arc_challenge-tuned-vs-base.json").read_text())["n"] == 4
+    assert (tmp_path / "results" / "report.md").exists() and _images(nb)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path,n", [("FineTome/eval_llm_judge.ipynb", 4), ("FuncCall/eval_llm_judge.ipynb", 3)])
+@requires("nbclient", "ipykernel", "llama_cpp", "openai")
+def test_judge_notebook_smoke(path, n, tmp_path, monkeypatch, tiny_gguf):
+    nb = _run(path, tmp_path, monkeypatch)
+    (out,) = (tmp_path / "results").glob("*-judge")
+    r = json.loads((out / "judge.json").read_text())
+    assert r["complete"] and r["n_prompts"] == n
+    assert len((out / "verdicts.jsonl").read_text().splitlines()) <= 2 * n
+    assert _images(nb) and "W/L/T" in "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
