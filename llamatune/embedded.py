@@ -12,8 +12,9 @@ and their GGUFs) carry the same terms; the HF directory written here has a ``REA
 ``license: gemma``, which llama.cpp's converter copies into exported GGUFs as ``general.license``).
 
 From the GGUF we build, once, an fp32 Hugging Face model directory for training
-(``$LLAMATUNE_CACHE/gemma-3-270m-hf-<hash>/``, ~1.1 GB, ~2 min and ~3.4 GB RAM on 2 cores): transformers
-dequantizes the Q4_K_M weights (``gguf_file=``), the tokenizer is converted from the GGUF vocabulary, and
+(``$LLAMATUNE_CACHE/gemma-3-270m-hf-<hash>/``, ~1.1 GB, 2-3 min and ~3.4 GB RAM on 2 cores): transformers
+dequantizes the Q4_K_M weights (``gguf_file=``; the fp32 weights are exactly the GGUF's, tests/test_embedded.py
+checks), the tokenizer is converted from the GGUF vocabulary (tokenization identical to llama.cpp's), and
 the chat template is the project's ``llamatune/templates/gemma-3.jinja`` (eos ``<end_of_turn>``).
 llama.cpp's converter reads Gemma's vocabulary from a SentencePiece ``tokenizer.model``, which transformers
 does not write; :func:`converter_source` supplies one (with ``added_tokens.json``) built from the original
