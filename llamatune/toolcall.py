@@ -55,7 +55,7 @@ def _strip(text: str) -> str:
     text = text.strip()
     if text.startswith(PYTHON_TAG):
         text = text[len(PYTHON_TAG) :].strip()
-    for end in ("<|eom_id|>", "<|eot_id|>"):
+    for end in ("<|eom_id|>", "<|eot_id|>", "<end_of_turn>"):
         if text.endswith(end):
             text = text[: -len(end)].strip()
     m = _FENCE.match(text)
