@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import FIXTURES, requires
+from tests.conftest import FIXTURES, requires
 from llamatune.evals import arc, stats
 
 ARC = FIXTURES / "arc_sample.jsonl"

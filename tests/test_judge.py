@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FIXTURES, REPO, requires
+from tests.conftest import FIXTURES, REPO, requires
 from llamatune.evals.judge import consistent_verdict, load_prompts, parse_verdict, summarize, to_model
 
 PROMPTS = FIXTURES / "judge_prompts.jsonl"

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import REPO, requires
+from tests.conftest import REPO, requires
 
 NOTEBOOKS = ["FineTome/eval_benchmark.ipynb", "FineTome/eval_llm_judge.ipynb", "FuncCall/eval_llm_judge.ipynb"]
 nbformat = pytest.importorskip("nbformat")
