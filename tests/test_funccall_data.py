@@ -13,7 +13,7 @@ from llamatune.data.funccall import (CATEGORIES, DEFAULT_PROPORTIONS, build_data
 from llamatune.toolcall import ToolCall, parse_output, validate_call
 from llamatune.tools import all_tools
 
-from .conftest import requires
+from tests.conftest import requires
 
 N = 600
 
