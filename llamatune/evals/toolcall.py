@@ -354,7 +354,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N test items")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--n-ctx", type=int, default=4096, help="llama.cpp context size")
-    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: $LLAMATUNE_THREADS, else the physical cores)")
 
 
 def main(args) -> int:
