@@ -13,7 +13,7 @@ from llamatune.data.funccall import (CATEGORIES, DEFAULT_PROPORTIONS, build_data
 from llamatune.toolcall import ToolCall, parse_output, validate_call
 from llamatune.tools import all_tools
 
-from .conftest import requires
+from tests.conftest import REPO, requires
 
 N = 600
 
@@ -205,3 +205,18 @@ def test_agent_system_prompt_on_training_rows_of_agent_tool_sets(rows):
         assert r["messages"][0]["content"].startswith(tuple(SYSTEM_PROMPTS[m] for m in MODES if MODES[m]))
     others = [r for r in train if r not in moded]
     assert others and not any(r["messages"][0]["role"] == "system" for r in others)
+
+
+@requires("trl", "peft")
+def test_funccall_recipes_validate():
+    """Both FuncCall recipes load and every key is a RECIPE_KEYS / SFTConfig / LoraConfig field."""
+    from llamatune.train import load_recipe, split_recipe
+
+    big = load_recipe(REPO / "FuncCall" / "recipes" / "llama-3.2-3b-lora.yaml")
+    extra, sft, lora = split_recipe(big)
+    assert lora["r"] == 16 and lora["lora_alpha"] == 16 and len(lora["target_modules"]) == 7
+    assert sft["num_train_epochs"] == 1 and sft["assistant_only_loss"] is True  # 1,000 rows x 1 epoch
+    assert extra["dataset_path"] == "data/funccall" and extra["chat_template"] == "llama-3.2"
+    tiny = load_recipe(REPO / "FuncCall" / "recipes" / "tiny-cpu.yaml")
+    extra, sft, _ = split_recipe(tiny)
+    assert extra["model_name_or_path"] == "tiny" and sft["eval_strategy"] == "no"

@@ -1,6 +1,5 @@
 """The FuncCall notebooks run end to end in smoke mode (nbclient), on the tiny model where they train."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -8,7 +7,7 @@ import shutil
 import nbformat
 import pytest
 
-from .conftest import REPO, requires
+from tests.conftest import REPO, requires
 
 pytestmark = requires("nbclient", "ipykernel")
 
@@ -48,12 +47,12 @@ def test_generate_dataset_notebook_smoke(tmp_path, kernel_env):
 
 @pytest.mark.slow
 @requires("llama_cpp", "trl", "peft")
-@pytest.mark.skipif(importlib.util.find_spec("llamatune.train") is None or importlib.util.find_spec("llamatune.export") is None,
-                    reason="llamatune.train / llamatune.export are not merged yet")
 def test_finetuning_notebook_smoke(tmp_path, kernel_env):
+    """generate → train (tiny, 4 steps) → export (f16 + fidelity) → eval toolcall base / base+ICL / tuned → compare."""
     shutil.copytree(REPO / "FuncCall" / "recipes", tmp_path / "FuncCall" / "recipes")  # cwd-relative paths
     res = tmp_path / "results"
     run_notebook("finetuning.ipynb", f"SMOKE = True\nRESULTS = {str(res)!r}", tmp_path, timeout=900)
     for name in ("base", "base-icl1", "tuned"):
         r = json.loads((res / f"{name}.json").read_text())
-        assert r["kind"] == "toolcall" and len(r["items"]) == 4
+        assert r["kind"] == "toolcall" and len(r["items"]) == 4 and r["aggregate"]["overall"]["n"] == 4
+    assert (tmp_path / "runs" / "funccall-tiny" / "adapter").is_dir()

@@ -7,7 +7,7 @@ import pytest
 from llamatune.evals.toolcall import compare, evaluate, normalize, score_output, score_predictions
 from llamatune.tools import all_tools
 
-from .conftest import requires
+from tests.conftest import requires
 
 TOOLS = [all_tools()[n].schema for n in ("get_current_weather", "get_weather_forecast", "convert_units")]
 WEATHER = {"name": "get_current_weather", "arguments": {"location": "Munich"}, "accept": {"location": ["München"]}}

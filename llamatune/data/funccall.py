@@ -6,7 +6,7 @@
 
 Writes ``DIR/train.jsonl``, ``DIR/eval.jsonl`` (the held-out test split), ``DIR/card.md`` (counts per
 category and split) and ``DIR/manifest.json`` (seed, proportions, families per split, row ids, hashes).
-Each row is ``{"id", "messages", "tools", "category", "template_id", "expected", "families"}``: ``messages`` in
+Each row is ``{"id", "messages", "tools", "category", "template_id", "expected", "families", "hash"}``: ``messages`` in
 the HF format (calls as ``tool_calls``, results as ``{"role": "tool", "content": {...}}``), ``tools`` the
 offered schemas (the needed tools plus 0-3 distractors, or an agent mode's set), ``expected`` the target
 (the last assistant turn): ``{"name", "arguments"[, "accept"]}`` for a call (``accept``: other spellings
@@ -270,17 +270,9 @@ def paraphrase_rows(rows: list[dict], endpoint: str, model: str, cache_path: str
 
 # --- files -----------------------------------------------------------------------------------------------
 
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
-def _card(train: list[dict], test: list[dict], meta: dict) -> str:
+def _card_notes(train: list[dict], test: list[dict], meta: dict) -> str:
     c_tr, c_te = Counter(r["category"] for r in train), Counter(r["category"] for r in test)
-    lines = ["# Synthetic function-calling dataset", "",
-             f"Generated offline by `llamatune data funccall --n {meta['n']} --seed {meta['seed']}` from the project's "
-             "own templates (`llamatune/data/funccall_templates.py`) and slot values; tool results are fabricated, "
-             "final answers are grounded in them. Train and test are split by template family.", "",
-             "| category | train | test | total |", "|---|---:|---:|---:|"]
+    lines = ["## Categories", "", "| category | train | test | total |", "|---|---:|---:|---:|"]
     for c in CATEGORIES:
         lines.append(f"| {c} | {c_tr[c]} | {c_te[c]} | {c_tr[c] + c_te[c]} |")
     lines.append(f"| **all** | {len(train)} | {len(test)} | {len(train) + len(test)} |")
@@ -292,9 +284,8 @@ def _card(train: list[dict], test: list[dict], meta: dict) -> str:
     lines += ["", f"Template families: {len(fams['train'])} train, {len(fams['test'])} test (none shared). "
               f"Test families: {', '.join(fams['test'])}.", "",
               f"Proportions: {', '.join(f'{k}={v:g}' for k, v in meta['proportions'].items())}; "
-              f"test fraction {meta['test_fraction']:g}."]
-    p = meta.get("paraphrase")
-    lines += ["", f"Paraphrase: {'none' if not p else json.dumps(p)}.", ""]
+              f"test fraction {meta['test_fraction']:g}.", "",
+              f"Paraphrase: {'none' if not meta.get('paraphrase') else json.dumps(meta['paraphrase'])}."]
     return "\n".join(lines)
 
 
@@ -302,24 +293,31 @@ def build_dataset(out: str | Path, n: int, seed: int = 0, proportions: dict | No
                   test_fraction: float = 0.2, paraphrase_endpoint: str | None = None,
                   paraphrase_model: str | None = None) -> dict:
     """Generate and write ``train.jsonl``, ``eval.jsonl``, ``card.md``, ``manifest.json`` under ``out``."""
+    from llamatune.data.io import content_hash, write_card, write_jsonl, write_manifest
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train, test, para = _generate(n, seed, proportions, test_fraction, paraphrase_endpoint, paraphrase_model,
                                   out / "paraphrase_cache.jsonl")
-    files = {"train.jsonl": _jsonl(train), "eval.jsonl": _jsonl(test)}
+    for r in train + test:
+        r["hash"] = content_hash(r["messages"], r["tools"])
     split = split_families(test_fraction)
-    meta = {"generator": "llamatune.data.funccall", "n": n, "seed": seed, "test_fraction": test_fraction,
+    meta = {"source": "llamatune.data.funccall (synthetic, offline)", "n": n, "seed": seed,
+            "test_fraction": test_fraction,
             "proportions": dict(DEFAULT_PROPORTIONS if proportions is None else proportions),
             "counts": {"train": dict(Counter(r["category"] for r in train)),
                        "test": dict(Counter(r["category"] for r in test))},
             "families": {s: sorted(f for f, v in split.items() if v == s) for s in ("train", "test")},
-            "paraphrase": para}
-    files["card.md"] = _card(train, test, meta)
-    meta["sha256"] = {k: hashlib.sha256(v.encode()).hexdigest() for k, v in files.items()}
-    meta["ids"] = {"train": [r["id"] for r in train], "test": [r["id"] for r in test]}
-    files["manifest.json"] = json.dumps(meta, indent=2, ensure_ascii=False) + "\n"
-    for name, text in files.items():
-        (out / name).write_text(text, encoding="utf-8")
+            "paraphrase": para,
+            "sha256": {"train.jsonl": write_jsonl(out / "train.jsonl", train),
+                       "eval.jsonl": write_jsonl(out / "eval.jsonl", test)},
+            "ids": {"train": [r["id"] for r in train], "test": [r["id"] for r in test]}}
+    write_card(out / "card.md", "Synthetic function-calling dataset",
+               f"Generated offline by `llamatune data funccall --n {n} --seed {seed}` from the project's own "
+               "templates (`llamatune/data/funccall_templates.py`) and slot values; tool results are fabricated and "
+               "final answers grounded in them. Train and test (`eval.jsonl`) are split by template family.",
+               {"train": len(train), "test (eval.jsonl)": len(test)}, None, _card_notes(train, test, meta))
+    write_manifest(out / "manifest.json", meta)
     return meta
 
 

@@ -214,16 +214,10 @@ def _score_rows(rows: list[dict]) -> list[dict]:
 
 def read_jsonl(path, required: tuple[str, ...]) -> list[dict]:
     """Rows of a JSONL file; a bad line raises ``ValueError`` naming the file, line and field."""
+    from llamatune.data.io import iter_jsonl
+
     rows = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: expected a JSON object")
+    for n, row in iter_jsonl(path):
         for field in required:
             if field not in row:
                 raise ValueError(f"{path}:{n}: missing field {field!r}")
@@ -360,7 +354,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N test items")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--n-ctx", type=int, default=4096, help="llama.cpp context size")
-    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: $LLAMATUNE_THREADS, else the physical cores)")
 
 
 def main(args) -> int:

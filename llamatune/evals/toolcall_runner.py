@@ -7,7 +7,6 @@ transformers. (Overlaps :mod:`llamatune.generate`, which renders without tools a
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 STOPS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
@@ -17,10 +16,9 @@ class LlamaCppRunner:
     """Greedy completion of a rendered prompt with llama-cpp-python; special tokens (``<|python_tag|>``) kept."""
 
     def __init__(self, path, n_ctx: int = 4096, max_tokens: int = 128, n_threads: int | None = None):
-        from llama_cpp import Llama
+        from llamatune.evals.llamacpp_lm import open_llama  # threads: n_threads, $LLAMATUNE_THREADS, or physical cores
 
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(), verbose=False,
-                         seed=0)
+        self.llm = open_llama(str(path), n_ctx=n_ctx, n_threads=n_threads)
         self.n_ctx, self.max_tokens = n_ctx, max_tokens
         self.stop = {self.llm.token_eos()}
         for s in STOPS:
