@@ -66,7 +66,7 @@ class Stages:
 def stratified(rows: list[dict], n: int, seed: int = 0) -> list[dict]:
     """``n`` rows spread over the categories in proportion (at least one per category), deterministic."""
     by_cat: dict[str, list[dict]] = defaultdict(list)
-    for r in rows:
+    for r in sorted(rows, key=lambda r: r["id"]):
         by_cat[r["category"]].append(r)
     rng = random.Random(seed)
     for v in by_cat.values():
