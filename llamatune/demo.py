@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 
 RECIPE = Path(__file__).resolve().parent.parent / "FuncCall" / "recipes" / "gemma-270m-demo.yaml"
-DEFAULTS = {"n": 1000, "n_test": 40, "steps": 60, "max_length": 512, "icl": 2, "max_tokens": 64, "threads": 2}
+DEFAULTS = {"n": 1000, "n_test": 40, "steps": 24, "max_length": 512, "icl": 2, "max_tokens": 64, "threads": 2}
 SMOKE = {"n": 200, "n_test": 5, "steps": 4, "max_length": 384, "icl": 1, "max_tokens": 24}
 CRASH_ENV = "LLAMATUNE_DEMO_EXIT_AFTER_SAVE"  # tests: hard-exit after the first checkpoint is saved
 
@@ -96,9 +96,17 @@ def make_data(out: Path, n: int, n_test: int, max_length: int, hf_dir: str) -> d
     for name, rows in (("train.jsonl", kept), ("eval.jsonl", test)):
         (out / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     info = {"n": n, "n_train_generated": len(train), "n_train": len(kept), "max_length": max_length,
-            "n_test": len(test), "test_ids": [r["id"] for r in test]}
+            "n_test_requested": n_test, "n_test": len(test), "test_ids": [r["id"] for r in test]}
     (out / "demo_data.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
+
+
+def _data_done(out: Path, n: int, n_test: int, max_length: int) -> bool:
+    p = out / "demo_data.json"
+    if not p.exists():
+        return False
+    info = json.loads(p.read_text())
+    return [info.get("n"), info.get("max_length"), info.get("n_test_requested")] == [n, max_length, n_test]
 
 
 # --- stage 3: training -----------------------------------------------------------------------------------
@@ -123,7 +131,7 @@ def train_done(run_dir: Path) -> bool:
 def run_training(data_dir: Path, run_dir: Path, steps: int, max_length: int, threads: int) -> Path:
     from llamatune.train import load_recipe, train
 
-    save = max(1, min(20, steps // 3))
+    save = max(1, min(20, steps // 3))  # a checkpoint every third of the run
     recipe = load_recipe(RECIPE, [f"--dataset_path={data_dir}", f"--output_dir={run_dir}", f"--max_steps={steps}",
                                   f"--save_steps={save}", f"--max_length={max_length}",
                                   f"--warmup_steps={min(5, steps // 4)}"])
@@ -182,7 +190,7 @@ def run_demo(out: str | Path = "runs/demo", *, n: int, n_test: int, steps: int, 
     st.run("base", "base" in st.seconds, resolve_model, "gemma-3-270m")
     hf_dir = resolve_model("gemma-3-270m")  # built by the stage above (or before): a cache lookup
     data = out / "data"
-    st.run("data", (data / "demo_data.json").exists(), make_data, data, n, n_test, max_length, hf_dir)
+    st.run("data", _data_done(data, n, n_test, max_length), make_data, data, n, n_test, max_length, hf_dir)
     run_dir = out / "tuned"
     st.run("train", train_done(run_dir), run_training, data, run_dir, steps, max_length, threads)
     st.run("export_base", export_done(out / "base"), run_export, Path(hf_dir), out / "base", "gemma-3-270m-base", True)
