@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 
 RECIPE = Path(__file__).resolve().parent.parent / "FuncCall" / "recipes" / "gemma-270m-demo.yaml"
-DEFAULTS = {"n": 1000, "n_test": 40, "steps": 24, "max_length": 512, "icl": 2, "max_tokens": 64, "threads": 2}
+DEFAULTS = {"n": 1000, "n_test": 40, "steps": 48, "max_length": 512, "icl": 2, "max_tokens": 64, "threads": 2}
 SMOKE = {"n": 200, "n_test": 5, "steps": 4, "max_length": 384, "icl": 1, "max_tokens": 24}
 CRASH_ENV = "LLAMATUNE_DEMO_EXIT_AFTER_SAVE"  # tests: hard-exit after the first checkpoint is saved
 
