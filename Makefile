@@ -50,7 +50,6 @@ test-all: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	@test -f llamatune/demo.py || { echo 'make demo is not available yet: the offline pipeline is still being built (see README).'; exit 1; }
 	$(VENV)/bin/llamatune demo
 
 bench: install

@@ -96,11 +96,9 @@ def run_recipe(run_dir: str | Path) -> dict:
 
 
 def _resolve_path(name: str) -> str:
-    if name == "tiny":
-        from llamatune.models import tiny_model_dir
+    from llamatune.models import resolve_model  # "tiny", "gemma-3-270m" → local directories
 
-        return str(tiny_model_dir())
-    return name
+    return resolve_model(name)
 
 
 def resolve_base(run_dir: str | Path, base: str | None = None) -> str:

@@ -211,11 +211,9 @@ def _load_model(extra: dict, sft: dict, lora: dict, backend: str, dtype: str):
     """``(model, tokenizer, peft_config)``; with unsloth the model already carries the LoRA adapter."""
     import torch
 
-    path = str(extra["model_name_or_path"])
-    if path == "tiny":
-        from llamatune.models import tiny_model_dir
+    from llamatune.models import resolve_model  # "tiny", "gemma-3-270m" → local directories
 
-        path = str(tiny_model_dir())
+    path = resolve_model(str(extra["model_name_or_path"]))
     extra["model_path"] = path
     if backend == "unsloth":
         from unsloth import FastLanguageModel  # must come before transformers/trl patch points are used

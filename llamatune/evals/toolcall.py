@@ -261,19 +261,38 @@ def prompt_messages(row: dict, icl: int = 0, seed: int = 0) -> list[dict]:
     return msgs
 
 
-def build_prompt(row: dict, icl: int = 0) -> str:
+def build_prompt(row: dict, icl: int = 0, template: str = "llama-3.2") -> str:
     from llamatune.chat import render
 
-    return render(prompt_messages(row, icl), row.get("tools") or None, add_generation_prompt=True, date_string=DATE)
+    return render(prompt_messages(row, icl), row.get("tools") or None, template=template, add_generation_prompt=True,
+                  date_string=DATE)
+
+
+def model_template(model_spec) -> str:
+    """The project chat template of a GGUF (its embedded ``tokenizer.chat_template``) or HF directory."""
+    from llamatune.chat import TEMPLATES, template_text
+
+    p = Path(str(model_spec))
+    if p.suffix == ".gguf":
+        from llamatune.embedded import read_gguf_metadata
+
+        text = read_gguf_metadata(p).get("tokenizer.chat_template", "")
+    else:
+        tj = p / "chat_template.jinja"
+        text = tj.read_text(encoding="utf-8") if tj.exists() else ""
+    return next((name for name in TEMPLATES if text and text == template_text(name)),
+                "gemma-3" if "<start_of_turn>" in text else "llama-3.2")
 
 
 def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None, max_tokens: int = 128,
-             n_ctx: int = 4096, n_threads: int | None = None) -> dict:
+             n_ctx: int = 4096, n_threads: int | None = None, template: str | None = None) -> dict:
     """Run ``model_spec`` greedily on every row of ``data_path`` (the generator's ``eval.jsonl``) and score.
-    Outputs are cached per item in ``<out>.generations.jsonl`` (keyed by model, prompt and settings)."""
+    Prompts use ``template`` (default: the model's own, see :func:`model_template`). Outputs are cached per
+    item in ``<out>.generations.jsonl`` (keyed by model, prompt and settings)."""
     from tqdm import tqdm
 
     model_kind(model_spec)
+    template = template or model_template(model_spec)
     rows = read_jsonl(data_path, ("id", "messages", "tools", "expected", "category"))[: limit or None]
     cache_path = Path(out).with_suffix(".generations.jsonl")
     cache = {}
@@ -289,7 +308,7 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     try:
         for row in tqdm(rows, desc=f"toolcall {Path(str(model_spec)).name}", disable=None):
-            prompt = build_prompt(row, icl)
+            prompt = build_prompt(row, icl, template)
             key = hashlib.sha256(json.dumps([str(model_spec), prompt, max_tokens]).encode()).hexdigest()
             if key not in cache:
                 runner = runner or load_runner(model_spec, n_ctx, max_tokens, n_threads)
@@ -303,7 +322,7 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
         if runner is not None:
             runner.close()
     return _write_results(_score_rows(rows), out, model=str(model_spec), icl=icl, data=str(data_path),
-                          max_tokens=max_tokens)
+                          max_tokens=max_tokens, template=template)
 
 
 # --- comparison -------------------------------------------------------------------------------------------
@@ -355,6 +374,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--n-ctx", type=int, default=4096, help="llama.cpp context size")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: $LLAMATUNE_THREADS, else the physical cores)")
+    parser.add_argument("--template", default=None, help="chat template of the prompts (default: the model's own)")
 
 
 def main(args) -> int:
@@ -372,5 +392,5 @@ def main(args) -> int:
     if not args.data:
         raise SystemExit("--data is required with --model")
     evaluate(args.model, args.data, args.out, icl=args.icl, limit=args.limit, max_tokens=args.max_tokens,
-             n_ctx=args.n_ctx, n_threads=args.threads)
+             n_ctx=args.n_ctx, n_threads=args.threads, template=args.template)
     return 0

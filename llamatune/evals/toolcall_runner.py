@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-STOPS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
+STOPS = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<end_of_turn>")  # Llama 3.2, Gemma 3
 
 
 class LlamaCppRunner:

@@ -1,0 +1,246 @@
+"""The offline end-to-end demo on the embedded gemma-3-270m: data → LoRA SFT → GGUF → tool-call eval → report.
+
+    llamatune demo                       # writes runs/demo/ (report.md, report.json, report.png)
+    llamatune demo --smoke               # a handful of steps and items (the slow test runs this)
+    make demo                            # installs like `make test`, then runs `llamatune demo`
+
+Stages (each prints one status line and is skipped when its outputs exist, so a rerun resumes):
+
+1. ``data``: the FuncCall generator (``--n`` rows, seed 0) into ``data/full/``; ``data/train.jsonl`` keeps
+   the training rows that fit ``--max-length`` tokens (so truncation never cuts a target), ``data/eval.jsonl``
+   a stratified ``--n-test`` subset of the held-out test split (test template families only);
+2. ``base``: the embedded model's fp32 HF directory (dequantized once, cached in $LLAMATUNE_CACHE);
+3. ``train``: LoRA SFT with ``FuncCall/recipes/gemma-270m-demo.yaml`` into ``tuned/`` (resumes from the last
+   checkpoint when interrupted);
+4. ``export``: base and tuned to GGUF Q8_0 (``base/gguf``, ``tuned/gguf``) with their ``fidelity.json``;
+5. ``eval``: ``eval toolcall`` on the same test items, greedy, same threads: ``base``, ``icl`` (base with
+   ``--icl`` few-shot examples) and ``tuned`` into ``results/``; generations are cached per item;
+6. ``report``: ``report.md``, ``report.json`` and ``report.png`` (see :mod:`llamatune.demo_report`).
+
+``gguf/`` links the two Q8_0 files for the Space: ``python space/app.py --models-dir runs/demo/gguf``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+RECIPE = Path(__file__).resolve().parent.parent / "FuncCall" / "recipes" / "gemma-270m-demo.yaml"
+DEFAULTS = {"n": 1000, "n_test": 40, "steps": 48, "max_length": 512, "icl": 2, "max_tokens": 64, "threads": 2}
+SMOKE = {"n": 200, "n_test": 5, "steps": 4, "max_length": 384, "icl": 1, "max_tokens": 24}
+CRASH_ENV = "LLAMATUNE_DEMO_EXIT_AFTER_SAVE"  # tests: hard-exit after the first checkpoint is saved
+
+
+def _status(stage: str, msg: str) -> None:
+    print(f"[demo] stage {stage}: {msg}", flush=True)
+
+
+class Stages:
+    """Runs stages in order, times them and records ``stage_seconds`` in ``stages.json`` (kept across reruns:
+    a cached stage keeps the seconds it took when it ran)."""
+
+    def __init__(self, out: Path):
+        self.path = out / "stages.json"
+        self.seconds: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def run(self, name: str, done: bool, fn, *args, **kwargs):
+        if done:
+            _status(name, f"done (cached, {self.seconds.get(name, 0):.0f} s when it ran)")
+            return None
+        _status(name, "running ...")
+        t0 = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.seconds[name] = round(time.perf_counter() - t0, 1)
+        self.path.write_text(json.dumps(self.seconds, indent=1) + "\n")
+        _status(name, f"done in {self.seconds[name]:.0f} s")
+        return result
+
+
+# --- stage 1: data ---------------------------------------------------------------------------------------
+
+def stratified(rows: list[dict], n: int, seed: int = 0) -> list[dict]:
+    """``n`` rows spread over the categories in proportion (at least one per category), deterministic."""
+    by_cat: dict[str, list[dict]] = defaultdict(list)
+    for r in sorted(rows, key=lambda r: r["id"]):
+        by_cat[r["category"]].append(r)
+    rng = random.Random(seed)
+    for v in by_cat.values():
+        rng.shuffle(v)
+    cats = sorted(by_cat)
+    quota = {c: max(1, round(n * len(by_cat[c]) / len(rows))) for c in cats}
+    while sum(quota.values()) > n and any(q > 1 for q in quota.values()):
+        quota[max(cats, key=lambda c: quota[c])] -= 1
+    picked = [r for c in cats for r in by_cat[c][: quota[c]]]
+    return sorted(picked, key=lambda r: r["id"])
+
+
+def make_data(out: Path, n: int, n_test: int, max_length: int, hf_dir: str) -> dict:
+    from transformers import AutoTokenizer
+
+    from llamatune.chat import render
+    from llamatune.data.funccall import build_dataset
+    from llamatune.evals.toolcall import read_jsonl
+
+    full = out / "full"
+    build_dataset(full, n, seed=0)
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    train = [json.loads(x) for x in (full / "train.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    kept = [r for r in train if len(tok(render(r["messages"], r.get("tools") or None, template="gemma-3"),
+                                        add_special_tokens=False).input_ids) <= max_length]
+    test = stratified(read_jsonl(full / "eval.jsonl", ("id", "messages", "tools", "expected", "category")), n_test)
+    for name, rows in (("train.jsonl", kept), ("eval.jsonl", test)):
+        (out / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    info = {"n": n, "n_train_generated": len(train), "n_train": len(kept), "max_length": max_length,
+            "n_test_requested": n_test, "n_test": len(test), "test_ids": [r["id"] for r in test]}
+    (out / "demo_data.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def _data_done(out: Path, n: int, n_test: int, max_length: int) -> bool:
+    p = out / "demo_data.json"
+    if not p.exists():
+        return False
+    info = json.loads(p.read_text())
+    return [info.get("n"), info.get("max_length"), info.get("n_test_requested")] == [n, max_length, n_test]
+
+
+# --- stage 3: training -----------------------------------------------------------------------------------
+
+def _exit_after_save_callback():
+    from transformers import TrainerCallback
+
+    class ExitAfterSave(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            print(f"[demo] {CRASH_ENV} set: exiting after checkpoint-{state.global_step}", flush=True)
+            os._exit(3)
+
+    return ExitAfterSave()
+
+
+def train_done(run_dir: Path) -> bool:
+    run = run_dir / "run.json"
+    return (run_dir / "adapter" / "adapter_model.safetensors").exists() and run.exists() and \
+        json.loads(run.read_text()).get("status") == "done"
+
+
+def run_training(data_dir: Path, run_dir: Path, steps: int, max_length: int, threads: int) -> Path:
+    from llamatune.train import load_recipe, train
+
+    save = max(1, min(20, steps // 3))  # a checkpoint every third of the run
+    recipe = load_recipe(RECIPE, [f"--dataset_path={data_dir}", f"--output_dir={run_dir}", f"--max_steps={steps}",
+                                  f"--save_steps={save}", f"--max_length={max_length}",
+                                  f"--warmup_steps={min(5, steps // 4)}"])
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+    callbacks = [_exit_after_save_callback()] if os.environ.get(CRASH_ENV) else None
+    return train(recipe, run_dir, resume=True, callbacks=callbacks)
+
+
+# --- stage 4: export -------------------------------------------------------------------------------------
+
+def export_done(out: Path) -> bool:
+    return (out / "fidelity.json").exists() and any((out / "gguf").glob("*-q8_0.gguf"))
+
+
+def run_export(source: Path, out: Path, name: str, plain: bool) -> dict:
+    from llamatune.export import export, export_base
+
+    if plain:
+        return export_base(source, out, ("q8_0",), name=name, template="gemma-3", strict=False)
+    return export(source, ("q8_0",), name=name, template="gemma-3", strict=False)
+
+
+def q8_of(out: Path) -> Path:
+    return next((out / "gguf").glob("*-q8_0.gguf"))
+
+
+def link_ggufs(out: Path, ggufs: dict[str, Path]) -> Path:
+    d = out / "gguf"
+    d.mkdir(exist_ok=True)
+    for name, target in ggufs.items():
+        link = d / f"{name}.gguf"
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(target, d))
+    return d
+
+
+# --- the pipeline ----------------------------------------------------------------------------------------
+
+def run_demo(out: str | Path = "runs/demo", *, n: int, n_test: int, steps: int, max_length: int, icl: int,
+             max_tokens: int, threads: int) -> dict:
+    """Run (or resume) every stage; returns the report dict also written to ``out/report.json``."""
+    from llamatune import demo_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    st = Stages(out)
+    t_all = time.perf_counter()
+    from llamatune.models import resolve_model
+
+    st.run("base", "base" in st.seconds, resolve_model, "gemma-3-270m")
+    hf_dir = resolve_model("gemma-3-270m")  # built by the stage above (or before): a cache lookup
+    data = out / "data"
+    st.run("data", _data_done(data, n, n_test, max_length), make_data, data, n, n_test, max_length, hf_dir)
+    run_dir = out / "tuned"
+    st.run("train", train_done(run_dir), run_training, data, run_dir, steps, max_length, threads)
+    st.run("export_base", export_done(out / "base"), run_export, Path(hf_dir), out / "base", "gemma-3-270m-base", True)
+    st.run("export_tuned", export_done(run_dir), run_export, run_dir, run_dir, "gemma-3-270m-funccall", False)
+    ggufs = {"base": q8_of(out / "base"), "tuned": q8_of(run_dir)}
+    link_ggufs(out, {"gemma-3-270m-base-q8_0": ggufs["base"], "gemma-3-270m-funccall-q8_0": ggufs["tuned"]})
+    from llamatune.evals.toolcall import evaluate
+
+    res = out / "results"
+    for label, model, k in (("base", ggufs["base"], 0), ("icl", ggufs["base"], icl), ("tuned", ggufs["tuned"], 0)):
+        st.run(f"eval_{label}", (res / f"{label}.json").exists(), evaluate, model, data / "eval.jsonl",
+               res / f"{label}.json", icl=k, max_tokens=max_tokens, n_threads=threads, template="gemma-3")
+    report = st.run("report", False, demo_report.write_report, out,
+                    meta={"n": n, "n_test": n_test, "steps": steps, "max_length": max_length, "icl": icl,
+                          "max_tokens": max_tokens, "threads": threads,
+                          "wall_seconds_this_run": round(time.perf_counter() - t_all, 1)})
+    return report
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--out", default="runs/demo", help="output directory (default %(default)s)")
+    parser.add_argument("--smoke", action="store_true", help="a handful of steps and test items (minutes)")
+    parser.add_argument("--n", type=int, default=None, help=f"generated rows, train + test (default {DEFAULTS['n']})")
+    parser.add_argument("--n-test", type=int, default=None, help=f"held-out test items (default {DEFAULTS['n_test']})")
+    parser.add_argument("--steps", type=int, default=None, help=f"LoRA steps (default {DEFAULTS['steps']})")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help=f"training rows longer than this (tokens) are left out (default {DEFAULTS['max_length']})")
+    parser.add_argument("--icl", type=int, default=None, help=f"few-shot examples for base+ICL (default {DEFAULTS['icl']})")
+    parser.add_argument("--max-tokens", type=int, default=None, help=f"new tokens per test item (default {DEFAULTS['max_tokens']})")
+    parser.add_argument("--threads", type=int, default=None, help=f"CPU threads (default {DEFAULTS['threads']})")
+
+
+def main(args) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Threads that sleep instead of spinning while they wait: on a shared or busy CPU, spinning OpenMP
+    # threads made LoRA steps ~8x slower (54 s instead of 6.5 s on 2 cores with one other busy process).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    cfg = {**DEFAULTS, **(SMOKE if args.smoke else {})}
+    for key in DEFAULTS:
+        if getattr(args, key, None) is not None:
+            cfg[key] = getattr(args, key)
+    try:
+        report = run_demo(args.out, **cfg)
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        print(f"llamatune demo: {exc}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    print(f"\n{(out / 'report.md').read_text(encoding='utf-8')}")
+    print(f"[demo] report: {out / 'report.md'} ({out / 'report.json'}, {out / 'report.png'}); "
+          f"total {sum(report['stage_seconds'].values()):.0f} s of stages")
+    print(f"[demo] serve base and tuned in the Space:  python space/app.py --models-dir {out / 'gguf'}")
+    return 0

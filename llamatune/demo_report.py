@@ -1,0 +1,167 @@
+"""The demo's report: ``report.md``, ``report.json`` and ``report.png`` from the demo's result files.
+
+    python -m llamatune.demo_report runs/demo      # rebuild the report of a finished (or partial) demo
+
+Inputs under the demo directory: ``results/{base,icl,tuned}.json`` (``llamatune eval toolcall``),
+``stages.json`` (seconds per stage), ``base/fidelity.json`` and ``tuned/fidelity.json`` (export),
+``data/demo_data.json``. ``report.json`` holds, for each of ``base``, ``icl`` and ``tuned``, the metrics
+``tool_accuracy``, ``irrelevance_accuracy``, ``calls_per_turn`` and ``accuracy`` (value with 95% CI) and
+``by_category`` accuracy; ``comparisons`` (McNemar exact p and paired-bootstrap CI of the accuracy
+difference, tuned vs base, tuned vs icl, icl vs base); ``stage_seconds``; ``fidelity``; ``meta``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+SYSTEMS = ("base", "icl", "tuned")
+LABELS = {"base": "base", "icl": "base + ICL", "tuned": "tuned (LoRA)"}
+METRICS = ("accuracy", "tool_accuracy", "irrelevance_accuracy", "calls_per_turn")
+PAIRS = (("base", "tuned"), ("icl", "tuned"), ("base", "icl"))
+
+
+def _metric(m: dict) -> dict:
+    return {k: m.get(k) for k in ("value", "low", "high", "k", "n", "ideal") if k in m}
+
+
+def summarize(results: dict[str, dict]) -> dict:
+    """Per system: the headline metrics (with CIs) and accuracy per category, from ``eval toolcall`` results."""
+    out = {}
+    for name, r in results.items():
+        agg = r["aggregate"]
+        out[name] = {**{k: _metric(agg["overall"][k]) for k in METRICS},
+                     "by_category": {c: _metric(m["accuracy"]) for c, m in agg["by_category"].items()},
+                     "model": r.get("model"), "icl": r.get("icl"), "n": agg["overall"]["n"]}
+    return out
+
+
+def _pct(m: dict) -> str:
+    if not m or m.get("value") is None:
+        return "–"
+    return f"{100 * m['value']:.0f}% [{100 * m['low']:.0f}, {100 * m['high']:.0f}] ({m['k']}/{m['n']})"
+
+
+def _num(m: dict) -> str:
+    return "–" if not m or m.get("value") is None else f"{m['value']:.2f} [{m['low']:.2f}, {m['high']:.2f}]"
+
+
+def markdown(report: dict) -> str:
+    systems = [s for s in SYSTEMS if s in report]
+    meta = report.get("meta", {})
+    lines = ["# `llamatune demo`: gemma-3-270m, LoRA on the FuncCall set, evaluated on held-out tool-use prompts", "",
+             f"Test items: {meta.get('n_test', '?')} (stratified, held-out template families); LoRA steps: "
+             f"{meta.get('steps', '?')}; ICL examples: {meta.get('icl', '?')}; greedy, GGUF Q8_0, "
+             f"{meta.get('threads', '?')} threads, ≤ {meta.get('max_tokens', '?')} new tokens. 95% CIs: Wilson "
+             "(proportions), bootstrap (calls per turn).", "",
+             "| system | accuracy | tool-call accuracy | irrelevance accuracy | LLM calls / turn |", "|---|---|---|---|---|"]
+    for s in systems:
+        r = report[s]
+        lines.append(f"| {LABELS[s]} | {_pct(r['accuracy'])} | {_pct(r['tool_accuracy'])} | "
+                     f"{_pct(r['irrelevance_accuracy'])} | {_num(r['calls_per_turn'])} |")
+    ideal = next((report[s]["calls_per_turn"].get("ideal") for s in systems if report[s]["calls_per_turn"].get("ideal")), None)
+    if ideal:
+        lines += ["", f"A perfect model would spend {ideal:.2f} LLM calls per turn on these items (1 per text answer, 2 per call)."]
+    cats = sorted({c for s in systems for c in report[s]["by_category"]})
+    lines += ["", "## Accuracy per category", "", "| category | " + " | ".join(LABELS[s] for s in systems) + " |",
+              "|---" * (len(systems) + 1) + "|"]
+    for c in cats:
+        lines.append(f"| {c} | " + " | ".join(_pct(report[s]["by_category"].get(c)) for s in systems) + " |")
+    if report.get("comparisons"):
+        lines += ["", "## Paired comparisons (same items)", "",
+                  "| B vs A | accuracy A | accuracy B | B − A [95% CI] | McNemar b01/b10 | p |", "|---|---|---|---|---|---|"]
+        for key, c in report["comparisons"].items():
+            d, m = c["diff_b_minus_a"], c["mcnemar"]
+            lines.append(f"| {key} | {100 * c['accuracy_a']:.0f}% | {100 * c['accuracy_b']:.0f}% | "
+                         f"{100 * d['diff']:+.0f} pp [{100 * d['low']:+.0f}, {100 * d['high']:+.0f}] | "
+                         f"{m['b01']}/{m['b10']} | {m['p_value']:.3g} |")
+    if report.get("fidelity"):
+        lines += ["", "## GGUF fidelity (Q8_0 vs the HF model)", ""]
+        for name, f in report["fidelity"].items():
+            lines.append(f"- {name}: {'all checks passed' if f['pass'] else 'FAILED: ' + '; '.join(f['failures'])}")
+    if report.get("stage_seconds"):
+        secs = report["stage_seconds"]
+        lines += ["", "## Wall time per stage (seconds)", "", "| " + " | ".join(secs) + " | total |",
+                  "|---" * (len(secs) + 1) + "|", "| " + " | ".join(f"{v:.0f}" for v in secs.values()) +
+                  f" | {sum(secs.values()):.0f} |"]
+    lines += ["", "![accuracy per category](report.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: str | Path) -> Path:
+    """Grouped bars of accuracy per category (and overall) with 95% CIs, plus calls per turn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    systems = [s for s in SYSTEMS if s in report]
+    cats = ["overall", *sorted({c for s in systems for c in report[s]["by_category"]})]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [4, 1]})
+    width = 0.8 / max(1, len(systems))
+    for i, s in enumerate(systems):
+        ms = [report[s]["accuracy"] if c == "overall" else report[s]["by_category"].get(c, {}) for c in cats]
+        vals = np.array([m.get("value") or 0.0 for m in ms])
+        lo = np.array([(m.get("value") or 0) - (m.get("low") or 0) for m in ms])
+        hi = np.array([(m.get("high") or 0) - (m.get("value") or 0) for m in ms])
+        ax.bar(np.arange(len(cats)) + (i - (len(systems) - 1) / 2) * width, vals, width, yerr=[lo, hi], capsize=3,
+               label=LABELS[s])
+        cpt = report[s]["calls_per_turn"]
+        if cpt.get("value") is not None:
+            ax2.bar(i, cpt["value"], yerr=[[cpt["value"] - cpt["low"]], [cpt["high"] - cpt["value"]]], capsize=3,
+                    color=f"C{i}")
+    ax.set_xticks(range(len(cats)), cats, rotation=15)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy (95% CI)")
+    ax.legend()
+    ax.set_title("held-out tool-use prompts")
+    ax2.set_xticks(range(len(systems)), [LABELS[s] for s in systems], rotation=15)
+    ax2.set_title("LLM calls per turn")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def build(out: str | Path, meta: dict | None = None) -> dict:
+    """The report dict from the demo directory's files (systems whose results are missing are left out)."""
+    from llamatune.evals.toolcall import compare
+
+    out = Path(out)
+    res = out / "results"
+    results = {s: json.loads((res / f"{s}.json").read_text(encoding="utf-8")) for s in SYSTEMS
+               if (res / f"{s}.json").exists()}
+    if not results:
+        raise FileNotFoundError(f"{res}: no results/{{base,icl,tuned}}.json to report")
+    report = summarize(results)
+    report["comparisons"] = {f"{b} vs {a}": compare(res / f"{a}.json", res / f"{b}.json")["overall"]
+                             for a, b in PAIRS if a in results and b in results}
+    stages = out / "stages.json"
+    report["stage_seconds"] = json.loads(stages.read_text()) if stages.exists() else {}
+    report["fidelity"] = {}
+    for name, d in (("base", out / "base"), ("tuned", out / "tuned")):
+        if (d / "fidelity.json").exists():
+            reps = json.loads((d / "fidelity.json").read_text()).get("reports", {})
+            fails = [f"{q}: {x}" for q, r in reps.items() for x in r.get("failures", [])]
+            report["fidelity"][name] = {"pass": not fails, "failures": fails, "quants": sorted(reps)}
+    data = out / "data" / "demo_data.json"
+    report["meta"] = {**({k: v for k, v in json.loads(data.read_text()).items() if k != "test_ids"}
+                         if data.exists() else {}), **(meta or {})}
+    return report
+
+
+def write_report(out: str | Path, meta: dict | None = None) -> dict:
+    """Write ``report.json``, ``report.png`` and ``report.md`` under ``out``; return the report dict."""
+    out = Path(out)
+    report = build(out, meta)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    plot(report, out / "report.png")
+    (out / "report.md").write_text(markdown(report), encoding="utf-8")
+    return report
+
+
+if __name__ == "__main__":
+    write_report(sys.argv[1] if len(sys.argv) > 1 else "runs/demo")
+    print((Path(sys.argv[1] if len(sys.argv) > 1 else "runs/demo") / "report.md").read_text())

