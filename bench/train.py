@@ -1,6 +1,7 @@
 """Training throughput of a recipe: step time, tokens/s and the non-pad token fraction of the batches. One JSON line.
 
-    PYTHONPATH=. python bench/train.py [--steps 20] [--recipe FineTome/recipes/tiny-cpu.yaml] [--data DIR] [--key value ...]
+    PYTHONPATH=. python bench/train.py [--steps 20] [--recipe FineTome/recipes/tiny-cpu.yaml] [--data DIR] \
+        [--key value ...]
     PYTHONPATH=. python bench/train.py --recipe FuncCall/recipes/gemma-270m-demo.yaml --steps 5
 
 Data: ``--data DIR``, else the recipe's ``dataset_path`` when it holds a ``train.jsonl``, else a small generated
