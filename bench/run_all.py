@@ -40,13 +40,13 @@ class Bench:
     full_only: bool = False
 
 
-def benches(cores: int) -> list[Bench]:
+def benches(cores: int, demo_recipe: str = DEMO_RECIPE) -> list[Bench]:
     return [
         Bench("bandwidth", ["bench/bandwidth.py"], ["--repeats", "5"], 120),
         Bench("train_tiny", ["bench/train.py", "--recipe", "FineTome/recipes/tiny-cpu.yaml", "--steps", "20"],
               ["--steps", "8"], 900),
-        Bench("train_demo", ["bench/train.py", "--recipe", DEMO_RECIPE, "--steps", "5"], ["--steps", "2"], 1800,
-              requires=DEMO_RECIPE),
+        Bench("train_demo", ["bench/train.py", "--recipe", demo_recipe, "--steps", "5"], ["--steps", "2"], 1800,
+              requires=demo_recipe),
         Bench("gemma_step", ["bench/gemma_step.py", "--threads", str(cores), "--steps", "5"], ["--steps", "2"], 900),
         Bench("gguf_decode", ["bench/gguf_decode.py"], ["--tokens", "64", "--repeats", "2"], 900),
         Bench("agent", ["bench/agent.py"], ["--repeats", "2", "--prefix-tokens", "1024"], 1800),
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every timeout")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--readme", default=str(README))
+    p.add_argument("--demo-recipe", default=DEMO_RECIPE, help="the recipe of the train_demo benchmark")
     p.add_argument("--table-only", action="store_true", help="only re-render the README from the results file")
     a = p.parse_args(argv)
 
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     old = json.loads(results_path.read_text()) if results_path.exists() else {}
     if not a.table_only:
         machine = machine_info()
-        all_b = benches(machine["physical_cores"])
+        all_b = benches(machine["physical_cores"], a.demo_recipe)
         names = [b.name for b in all_b]
         only = set(a.only.split(",")) if a.only else set(names)
         skip = set(a.skip.split(",")) if a.skip else set()
