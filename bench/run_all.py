@@ -151,11 +151,14 @@ METRICS = [
     ("train_tiny", "tokens_per_s", "tiny recipe: real tokens/s", None),
     ("train_tiny", "non_pad_fraction", "tiny recipe: non-pad token fraction", ("ge", 0.95)),
     ("train_tiny", "padded_non_pad_fraction", "tiny recipe, plain padding: non-pad fraction", None),
+    ("train_demo", "model", "demo recipe: model", None),
+    ("train_demo", "data", "demo recipe: data", None),
     ("train_demo", "step_s", "demo recipe: step time (s)", None),
     ("train_demo", "tokens_per_s", "demo recipe: real tokens/s", None),
     ("train_demo", "non_pad_fraction", "demo recipe: non-pad token fraction", ("ge", 0.95)),
     ("train_demo", "padded_non_pad_fraction", "demo recipe, plain padding: non-pad fraction", None),
     ("gemma_step", "step_s_median", "gemma-3-270m LoRA step, 1 × 256 tokens, plain PEFT (s)", None),
+    ("agent", "model", "agent: model", None),
     ("agent", "calls_no_tool", "agent: LLM calls per no-tool turn (original: 2)", None),
     ("agent", "calls_tool", "agent: LLM calls per tool turn", None),
     ("agent", "tool_called_frac", "agent: tool called on tool prompts", None),
@@ -163,6 +166,7 @@ METRICS = [
     ("agent", "decode_ratio", "agent: decode tok/s ÷ raw llama.cpp", ("ge", 0.95)),
     ("agent", "ttft_ratio", "agent: 2nd-turn ÷ 1st-turn time to first token (long prefix)", ("le", 0.2)),
     ("agent", "ttft_ratio_space_prefix", "agent: same, with the Space's own prefix", None),
+    ("arc_loglik", "gguf", "ARC loglik: model", None),
     ("arc_loglik", "speedup", "ARC loglik: in-process ÷ server requests/s", ("ge", 50)),
     ("arc_loglik", "max_abs_diff", "ARC loglik: max abs diff in-process vs server", ("le", 1e-3)),
     ("gemma_gguf", "convert_f16_s", "gemma-3-270m HF → GGUF f16 conversion (s)", None),
@@ -170,6 +174,8 @@ METRICS = [
 
 
 def _fmt(v) -> str:
+    if isinstance(v, str):
+        return Path(v).name if "/" in v else v  # a model path: its file or directory name
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1e-2 and v != 0 else f"{v:,.3f}".rstrip("0").rstrip(".")
     return str(v)

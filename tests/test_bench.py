@@ -33,7 +33,7 @@ RESULTS = {
                                   "padded_non_pad_fraction": 0.61}},
         "train_demo": {"name": "train_demo", "status": "skipped", "note": "FuncCall/recipes/x.yaml not present"},
         "agent": {"name": "agent", "status": "ok", "mode": "full", "load_before": 1.5,
-                  "result": {"decode_ratio": 0.97, "ttft_ratio": 0.35, "calls_tool": 2.0}},
+                  "result": {"model": "/cache/x/tiny-q8_0.gguf", "decode_ratio": 0.97, "ttft_ratio": 0.35, "calls_tool": 2.0}},
         "arc_loglik": {"name": "arc_loglik", "status": "timeout", "mode": "full", "seconds": 450.0},
         "gguf_decode": {"name": "gguf_decode", "status": "ok", "mode": "full", "load_before": 0.9,
                         "result": {"threads": 2, "read_gb_s": 12.5, "models": [
@@ -58,6 +58,7 @@ def test_render_table_values_targets_and_statuses(run_all):
     non_pad = _row(table, "tiny recipe: non-pad token fraction")
     assert "0.912" in non_pad and "≥ 0.95 ❌" in non_pad  # 0.9123 misses the target
     assert "≥ 0.95 ✅" in _row(table, "decode tok/s ÷ raw")
+    assert "| tiny-q8_0.gguf |" in _row(table, "agent: model")  # paths shown by their file name
     assert "≤ 0.2 ❌" in _row(table, "time to first token")
     assert _row(table, "tiny recipe: step time").count("✅") == 0  # no target, no verdict
     assert "skipped: FuncCall/recipes/x.yaml not present" in _row(table, "| train_demo |")
