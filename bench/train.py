@@ -1,18 +1,26 @@
-"""Training throughput on the tiny recipe: tokens/s and the non-pad token fraction of the batches. One JSON line.
+"""Training throughput of a recipe: step time, tokens/s and the non-pad token fraction of the batches. One JSON line.
 
-    PYTHONPATH=. python bench/train.py [--steps 20] [--recipe FineTome/recipes/tiny-cpu.yaml] [--key value ...]
+    PYTHONPATH=. python bench/train.py [--steps 20] [--recipe FineTome/recipes/tiny-cpu.yaml] [--data DIR] \
+        [--key value ...]
+    PYTHONPATH=. python bench/train.py --recipe FuncCall/recipes/gemma-270m-demo.yaml --steps 5
+
+Data: ``--data DIR``, else the recipe's ``dataset_path`` when it holds a ``train.jsonl``, else a small generated
+set: 60 synthetic function-calling rows (``llamatune.data.funccall``) for a FuncCall recipe, the FineTome fixture
+(40 train rows) otherwise.
 
 The recipe's batches are counted as the trainer sees them: ``non_pad_fraction`` is real tokens / token positions
 fed to the model (1.0 when batches are padding-free), ``trained_fraction`` the share of them with a label
 (assistant tokens). ``padded_non_pad_fraction`` is the same recipe with packing and padding-free switched off
 (plain right-padded batches), for comparison. ``tokens_per_s`` is real tokens / wall seconds of
-``trainer.train()`` (no eval, no checkpoints). Target: ``non_pad_fraction >= 0.95``.
+``trainer.train()`` (no eval, no checkpoints); ``step_s`` the median optimizer step after the first
+(``first_step_s``). Target: ``non_pad_fraction >= 0.95``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -37,11 +45,49 @@ class CountingCollator:
         return out
 
 
+def StepTimer(times: list[float]):
+    """A TrainerCallback appending the wall time of each optimizer step to ``times``."""
+    from transformers import TrainerCallback
+
+    class _Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            times.append(time.perf_counter() - self.t)
+
+    return _Timer()
+
+
+def bench_data(recipe_path: str, data: str | None, scratch: Path) -> tuple[Path, str]:
+    """The data directory to train on and where it came from (see the module docstring)."""
+    from llamatune.train import load_recipe
+
+    if data:
+        return Path(data), "given"
+    recipe = load_recipe(recipe_path)
+    ds = recipe.get("dataset_path")
+    if ds:
+        for cand in (Path(ds), REPO / ds):
+            if (cand / "train.jsonl").exists():
+                return cand, "recipe"
+    if "funccall" in f"{recipe_path} {ds} {recipe.get('run_name')}".lower():
+        from llamatune.data.funccall import build_dataset
+
+        build_dataset(scratch, 60, seed=0)
+        return scratch, "generated funccall (60 rows)"
+    from llamatune.data.finetome import prepare
+
+    prepare(str(REPO / "tests" / "fixtures" / "finetome_sample.jsonl"), scratch, 40, 12, max_bad_fraction=0.2)
+    return scratch, "finetome fixture (40 rows)"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", default=str(REPO / "FineTome" / "recipes" / "tiny-cpu.yaml"))
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--data", help="a prepared data directory (default: see the module docstring)")
     args, overrides = p.parse_known_args(argv)
 
     import torch
@@ -49,17 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from llamatune.data.finetome import prepare
     from llamatune.train import build_trainer, load_recipe
 
     with tempfile.TemporaryDirectory(prefix="llamatune-bench-") as tmp:
-        data = Path(tmp) / "data"
-        prepare(str(REPO / "tests" / "fixtures" / "finetome_sample.jsonl"), data, 40, 12, max_bad_fraction=0.2)
+        data, source = bench_data(args.recipe, args.data, Path(tmp) / "data")
         common = ["--dataset_path", str(data), "--max_steps", str(args.steps), "--eval_strategy", "no",
                   "--eval_on_start", "false", "--save_strategy", "no", "--logging_steps", str(max(1, args.steps)),
                   "--disable_tqdm", "true", *overrides]
         recipe = load_recipe(args.recipe, common + ["--output_dir", str(Path(tmp) / "run")])
-        trainer, info = build_trainer(recipe)
+        step_times: list[float] = []
+        trainer, info = build_trainer(recipe, callbacks=[StepTimer(step_times)])
         counter = CountingCollator(trainer.data_collator)
         trainer.data_collator = counter
         t0 = time.perf_counter()
@@ -77,12 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "bench": "train",
         "recipe": Path(args.recipe).name,
+        "model": recipe.get("model_name_or_path"),
+        "data": source,
+        "max_length": recipe.get("max_length"),
+        "batch_size": recipe.get("per_device_train_batch_size"),
         "backend": info["backend"],
         "device": info["device"],
         "torch_threads": torch.get_num_threads(),
         "steps": trainer.state.global_step,
         "padding_free": info["padding_free"],
         "seconds": round(seconds, 2),
+        "step_s": round(statistics.median(step_times[1:] or step_times), 3),
+        "first_step_s": round(step_times[0], 3) if step_times else None,
         "tokens": counter.real,
         "tokens_per_s": round(counter.real / seconds, 1),
         "trained_tokens_per_s": round(counter.labelled / seconds, 1),
