@@ -48,3 +48,30 @@ def tiny_gguf(tiny_model_dir) -> dict[str, Path]:
     if not q8.exists():
         quantize(f16, q8, "q8_0")
     return {"f16": f16, "q8_0": q8}
+
+
+def assert_thin_notebook(path: Path) -> None:
+    """A notebook is a thin driver: Colab badge, one ``SMOKE = False`` parameter cell, a ``%pip install`` cell,
+    no outputs, no cell over 12 code lines, no def/class/lambda, no API key."""
+    import ast
+    import re
+
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert "colab-badge.svg" in nb.cells[0].source
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and "SMOKE = False" in params[0].source
+    assert any("%pip install" in c.source for c in nb.cells if c.cell_type == "code")
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        assert not cell.get("outputs"), "commit the notebook without outputs"
+        lines = [ln for ln in cell.source.splitlines() if ln.strip()]
+        assert len(lines) <= 12, cell.source
+        python = re.sub(r"(?m)^(\s*)[%!].*$", r"\1pass", cell.source)  # IPython magics/shell lines
+        tree = ast.parse(python)
+        defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Lambda))]
+        assert not defs, cell.source
+        assert "sk-" not in cell.source  # no key in a notebook
