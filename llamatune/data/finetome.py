@@ -143,7 +143,9 @@ def select(source: str, n_train: int, n_eval: int) -> dict:
     origins: dict[str, Counter] = {"train": Counter(), "eval": Counter()}
     scanned = 0
     if n_train + n_eval > 0:
-        for index, where, row in _iter_source(source):
+        from tqdm import tqdm
+
+        for index, where, row in tqdm(_iter_source(source), desc=f"scanning {source}", unit=" rows", disable=None):
             scanned += 1
             if row is _BadJSON:
                 messages, reason = None, "invalid_json"
