@@ -68,7 +68,8 @@ _Loader.add_implicit_resolver(
 )
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?[eE][-+]?\d+|\d[\d_]*\.[\d_]*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?[eE][-+]?\d+|\d[\d_]*\.[\d_]*(?:[eE][-+]?\d+)?"
+               r"|\.\d+(?:[eE][-+]?\d+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
     list("-+0123456789."),
 )
 
@@ -291,8 +292,9 @@ def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: li
     for name in ("train.jsonl", "eval.jsonl", "manifest.json"):
         if (data_dir / name).exists():
             data[f"{name}_sha256"] = sha256_file(data_dir / name)
-    info = {"backend": backend, "dtype": dtype, "bf16": args.bf16, "fp16": args.fp16, "optim": getattr(args.optim, "value", str(args.optim)),
-            "model_path": extra["model_path"], "padding_free": bool(trainer.padding_free), "data": data,
+    info = {"backend": backend, "dtype": dtype, "bf16": args.bf16, "fp16": args.fp16,
+            "optim": getattr(args.optim, "value", str(args.optim)), "model_path": extra["model_path"],
+            "padding_free": bool(trainer.padding_free), "data": data,
             "notes": notes, "device": str(args.device)}
     return trainer, info
 
@@ -306,8 +308,9 @@ def check_assistant_labels(trainer) -> None:
     real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else labels.numel()
     trained = int((labels != -100).sum())
     if not 0 < trained < real:
-        raise RuntimeError(f"the first training batch trains on {trained} of {real} tokens: it is not masked to the "
-                           "assistant turns; check assistant_only_loss and the chat template's {% generation %} markers")
+        raise RuntimeError(f"the first training batch trains on {trained} of {real} tokens: it is not masked to "
+                           "the assistant turns; check assistant_only_loss and the chat template's "
+                           "{% generation %} markers")
 
 
 def _is_final(checkpoint: Path) -> bool:
@@ -348,8 +351,9 @@ def train(recipe: dict, run_dir: str | Path | None = None, resume: bool = False,
                               "continue it, or choose another output_dir/run_name")
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer, info = build_trainer(recipe, run_dir, callbacks)
-    record = {"recipe": recipe, **info, "versions": package_versions(["unsloth"] if info["backend"] == "unsloth" else []), "git": git_info(),
-              "status": "running", "resumed_from": last.name if last else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    versions = package_versions(["unsloth"] if info["backend"] == "unsloth" else [])
+    record = {"recipe": recipe, **info, "versions": versions, "git": git_info(), "status": "running",
+              "resumed_from": last.name if last else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _write_json(run_dir / "run.json", record)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     if resume and last is None:

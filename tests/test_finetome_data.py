@@ -163,3 +163,24 @@ def test_cli_prints_counts_and_fails_on_bad_fraction(tmp_path):
     assert "train 40, eval 10, bad 8" in ok.stdout and "skipped unknown_role: 1" in ok.stdout
     bad = subprocess.run(cmd + ["--out", str(tmp_path / "bad")], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 1 and "line 5 (missing_conversations)" in bad.stderr
+
+
+def test_hub_source_goes_through_load_dataset(tmp_path, monkeypatch):
+    """A hub id is loaded with datasets.load_dataset(id, split="train") (here replaced: tests stay offline);
+    bad rows are then named by their 0-based row index."""
+    datasets = pytest.importorskip("datasets")
+    rows = [{"conversations": [t("human", f"Q{i}"), t("gpt", f"A{i}")], "source": "s", "score": 5 - i / 100} for i in range(30)]
+    rows[3] = {"conversations": [t("human", "Q")], "source": "s", "score": 1.0}
+    calls = []
+
+    def fake_load_dataset(name, split=None):
+        calls.append((name, split))
+        return rows
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    summary = prepare("mlabonne/FineTome-100k", tmp_path, 20, 5, max_bad_fraction=0.1)
+    assert calls == [("mlabonne/FineTome-100k", "train")]
+    assert summary["skipped_by_reason"] == {"no_final_assistant": 1}
+    assert read_jsonl(tmp_path / "train.jsonl")[3]["id"] == "finetome-000004"
+    with pytest.raises(ValueError, match=r"row 3 \(no_final_assistant\)"):
+        prepare("mlabonne/FineTome-100k", tmp_path / "strict", 20, 5, max_bad_fraction=0.01)

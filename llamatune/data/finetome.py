@@ -143,7 +143,9 @@ def select(source: str, n_train: int, n_eval: int) -> dict:
     origins: dict[str, Counter] = {"train": Counter(), "eval": Counter()}
     scanned = 0
     if n_train + n_eval > 0:
-        for index, where, row in _iter_source(source):
+        from tqdm import tqdm
+
+        for index, where, row in tqdm(_iter_source(source), desc=f"scanning {source}", unit=" rows", disable=None):
             scanned += 1
             if row is _BadJSON:
                 messages, reason = None, "invalid_json"
@@ -159,7 +161,8 @@ def select(source: str, n_train: int, n_eval: int) -> dict:
                 skipped[DUPLICATE] += 1
                 continue
             seen.add(h)
-            (train if split == "train" else held).append({"id": f"finetome-{index:06d}", "messages": messages, "hash": h})
+            record = {"id": f"finetome-{index:06d}", "messages": messages, "hash": h}
+            (train if split == "train" else held).append(record)
             if isinstance(row.get("score"), (int, float)):
                 scores[split].append(float(row["score"]))
             if row.get("source") is not None:
@@ -227,7 +230,8 @@ def prepare(source: str, out_dir: str | Path, n_train: int, n_eval: int, max_bad
         f"Source: `{source}`. ShareGPT rows converted to `messages` (human→user, gpt→assistant, system→system). "
         "Training rows are the first N valid rows in dataset order (FineTome-100K is sorted by quality score); "
         "held-out rows are the next M valid rows after them, so training never sees them.",
-        {"rows scanned": sel["scanned"], "bad rows (skipped)": n_bad, "train": summary["train"], "eval": summary["eval"]},
+        {"rows scanned": sel["scanned"], "bad rows (skipped)": n_bad, "train": summary["train"],
+         "eval": summary["eval"]},
         sel["skipped"],
         notes=f"Score range: train {srange['train']}, eval {srange['eval']}.\n\n"
         f"Origins (train): {sel['origins']['train']}",
