@@ -2,8 +2,9 @@
 
 The examples come from the function-calling generator's **training** template families only (so an
 evaluation on the test split never shows the model a test phrasing), cycling through the categories: a call,
-no call, an answer from a tool result, a clarifying question, a follow-up. The agent reuses it for its ICL
-switch.
+no call, an answer from a tool result, a clarifying question, a follow-up. ``eval toolcall --icl K`` uses
+:func:`icl_system_prompt`; the agent's ICL switch uses :func:`icl_block` restricted to its mode's tools, so the
+Space and the evaluation show the model the same kind of examples.
 
     from llamatune.icl import icl_system_prompt
     icl_system_prompt(3)
@@ -12,6 +13,7 @@ switch.
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 
 INSTRUCTIONS = (
     "You are a helpful assistant that can call functions. Call a function only when the request needs one: then "
@@ -38,12 +40,21 @@ def format_example(row: dict) -> str:
     return "\n".join(format_turn(m) for m in row["messages"] if m["role"] != "system")
 
 
-def icl_examples(k: int, seed: int = 0) -> list[dict]:
-    """``k`` short training rows, cycling through the categories."""
+def _uses_only(row: dict, tools: frozenset[str] | None) -> bool:
+    if tools is None:
+        return True
+    called = {c["function"]["name"] for m in row["messages"] for c in m.get("tool_calls") or []}
+    offered = {t["function"]["name"] if "function" in t else t["name"] for t in row.get("tools") or []}
+    return called <= tools and (offered <= tools or not called)
+
+
+@lru_cache(maxsize=32)
+def _examples(k: int, seed: int, tools: frozenset[str] | None) -> tuple[dict, ...]:
     from llamatune.data.funccall import build_split, strip_private
 
-    pool = strip_private(build_split("train", max(50, 20 * k), seed))
-    by_cat = {c: [r for r in pool if r["category"] == c and len(format_example(r)) <= MAX_CHARS] for c in ORDER}
+    pool = strip_private(build_split("train", max(50, 20 * k) * (1 if tools is None else 4), seed))
+    by_cat = {c: [r for r in pool if r["category"] == c and len(format_example(r)) <= MAX_CHARS
+                  and _uses_only(r, tools)] for c in ORDER}
     out, i = [], 0
     while len(out) < k:
         cat = ORDER[i % len(ORDER)]
@@ -53,14 +64,24 @@ def icl_examples(k: int, seed: int = 0) -> list[dict]:
         elif not any(by_cat.values()):
             raise ValueError(f"cannot draw {k} ICL examples (pool exhausted)")
         i += 1
-    return out
+    return tuple(out)
+
+
+def icl_examples(k: int, seed: int = 0, tools=None) -> list[dict]:
+    """``k`` short training rows, cycling through the categories; ``tools``: only rows that call these."""
+    return list(_examples(k, seed, None if tools is None else frozenset(tools)))
+
+
+def icl_block(k: int, seed: int = 0, tools=None) -> str:
+    """``k`` worked examples as numbered transcripts (``""`` for k = 0)."""
+    if k <= 0:
+        return ""
+    return "\n\n".join(f"Example {n}:\n{format_example(row)}"
+                        for n, row in enumerate(icl_examples(k, seed, tools), 1))
 
 
 def icl_system_prompt(k: int, seed: int = 0) -> str:
     """Instructions plus ``k`` worked examples; ``""`` for k = 0."""
     if k <= 0:
         return ""
-    parts = [INSTRUCTIONS, ""]
-    for n, row in enumerate(icl_examples(k, seed), 1):
-        parts += [f"Example {n}:", format_example(row), ""]
-    return "\n".join(parts).strip()
+    return f"{INSTRUCTIONS}\n\n{icl_block(k, seed)}"

@@ -58,9 +58,16 @@ def assert_thin_notebook(path: Path) -> None:
 
     import nbformat
 
+    import tomllib
+
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     assert "colab-badge.svg" in nb.cells[0].source
+    repo = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    slug = repo.removeprefix("https://github.com/")
+    own = path.resolve().relative_to(REPO).as_posix()
+    assert f"colab.research.google.com/github/{slug}/blob/main/{own})" in nb.cells[0].source, "badge ≠ this file"
+    assert any(f"git clone -q {repo}" in c.source for c in nb.cells if c.cell_type == "code")
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and "SMOKE = False" in params[0].source
     assert any("%pip install" in c.source for c in nb.cells if c.cell_type == "code")

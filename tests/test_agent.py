@@ -218,7 +218,10 @@ def test_icl_adds_k_examples_to_the_system_prompt():
     plain = Agent(ScriptedModel([]), mode="weather")
     icl = Agent(ScriptedModel([]), mode="weather", icl=3)
     assert "Examples" not in plain.system_prompt
-    assert icl.system_prompt.count("\nAssistant: ") == 3 and icl.system_prompt.startswith(plain.system_prompt)
+    assert icl.system_prompt.count("\nExample ") == 3 and icl.system_prompt.startswith(plain.system_prompt)
+    calls = [json.loads(line[len("Assistant: "):])["name"] for line in icl.system_prompt.splitlines()
+             if line.startswith("Assistant: {")]
+    assert calls and set(calls) <= {"get_current_weather", "get_weather_forecast"}  # only the mode's tools
     assert Agent(ScriptedModel([]), mode="chat", icl=3).system_prompt == "You are a helpful, concise assistant."
 
 

@@ -132,11 +132,11 @@ def _pick(rng: random.Random, by_group: dict[str, list[str]]) -> str:
 
 def agent_system_prompt(tool_names: list[str]) -> str | None:
     """The system prompt the agent uses with exactly these tools (a mode's set), else ``None``."""
-    from llamatune.agent import SYSTEM_PROMPTS, TOOL_DATA_RULE
+    from llamatune.agent import system_prompt_for
     from llamatune.tools import MODES
 
     mode = next((m for m, names in MODES.items() if names and sorted(names) == sorted(tool_names)), None)
-    return f"{SYSTEM_PROMPTS[mode]}\n\n{TOOL_DATA_RULE}" if mode else None
+    return system_prompt_for(mode, tool_names) if mode else None
 
 
 def _row(rng: random.Random, category: str, fams: dict, system_share: float = 0.0) -> dict:
