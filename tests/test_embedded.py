@@ -16,18 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import requires
+from tests.conftest import WEATHER, requires
 from llamatune import embedded, vendor
 from llamatune.chat import render, template_text
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 CONV = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "What's the weather in Paris? And who painted the Mona Lisa?"},

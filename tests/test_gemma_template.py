@@ -16,7 +16,7 @@ import pytest
 
 from llamatune.chat import TEMPLATES, render, template_text
 
-from tests.conftest import requires
+from tests.conftest import WEATHER, requires
 
 CHAT = [
     {"role": "user", "content": "  Hi there! \n"},
@@ -24,14 +24,6 @@ CHAT = [
     {"role": "user", "content": "Tell me a joke."},
 ]
 SYSTEM = {"role": "system", "content": "You are a pirate."}
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 CALL = {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}
 TOOL_CONV = [
     {"role": "system", "content": "Be brief."},
