@@ -6,7 +6,9 @@ A model spec is
 * ``DIR_OR_HF_ID`` — transformers; ``DIR+peft=ADAPTER_DIR`` (or ``peft=`` to ``load_generator``) adds a LoRA adapter.
 
 Prompts are rendered with :func:`llamatune.chat.render` (the one template) at a fixed date, and decoded greedily
-by default. ``generate_cached`` appends every answer to a JSONL cache keyed by (model fingerprint, prompt id,
+by default. ``Generator.generate`` answers a conversation (special tokens stripped); ``Generator.complete``
+continues an already rendered prompt and keeps special tokens such as ``<|python_tag|>`` (the tool-call
+evaluation scores that raw text). ``generate_cached`` appends every answer to a JSONL cache keyed by (model fingerprint, prompt id,
 prompt hash, settings), so an interrupted run resumes where it stopped::
 
     from llamatune.generate import load_generator, generate_cached
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_DATE = "26 Jul 2024"
-STOP_TEXT = ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"]
+STOP_TEXT = ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<end_of_turn>"]  # Llama 3.2, Gemma 3
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,10 @@ class Generator:
                  tools: list[dict] | None = None) -> str:
         raise NotImplementedError
 
+    def complete(self, prompt: str, max_tokens: int = 128) -> str:
+        """Greedy raw continuation of a rendered ``prompt``, special tokens kept, cut at the end of the turn."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -109,6 +115,11 @@ class LlamaCppGenerator(Generator):
 
         self.spec, self.template = spec, template
         self.llm = open_llama(spec.path, n_ctx=n_ctx, n_threads=n_threads)
+        self.stop_ids = {self.llm.token_eos()}
+        for text in STOP_TEXT:
+            ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
+            if len(ids) == 1:
+                self.stop_ids.add(ids[0])
 
     def generate(self, messages, max_tokens=512, temperature=0.0, tools=None):
         from llamatune.chat import render
@@ -121,6 +132,18 @@ class LlamaCppGenerator(Generator):
         out = self.llm.create_completion(prompt=ids, max_tokens=min(max_tokens, room), temperature=temperature,
                                          top_k=1 if temperature == 0 else 40, stop=STOP_TEXT, seed=0)
         return out["choices"][0]["text"].strip()
+
+    def complete(self, prompt, max_tokens=128):
+        ids = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        if len(ids) + max_tokens > self.llm.n_ctx():
+            raise ValueError(f"prompt of {len(ids)} tokens + {max_tokens} new does not fit n_ctx={self.llm.n_ctx()}"
+                             " (pass --n-ctx)")
+        out = []
+        for t in self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
+            if t in self.stop_ids or len(out) >= max_tokens:
+                break
+            out.append(t)
+        return self.llm.detokenize(out, special=True).decode("utf-8", errors="replace")
 
     def close(self):
         if getattr(self, "llm", None) is not None:
@@ -153,6 +176,26 @@ class HFGenerator(Generator):
         with torch.no_grad():
             out = self.model.generate(**enc, **kwargs)
         return self.tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+    def complete(self, prompt, max_tokens=128):
+        import torch
+
+        ids = self.tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
+                                      do_sample=False, eos_token_id=self.eos, pad_token_id=self.eos[0])
+        text = self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
+        return text[:min([text.find(s) for s in STOP_TEXT if s in text], default=len(text))]
+
+
+def model_kind(spec) -> str:
+    """``"gguf"`` or ``"hf"`` for a local model; ``ValueError`` naming the path for anything else."""
+    p = Path(spec)
+    if p.suffix == ".gguf" and p.is_file():
+        return "gguf"
+    if p.is_dir() and (p / "config.json").exists():
+        return "hf"
+    raise ValueError(f"--model {spec}: expected a .gguf file or an HF model directory with config.json")
 
 
 def load_generator(spec: str | ModelSpec, peft: str | None = None, **kwargs) -> Generator:

@@ -172,7 +172,7 @@ def test_runner_on_tiny_gguf_resumes_from_cache(tmp_path, tiny_gguf, monkeypatch
     def boom(*a, **k):
         raise AssertionError("the model must not be loaded when every item is cached")
 
-    monkeypatch.setattr(toolcall, "load_runner", boom)
+    monkeypatch.setattr(toolcall, "_load", boom)
     again = evaluate(tiny_gguf["f16"], tmp_path / "data" / "eval.jsonl", out, limit=2, max_tokens=6, n_threads=1)
     assert [i["output"] for i in again["items"]] == [i["output"] for i in res["items"]]
     monkeypatch.undo()

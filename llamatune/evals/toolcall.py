@@ -28,7 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from llamatune.evals.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap_diff, wilson_ci
-from llamatune.evals.toolcall_runner import load_runner, model_kind
+from llamatune.generate import load_generator, model_kind
 from llamatune.toolcall import ToolCall, parse_output, validate_call
 
 DATE = "26 Jul 2024"  # fixed "Today Date" so that prompts (and the generation cache) are reproducible
@@ -284,6 +284,13 @@ def model_template(model_spec) -> str:
                 "gemma-3" if "<start_of_turn>" in text else "llama-3.2")
 
 
+def _load(model_spec, n_ctx: int, n_threads: int | None, template: str):
+    """The generator whose ``complete`` continues the rendered prompts (a seam the tests replace)."""
+    if model_kind(model_spec) == "gguf":
+        return load_generator(str(model_spec), n_ctx=n_ctx, n_threads=n_threads, template=template)
+    return load_generator(str(model_spec), template=template)
+
+
 def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None, max_tokens: int = 128,
              n_ctx: int = 4096, n_threads: int | None = None, template: str | None = None) -> dict:
     """Run ``model_spec`` greedily on every row of ``data_path`` (the generator's ``eval.jsonl``) and score.
@@ -311,9 +318,9 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
             prompt = build_prompt(row, icl, template)
             key = hashlib.sha256(json.dumps([str(model_spec), prompt, max_tokens]).encode()).hexdigest()
             if key not in cache:
-                runner = runner or load_runner(model_spec, n_ctx, max_tokens, n_threads)
+                runner = runner or _load(model_spec, n_ctx, n_threads, template)
                 t0 = time.perf_counter()
-                cache[key] = runner(prompt)
+                cache[key] = runner.complete(prompt, max_tokens)
                 with cache_path.open("a", encoding="utf-8") as f:
                     f.write(json.dumps({"id": row["id"], "key": key, "output": cache[key],
                                         "seconds": round(time.perf_counter() - t0, 3)}, ensure_ascii=False) + "\n")
