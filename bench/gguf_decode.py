@@ -28,7 +28,7 @@ PROMPT = ("The lighthouse keeper climbed the stairs as the storm rolled in from 
 
 def default_models() -> list[Path]:
     demo = REPO / "runs" / "demo"
-    found = sorted(demo.rglob("*.gguf")) if demo.exists() else []
+    found = sorted({p.resolve() for p in demo.rglob("*.gguf")}) if demo.exists() else []  # gguf/ holds links
     if found:
         return found
     from llamatune.gguf_convert import convert_hf_to_gguf, quantize

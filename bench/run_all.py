@@ -175,7 +175,7 @@ METRICS = [
 
 def _fmt(v) -> str:
     if isinstance(v, str):
-        return Path(v).name if "/" in v else v  # a model path: its file or directory name
+        return Path(v).name if "/" in v and " " not in v else v  # a bare model path: its file or directory name
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1e-2 and v != 0 else f"{v:,.3f}".rstrip("0").rstrip(".")
     return str(v)

@@ -70,7 +70,9 @@ def bench_data(recipe_path: str, data: str | None, scratch: Path) -> tuple[Path,
     if ds:
         for cand in (Path(ds), REPO / ds):
             if (cand / "train.jsonl").exists():
-                return cand, "recipe"
+                with open(cand / "train.jsonl", "rb") as f:
+                    rows = sum(1 for _ in f)
+                return cand, f"{ds} ({rows} rows)"
     if "funccall" in f"{recipe_path} {ds} {recipe.get('run_name')}".lower():
         from llamatune.data.funccall import build_dataset
 
