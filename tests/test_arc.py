@@ -4,6 +4,7 @@ generative task, the paired comparison, and in-process vs llama_cpp.server log-l
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -160,3 +161,20 @@ def test_inprocess_matches_llama_cpp_server(tiny_gguf):
     with LlamaCppServer(tiny_gguf["f16"], n_ctx=512) as srv:
         slow = GGUFLM(base_url=srv.url).loglikelihood(reqs, disable_tqdm=True)
     assert max(abs(a[0] - b[0]) for a, b in zip(fast, slow)) <= 1e-3
+
+
+@requires("llama_cpp")
+def test_server_ignores_environment_variables_named_like_its_settings(tiny_gguf, monkeypatch):
+    """llama_cpp.server reads every setting from the environment too: ``make test CACHE=DIR`` used to kill it."""
+    pytest.importorskip("llama_cpp.server")
+    import requests
+
+    from llamatune.evals.llamacpp_server import LlamaCppServer, server_env
+
+    monkeypatch.setenv("CACHE", "/not/a/bool")
+    monkeypatch.setenv("N_CTX", "7")
+    env = server_env()
+    assert "CACHE" not in env and "N_CTX" not in env and env["PATH"] == os.environ["PATH"]
+    with LlamaCppServer(tiny_gguf["f16"], n_ctx=512) as srv:
+        models = requests.get(srv.base_url + "/models", timeout=10).json()["data"]
+        assert [m["id"] for m in models] == [str(tiny_gguf["f16"])]

@@ -6,12 +6,30 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+def server_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``environ`` (default ``os.environ``) without the variables that ``llama_cpp.server`` reads as settings.
+
+    Its settings are pydantic-settings models that read *every* field from the environment, case-insensitively
+    and without a prefix: ``CACHE=/some/dir`` (e.g. ``make test CACHE=...``) makes it exit with a validation
+    error, and ``N_CTX``, ``SEED``, ``CHAT_FORMAT``… would silently change the server. Only the command line
+    configures the servers this project starts.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    try:
+        from llama_cpp.server.settings import ModelSettings, ServerSettings
+    except ImportError:  # the server cannot start anyway; let it say why
+        return environ
+    fields = set(ModelSettings.model_fields) | set(ServerSettings.model_fields)
+    return {k: v for k, v in environ.items() if k.lower() not in fields}
 
 
 def free_port() -> int:
@@ -35,7 +53,7 @@ class LlamaCppServer:
                "--port", str(self.port), "--n_ctx", str(n_ctx), *(extra_args or [])]
         # the server logs every request: send it to a file (a pipe nobody reads would fill up and block it)
         self._log = open(log_path, "a+b") if log_path else tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=server_env())
         self._wait(startup_timeout)
 
     def _wait(self, timeout: float) -> None:
@@ -46,7 +64,9 @@ class LlamaCppServer:
             if self.proc.poll() is not None:
                 self._log.flush()
                 self._log.seek(0)
-                err = self._log.read().decode(errors="replace")[-2000:]
+                err = self._log.read().decode(errors="replace")
+                if len(err) > 3000:  # a settings error comes first, then the whole --help: keep both ends
+                    err = err[:1500] + "\n[...]\n" + err[-1500:]
                 raise RuntimeError(f"llama_cpp.server exited with code {self.proc.returncode}:\n{err}")
             try:
                 if requests.get(self.base_url + "/models", timeout=1).ok:
