@@ -1,4 +1,5 @@
 # make test   — set up .venv from scratch (torch CPU first, llama-cpp-python built once without AMX) and run the tests
+# make test-slow — the slow tests only (CI runs them after make test); make test-all — both
 # make demo   — the offline end-to-end pipeline on the embedded small model (see README)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -20,7 +21,7 @@ NOAMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all demo bench browser clean
+.PHONY: install test test-slow test-all demo bench browser clean
 
 install: $(STAMP)
 
@@ -45,6 +46,10 @@ browser:
 
 test: install browser
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# the minutes-long tests on the real small model (the demo pipeline, notebooks on gemma); CI runs them after `make test`
+test-slow: install browser
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 test-all: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)

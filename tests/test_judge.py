@@ -87,9 +87,11 @@ def test_load_prompts_reference_and_errors(tmp_path):
 
 # --- a counting proxy in front of the real server -----------------------------------------------------------
 class CountingProxy:
-    """Forwards HTTP to ``upstream``; records every POST (body hash, status); can fail the first POSTs."""
+    """Forwards HTTP to ``upstream``; records every POST (body hash, status); can fail the first POSTs, and can
+    hold every POST ``delay`` seconds (a slow judge, so that a signal lands while requests remain)."""
 
-    def __init__(self, upstream: str, fail_first: list[int] | None = None, fail_message: str = "injected"):
+    def __init__(self, upstream: str, fail_first: list[int] | None = None, fail_message: str = "injected",
+                 delay: float = 0.0):
         import requests
 
         self.log: list[tuple[str, int]] = []
@@ -110,6 +112,8 @@ class CountingProxy:
                     self.end_headers()
                     self.wfile.write(json.dumps({"error": {"message": fail_message}}).encode())
                     return
+                if method == "POST":
+                    time.sleep(delay)
                 r = requests.request(method, upstream + self.path, data=body or None,
                                      headers={"Content-Type": "application/json"}, timeout=300)
                 if method == "POST":
@@ -178,7 +182,7 @@ def _judge_args(tiny_gguf, tiny_model_dir, adapter, out, base_url, prompts=PROMP
 
 @requires("llama_cpp", "openai", "peft")
 def test_judge_interrupt_and_resume_pays_nothing_twice(tiny_gguf, tiny_model_dir, tiny_adapter, judge_server, tmp_path):
-    proxy = CountingProxy(judge_server.url)
+    proxy = CountingProxy(judge_server.url, delay=0.5)  # the tiny judge answers in ~0.3 s: leave time to interrupt
     out = tmp_path / "judge"
     prompts = tmp_path / "three.jsonl"
     prompts.write_text("\n".join(PROMPTS.read_text().splitlines()[:3]) + "\n")
