@@ -199,7 +199,9 @@ def test_judge_interrupt_and_resume_pays_nothing_twice(tiny_gguf, tiny_model_dir
         for sig, at_least in ((signal.SIGTERM, 2), (signal.SIGINT, 4)):  # `kill`, then Ctrl-C
             cmd, env = _cli(_judge_args(tiny_gguf, tiny_model_dir, tiny_adapter, out, proxy.base_url, prompts,
                                         "--concurrency", "1"))
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            # Ctrl-C as in a terminal: a child of a background job (`make test &`, nohup) inherits SIGINT ignored
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             deadline = time.time() + 240
             while time.time() < deadline and proc.poll() is None:
                 if verdicts.exists() and len(verdicts.read_text().splitlines()) >= at_least:
