@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from llamatune.chat import render
+from llamatune.chat import render, stop_strings
 from llamatune.toolcall import ToolCall, parse_output, validate_call
 
 KINDS = ("llm_call", "tool_call", "tool_result", "invalid_call", "token", "final", "note")
@@ -171,8 +171,6 @@ class Agent:
         self.model, self.mode = model, mode
         self.max_llm_calls, self.tool_token_budget, self.max_new_tokens = max_llm_calls, tool_token_budget, max_new_tokens
         self.template = getattr(model, "template", "llama-3.2")
-        from llamatune.llm import stop_strings
-
         self.stop = stop_strings(self.template)
         self.system_prompt = system_prompt_for(mode, list(self.tools), icl, icl_seed, system_prompt)
 

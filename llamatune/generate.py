@@ -24,8 +24,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from llamatune.chat import ALL_STOPS
+
 DEFAULT_DATE = "26 Jul 2024"
-STOP_TEXT = ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<end_of_turn>"]  # Llama 3.2, Gemma 3
+STOP_TEXT = ALL_STOPS  # the turn ends of every project template (Llama 3.2, Gemma 3)
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,7 @@ import re
 import time
 from typing import Callable, Iterator, Protocol, runtime_checkable
 
-from llamatune.chat import TEMPLATES
-
-EOM = "<|eom_id|>"
-
-
-def stop_strings(template: str = "llama-3.2") -> list[str]:
-    """The stop strings for a template: its end-of-turn token, plus Llama's ``<|eom_id|>``."""
-    spec = TEMPLATES.get(template, TEMPLATES["llama-3.2"])
-    return list(dict.fromkeys([spec["eos_token"], EOM]))
+from llamatune.chat import stop_strings
 
 
 def physical_cores() -> int:

@@ -87,3 +87,21 @@ def test_generation_mask_is_exactly_the_assistant_turns():
                        "<|eot_id|>It is 3°C and foggy in Zürich.<|eot_id|>")
     # and the rendered text is the same through transformers and through llamatune.chat
     assert tok.decode(out["input_ids"]) == render(messages, tools, date_string="28 Nov 2026")
+
+
+@pytest.mark.parametrize("name", ["llama-3.2", "gemma-3"])
+def test_every_assistant_turn_ends_with_the_first_stop_string(name):
+    """What serving and eval stop on is what the template writes after an assistant turn (one list, chat.py)."""
+    from llamatune.chat import ALL_STOPS, TEMPLATES, stop_strings
+
+    stops = stop_strings(name)
+    assert stops[0] == TEMPLATES[name]["eos_token"] and set(stops) <= set(ALL_STOPS)
+    call = '{"name": "get_current_weather", "parameters": {"location": "Zürich", "unit": "celsius"}}'  # = CALL
+    for reply in ("Sunny, 21°C.", call):
+        msgs = [{"role": "user", "content": "Weather in Oslo?"}]
+        if reply == call:
+            msgs.append(CALL)
+        else:
+            msgs.append({"role": "assistant", "content": reply})
+        text = render(msgs, [WEATHER], template=name, date_string="x")
+        assert text[text.index(reply) + len(reply):].startswith(stops[0]), (name, text[-80:])
