@@ -23,21 +23,23 @@ import jinja2
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-# ``stop``: the texts that end a generated turn, the template's end-of-turn token first (Llama's <|eom_id|> ends a
+# ``also_stop``: texts besides the end-of-turn ``eos_token`` that end a generated turn (Llama's <|eom_id|> ends a
 # built-in tool call; <|end_of_text|> and <eos> end a document, which a base model may emit instead).
 TEMPLATES = {
     "llama-3.2": {"file": "llama-3.2.jinja", "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
-                  "stop": ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"]},
-    "gemma-3": {"file": "gemma-3.jinja", "bos_token": "<bos>", "eos_token": "<end_of_turn>",
-                "stop": ["<end_of_turn>", "<eos>"]},
+                  "also_stop": ["<|eom_id|>", "<|end_of_text|>"]},
+    "gemma-3": {"file": "gemma-3.jinja", "bos_token": "<bos>", "eos_token": "<end_of_turn>", "also_stop": ["<eos>"]},
 }
-ALL_STOPS = list(dict.fromkeys(s for spec in TEMPLATES.values() for s in spec["stop"]))  # any template's turn end
 ROLES = ("system", "user", "assistant", "tool", "ipython")
 
 
 def stop_strings(template: str = "llama-3.2") -> list[str]:
-    """The texts that end a generated turn in ``template`` (unknown names: Llama 3.2's)."""
-    return list(TEMPLATES.get(template, TEMPLATES["llama-3.2"])["stop"])
+    """The texts that end a generated turn in ``template``, its ``eos_token`` first (unknown names: Llama 3.2's)."""
+    spec = TEMPLATES.get(template, TEMPLATES["llama-3.2"])
+    return [spec["eos_token"], *spec["also_stop"]]
+
+
+ALL_STOPS = list(dict.fromkeys(s for name in TEMPLATES for s in stop_strings(name)))  # any template's turn end
 
 
 def template_text(name: str = "llama-3.2") -> str:

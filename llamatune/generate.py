@@ -27,7 +27,6 @@ from pathlib import Path
 from llamatune.chat import ALL_STOPS
 
 DEFAULT_DATE = "26 Jul 2024"
-STOP_TEXT = ALL_STOPS  # the turn ends of every project template (Llama 3.2, Gemma 3)
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ class LlamaCppGenerator(Generator):
         self.spec, self.template = spec, template
         self.llm = open_llama(spec.path, n_ctx=n_ctx, n_threads=n_threads)
         self.stop_ids = {self.llm.token_eos()}
-        for text in STOP_TEXT:
+        for text in ALL_STOPS:
             ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
             if len(ids) == 1:
                 self.stop_ids.add(ids[0])
@@ -132,7 +131,7 @@ class LlamaCppGenerator(Generator):
         if room < 1:
             raise ValueError(f"prompt of {len(ids)} tokens does not fit n_ctx={self.llm.n_ctx()}")
         out = self.llm.create_completion(prompt=ids, max_tokens=min(max_tokens, room), temperature=temperature,
-                                         top_k=1 if temperature == 0 else 40, stop=STOP_TEXT, seed=0)
+                                         top_k=1 if temperature == 0 else 40, stop=ALL_STOPS, seed=0)
         return out["choices"][0]["text"].strip()
 
     def complete(self, prompt, max_tokens=128):
@@ -164,7 +163,7 @@ class HFGenerator(Generator):
 
             self.model = PeftModel.from_pretrained(self.model, spec.peft)
         self.model.eval()
-        self.eos = [i for i in (self.tok.convert_tokens_to_ids(t) for t in STOP_TEXT) if isinstance(i, int) and i >= 0]
+        self.eos = [i for i in (self.tok.convert_tokens_to_ids(t) for t in ALL_STOPS) if isinstance(i, int) and i >= 0]
 
     def generate(self, messages, max_tokens=512, temperature=0.0, tools=None):
         import torch
@@ -187,7 +186,7 @@ class HFGenerator(Generator):
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
                                       do_sample=False, eos_token_id=self.eos, pad_token_id=self.eos[0])
         text = self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
-        return text[:min([text.find(s) for s in STOP_TEXT if s in text], default=len(text))]
+        return text[:min([text.find(s) for s in ALL_STOPS if s in text], default=len(text))]
 
 
 def model_kind(spec) -> str:

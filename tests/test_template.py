@@ -97,11 +97,7 @@ def test_every_assistant_turn_ends_with_the_first_stop_string(name):
     stops = stop_strings(name)
     assert stops[0] == TEMPLATES[name]["eos_token"] and set(stops) <= set(ALL_STOPS)
     call = '{"name": "get_current_weather", "parameters": {"location": "Zürich", "unit": "celsius"}}'  # = CALL
-    for reply in ("Sunny, 21°C.", call):
-        msgs = [{"role": "user", "content": "Weather in Oslo?"}]
-        if reply == call:
-            msgs.append(CALL)
-        else:
-            msgs.append({"role": "assistant", "content": reply})
-        text = render(msgs, [WEATHER], template=name, date_string="x")
+    for turn, reply in (({"role": "assistant", "content": "Sunny, 21°C."}, "Sunny, 21°C."), (CALL, call)):
+        text = render([{"role": "user", "content": "Weather in Oslo?"}, turn], [WEATHER], template=name,
+                      date_string="x")
         assert text[text.index(reply) + len(reply):].startswith(stops[0]), (name, text[-80:])
