@@ -15,10 +15,13 @@ export TOKENIZERS_PARALLELISM := false
 TORCH_VERSION := 2.13.0
 LLAMA_CPP_VERSION := 0.3.36
 LLAMA_SDIST := $(CACHE)/sdist/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz
-# Built once per machine; the no-AMX flags avoid SIGILL on quantized models on these Xeons.
-LLAMA_WHEEL_DIR := $(CACHE)/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-noamx
+# Built once per CPU (-DGGML_NATIVE=ON compiles for the building CPU's extensions, so the cached wheel and the
+# install stamp are keyed to the CPU model and its flags: a machine with another CPU builds its own); the
+# no-AMX flags avoid SIGILL on quantized models on AMX Xeons.
+CPU_KEY := $(shell (grep -m1 '^model name' /proc/cpuinfo; grep -m1 '^flags' /proc/cpuinfo) 2>/dev/null | sha256sum | cut -c1-12)
+LLAMA_WHEEL_DIR := $(CACHE)/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-noamx-cpu-$(CPU_KEY)
 NOAMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-cpu-$(CPU_KEY)
 PYTEST_ARGS ?=
 
 .PHONY: install test test-slow test-all demo bench browser clean
@@ -36,6 +39,7 @@ $(STAMP): pyproject.toml Makefile
 	    $(PIP) wheel -q --no-deps -w $(LLAMA_WHEEL_DIR) $(LLAMA_SDIST); \
 	fi
 	$(PIP) install -q --find-links $(LLAMA_WHEEL_DIR) -e ".[train,eval,space,dev,demo]"
+	$(PIP) install -q --no-deps --force-reinstall $(LLAMA_WHEEL_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	$(PY) -m llamatune.vendor
 	$(PIP) check
 	@touch $@

@@ -14,6 +14,10 @@ fed to the model (1.0 when batches are padding-free), ``trained_fraction`` the s
 (plain right-padded batches), for comparison. ``tokens_per_s`` is real tokens / wall seconds of
 ``trainer.train()`` (no eval, no checkpoints); ``step_s`` the median optimizer step after the first
 (``first_step_s``). Target: ``non_pad_fraction >= 0.95``.
+
+``speedup_vs_stock``: rows/s of the shipped path (``fast_lm_head: true``, the head and loss at labelled positions
+only, :mod:`llamatune.label_head`) ÷ rows/s of TRL's stock loss (``fast_lm_head: false``), the same rows on the same
+machine in one run (median step after the first). ``final_loss`` and ``stock_final_loss`` should agree.
 """
 
 from __future__ import annotations
@@ -90,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--data", help="a prepared data directory (default: see the module docstring)")
+    p.add_argument("--no-compare-stock", dest="compare_stock", action="store_false",
+                   help="skip the stock-TRL-loss run (fast_lm_head: false) that speedup_vs_stock divides by")
     args, overrides = p.parse_known_args(argv)
 
     import torch
@@ -104,14 +110,20 @@ def main(argv: list[str] | None = None) -> int:
         common = ["--dataset_path", str(data), "--max_steps", str(args.steps), "--eval_strategy", "no",
                   "--eval_on_start", "false", "--save_strategy", "no", "--logging_steps", str(max(1, args.steps)),
                   "--disable_tqdm", "true", *overrides]
-        recipe = load_recipe(args.recipe, common + ["--output_dir", str(Path(tmp) / "run")])
-        step_times: list[float] = []
-        trainer, info = build_trainer(recipe, callbacks=[StepTimer(step_times)])
-        counter = CountingCollator(trainer.data_collator)
-        trainer.data_collator = counter
-        t0 = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - t0
+
+        def timed(name: str, extra: list[str]):
+            recipe = load_recipe(args.recipe, common + ["--output_dir", str(Path(tmp) / name), *extra])
+            step_times: list[float] = []
+            trainer, info = build_trainer(recipe, callbacks=[StepTimer(step_times)])
+            counter = CountingCollator(trainer.data_collator)
+            trainer.data_collator = counter
+            t0 = time.perf_counter()
+            trainer.train()
+            return recipe, trainer, info, counter, step_times, time.perf_counter() - t0
+
+        # The stock TRL loss first, then the shipped path, on the same rows (same seed, same order).
+        stock = timed("stock", ["--fast_lm_head", "false"]) if args.compare_stock else None
+        recipe, trainer, info, counter, step_times, seconds = timed("run", [])
 
         padded = load_recipe(args.recipe, common + ["--output_dir", str(Path(tmp) / "padded"), "--packing", "false",
                                                     "--padding_free", "false"])
@@ -120,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         ptrainer.data_collator = pcount
         for _ in ptrainer.get_train_dataloader():
             pass
+
+    def rows_per_s(times: list[float]) -> float:
+        return recipe.get("per_device_train_batch_size", 1) * recipe.get("gradient_accumulation_steps", 1) / \
+            statistics.median(times[1:] or times)
 
     result = {
         "bench": "train",
@@ -143,8 +159,15 @@ def main(argv: list[str] | None = None) -> int:
         "trained_fraction": round(counter.labelled / counter.real, 4),
         "padded_non_pad_fraction": round(pcount.real / pcount.positions, 4),
         "final_loss": round(trainer.state.log_history[-1].get("train_loss", float("nan")), 4),
+        "fast_lm_head": info["fast_lm_head"],
+        "rows_per_s": round(rows_per_s(step_times), 4),
         "target_non_pad_fraction": 0.95,
     }
+    if stock is not None:
+        result.update(stock_step_s=round(statistics.median(stock[4][1:] or stock[4]), 3),
+                      stock_rows_per_s=round(rows_per_s(stock[4]), 4),
+                      stock_final_loss=round(stock[1].state.log_history[-1].get("train_loss", float("nan")), 4),
+                      speedup_vs_stock=round(rows_per_s(step_times) / rows_per_s(stock[4]), 3))
     print(json.dumps(result))
     return 0 if result["non_pad_fraction"] >= 0.95 else 1
 

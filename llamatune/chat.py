@@ -29,7 +29,11 @@ TEMPLATES = {
     "llama-3.2": {"file": "llama-3.2.jinja", "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
                   "also_stop": ["<|eom_id|>", "<|end_of_text|>"]},
     "gemma-3": {"file": "gemma-3.jinja", "bos_token": "<bos>", "eos_token": "<end_of_turn>", "also_stop": ["<eos>"]},
+    # SmolLM2's ChatML: no BOS is added (its tokenizer's add_bos_token is false); <|endoftext|> ends a document.
+    "smollm2": {"file": "smollm2.jinja", "bos_token": "", "eos_token": "<|im_end|>", "also_stop": ["<|endoftext|>"]},
 }
+# A marker in an embedded chat template → the project template of that format (for templates that are not ours).
+_FORMAT_MARKERS = (("<start_of_turn>", "gemma-3"), ("<|im_start|>", "smollm2"), ("<|start_header_id|>", "llama-3.2"))
 ROLES = ("system", "user", "assistant", "tool", "ipython")
 
 
@@ -47,6 +51,20 @@ def template_text(name: str = "llama-3.2") -> str:
     if name not in TEMPLATES:
         raise KeyError(f"unknown chat template {name!r}; known: {', '.join(TEMPLATES)}")
     return resources.files("llamatune.templates").joinpath(TEMPLATES[name]["file"]).read_text()
+
+
+def detect_template(embedded: str | None, architecture: str = "") -> str:
+    """The project template for a model whose embedded ``tokenizer.chat_template`` is ``embedded``: the project
+    template it equals, else the one whose turn format it uses (Gemma, ChatML, Llama 3), else Llama 3.2's.
+    The one place where GGUFs and HF directories are mapped to a template (serving, eval and agent use it)."""
+    text = embedded or ""
+    for name in TEMPLATES:
+        if text and text == template_text(name):
+            return name
+    for marker, name in _FORMAT_MARKERS:
+        if marker in text:
+            return name
+    return "gemma-3" if architecture.startswith("gemma") else "llama-3.2"
 
 
 class _Generation(Extension):

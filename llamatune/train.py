@@ -51,6 +51,7 @@ RECIPE_KEYS: dict[str, Any] = {
     "dtype": "auto",  # model weights: auto (bf16/fp16 on CUDA, float32 on CPU), float32, bfloat16, float16
     "load_in_4bit": False,  # QLoRA (bitsandbytes, CUDA only)
     "backend": "auto",  # auto | trl | unsloth
+    "fast_lm_head": True,  # head + loss at labelled positions only (llamatune.label_head); false = TRL's stock path
 }
 
 
@@ -288,13 +289,18 @@ def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: li
                          peft_config=peft_config, callbacks=callbacks)
     if args.assistant_only_loss:
         check_assistant_labels(trainer)
+    fast_head = bool(extra["fast_lm_head"]) and backend == "trl"
+    if fast_head:
+        from llamatune.label_head import add_label_only_head
+
+        add_label_only_head(trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model)
     data = {"dataset_path": str(data_dir), "train_rows": len(train_ds), "eval_rows_used": len(eval_ds or [])}
     for name in ("train.jsonl", "eval.jsonl", "manifest.json"):
         if (data_dir / name).exists():
             data[f"{name}_sha256"] = sha256_file(data_dir / name)
     info = {"backend": backend, "dtype": dtype, "bf16": args.bf16, "fp16": args.fp16,
             "optim": getattr(args.optim, "value", str(args.optim)), "model_path": extra["model_path"],
-            "padding_free": bool(trainer.padding_free), "data": data,
+            "padding_free": bool(trainer.padding_free), "fast_lm_head": fast_head, "data": data,
             "notes": notes, "device": str(args.device)}
     return trainer, info
 

