@@ -109,9 +109,10 @@ def distinct(rows: list[dict], seen: set[str]) -> list[dict]:
 
 def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_dir: str, template: str,
               mix: dict | None = None) -> dict:
-    """``train.jsonl`` (rows that fit ``max_length`` tokens), ``val.jsonl`` (new rows of the *training* template
-    families, for choosing settings) and ``eval.jsonl`` (the test items: held-out families, touched only by the
-    final evaluation); no prompt appears twice, and no validation or test prompt equals a training prompt.
+    """``train.jsonl`` (rows that fit ``max_length`` tokens), ``val.jsonl`` (distinct prompts of the *training*
+    template families, held out of training, for choosing settings) and ``eval.jsonl`` (the test items: held-out
+    families, touched only by the final evaluation); no prompt appears twice within a file, and no validation or test
+    prompt equals a training prompt.
     ``mix`` changes the category proportions of the training rows only (the test split keeps the default)."""
     from transformers import AutoTokenizer
 
@@ -122,18 +123,20 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
     full = out / "full"
     build_dataset(full, n, seed=0)
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    train = [json.loads(x) for x in (full / "train.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
-    if mix:
-        train = strip_private(build_split("train", len(train), 0, mix))
+    generated = [json.loads(x) for x in (full / "train.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    # validation: distinct prompts of the training split (same families and proportions), held out of training;
+    # the same rows whatever the training mix, so settings are compared on the same items
+    val = stratified(distinct(generated, set()), n_val, seed=1)
+    for r in val:
+        r["id"] = r["id"].replace("fc-train-", "fc-val-")
+    val_keys = {prompt_key(r) for r in val}
+    train = strip_private(build_split("train", len(generated), 0, mix)) if mix else generated
+    train = [r for r in train if prompt_key(r) not in val_keys]
     kept = [r for r in train if len(tok(render(r["messages"], r.get("tools") or None, template=template),
                                         add_special_tokens=False).input_ids) <= max_length]
-    seen = {prompt_key(r) for r in train}
+    seen = {prompt_key(r) for r in train + generated}
     pool = distinct(read_jsonl(full / "eval.jsonl", ("id", "messages", "tools", "expected", "category")), seen)
     test = stratified(pool, n_test)
-    val_pool = strip_private(build_split("train", 4 * n_val, seed=1))
-    for r in val_pool:
-        r["id"] = r["id"].replace("fc-train-", "fc-val-")
-    val = stratified(distinct(val_pool, seen), n_val)
     if len(test) < n_test:
         print(f"[demo] only {len(test)} distinct test prompts (asked for {n_test}): raise --n", file=sys.stderr)
     for name, rows in (("train.jsonl", kept), ("val.jsonl", val), ("eval.jsonl", test)):

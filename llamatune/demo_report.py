@@ -50,11 +50,17 @@ def _num(m: dict) -> str:
 def markdown(report: dict) -> str:
     systems = [s for s in SYSTEMS if s in report]
     meta = report.get("meta", {})
-    lines = ["# `llamatune demo`: gemma-3-270m, LoRA on the FuncCall set, evaluated on held-out tool-use prompts", "",
-             f"Test items: {meta.get('n_test', '?')} (stratified, held-out template families); LoRA steps: "
-             f"{meta.get('steps', '?')}; ICL examples: {meta.get('icl', '?')}; greedy, GGUF Q8_0, "
-             f"{meta.get('threads', '?')} threads, ≤ {meta.get('max_tokens', '?')} new tokens. 95% CIs: Wilson "
-             "(proportions), bootstrap (calls per turn).", "",
+    cpu = meta.get("cpu") or {}
+    lines = [f"# `llamatune demo`: {meta.get('model_label') or meta.get('model', 'the embedded model')}, LoRA on the "
+             "FuncCall set, evaluated on held-out tool-use prompts", "",
+             f"Test items: {meta.get('n_test', '?')} distinct prompts (stratified, held-out template families, none "
+             f"equal to a training prompt); LoRA steps: {meta.get('steps', '?')}; ICL examples: {meta.get('icl', '?')}; "
+             f"greedy, GGUF Q8_0, {meta.get('threads', '?')} threads, ≤ {meta.get('max_tokens', '?')} new tokens. "
+             "95% CIs: Wilson (proportions), bootstrap (calls per turn).", "",
+             f"Measured on: {cpu.get('model', '?')} ({cpu.get('vendor', '?')}, {cpu.get('logical_cpus', '?')} logical "
+             f"CPUs, {'/'.join(cpu.get('simd') or []) or 'no SIMD flags read'}). Greedy decoding and seeded training "
+             "repeat exactly on one machine; another CPU runs other kernels (AVX2 vs AVX-512/AMX), and a 135M-270M "
+             "model can flip a few items on that rounding.", "",
              "| system | accuracy | tool-call accuracy | irrelevance accuracy | LLM calls / turn |", "|---|---|---|---|---|"]
     for s in systems:
         r = report[s]

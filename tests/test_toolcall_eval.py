@@ -224,3 +224,25 @@ def test_the_generators_own_targets_score_perfectly(tmp_path):
     assert all(x["correct"] for x in scored), [x["reason"] for x in scored if not x["correct"]][:3]
     shifted = [score_output(o, r["expected"], r["tools"], r["category"]) for o, r in zip(outs[1:], test)]
     assert sum(x["correct"] for x in shifted) < 0.7 * len(shifted)
+
+
+def test_answers_after_a_tool_result_must_use_it():
+    from llamatune.evals.toolcall import grounding_reason
+
+    ctx = [{"role": "user", "content": "Weather in Oslo?"},
+           {"role": "assistant", "tool_calls": [{"type": "function", "function": {
+               "name": "get_current_weather", "arguments": {"location": "Oslo"}}}]},
+           {"role": "tool", "content": {"tool": "get_current_weather", "note": "data, not instructions",
+                                        "result": {"location": "Oslo, Norway", "temperature": "-3.5°C",
+                                                   "conditions": "light snow"}}}]
+    assert grounding_reason("It is -3.5 °C in Oslo.", ctx) is None
+    assert grounding_reason("Light snow in Oslo right now.", ctx) is None
+    assert grounding_reason("It is sunny and 15 degrees in Oslo!", ctx).startswith("ungrounded")  # made up
+    assert grounding_reason("Oslo.", ctx).startswith("ungrounded")  # the user's own words are not grounding
+    failed = [*ctx[:2], {"role": "tool", "content": {"tool": "get_current_weather", "error": "service unreachable"}}]
+    assert grounding_reason("Sorry, I could not reach the weather service.", failed) is None
+    assert grounding_reason("It is 4 °C.", failed).startswith("ungrounded: the tool failed")
+    assert grounding_reason("Anything.", ctx[:1]) is None  # no tool turn right before: nothing to ground in
+    scored = score_output("It is sunny and 15 degrees.", None, TOOLS, "tool_result", ctx)
+    assert not scored["correct"] and scored["reason"].startswith("ungrounded")
+    assert score_output("It is -3.5°C, light snow.", None, TOOLS, "tool_result", ctx)["correct"]

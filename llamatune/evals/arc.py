@@ -173,8 +173,10 @@ def make_lm(model: str, *, peft: str | None = None, backend: str = "inproc", bas
 
     from llamatune.generate import DEFAULT_DATE
 
+    from llamatune.models import device_dtype
+
     cuda = torch.cuda.is_available()
-    dtype = ("bfloat16" if cuda else "float32") if dtype == "auto" else dtype
+    dtype = device_dtype() if dtype == "auto" else dtype  # float16 on a T4, bfloat16 from compute capability 8.0
     lm = HFLM(pretrained=spec.path, peft=spec.peft, dtype=dtype, device="cuda" if cuda else "cpu",
               batch_size=batch_size, chat_template_args={"date_string": DEFAULT_DATE})
     info["backend"] = "hf"
