@@ -83,6 +83,9 @@ def stratified(rows: list[dict], n: int, seed: int = 0) -> list[dict]:
     quota = {c: max(1, round(n * len(by_cat[c]) / len(rows))) for c in cats}
     while sum(quota.values()) > n and any(q > 1 for q in quota.values()):
         quota[max(cats, key=lambda c: quota[c])] -= 1
+    while sum(quota.values()) < min(n, len(rows)):  # rounding left some out: the largest shortfall first
+        short = [c for c in cats if quota[c] < len(by_cat[c])]
+        quota[max(short, key=lambda c: n * len(by_cat[c]) / len(rows) - quota[c])] += 1
     picked = [r for c in cats for r in by_cat[c][: quota[c]]]
     return sorted(picked, key=lambda r: r["id"])
 

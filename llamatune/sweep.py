@@ -5,7 +5,8 @@
 
 The sweep file lists settings (``runs``), each with a ``model`` (a key of :data:`llamatune.demo.MODELS`),
 ``steps``, optional recipe overrides under ``set`` (TRL/PEFT field names: ``learning_rate``, ``r``,
-``per_device_train_batch_size``…) and an optional training category ``mix``. Every setting trains with the demo
+``per_device_train_batch_size``…), an optional training category ``mix`` and ``max_length`` (training rows longer
+than that many tokens are left out; the demo's default otherwise). Every setting trains with the demo
 recipe of its model on the demo's training rows, is exported to GGUF Q8_0, and is scored by ``eval toolcall`` on
 ``val.jsonl``: new rows of the *training* template families (the demo's test items come from held-out families
 and are not read here). The untuned base of every model is scored on the same rows. Each stage is cached like the
@@ -41,7 +42,7 @@ def load_sweep(path: str | Path) -> dict:
         if r["name"] in names:
             raise ValueError(f"{where}: name {r['name']!r} appears twice")
         names.add(r["name"])
-        unknown = set(r) - {"name", "model", "steps", "set", "mix"}
+        unknown = set(r) - {"name", "model", "steps", "set", "mix", "max_length"}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
     return {"base": {**{k: demo.DEFAULTS[k] for k in (*DATA_KEYS, "max_tokens", "threads")}, **spec.get("base", {})},
@@ -54,10 +55,13 @@ def _val_metrics(result: dict) -> dict:
 
 
 def _data(out: Path, base: dict, model: str, mix: dict | None) -> Path:
+    """The data of a setting: training rows by template, length limit and mix; the validation rows are the same
+    for every setting (drawn before the mix and the length limit apply)."""
     from llamatune.models import resolve_model
 
     template = demo.MODELS[model]["template"]
     tag = template + ("-mix-" + "-".join(f"{k}{v:g}" for k, v in sorted(mix.items())) if mix else "")
+    tag += f"-len{base['max_length']}" if base["max_length"] != demo.DEFAULTS["max_length"] else ""
     d = out / f"data-{tag}"
     args = [base[k] for k in DATA_KEYS]
     if not demo._data_done(d, base["n"], base["n_test"], base["n_val"], base["max_length"], template, mix):
@@ -84,6 +88,7 @@ def run_setting(out: Path, base: dict, run: dict) -> dict:
     from llamatune.models import resolve_model
 
     model, template = run["model"], demo.MODELS[run["model"]]["template"]
+    base = {**base, "max_length": int(run.get("max_length", base["max_length"]))}
     data = _data(out, base, model, run.get("mix"))
     run_dir = out / run["name"]
     steps = int(run.get("steps", demo.DEFAULTS["steps"]))
@@ -100,6 +105,7 @@ def run_setting(out: Path, base: dict, run: dict) -> dict:
         demo.run_export(Path(resolve_model(model)), base_dir, f"{model}-base", True, template)
     base_res, _ = _evaluate(demo.q8_of(base_dir), data, base_dir / "val.json", base, template)
     return {"name": run["name"], "model": model, "steps": steps, "set": run.get("set") or {}, "mix": run.get("mix"),
+            "max_length": base["max_length"],
             "val": _val_metrics(res), "base_val": _val_metrics(base_res), "train_seconds": train_s,
             "eval_seconds": eval_s, "n_val": res["aggregate"]["overall"]["n"]}
 
@@ -115,6 +121,8 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         bases.setdefault(r["model"], r["base_val"])
         change = ", ".join(f"{k}={v}" for k, v in r["set"].items()) or "recipe as is"
+        if r.get("max_length", demo.DEFAULTS["max_length"]) != demo.DEFAULTS["max_length"]:
+            change += f"; rows ≤ {r['max_length']} tokens"
         if r["mix"]:
             change += "; mix " + ", ".join(f"{k}={v:g}" for k, v in r["mix"].items())
         v = r["val"]

@@ -70,6 +70,9 @@ def test_stratified_subset_covers_every_category():
     got = demo.stratified(rows, 10)
     assert len(got) == 10 and {r["category"] for r in got} == {"a", "b", "c"}
     assert got == demo.stratified(list(reversed(rows)), 10)  # deterministic, whatever the input order
+    rows = [{"id": f"r{i:03d}", "category": c} for i, c in enumerate("a" * 98 + "b" * 45 + "c" * 45 + "d" * 27 + "e" * 25)]
+    assert len(demo.stratified(rows, 120)) == 120  # rounding the quotas down would give 119
+    assert len(demo.stratified(rows[:3], 10)) == 3
 
 
 def _run_demo(out: Path, **env) -> subprocess.CompletedProcess:
@@ -110,8 +113,15 @@ def test_demo_smoke_interrupted_in_training_resumes(tmp_path):
     model = demo.DEFAULTS["model"]
     ggufs = sorted((out / "gguf").glob("*.gguf"))
     assert [g.name for g in ggufs] == [f"{model}-base-q8_0.gguf", f"{model}-funccall-q8_0.gguf"]
-    end_of_turn = TEMPLATES[demo.MODELS[model]["template"]]["eos_token"].encode()
-    for g in ggufs:
+    from llamatune.chat import template_text
+    from llamatune.embedded import read_gguf_metadata
+    from llamatune.serving import detect_template
+
+    template = demo.MODELS[model]["template"]
+    end_of_turn = TEMPLATES[template]["eos_token"].encode()
+    for g in ggufs:  # the template training rendered is the one the GGUF embeds and serving detects
+        assert read_gguf_metadata(g)["tokenizer.chat_template"] == template_text(template)
+        assert detect_template(g) == template
         llm = Llama(model_path=str(g), n_ctx=256, n_threads=2, verbose=False)
         try:
             assert len(llm.tokenize(end_of_turn, add_bos=False, special=True)) == 1  # one special token
