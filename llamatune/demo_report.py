@@ -55,7 +55,7 @@ def markdown(report: dict) -> str:
              "FuncCall set, evaluated on held-out tool-use prompts", "",
              f"Test items: {meta.get('n_test', '?')} distinct prompts (stratified, held-out template families, none "
              f"equal to a training prompt); LoRA steps: {meta.get('steps', '?')}; ICL examples: {meta.get('icl', '?')}; "
-             f"greedy, GGUF Q8_0, {meta.get('threads', '?')} threads, ≤ {meta.get('max_tokens', '?')} new tokens. "
+             f"greedy, GGUF {meta.get('quant', 'q8_0')}, {meta.get('threads', '?')} threads, ≤ {meta.get('max_tokens', '?')} new tokens. "
              "95% CIs: Wilson (proportions), bootstrap (calls per turn).", "",
              f"Measured on: {cpu.get('model', '?')} ({cpu.get('vendor', '?')}, {cpu.get('logical_cpus', '?')} logical "
              f"CPUs, {'/'.join(cpu.get('simd') or []) or 'no SIMD flags read'}). Greedy decoding and seeded training "
@@ -83,7 +83,8 @@ def markdown(report: dict) -> str:
                          f"{100 * d['diff']:+.0f} pp [{100 * d['low']:+.0f}, {100 * d['high']:+.0f}] | "
                          f"{m['b01']}/{m['b10']} | {m['p_value']:.3g} |")
     if report.get("fidelity"):
-        lines += ["", "## GGUF fidelity (Q8_0 vs the HF model)", ""]
+        lines += ["", f"## GGUF fidelity (each exported quant vs the HF model; evaluated and served: "
+                  f"{meta.get('quant', 'q8_0')})", ""]
         for name, f in report["fidelity"].items():
             lines.append(f"- {name}: {'all checks passed' if f['pass'] else 'FAILED: ' + '; '.join(f['failures'])}")
     if report.get("stage_seconds"):
@@ -151,7 +152,9 @@ def build(out: str | Path, meta: dict | None = None) -> dict:
         if (d / "fidelity.json").exists():
             reps = json.loads((d / "fidelity.json").read_text()).get("reports", {})
             fails = [f"{q}: {x}" for q, r in reps.items() for x in r.get("failures", [])]
-            report["fidelity"][name] = {"pass": not fails, "failures": fails, "quants": sorted(reps)}
+            served = (meta or {}).get("quant")
+            report["fidelity"][name] = {"pass": not fails, "failures": fails, "quants": sorted(reps), "served": served,
+                                        "served_pass": served in reps and not reps[served].get("failures")}
     data = out / "data" / "demo_data.json"
     report["meta"] = {**({k: v for k, v in json.loads(data.read_text()).items() if k != "test_ids"}
                          if data.exists() else {}), **(meta or {})}

@@ -96,16 +96,17 @@ def run_setting(out: Path, base: dict, run: dict) -> dict:
     t0 = time.perf_counter()
     if not demo.train_done(run_dir):
         demo.run_training(data, run_dir, steps, base["max_length"], base["threads"], model, overrides)
-    train_s = json.loads((run_dir / "run.json").read_text()).get("wall_seconds", round(time.perf_counter() - t0, 1))
+    run_json = json.loads((run_dir / "run.json").read_text())
+    train_s = run_json.get("wall_seconds", round(time.perf_counter() - t0, 1))
     if not demo.export_done(run_dir):
         demo.run_export(run_dir, run_dir, f"{model}-{run['name']}", False, template)
-    res, eval_s = _evaluate(demo.q8_of(run_dir), data, run_dir / "val.json", base, template)
+    res, eval_s = _evaluate(demo.gguf_of(run_dir, "q8_0"), data, run_dir / "val.json", base, template)
     base_dir = out / f"base-{model}"
     if not demo.export_done(base_dir):
         demo.run_export(Path(resolve_model(model)), base_dir, f"{model}-base", True, template)
-    base_res, _ = _evaluate(demo.q8_of(base_dir), data, base_dir / "val.json", base, template)
+    base_res, _ = _evaluate(demo.gguf_of(base_dir, "q8_0"), data, base_dir / "val.json", base, template)
     return {"name": run["name"], "model": model, "steps": steps, "set": run.get("set") or {}, "mix": run.get("mix"),
-            "max_length": base["max_length"],
+            "max_length": base["max_length"], "resumed": bool(run_json.get("resumed_from")),
             "val": _val_metrics(res), "base_val": _val_metrics(base_res), "train_seconds": train_s,
             "eval_seconds": eval_s, "n_val": res["aggregate"]["overall"]["n"]}
 
@@ -128,7 +129,8 @@ def markdown(rows: list[dict]) -> str:
         v = r["val"]
         lines.append(f"| {r['name']} | {r['model']} | {r['steps']} | {change} | {_pct(v['accuracy'])} | "
                      f"{_pct(v['tool_accuracy'])} | {_pct(v['irrelevance_accuracy'])} | "
-                     f"{v['calls_per_turn']['value']:.2f} | {r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |")
+                     f"{v['calls_per_turn']['value']:.2f} | {r['train_seconds']:.0f}{'*' if r.get('resumed') else ''} | "
+                     f"{r['eval_seconds']:.0f} |")
     for model, v in bases.items():
         lines.append(f"| *untuned base* | {model} | 0 | – | {_pct(v['accuracy'])} | {_pct(v['tool_accuracy'])} | "
                      f"{_pct(v['irrelevance_accuracy'])} | {v['calls_per_turn']['value']:.2f} | – | – |")
@@ -136,7 +138,8 @@ def markdown(rows: list[dict]) -> str:
     best = max(rows, key=lambda r: (r["val"]["accuracy"]["value"], -r["train_seconds"])) if rows else None
     if best:
         lines += ["", f"Validation: {n} items of the training template families (Wilson 95% CIs). Best by validation "
-                  f"accuracy: **{best['name']}** ({_pct(best['val']['accuracy'])})."]
+                  f"accuracy: **{best['name']}** ({_pct(best['val']['accuracy'])}). Train seconds: the training stage's "
+                  "wall time on 2 cores; * = resumed after an interruption, so only the resumed part."]
     return "\n".join(lines)
 
 
