@@ -235,21 +235,24 @@ def write_sentencepiece_model(gguf_path: str | Path, out_file: str | Path) -> Pa
     return out_file
 
 
-def _hf_key() -> str:
+def cached_hf_dir(name: str, gguf_sha256: str, template: str, eos_ids: list[int], fmt: int, gguf_path, build,
+                  what: str) -> Path:
+    """``$LLAMATUNE_CACHE/<name>-hf-<key>``, built once by ``build(gguf, tmp)`` from ``gguf_path()``; the key hashes
+    the GGUF, the project template, the eos ids and the build format, so changing any of them builds anew."""
     import hashlib
 
-    blob = json.dumps([GGUF_SHA256, template_text(TEMPLATE), EOS_TOKEN_IDS, HF_FORMAT])
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    blob = json.dumps([gguf_sha256, template_text(template), eos_ids, fmt])
+    out = vendor.cache_dir() / f"{name}-hf-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    if (out / "config.json").exists():
+        return out
+    gguf = gguf_path()
+    return build_once(out, lambda tmp: build(gguf, tmp), f"the embedded {name}: dequantizing {gguf.name} to fp32 ({what})")
 
 
 def gemma_hf_dir() -> Path:
     """The cached fp32 HF directory of the embedded model, built on first use (~2 min, ~3.4 GB RAM)."""
-    out = vendor.cache_dir() / f"{MODEL_NAME}-hf-{_hf_key()}"
-    if (out / "config.json").exists():
-        return out
-    gguf = gemma_gguf_path()
-    return build_once(out, lambda tmp: build_gemma_hf(gguf, tmp),
-                      f"the embedded {MODEL_NAME}: dequantizing {GGUF_NAME} to fp32 (~2 min, ~3.4 GB RAM)")
+    return cached_hf_dir(MODEL_NAME, GGUF_SHA256, TEMPLATE, EOS_TOKEN_IDS, HF_FORMAT, gemma_gguf_path, build_gemma_hf,
+                         "~2 min, ~3.4 GB RAM")
 
 
 def build_gemma_hf(gguf_path: str | Path, out: str | Path) -> Path:
