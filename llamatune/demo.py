@@ -141,7 +141,7 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
     train = [r for r in train if prompt_key(r) not in val_keys]
     kept = [r for r in train if len(tok(render(r["messages"], r.get("tools") or None, template=template),
                                         add_special_tokens=False).input_ids) <= max_length]
-    seen = {prompt_key(r) for r in train + generated}
+    seen = {prompt_key(r) for r in (train + generated if mix else generated)}  # without a mix, train ⊂ generated
     pool = distinct(read_jsonl(full / "eval.jsonl", ("id", "messages", "tools", "expected", "category")), seen)
     test = stratified(pool, n_test)
     if len(test) < n_test:

@@ -108,15 +108,10 @@ def space_title(names: list[str]) -> str:
 
 def detect_template(path: str | Path) -> str:
     """The project template a GGUF was exported with, from its embedded ``tokenizer.chat_template``."""
-    from llama_cpp import Llama
-
     from llamatune.chat import detect_template as chat_detect_template
+    from llamatune.embedded import read_gguf_metadata  # the header only: no vocabulary load
 
-    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
-    try:
-        meta = llm.metadata
-    finally:
-        llm.close()
+    meta = read_gguf_metadata(path)
     return chat_detect_template(meta.get("tokenizer.chat_template", ""), meta.get("general.architecture", ""))
 
 
