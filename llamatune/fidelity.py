@@ -99,11 +99,15 @@ def hf_reference(hf_dir: str | Path, prompts: dict[str, str], texts: list[str], 
     """Token ids (texts and prompts) and float32 logits of every prompt position from the HF model, and the
     id of the template's EOS token in the HF vocabulary."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(hf_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # float32 3B: ~13 GB, fits a T4 when RAM does not
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).to(device)
+    from llamatune.device import this_placement
+    from llamatune.models import load_causal_lm
+
+    # on a GPU: loaded onto it in half precision (a 3B model in float32 on the CPU first is ~13 GB, more than a
+    # free Colab's RAM); float32 on a CPU
+    place = this_placement()
+    model, tok = load_causal_lm(str(hf_dir), placement=place)
+    device = place.device
     model.eval()
     ref = {"text_ids": [tok(t, add_special_tokens=False)["input_ids"] for t in texts], "prompts": {}}
     for name, prompt in prompts.items():
@@ -138,6 +142,8 @@ def check_gguf(
     import numpy as np
     from llama_cpp import Llama
 
+    from llamatune.device import n_gpu_layers
+
     prompts = sample_prompts(template) if prompts is None else prompts
     texts = SAMPLE_TEXTS if texts is None else texts
     quant = quant or quant_of(gguf_path)
@@ -146,7 +152,8 @@ def check_gguf(
     ref = reference or hf_reference(hf_dir, prompts, texts, template)
     gguf_path = Path(gguf_path)
     n_ctx = max(512, max(len(p["ids"]) for p in ref["prompts"].values()) + 8)
-    llm = Llama(str(gguf_path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=os.cpu_count() or 1)
+    llm = Llama(str(gguf_path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=os.cpu_count() or 1,
+                n_gpu_layers=n_gpu_layers())
     try:
         mismatches = []
         for text, hf_ids in zip(texts, ref["text_ids"]):

@@ -86,8 +86,10 @@ class LlamaCppModel:
         self.template = chat_template
         self.temperature = temperature
         self.n_threads = n_threads or physical_cores()
+        from llamatune.device import n_gpu_layers
+
         self._llm = Llama(model_path=self.path, n_ctx=n_ctx, n_threads=self.n_threads, n_batch=n_batch,
-                          seed=seed, verbose=verbose)
+                          seed=seed, verbose=verbose, n_gpu_layers=n_gpu_layers())
         self.n_ctx = self._llm.n_ctx()
         self.stats: dict = {}
 

@@ -127,30 +127,20 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
-def half_dtype(capability: tuple[int, int] | None) -> str:
-    """The dtype to compute in on a device of CUDA compute ``capability`` (``None`` = no GPU): bfloat16 from
-    Ampere (8.0: A100, L4, RTX 30xx) on, float16 before it (a T4 is 7.5: ``torch.cuda.is_bf16_supported()`` says
-    True there, by emulation, and unsloth then loads fp16 weights and stops at the first step asking for bf16),
-    float32 on a CPU."""
-    if capability is None:
-        return "float32"
-    return "bfloat16" if tuple(capability) >= (8, 0) else "float16"
+def load_causal_lm(name_or_path: str, *, placement=None, dtype: str | None = None, **kwargs):
+    """``(model, tokenizer)`` for an HF id or local directory, loaded straight onto ``placement``'s device in its
+    dtype (:func:`llamatune.device.this_placement` by default; ``dtype`` overrides the precision)."""
+    import dataclasses
 
-
-def device_dtype() -> str:
-    """:func:`half_dtype` of this machine's first CUDA device (float32 without one)."""
-    import torch
-
-    return half_dtype(torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None)
-
-
-def load_causal_lm(name_or_path: str, *, dtype: str = "float32", **kwargs):
-    """``(model, tokenizer)`` for an HF id or local directory (weights stay where transformers puts them)."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from llamatune.device import this_placement
+
+    placement = placement or this_placement()
+    if dtype:
+        placement = dataclasses.replace(placement, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=getattr(torch, dtype), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, **placement.hf_kwargs(), **kwargs)
     return model, tok
 
 

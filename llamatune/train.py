@@ -192,7 +192,7 @@ def _choose_backend(want: str) -> str:
 
 def _resolve_precision(extra: dict, sft: dict, notes: list[str]) -> str:
     """Model dtype name, and bf16/fp16 flags in ``sft`` when the recipe leaves them unset."""
-    from llamatune.models import device_dtype
+    from llamatune.device import device_dtype
 
     best = device_dtype()  # bfloat16 from compute capability 8.0, float16 on a T4 (7.5), float32 on a CPU
     if "bf16" not in sft and "fp16" not in sft:

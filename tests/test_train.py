@@ -300,26 +300,3 @@ def test_resume_of_a_finished_run_does_not_train_further(full_run, tmp_path):
     assert json.loads((copy / "trainer_state.json").read_text())["global_step"] == STEPS
     a, b = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (run_dir, copy))
     assert all(a[k].equal(b[k]) for k in a)
-
-
-@pytest.mark.parametrize("capability, dtype, bf16, fp16", [
-    ((7, 5), "float16", False, True),     # Colab's free T4: bf16 only emulated, so fp16
-    ((8, 0), "bfloat16", True, False),    # A100
-    ((9, 0), "bfloat16", True, False),    # H100
-    (None, "float32", False, False),      # CPU
-])
-def test_precision_follows_the_compute_capability(monkeypatch, capability, dtype, bf16, fp16):
-    import torch
-
-    from llamatune import models
-    from llamatune.train import _resolve_precision
-
-    assert models.half_dtype(capability) == dtype
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: capability is not None)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # what a T4 answers (emulation)
-    sft: dict = {}
-    assert _resolve_precision({"dtype": "auto"}, sft, []) == dtype
-    assert (sft["bf16"], sft["fp16"]) == (bf16, fp16)
-    sft = {"bf16": False}  # a recipe's own choice stands
-    assert _resolve_precision({"dtype": "float32"}, sft, []) == "float32" and sft == {"bf16": False, "fp16": False}

@@ -168,16 +168,14 @@ def make_lm(model: str, *, peft: str | None = None, backend: str = "inproc", bas
 
         lm = LlamaCppLM(model_path=spec.path, n_ctx=n_ctx)
         return lm, info, lm.close
-    import torch
     from lm_eval.models.huggingface import HFLM
 
+    from llamatune.device import this_placement
     from llamatune.generate import DEFAULT_DATE
 
-    from llamatune.models import device_dtype
-
-    cuda = torch.cuda.is_available()
-    dtype = device_dtype() if dtype == "auto" else dtype  # float16 on a T4, bfloat16 from compute capability 8.0
-    lm = HFLM(pretrained=spec.path, peft=spec.peft, dtype=dtype, device="cuda" if cuda else "cpu",
+    place = this_placement()  # float16 on a T4, bfloat16 from compute capability 8.0, loaded onto the GPU
+    dtype = place.dtype if dtype == "auto" else dtype
+    lm = HFLM(pretrained=spec.path, peft=spec.peft, dtype=dtype, device=place.device,
               batch_size=batch_size, chat_template_args={"date_string": DEFAULT_DATE})
     info["backend"] = "hf"
     return lm, info, (lambda: None)

@@ -60,8 +60,10 @@ def open_llama(model_path: str, *, n_ctx: int = 2048, n_threads: int | None = No
     if not os.path.exists(model_path):
         raise FileNotFoundError(f"GGUF not found: {model_path}")
     n_threads = n_threads or int(os.environ.get("LLAMATUNE_THREADS") or 0) or max(1, (os.cpu_count() or 2) // 2)
+    from llamatune.device import n_gpu_layers
+
     return Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
-                 logits_all=logits_all, seed=seed, verbose=False)
+                 logits_all=logits_all, seed=seed, verbose=False, n_gpu_layers=n_gpu_layers())
 
 
 def _register(cls):
