@@ -8,6 +8,7 @@ are imported only when their command runs, so ``llamatune --help`` stays fast.
     llamatune data funccall --out data/funccall --n 2000 --seed 0
     llamatune train FineTome/recipes/tiny-cpu.yaml
     llamatune export runs/tiny --quant f16,q8_0,q4_k_m
+    llamatune push runs/llama-3.2-3b-funccall --repo USER/NAME [--space USER/SPACE] [--dry-run]
     llamatune eval toolcall|arc|judge|judge-agreement ...
     llamatune report results/
     llamatune chat --model X.gguf --mode weather
@@ -29,6 +30,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "funccall"): ("llamatune.data.funccall", "generate the synthetic function-calling dataset"),
     ("train",): ("llamatune.train", "LoRA SFT from a recipe YAML (TRL, or unsloth on CUDA)"),
     ("export",): ("llamatune.export", "merge LoRA, convert to GGUF, quantize, check fidelity"),
+    ("push",): ("llamatune.hub", "push a run's LoRA, merged weights and GGUFs (and a Space) to the Hugging Face Hub"),
     ("eval", "toolcall"): ("llamatune.evals.toolcall", "BFCL-style tool-call evaluation"),
     ("eval", "arc"): ("llamatune.evals.arc", "ARC-Challenge through lm-eval (HF or GGUF)"),
     ("eval", "judge"): ("llamatune.evals.judge", "pairwise LLM judge, both orders"),

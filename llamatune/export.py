@@ -2,7 +2,7 @@
 
     llamatune export runs/tiny --quant f16,q8_0,q4_k_m            # a training run (runs/<run>/adapter/)
     llamatune export --model HF_DIR --out runs/base --name base   # a plain HF model (no adapter)
-    llamatune export runs/tiny --push-to-hub user/repo            # also upload GGUFs + a model card
+    llamatune export runs/tiny --push-to-hub user/name            # then `llamatune push` (llamatune.hub)
 
 Writes into the run directory (or ``--out``):
 
@@ -227,6 +227,11 @@ def _quiet_llama():
         logger.setLevel(level)
 
 
+def gguf_name(name: str, quant: str) -> str:
+    """The file name export writes for ``name`` quantized as ``quant``: ``<name>-<quant>.gguf`` (quant lowercase)."""
+    return f"{name}-{quant.lower()}.gguf"
+
+
 def build_ggufs(hf_dir: str | Path, gguf_dir: str | Path, name: str, quants=DEFAULT_QUANTS) -> dict[str, Path]:
     """``{quant: path}``: f16 converted from ``hf_dir``, the others quantized from it. Skips fresh files."""
     from llamatune.gguf_convert import FTYPES, convert_hf_to_gguf, quantize
@@ -236,7 +241,7 @@ def build_ggufs(hf_dir: str | Path, gguf_dir: str | Path, name: str, quants=DEFA
     if unknown:
         raise ValueError(f"--quant: unknown quantization(s) {unknown}; known: {sorted(FTYPES)}")
     out: dict[str, Path] = {}
-    f16 = gguf_dir / f"{name}-f16.gguf"
+    f16 = gguf_dir / gguf_name(name, "f16")
     if _fresh(f16, [hf_dir]):
         _log(f"{f16}: exists, skipping")
     else:
@@ -246,7 +251,7 @@ def build_ggufs(hf_dir: str | Path, gguf_dir: str | Path, name: str, quants=DEFA
     for q in quants:
         if q == "f16":
             continue
-        dst = gguf_dir / f"{name}-{q}.gguf"
+        dst = gguf_dir / gguf_name(name, q)
         if q in ("f32", "bf16"):  # not from f16: convert straight from the HF weights
             if not _fresh(dst, [hf_dir]):
                 _log(f"converting {hf_dir} → {dst}")
@@ -363,8 +368,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                         help="dtype of the merged safetensors (default: the base model's)")
     parser.add_argument("--no-check", action="store_true", help="skip the fidelity checks")
-    parser.add_argument("--push-to-hub", metavar="REPO", help="upload GGUFs, fidelity.json and a model card")
-    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create a private repo")
+    parser.add_argument("--push-to-hub", metavar="USER/NAME",
+                        help="then push as `llamatune push` does: USER/NAME-LoRA, USER/NAME, USER/NAME-GGUF "
+                             "(a plain model: only USER/NAME-GGUF)")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create private repos")
 
 
 def main(args) -> int:
@@ -385,9 +392,9 @@ def main(args) -> int:
         print(f"{q}\t{path}")
     if result["fidelity_path"]:
         print(f"fidelity: all checks passed ({result['fidelity_path']})")
-    if args.push_to_hub:
-        from llamatune import model_card
+    if args.push_to_hub:  # the one push implementation, as `llamatune push` (plain model: its GGUFs only)
+        from llamatune.hub import run_push
 
-        url = model_card.push_to_hub(args.out or source, args.push_to_hub, private=args.private)
-        print(f"pushed to {url}")
+        return run_push(args.out or source, args.push_to_hub, parts=("gguf",) if is_model_dir(source) else None,
+                        private=args.private, prog="llamatune export")
     return 0

@@ -1,11 +1,12 @@
-"""The model card of an exported run (README.md for the Hub), and the upload behind ``--push-to-hub``.
+"""Model cards (README.md for the Hub) of a run's three repositories: the LoRA adapter, the merged weights and
+the GGUFs. Uploading is :mod:`llamatune.hub` (``llamatune push``); this module only renders text.
 
-The card is generated from the run's own files only: ``run.json`` (recipe), the data manifest the recipe
-points to (``manifest.json`` of the data stage), evaluation results (``results/**/*.json`` under the run, or
-a results directory given), and ``fidelity.json`` of the export. Nothing is uploaded unless asked.
+A card is generated from the run's own files: ``run.json`` (recipe, data rows, provenance), the data manifest the
+recipe points to (``manifest.json`` of the data stage), evaluation results (``results/**/*.json`` under the run,
+or results directories given) with their 95% confidence intervals, and ``fidelity.json`` of the export.
 
     from llamatune.model_card import model_card
-    print(model_card("runs/tiny"))
+    print(model_card("runs/tiny", kind="adapter", repos={"adapter": "me/tiny-LoRA", "merged": "me/tiny"}))
 """
 
 from __future__ import annotations
@@ -16,23 +17,34 @@ from pathlib import Path
 
 _DATA_KEYS = ("dataset_path", "data_dir", "dataset", "dataset_name", "train_file", "data", "train_path")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# kind → (library_name, base_model_relation, what the repo holds)
+KINDS = {
+    "adapter": ("peft", "adapter", "the LoRA adapter (PEFT) of"),
+    "merged": ("transformers", "finetune", "the merged weights (safetensors + tokenizer with the chat template) of"),
+    "gguf": ("gguf", "quantized", "GGUF files (llama.cpp / llama-cpp-python) of"),
+}
 
 
 def _load(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        data = json.loads(Path(path).read_text())
+    except (FileNotFoundError, IsADirectoryError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def _cell(text: str) -> str:
+def _cell(text) -> str:
     """A markdown table cell: pipes escaped (GFM needs it even inside code spans)."""
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def _yaml_value(v) -> str:
     return json.dumps(v, ensure_ascii=False)  # JSON scalars/lists are valid YAML flow values
+
+
+def is_hub_id(name: str) -> bool:
+    """``owner/name`` that is not a local path (``runs/x``, ``data/finetome`` are paths when they exist)."""
+    return bool(_HUB_ID.match(str(name or ""))) and not Path(str(name)).exists()
 
 
 def _find_manifests(run_dir: Path, run: dict) -> list[tuple[str, dict]]:
@@ -55,25 +67,55 @@ def _find_manifests(run_dir: Path, run: dict) -> list[tuple[str, dict]]:
 
 def _datasets(recipe: dict, manifests: list[tuple[str, dict]]) -> list[str]:
     ids = [str(m.get("source")) for _, m in manifests if _HUB_ID.match(str(m.get("source", "")))]
-    ids += [v for k in _DATA_KEYS if isinstance(v := recipe.get(k), str) and _HUB_ID.match(v) and not Path(v).exists()]
+    ids += [v for k in _DATA_KEYS if isinstance(v := recipe.get(k), str) and is_hub_id(v)]
     return list(dict.fromkeys(ids))
 
 
-def _results(run_dir: Path, results_dir: Path | None) -> list[tuple[str, str, str]]:
-    """(file, metric, value) rows from result JSON files: their ``aggregates`` (or top-level) scalars."""
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def metric_rows(doc: dict) -> list[tuple[str, float, float | None, float | None, int | None, str]]:
+    """``(metric, value, ci_low, ci_high, n, subject)`` from one result JSON of ``llamatune eval``: tool-call
+    (``aggregate.overall``, Wilson CIs ``low``/``high``), ARC (``aggregate``, ``ci_low``/``ci_high``), judge
+    (``win_rate`` + ``win_rate_ci``), the paired comparisons (ARC / tool-call ``--compare``), or flat numbers."""
+    subject = str(doc.get("name") or (Path(str(doc["model"])).name if doc.get("model") else ""))
+    if doc.get("icl"):
+        subject += f" (ICL {doc['icl']})"
+    if doc.get("kind") == "arc_compare":
+        return [(f"{doc['metric']} A − B (paired bootstrap; McNemar p={doc['p_value']:.3g})", doc["diff"],
+                 doc["ci_low"], doc["ci_high"], doc["n"], f"A={doc['a']} vs B={doc['b']}")]
+    if doc.get("kind") == "toolcall-compare":
+        o, d = doc["overall"], doc["overall"]["diff_b_minus_a"]
+        names = [Path(str(doc[k].get("model") or doc[k].get("path"))).name for k in ("a", "b")]
+        return [(f"accuracy B − A (paired bootstrap; McNemar p={o['mcnemar']['p_value']:.3g})", d["diff"], d["low"],
+                 d["high"], o["n"], f"A={names[0]} vs B={names[1]}")]
+    agg = doc.get("aggregate") or doc.get("aggregates") or doc.get("metrics")
+    if not isinstance(agg, dict):
+        return []
+    if isinstance(agg.get("overall"), dict):
+        agg = agg["overall"]
+    n_all = agg.get("n", doc.get("n"))
     rows = []
-    dirs = [d for d in (run_dir / "results", results_dir) if d and Path(d).is_dir()]
-    for d in dirs:
-        for f in sorted(Path(d).rglob("*.json")):
-            doc = _load(f)
-            flat = doc.get("aggregates") or doc.get("metrics") or doc
-            if not isinstance(flat, dict):
-                continue
-            for k, v in flat.items():
-                if isinstance(v, bool) or not isinstance(v, (int, float)):
-                    continue
-                rows.append((str(f.relative_to(d)), k, f"{v:.4g}" if isinstance(v, float) else str(v)))
+    for k, v in agg.items():
+        if isinstance(v, dict) and _num(v.get("value")):
+            lo, hi = v.get("low", v.get("ci_low")), v.get("high", v.get("ci_high"))
+            rows.append((k, v["value"], lo, hi, v.get("n", n_all), subject))
+        elif _num(v) and k != "n" and not k.endswith("_ci"):
+            ci = agg.get(f"{k}_ci")
+            lo, hi = ci if isinstance(ci, list) and len(ci) == 2 else (None, None)
+            rows.append((k, v, lo, hi, n_all if _num(n_all) else None, subject))
     return rows
+
+
+def results(run_dir: str | Path, results_dirs=()) -> list[tuple[str, tuple]]:
+    """``(file, row)`` for every metric of every result JSON under ``run_dir/results`` and ``results_dirs``."""
+    dirs = [Path(run_dir) / "results", *(Path(d) for d in results_dirs if d)]
+    out = []
+    for d in dict.fromkeys(d for d in dirs if d.is_dir()):
+        for f in sorted(d.rglob("*.json")):
+            out += [(str(f.relative_to(d)), row) for row in metric_rows(_load(f))]
+    return out
 
 
 def _license(base: str, recipe: dict) -> str:
@@ -82,48 +124,121 @@ def _license(base: str, recipe: dict) -> str:
     return "llama3.2" if "llama-3.2" in base.lower() else "other"
 
 
-def model_card(run_dir: str | Path, results_dir: str | Path | None = None) -> str:
-    """Markdown with YAML front matter (base_model, library_name, tags, license, datasets) and sections for the
-    recipe, the training data, evaluation results and GGUF fidelity (each only when its files exist)."""
+def _project_url() -> str:
+    try:
+        from llamatune.hub import project_repository
+
+        return project_repository()
+    except Exception:  # a card renders even where the project's metadata cannot be read
+        return "https://github.com/"
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _counts(counts) -> str:
+    if not isinstance(counts, dict):
+        return ""
+    return ", ".join(f"{k}: {sum(v.values()) if isinstance(v, dict) else v}" for k, v in counts.items())
+
+
+def run_meta(run_dir: str | Path) -> dict:
+    """What every card of a run says: name, base model, recipe, template, data (manifests, hub datasets, rows)."""
     run_dir = Path(run_dir)
     run = _load(run_dir / "run.json")
     recipe = run.get("recipe", {}) or {}
     adapter_cfg = _load(run_dir / "adapter" / "adapter_config.json")
     base = str(recipe.get("model_name_or_path") or adapter_cfg.get("base_model_name_or_path") or "")
     manifests = _find_manifests(run_dir, run)
-    datasets = _datasets(recipe, manifests)
-    fidelity = _load(run_dir / "fidelity.json")
-    name = run.get("name") or run_dir.resolve().name
+    return {"name": run.get("name") or recipe.get("run_name") or run_dir.resolve().name, "base": base, "recipe": recipe, "run": run,
+            "template": recipe.get("chat_template", "llama-3.2"), "manifests": manifests,
+            "datasets": _datasets(recipe, manifests), "license": _license(base, recipe)}
 
+
+def _front_matter(meta: dict, kind: str, repos: dict) -> list[str]:
+    library, relation, _ = KINDS[kind]
+    base = meta["base"]
+    # the GGUFs are quantizations of the merged repo when it is published; without it, of the base model when
+    # there was no adapter (a plain model's export), else a fine-tune of the base
+    parent = repos.get("merged") if kind == "gguf" and repos.get("merged") else base
+    if kind == "gguf" and parent == base and meta["run"].get("recipe"):
+        relation = "finetune"
     front = ["---"]
-    if base and base != "tiny" and not Path(base).is_absolute():
-        front.append(f"base_model: {_yaml_value(base)}")
-    front += ["library_name: gguf", "tags: [gguf, llama-cpp, lora" + (", llama-3.2" if "llama" in base.lower() else "")
-              + "]", f"license: {_yaml_value(_license(base, recipe))}"]
-    if datasets:
-        front.append(f"datasets: {_yaml_value(datasets)}")
-    front.append("---")
+    if is_hub_id(parent):
+        front += [f"base_model: {_yaml_value(parent)}", f"base_model_relation: {relation}"]
+    tags = {"adapter": ["lora", "peft", "trl", "sft"], "merged": ["lora", "trl", "sft"], "gguf": ["gguf", "llama-cpp", "lora"]}[kind]
+    if "llama" in base.lower():
+        tags.append("llama-3.2")
+    front += [f"library_name: {library}", "pipeline_tag: text-generation", "tags: [" + ", ".join(tags) + "]",
+              f"license: {_yaml_value(meta['license'])}"]
+    if meta["datasets"]:
+        front.append(f"datasets: {_yaml_value(meta['datasets'])}")
+    return front + ["---"]
 
-    body = [f"# {name}", ""]
-    body.append(f"LoRA fine-tune of `{base or 'unknown base'}`, merged into the base and exported to GGUF for "
-                f"llama.cpp / llama-cpp-python. The chat template embedded in every GGUF is the project's "
-                f"`{recipe.get('chat_template', 'llama-3.2')}` template; generation stops at `<|eot_id|>`.")
+
+def _usage(kind: str, meta: dict, repos: dict, gguf_files: list[str]) -> list[str]:
+    repo = repos.get(kind) or meta["name"]
+    if kind == "adapter":
+        code = ["from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer",
+                f"model = AutoPeftModelForCausalLM.from_pretrained(\"{repo}\")  # downloads the base model too",
+                f"tok = AutoTokenizer.from_pretrained(\"{repo}\")  # carries the project chat template"]
+    elif kind == "merged":
+        code = ["from transformers import pipeline", f"chat = pipeline(\"text-generation\", model=\"{repo}\")",
+                "chat([{\"role\": \"user\", \"content\": \"Hello!\"}], max_new_tokens=128)"]
+    else:
+        file = next((f for f in gguf_files if "q4_k_m" in f), gguf_files[0] if gguf_files else f"{meta['name']}-q4_k_m.gguf")
+        code = ["from llama_cpp import Llama", f"llm = Llama.from_pretrained(\"{repo}\", \"{file}\", n_ctx=4096)",
+                "llm.create_chat_completion([{\"role\": \"user\", \"content\": \"Hello!\"}])"]
+    return ["", "## Usage", "", "```python", *code, "```"]
+
+
+def model_card(run_dir: str | Path, results_dir: str | Path | None = None, *, kind: str = "gguf",
+               repos: dict | None = None, results_dirs=(), gguf_files: list[str] | None = None) -> str:
+    """Markdown with the YAML front matter the Hub reads (``base_model``, ``base_model_relation``,
+    ``library_name``, ``pipeline_tag``, ``license``, ``datasets``, ``tags``) and sections for the recipe, the
+    training data, evaluation results with 95% CIs and GGUF fidelity (each only when its files exist).
+    ``kind``: ``adapter``, ``merged`` or ``gguf``; ``repos``: the run's repo ids by kind (cross-links)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    run_dir, repos = Path(run_dir), dict(repos or {})
+    meta = run_meta(run_dir)
+    recipe, base, name = meta["recipe"], meta["base"], meta["name"]
+    fidelity = _load(run_dir / "fidelity.json")
+    reports = fidelity.get("reports") or {}
+    gguf_files = gguf_files if gguf_files is not None else [Path(r["gguf"]).name for r in reports.values()]
+
+    body = [f"# {name}", "", f"This repository holds {KINDS[kind][2]} `{name}`, a LoRA fine-tune of "
+            f"`{base or 'unknown base'}` made with [llamatune]({_project_url()}). "
+            f"The chat template is the project's `{meta['template']}` template (embedded in the tokenizer and "
+            f"in every GGUF), so prompts are rendered exactly as in training."]
+    siblings = [f"- {k}: [`{r}`](https://huggingface.co/{r})" for k, r in repos.items() if k != kind and r]
+    if siblings:
+        body += ["", "The same fine-tune, elsewhere:", "", *siblings]
     if recipe:
         body += ["", "## Recipe", "", "| key | value |", "|---|---|"]
         body += [f"| `{_cell(k)}` | `{_cell(json.dumps(v, ensure_ascii=False))}` |" for k, v in recipe.items()]
-    if manifests:
+    data = meta["run"].get("data") or {}
+    if meta["manifests"] or data:
         body += ["", "## Training data", ""]
-        for where, m in manifests:
-            counts = m.get("counts") or {}
-            desc = ", ".join(f"{k}: {v}" for k, v in counts.items()) if isinstance(counts, dict) else ""
+        for where, m in meta["manifests"]:
+            desc = _counts(m.get("counts"))
             body.append(f"- `{where}` — source `{m.get('source', '?')}`" + (f" ({desc})" if desc else ""))
-    results = _results(run_dir, Path(results_dir) if results_dir else None)
-    if results:
-        body += ["", "## Evaluation", "", "| file | metric | value |", "|---|---|---|"]
-        body += [f"| {_cell(f)} | {_cell(k)} | {v} |" for f, k, v in results]
-    reports = fidelity.get("reports") or {}
+        if data.get("train_rows") is not None:
+            body.append(f"- rows trained on: {data['train_rows']}; eval rows used for the eval loss: "
+                        f"{data.get('eval_rows_used', 0)}")
+    rows = results(run_dir, [*([results_dir] if results_dir else []), *results_dirs])
+    if rows:
+        body += ["", "## Evaluation", "", "95% confidence intervals: Wilson score for proportions, bootstrap for "
+                 "means and paired differences (`llamatune.evals.stats`).", "",
+                 "| file | metric | value | 95% CI | n | model |", "|---|---|---|---|---|---|"]
+        for f, (metric, v, lo, hi, n, subject) in rows:
+            ci = f"[{lo:.3f}, {hi:.3f}]" if _num(lo) and _num(hi) else "—"
+            body.append(f"| {_cell(f)} | {_cell(metric)} | {_fmt(v)} | {ci} | {n if n is not None else '—'} "
+                        f"| {_cell(subject) or '—'} |")
     if reports:
         body += ["", "## GGUF files and fidelity (vs the merged HF model)", "",
+                 f"All checks passed: **{'yes' if fidelity.get('pass') else 'NO'}**.", "",
                  "| file | size | top-1 agreement | threshold | HF top-1 in top-5 | max abs logit diff | tokenization "
                  "| template | EOS | pass |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in reports.values():
@@ -137,26 +252,9 @@ def model_card(run_dir: str | Path, results_dir: str | Path | None = None) -> st
                 f"{'yes' if r['pass'] else 'NO'} |")
         body += ["", "Top-1 agreement: share of positions of sample chat prompts where the GGUF's most likely next "
                  "token equals the HF model's."]
-    body += ["", "## Usage", "", "```python", "from llama_cpp import Llama",
-             f"llm = Llama(\"{name}-q4_k_m.gguf\", n_ctx=4096)",
-             "llm.create_chat_completion([{\"role\": \"user\", \"content\": \"Hello!\"}])", "```", ""]
-    return "\n".join(front + [""] + body)
-
-
-def push_to_hub(run_dir: str | Path, repo: str, *, private: bool = False, results_dir: str | Path | None = None) -> str:
-    """Write ``run_dir/README.md`` and upload it with the GGUFs and ``fidelity.json`` to the model repo ``repo``."""
-    from huggingface_hub import HfApi
-
-    run_dir = Path(run_dir)
-    ggufs = sorted((run_dir / "gguf").glob("*.gguf"))
-    if not ggufs:
-        raise FileNotFoundError(f"{run_dir / 'gguf'}: no GGUF files to push (run the export first)")
-    (run_dir / "README.md").write_text(model_card(run_dir, results_dir))
-    api = HfApi()
-    url = api.create_repo(repo, private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo, folder_path=str(run_dir / "gguf"), allow_patterns=["*.gguf"],
-                      commit_message="Add GGUF files")
-    for f in ("README.md", "fidelity.json"):
-        if (run_dir / f).exists():
-            api.upload_file(path_or_fileobj=str(run_dir / f), path_in_repo=f, repo_id=repo, commit_message=f"Add {f}")
-    return str(url)
+    git = meta["run"].get("git") or {}
+    if git.get("commit"):
+        body += ["", f"Trained from commit `{git['commit']}`" + (" (with local changes)" if git.get("dirty") else "")
+                 + "; `training/run.json` in the adapter repository records the versions and data hashes."]
+    body += _usage(kind, meta, repos, gguf_files) + [""]
+    return "\n".join(_front_matter(meta, kind, repos) + [""] + body)

@@ -23,7 +23,9 @@ from llamatune.chat import TEMPLATES
 
 @dataclass
 class ModelSpec:
-    """One selectable model: a local GGUF ``path``, or a hub ``repo`` + ``file`` downloaded on first use."""
+    """One selectable model: a local GGUF ``path``, or a hub ``repo`` + ``file`` (from the Hugging Face cache,
+    where a Space's ``preload_from_hub`` puts it at build time, else downloaded). ``origin`` names the config
+    entry it came from, for error messages."""
 
     name: str
     path: str | None = None
@@ -32,22 +34,54 @@ class ModelSpec:
     template: str = "auto"
     n_ctx: int = 4096
     extra: dict = field(default_factory=dict)
+    origin: str = ""
+    resolved: str | None = field(default=None, repr=False)
 
-    def resolve(self) -> str:
+    def resolve(self, cache_dir: str | Path | None = None) -> str:
+        """The local GGUF path: ``path``, or the cached hub file (no network when it is cached), else a download.
+        Errors name the config entry and the file."""
+        where = self.origin or f"model {self.name!r}"
+        if self.resolved and Path(self.resolved).exists():
+            return self.resolved
         if self.path:
             if not Path(self.path).exists():
-                raise FileNotFoundError(f"model {self.name!r}: no GGUF at {self.path}")
+                raise FileNotFoundError(f"{where}: no GGUF at {self.path}")
+            self.resolved = self.path
             return self.path
         if not (self.repo and self.file):
-            raise ValueError(f"model {self.name!r}: give either 'path' or 'repo' and 'file'")
-        from huggingface_hub import hf_hub_download  # only when a user selects a hub model
+            raise ValueError(f"{where}: give either 'path' or 'repo' and 'file'")
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
-        return hf_hub_download(self.repo, self.file)
+        cached = try_to_load_from_cache(self.repo, self.file, cache_dir=cache_dir)
+        if isinstance(cached, str) and Path(cached).exists():
+            self.resolved = cached
+            return cached
+        try:
+            self.resolved = hf_hub_download(self.repo, self.file, cache_dir=cache_dir)
+        except Exception as exc:  # offline, no such repo or file, gated, network: all mean "cannot serve it"
+            raise FileNotFoundError(f"{where}: {self.file} from the Hub repo {self.repo} is not in the Hugging Face "
+                                    f"cache and could not be downloaded ({type(exc).__name__}: {exc})") from exc
+        return self.resolved
+
+
+def resolve_all(specs: list[ModelSpec], cache_dir: str | Path | None = None) -> dict[str, str]:
+    """Resolve every model at startup (so no user request waits for a download and a missing model stops the app
+    before it serves): ``{name: local path}``. Raises FileNotFoundError listing every model that is missing."""
+    paths, errors = {}, []
+    for spec in specs:
+        try:
+            paths[spec.name] = spec.resolve(cache_dir)
+        except (FileNotFoundError, ValueError) as exc:
+            errors.append(str(exc))
+    if errors:
+        raise FileNotFoundError("missing model(s):\n  " + "\n  ".join(errors))
+    return paths
 
 
 def load_config(path: str | Path) -> tuple[list[ModelSpec], dict]:
     """``(specs, settings)`` from a models YAML: ``models: [{name, repo, file | path, template, n_ctx}]`` and
-    optional ``settings`` (``max_resident``, ``n_threads``, ``max_llm_calls``…). Errors name the file and entry."""
+    optional ``settings`` (``max_resident``, ``n_threads``, ``max_llm_calls``…). Errors name the file and entry.
+    ``{owner}`` in a ``repo`` is the project's owner (:func:`llamatune.hub.project_owner`)."""
     import yaml
 
     path = Path(path)
@@ -65,11 +99,16 @@ def load_config(path: str | Path) -> tuple[list[ModelSpec], dict]:
             raise ValueError(f"{path}: models[{i}]: duplicate name {e['name']!r}")
         seen.add(e["name"])
         known = {"name", "path", "repo", "file", "template", "n_ctx"}
-        p = e.get("path")
+        p, repo = e.get("path"), e.get("repo")
         if p and not Path(p).is_absolute():
             p = str((path.parent / p).resolve())
-        specs.append(ModelSpec(e["name"], p, e.get("repo"), e.get("file"), e.get("template", "auto"),
-                               int(e.get("n_ctx", 4096)), {k: v for k, v in e.items() if k not in known}))
+        if repo and "{owner}" in repo:
+            from llamatune.hub import expand_owner
+
+            repo = expand_owner(repo)
+        specs.append(ModelSpec(e["name"], p, repo, e.get("file"), e.get("template", "auto"),
+                               int(e.get("n_ctx", 4096)), {k: v for k, v in e.items() if k not in known},
+                               origin=f"{path}: models[{i}] ({e['name']})"))
     return specs, dict(data.get("settings") or {})
 
 

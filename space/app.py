@@ -2,7 +2,7 @@
 demo's small ones) as a live weather assistant, a Wikipedia researcher or a plain chatbot. Everything it does is in the ``llamatune`` package
 (``llamatune.agent``, ``llamatune.serving``); this file only builds the UI and launches it.
 
-    python space/app.py                                   # the models of space/models.yaml (hub downloads on use)
+    python space/app.py                                   # the models of space/models.yaml (resolved at startup)
     python space/app.py --models-dir runs/demo/gguf       # local GGUFs, e.g. from `llamatune export` / `make demo`
 """
 
@@ -72,8 +72,10 @@ def build_demo(agent_factory, model_names: list[str], *, modes=MODES, default_mo
 
 
 def make_registry(args):
-    """The model registry from ``--models-dir`` or ``--config`` (see ``space/models.yaml``)."""
-    from llamatune.serving import ModelRegistry, llama_cpp_loader, load_config, models_from_dir
+    """The model registry from ``--models-dir`` or ``--config`` (see ``space/models.yaml``). Every model is
+    resolved here, at startup: a hub file comes from the cache (``preload_from_hub`` fills it when the Space is
+    built) or is downloaded now, and a missing one raises FileNotFoundError naming the models.yaml entry."""
+    from llamatune.serving import ModelRegistry, llama_cpp_loader, load_config, models_from_dir, resolve_all
 
     settings: dict = {}
     if args.models_dir:
@@ -83,6 +85,7 @@ def make_registry(args):
     if args.n_ctx:
         for s in specs:
             s.n_ctx = args.n_ctx
+    resolve_all(specs)
     threads = args.threads or settings.get("n_threads")
     agent_kwargs = {"max_llm_calls": args.max_llm_calls or settings.get("max_llm_calls", 2),
                     "max_new_tokens": args.max_new_tokens or settings.get("max_new_tokens", 512)}
@@ -107,7 +110,10 @@ def parse_args(argv=None):
 def launch(argv=None, **launch_kwargs):
     """Build the registry and the UI from the command line, and serve (blocking unless told otherwise)."""
     args = parse_args(argv)
-    registry = make_registry(args)
+    try:
+        registry = make_registry(args)
+    except (FileNotFoundError, ValueError) as exc:  # fail at startup, loudly, not on the first request
+        raise SystemExit(f"space/app.py: {exc}") from exc
     demo = build_demo(registry.agent_factory, registry.names)
     return demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs)
 

@@ -1,5 +1,6 @@
-"""Make a self-contained Hugging Face Space folder: app.py, models.yaml, requirements.txt, README.md and a copy
-of the ``llamatune`` package (Python files and templates only), ready to push to a Space repository.
+"""Make a self-contained Hugging Face Space folder: app.py, requirements.txt, models.yaml, README.md (front matter
+``models:`` and ``preload_from_hub:`` generated from models.yaml) and a copy of the ``llamatune`` package next to
+app.py. A thin wrapper over :func:`llamatune.hub.bundle`, the same files ``llamatune push --space`` uploads.
 
     python space/bundle.py OUT_DIR [--models-yaml other.yaml]
 """
@@ -7,26 +8,13 @@ of the ``llamatune`` package (Python files and templates only), ready to push to
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-FILES = ("app.py", "models.yaml", "requirements.txt", "README.md")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this clone's llamatune, installed or not
 
-
-def bundle(out: str | Path, models_yaml: str | Path | None = None) -> Path:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
-        shutil.copy2(HERE / name, out / name)
-    if models_yaml:
-        shutil.copy2(models_yaml, out / "models.yaml")
-    dst = out / "llamatune"
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(REPO / "llamatune", dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return out
+from llamatune.hub import bundle  # noqa: E402
 
 
 def main(argv=None) -> int:

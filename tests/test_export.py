@@ -121,7 +121,7 @@ def test_ggufs_load_and_chat(run_dir, exported):
 def test_rerun_skips_and_push_only_when_asked(run_dir, exported, monkeypatch, capfd):
     import huggingface_hub
 
-    from llamatune import model_card
+    from llamatune import hub
     from llamatune.cli import main
 
     def no_network(*a, **k):
@@ -129,7 +129,7 @@ def test_rerun_skips_and_push_only_when_asked(run_dir, exported, monkeypatch, ca
 
     monkeypatch.setattr(huggingface_hub, "HfApi", no_network)
     pushed = []
-    monkeypatch.setattr(model_card, "push_to_hub", lambda run, repo, **kw: pushed.append((str(run), repo)) or repo)
+    monkeypatch.setattr(hub, "push", lambda plan, api=None, **kw: pushed.append(plan) or [hub.url_of(c) for c in plan])
     mtimes = {p: p.stat().st_mtime_ns for p in (run_dir / "gguf").glob("*.gguf")}
     assert main(["export", str(run_dir)]) == 0
     err = capfd.readouterr().err
@@ -138,8 +138,11 @@ def test_rerun_skips_and_push_only_when_asked(run_dir, exported, monkeypatch, ca
     stamp = json.loads((run_dir / "merged" / "llamatune_merge.json").read_text())
     assert stamp["stamp"]["template"] == "llama-3.2" and stamp["dtype"] == "float32"
     assert pushed == []
-    assert main(["export", str(run_dir), "--push-to-hub", "someone/tinyrun-gguf"]) == 0
-    assert pushed == [(str(run_dir), "someone/tinyrun-gguf")]
+    # --push-to-hub is `llamatune push` (llamatune.hub, the one implementation): LoRA, merged and GGUF repos
+    assert main(["export", str(run_dir), "--push-to-hub", "someone/tinyrun"]) == 0
+    assert [c.repo_id for c in pushed[0]] == ["someone/tinyrun-LoRA", "someone/tinyrun", "someone/tinyrun-GGUF"]
+    assert {"tinyrun-f16.gguf", "tinyrun-q8_0.gguf", "tinyrun-q4_k_m.gguf", "fidelity.json"} <= set(pushed[0][2].paths())
+    assert "pushed https://huggingface.co/someone/tinyrun-GGUF" in capfd.readouterr().out
 
 
 def test_model_card(run_dir, exported, tmp_path, monkeypatch):

@@ -216,6 +216,17 @@ def test_space_bundle_is_self_contained(tmp_path):
     assert r.stdout.strip().startswith(str(out))
     front = (out / "README.md").read_text().split("---")[1]
     assert "sdk: gradio" in front and "sdk_version: 6.31.0" in front and "app_file: app.py" in front
+    # the same files `llamatune push --space` uploads: {owner} written out, every GGUF preloaded at build time
+    import yaml
+
+    from llamatune.hub import project_owner
+
+    models = yaml.safe_load((out / "models.yaml").read_text())["models"]
+    assert "{owner}" not in (out / "models.yaml").read_text()
+    assert models[2]["repo"] == f"{project_owner()}/llama-3.2-3b-funccall-GGUF"
+    front = yaml.safe_load(front)
+    assert front["preload_from_hub"] == [f"{m['repo']} {m['file']}" for m in models]
+    assert front["models"] == [m["repo"] for m in models]
 
 
 def test_agent_modules_import_light():
@@ -249,3 +260,60 @@ def test_app_selects_the_default_model_and_titles_itself():
     dropdown = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "model-select")
     assert dropdown["props"]["value"] == "m-funccall"
     assert config["title"] == "m: base vs funccall, as tool-using agents on CPU"
+
+
+def _models_yaml(tmp_path, entries: str):
+    path = tmp_path / "models.yaml"
+    path.write_text("models:\n" + entries)
+    return path
+
+
+def test_startup_fails_naming_the_models_yaml_entry_of_a_missing_local_file(tmp_path):
+    (tmp_path / "a.gguf").write_bytes(b"")
+    config = _models_yaml(tmp_path, "  - {name: a, path: a.gguf}\n  - {name: b, path: gone/b.gguf}\n")
+    app = load_app()
+    with pytest.raises(FileNotFoundError, match=r"models.yaml: models\[1\] \(b\): no GGUF at .*gone/b.gguf") as err:
+        app.make_registry(app.parse_args(["--config", str(config)]))
+    assert "models[0]" not in str(err.value)  # only what is missing
+    with pytest.raises(SystemExit, match=r"space/app.py: missing model\(s\):\n  .*models\[1\] \(b\)"):
+        app.launch(["--config", str(config)])  # before any UI is built or served
+
+
+def _hub_cache(root, repo: str, file: str):
+    snap = root / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    (snap.parents[1] / "refs").mkdir()
+    (snap.parents[1] / "refs" / "main").write_text("0" * 40)
+    (snap / file).write_bytes(b"GGUF")
+    return snap / file
+
+
+def test_hub_models_resolve_from_the_cache_at_startup_without_network(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from llamatune.serving import llama_cpp_loader, resolve_all
+
+    cached = _hub_cache(tmp_path / "hub", "me/x-GGUF", "x-q4_k_m.gguf")  # what preload_from_hub leaves
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("network access attempted"))
+    specs, _ = load_config(_models_yaml(tmp_path, "  - {name: x, repo: me/x-GGUF, file: x-q4_k_m.gguf}\n"))
+    assert resolve_all(specs) == {"x": str(cached)}
+    seen = []
+    monkeypatch.setattr("llamatune.llm.LlamaCppModel", lambda path, **kw: seen.append(path) or object())
+    monkeypatch.setattr("llamatune.serving.detect_template", lambda path: "llama-3.2")
+    llama_cpp_loader()(specs[0])  # what a request does: the path is known, nothing is fetched
+    assert seen == [str(cached)]
+
+
+def test_startup_fails_when_a_hub_file_is_neither_cached_nor_downloadable(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    config = _models_yaml(tmp_path, "  - {name: tuned, repo: me/x-GGUF, file: x-q4_k_m.gguf}\n")
+    app = load_app()
+    with pytest.raises(FileNotFoundError, match=r"models.yaml: models\[0\] \(tuned\): x-q4_k_m.gguf from the Hub "
+                                                r"repo me/x-GGUF is not in the Hugging Face cache and could not be "
+                                                r"downloaded"):
+        app.make_registry(app.parse_args(["--config", str(config)]))
