@@ -24,7 +24,7 @@ NOAMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 STAMP := $(VENV)/.installed-cpu-$(CPU_KEY)
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow test-all demo bench browser clean
+.PHONY: install test test-slow test-all demo bench browser clean colab-links
 
 install: $(STAMP)
 
@@ -63,6 +63,11 @@ demo: install
 
 bench: install
 	$(PY) bench/run_all.py
+
+# A fork: point pyproject's Repository URL, every notebook's Colab badge and clone cell, and the README badges at it
+colab-links:
+	@test -n "$(REPO)" || { echo "usage: make colab-links REPO=user/name"; exit 2; }
+	$(PYTHON) -m llamatune.colab links --repo "$(REPO)"
 
 clean:
 	rm -rf $(VENV) runs/demo .pytest_cache

@@ -59,9 +59,16 @@ def tiny_gguf(tiny_model_dir) -> dict[str, Path]:
     return {"f16": f16, "q8_0": q8}
 
 
-def assert_thin_notebook(path: Path) -> None:
-    """A notebook is a thin driver: Colab badge, one ``SMOKE = False`` parameter cell, a ``%pip install`` cell,
-    no outputs, no cell over 12 code lines, no def/class/lambda, no API key."""
+def assert_thin_notebook(path: Path, *, gated: bool = False) -> None:
+    """A notebook is a thin driver that a new user runs top to bottom on a fresh Colab runtime:
+
+    * the first cell's Colab badge points at this file in the repository of pyproject's ``[project.urls]``;
+    * the first code cell is the idempotent bootstrap: on Colab only, ``%cd /content``, clone unless the clone
+      is there, ``%cd`` into it, ``%pip install -e`` (not ``-q``: the llama.cpp build shows), ``check_gpu()``,
+      and ``hf_login()`` exactly when the notebook downloads a gated model (``gated``);
+    * one ``parameters`` cell with ``SMOKE = False`` and ``WORKDIR = None`` (Drive on Colab), and
+      ``workdir(WORKDIR)`` in a later cell; every ``train(`` call passes ``resume=True``;
+    * no outputs, no cell over 12 code lines, no def/class/lambda, no API key."""
     import ast
     import re
 
@@ -76,10 +83,28 @@ def assert_thin_notebook(path: Path) -> None:
     slug = repo.removeprefix("https://github.com/")
     own = path.resolve().relative_to(REPO).as_posix()
     assert f"colab.research.google.com/github/{slug}/blob/main/{own})" in nb.cells[0].source, "badge ≠ this file"
-    assert any(f"git clone -q {repo}" in c.source for c in nb.cells if c.cell_type == "code")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    boot = code[0].source
+    lines = boot.splitlines()
+    assert lines[0] == "import sys" and lines[1].startswith('if "google.colab" in sys.modules:'), "bootstrap first"
+    assert all(ln.startswith("    ") for ln in lines[2:]), "bootstrap: does nothing outside Colab"
+    body = [ln.strip() for ln in lines[2:]]
+    assert all(ln.startswith(("%", "!", "from llamatune.colab import", "check_gpu(", "hf_login(")) for ln in body), boot
+    clone_dir = "finetuning-llama-instruct"
+    assert body[0] == "%cd /content", boot
+    assert body[1] == f"![ -d {clone_dir} ] || git clone {repo} {clone_dir}", "clone only when missing"
+    assert body[2] == f"%cd /content/{clone_dir}", boot
+    assert body[3].startswith('%pip install -e "') and " -q" not in body[3], "pip: visible output"
+    assert "check_gpu(" in boot
+    assert ("hf_login()" in boot) == gated, "hf_login() exactly where a gated model is downloaded"
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and "SMOKE = False" in params[0].source
-    assert any("%pip install" in c.source for c in nb.cells if c.cell_type == "code")
+    assert re.search(r"(?m)^WORKDIR = None\b", params[0].source), "WORKDIR = None: Google Drive on Colab"
+    after = code[code.index(params[0]) + 1:]
+    assert any("workdir(WORKDIR)" in c.source for c in after), "outputs under workdir(WORKDIR)"
+    for cell in code:
+        for call in re.findall(r"(?<![\w.])train\([^)]*\)", cell.source):
+            assert "resume=True" in call, f"a rerun must resume: {call}"
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue

@@ -236,6 +236,8 @@ def paraphrase_rows(rows: list[dict], endpoint: str, model: str, cache_path: str
     from openai import OpenAI
     from tqdm import tqdm
 
+    from llamatune.colab import tqdm_disable
+
     cache: dict[str, str] = {}
     path = Path(cache_path) if cache_path else None
     if path and path.exists():
@@ -245,7 +247,7 @@ def paraphrase_rows(rows: list[dict], endpoint: str, model: str, cache_path: str
                 cache[entry["key"]] = entry["paraphrase"]
     client = OpenAI(base_url=endpoint, api_key=os.environ.get("OPENAI_API_KEY", "not-needed"), max_retries=2)
     stats = Counter()
-    for row in tqdm(rows, desc="paraphrase", disable=None):
+    for row in tqdm(rows, desc="paraphrase", disable=tqdm_disable()):
         for m in row["messages"]:
             if m["role"] != "user":
                 continue

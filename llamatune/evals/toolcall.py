@@ -345,6 +345,8 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
     item in ``<out>.generations.jsonl`` (keyed by model, prompt and settings)."""
     from tqdm import tqdm
 
+    from llamatune.colab import tqdm_disable
+
     model_kind(model_spec)
     template = template or model_template(model_spec)
     rows = read_jsonl(data_path, ("id", "messages", "tools", "expected", "category"))[: limit or None]
@@ -365,7 +367,7 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
         # Prompts in sorted order, so that consecutive ones share their longest prefix (system text, tool
         # schemas): llama.cpp keeps the KV cache of the common prefix and evaluates only the rest.
         order = sorted(range(len(rows)), key=prompts.__getitem__)
-        for i in tqdm(order, desc=f"toolcall {Path(str(model_spec)).name}", disable=None):
+        for i in tqdm(order, desc=f"toolcall {Path(str(model_spec)).name}", disable=tqdm_disable()):
             row, prompt = rows[i], prompts[i]
             key = hashlib.sha256(json.dumps([str(model_spec), prompt, max_tokens]).encode()).hexdigest()
             if key not in cache:
