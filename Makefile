@@ -24,25 +24,51 @@ NOAMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 STAMP := $(VENV)/.installed-cpu-$(CPU_KEY)
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow test-all demo bench browser clean colab-links
+.PHONY: install llama-wheel lock test-colab-pins screenshots test test-slow test-all demo bench browser clean colab-links
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints/cpu.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -c constraints/cpu.txt torch==$(TORCH_VERSION)
+	@$(MAKE) --no-print-directory llama-wheel
+	$(PIP) install -q -c constraints/cpu.txt --find-links $(LLAMA_WHEEL_DIR) -e ".[train,eval,space,dev,demo]"
+	$(PIP) install -q --no-deps --force-reinstall $(LLAMA_WHEEL_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	$(PY) -m llamatune.vendor
+	$(PIP) check
+	@touch $@
+
+# llama-cpp-python built from its sdist for this CPU (the wheel directory is keyed by CPU_KEY), once
+llama-wheel:
 	@if ! ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
 	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (once, ~5-7 min on 2 cores)"; \
 	  test -f $(LLAMA_SDIST) || $(PIP) download -q --no-deps --no-binary :all: -d $(CACHE)/sdist llama-cpp-python==$(LLAMA_CPP_VERSION); \
 	  CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$(NOAMX)' -DCMAKE_CXX_FLAGS='$(NOAMX)'" \
 	    $(PIP) wheel -q --no-deps -w $(LLAMA_WHEEL_DIR) $(LLAMA_SDIST); \
 	fi
-	$(PIP) install -q --find-links $(LLAMA_WHEEL_DIR) -e ".[train,eval,space,dev,demo]"
-	$(PIP) install -q --no-deps --force-reinstall $(LLAMA_WHEEL_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
-	$(PY) -m llamatune.vendor
-	$(PIP) check
-	@touch $@
+
+# constraints/cpu.txt from the installed test environment (after changing a version in pyproject.toml)
+lock:
+	@test -x $(PY) || { echo "no $(VENV): run make install first"; exit 1; }
+	{ echo "# Exact versions of the CPU test environment (make install uses them as constraints). Regenerate: make lock"; \
+	  $(PIP) freeze --exclude-editable | grep -v '^#' | sed -E 's/^torch==([0-9.]+)\+cpu$$/torch==\1/; s/^llama_cpp_python @ .*/llama-cpp-python==$(LLAMA_CPP_VERSION)/'; \
+	} > constraints/cpu.txt
+
+# The versions a Colab GPU runtime resolves under unsloth's caps (constraints/colab.txt), tested here on CPU in
+# their own environment: templates, data, export and fidelity, placement. Not the SFT step: TRL 1.15's trainer
+# imports its Triton kernels unconditionally, and Triton needs a GPU driver (on CPU: "0 active drivers").
+COLAB_VENV ?= .venv-colab
+COLAB_TESTS ?= tests/test_template.py tests/test_gemma_template.py tests/test_smollm2.py tests/test_funccall_data.py \
+  tests/test_finetome_data.py tests/test_device.py tests/test_export.py tests/test_toolcall.py tests/test_hub.py
+test-colab-pins: install
+	@test -x $(COLAB_VENV)/bin/python || $(PYTHON) -m venv $(COLAB_VENV)
+	$(COLAB_VENV)/bin/pip install -q -c constraints/colab.txt torch==$(TORCH_VERSION)
+	$(COLAB_VENV)/bin/pip install -q -c constraints/colab.txt --find-links $(LLAMA_WHEEL_DIR) -e ".[train,eval,dev]"
+	$(COLAB_VENV)/bin/pip install -q --no-deps --force-reinstall $(LLAMA_WHEEL_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	$(COLAB_VENV)/bin/pip check
+	$(COLAB_VENV)/bin/python -c "import transformers, trl, datasets; print('transformers', transformers.__version__, 'trl', trl.__version__, 'datasets', datasets.__version__)"
+	$(COLAB_VENV)/bin/python -m pytest -m "not slow" -q $(COLAB_TESTS) $(PYTEST_ARGS)
 
 # Debian's Chromium for the Playwright browser test (root only; the test is skipped without it).
 browser:
@@ -60,6 +86,11 @@ test-all: install browser
 
 demo: install
 	$(VENV)/bin/llamatune demo
+
+# the README's pictures of the Space, from the demo GGUFs (runs/demo/gguf: `make demo` first) in Chromium
+screenshots: install browser
+	@ls runs/demo/gguf/*.gguf >/dev/null 2>&1 || { echo "no runs/demo/gguf/*.gguf: run make demo first"; exit 1; }
+	LLAMATUNE_SCREENSHOTS=assets $(PY) -m pytest -m slow -q tests/test_screenshots.py $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/run_all.py

@@ -92,7 +92,7 @@ def project_repository() -> str:
 
 
 def project_owner() -> str:
-    """The owner in the project's one slug (``https://github.com/OWNER/repo`` → ``OWNER``), also the Hub owner
+    """The owner in the project's one slug (``https://github.com/USER/repo`` → ``USER``), also the Hub owner
     of the published models."""
     return project_repository().rstrip("/").removesuffix(".git").split("/")[-2]
 
@@ -107,7 +107,7 @@ def validate_repo(repo_id: str, what: str = "--repo") -> str:
     from huggingface_hub.utils import validate_repo_id
 
     if not isinstance(repo_id, str) or repo_id.count("/") != 1:
-        raise HubError(f"{what} {repo_id!r}: give OWNER/NAME (your Hub user or organisation, then the name)")
+        raise HubError(f"{what} {repo_id!r}: give USER/NAME (your Hub user or organisation, then the name)")
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
@@ -259,11 +259,7 @@ def push_plan(run_dir: str | Path, repo: str | None = None, *, space: str | None
 
     run_dir = Path(run_dir)
     if repo is None:
-        owner = project_owner()
-        if owner == "OWNER":
-            raise HubError("pyproject.toml [project.urls] Repository still has the placeholder owner OWNER: "
-                           "give --repo USER/NAME")
-        repo = f"{owner}/{run_dir.resolve().name}"
+        repo = f"{project_owner()}/{run_dir.resolve().name}"
     parts = tuple(parts or PARTS)
     plan = model_commits(run_dir, repo, parts, private=private, results_dirs=results_dirs)
     if space:

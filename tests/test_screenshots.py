@@ -1,0 +1,135 @@
+"""The README's pictures, taken from the real Space: ``space/app.py`` serving the demo GGUFs that ``make demo``
+wrote (``runs/demo/gguf``), weather and Wikipedia answered by the local fake Open-Meteo/MediaWiki servers,
+driven in Chromium. Each test asserts what its picture shows before it is saved.
+
+    make screenshots      # writes assets/space-*.png (needs runs/demo/gguf: run `make demo` first)
+
+Without ``$LLAMATUNE_SCREENSHOTS`` the pictures go to a temporary directory (the test still checks them).
+The conversations are single greedy runs of the models on this machine's CPU; the rates (how often the tuned
+model calls a tool when it should) are in the README's tables, not in these pictures.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from llamatune.tools import http
+from llamatune.tools.fakes import FakeServices
+from tests.conftest import REPO, requires
+from tests.space_fakes import free_port, load_app
+
+CHROMIUM = "/usr/bin/chromium"
+GGUF_DIR = REPO / "runs" / "demo" / "gguf"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.browser,
+    requires("playwright", "gradio", "llama_cpp"),
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (run `make browser`)"),
+    pytest.mark.skipif(not any(GGUF_DIR.glob("*.gguf")), reason=f"no GGUFs in {GGUF_DIR} (run `make demo`)"),
+]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+WEATHER = "What's the weather in Oslo?"
+RESEARCH = "What does Wikipedia say about Ada Lovelace?"
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory) -> Path:
+    d = Path(os.environ.get("LLAMATUNE_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="module")
+def served():
+    from llamatune.serving import default_model
+
+    http.clear_cache()
+    fake = FakeServices().start()
+    app = load_app()
+    registry = app.make_registry(app.parse_args(["--models-dir", str(GGUF_DIR), "--threads", "2"]))
+    demo = app.build_demo(registry.agent_factory, registry.names)
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    tuned = default_model(registry.names)
+    base = next(n for n in registry.names if "base" in n.lower())
+    yield demo.local_url, tuned, base
+    demo.close()
+    fake.stop()
+    http.clear_cache()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+def conversation(browser, url: str, model: str, mode: str, text: str, *, timeout: float = 600):
+    """A fresh page: choose model and mode, send ``text``, wait for the turn's summary line; the page."""
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.set_default_timeout(30_000)
+    page.goto(url)
+    page.wait_for_selector("#msg textarea")
+    page.locator("#model-select input[role=combobox]").click()
+    page.get_by_role("option", name=model, exact=True).click()
+    page.locator("#mode-select").get_by_text(mode, exact=True).click()
+    page.locator("#msg textarea").fill(text)
+    page.locator("#msg textarea").press("Enter")
+    deadline = time.time() + timeout
+    while "LLM call" not in page.locator("#chatbot").inner_text():
+        assert time.time() < deadline, f"{model} gave no answer in {timeout} s"
+        time.sleep(0.5)
+    return page
+
+
+def open_tool_steps(page) -> list[str]:
+    """Expand every tool step of the chat (collapsed by default) and return their titles."""
+    steps = page.locator("#chatbot").get_by_text("🛠️", exact=False)
+    titles = steps.all_inner_texts()
+    for i in range(steps.count()):
+        steps.nth(i).click()
+    return titles
+
+
+def test_weather_conversation_shows_its_tool_trace(served, browser, out_dir):
+    url, tuned, _ = served
+    page = conversation(browser, url, tuned, "weather", WEATHER)
+    titles = open_tool_steps(page)
+    assert any("get_current_weather" in t or "get_weather_forecast" in t for t in titles), titles
+    chat = page.locator("#chatbot").inner_text()
+    assert "1 tool call" in chat or "2 tool calls" in chat, chat[-600:]
+    page.screenshot(path=str(out_dir / "space-weather.png"))
+    page.close()
+
+
+def test_plain_chatbot_beside_the_wikipedia_researcher(served, browser, out_dir):
+    url, tuned, _ = served
+    chat = conversation(browser, url, tuned, "chat", "Write a haiku about autumn.")
+    assert "0 tool calls" in chat.locator("#chatbot").inner_text()  # chat mode offers no tools
+    chat.screenshot(path=str(out_dir / "space-chat.png"))
+    chat.close()
+    research = conversation(browser, url, tuned, "research", RESEARCH)
+    titles = open_tool_steps(research)
+    assert any("wikipedia" in t for t in titles), titles
+    research.screenshot(path=str(out_dir / "space-research.png"))
+    research.close()
+
+
+def test_same_prompt_before_and_after_funccall_tuning(served, browser, out_dir):
+    url, tuned, base = served
+    pictures = {}
+    for name, model in (("before", base), ("after", tuned)):
+        page = conversation(browser, url, model, "weather", WEATHER)
+        pictures[name] = (open_tool_steps(page), page.locator("#chatbot").inner_text())
+        page.screenshot(path=str(out_dir / f"space-{name}.png"))
+        page.close()
+    assert any("weather" in t for t in pictures["after"][0]), pictures["after"]
+    assert pictures["before"][1] != pictures["after"][1]  # two models, two different turns
