@@ -143,6 +143,12 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def has_result(out: Path, run: dict) -> bool:
+    """Whether ``run`` was trained and scored, and its model's base too (then :func:`run_setting` only reads)."""
+    return (out / run["name"] / "val.json").exists() and (out / f"base-{run['model']}" / "val.json").exists() \
+        and demo.train_done(out / run["name"]) and demo.export_done(out / run["name"])
+
+
 def run_sweep(spec_path: str | Path, out: str | Path = "runs/sweep", only: list[str] | None = None) -> list[dict]:
     spec = load_sweep(spec_path)
     out = Path(out)
@@ -150,6 +156,8 @@ def run_sweep(spec_path: str | Path, out: str | Path = "runs/sweep", only: list[
     rows = []
     for run in spec["runs"]:
         if only and run["name"] not in only:
+            if has_result(out, run):  # the table lists every setting scored so far, not only those run now
+                rows.append(run_setting(out, spec["base"], run))
             continue
         print(f"[sweep] {run['name']}: {run['model']}, {run.get('steps')} steps, {run.get('set') or {}}", flush=True)
         rows.append(run_setting(out, spec["base"], run))

@@ -183,3 +183,29 @@ def test_sweep_file_is_checked_and_tabled(tmp_path):
     assert "| slow | smollm2-135m | 9 | learning_rate=0.001 | 80% [70, 90]" in md
     assert "recipe as is; mix no_tool=0.5" in md and "| *untuned base* | smollm2-135m | 0 |" in md
     assert "Best by validation accuracy: **fast**" in md  # a tie goes to the cheaper setting
+
+
+def test_sweep_only_runs_the_named_settings_and_tables_every_scored_one(tmp_path, monkeypatch):
+    from llamatune import sweep
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("runs:\n  - {name: old, model: smollm2-135m, steps: 3}\n  - {name: new, model: smollm2-135m}\n"
+                    "  - {name: never, model: smollm2-135m}\n")
+    out = tmp_path / "out"
+    for d in ("old", "base-smollm2-135m"):  # 'old' was trained, exported and scored by an earlier invocation
+        (out / d / "adapter").mkdir(parents=True)
+        (out / d / "gguf").mkdir()
+        (out / d / "val.json").write_text("{}")
+    (out / "old" / "adapter" / "adapter_model.safetensors").write_bytes(b"x")
+    (out / "old" / "run.json").write_text('{"status": "done"}')
+    (out / "old" / "fidelity.json").write_text("{}")
+    (out / "old" / "gguf" / "m-q8_0.gguf").write_bytes(b"x")
+    called = []
+    m = {"value": 0.5, "low": 0.4, "high": 0.6}
+    row = {"accuracy": m, "tool_accuracy": m, "irrelevance_accuracy": m, "calls_per_turn": {"value": 1.0}}
+    monkeypatch.setattr(sweep, "run_setting", lambda o, b, r: called.append(r["name"]) or {
+        "name": r["name"], "model": r["model"], "steps": 3, "set": {}, "mix": None, "val": row, "base_val": row,
+        "train_seconds": 1, "eval_seconds": 1, "n_val": 4})
+    rows = sweep.run_sweep(spec, out, only=["new"])
+    assert called == ["old", "new"] and [r["name"] for r in rows] == ["old", "new"]  # 'never' has no result
+    assert "| old |" in (out / "sweep.md").read_text() and "| never |" not in (out / "sweep.md").read_text()
