@@ -72,7 +72,7 @@ test-colab-pins: install
 
 # Debian's Chromium for the Playwright browser test (root only; the test is skipped without it).
 browser:
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: browser test will be skipped"; }
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null) || echo "chromium not installed: browser test will be skipped"; }
 
 test: install browser
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

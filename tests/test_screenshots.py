@@ -91,11 +91,13 @@ def conversation(browser, url: str, model: str, mode: str, text: str, *, timeout
 
 
 def open_tool_steps(page) -> list[str]:
-    """Expand every tool step of the chat (collapsed by default) and return their titles."""
+    """Expand every tool step of the chat (collapsed by default), let the chat grow to show the whole turn (the
+    picture), and return the steps' titles."""
     steps = page.locator("#chatbot").get_by_text("🛠️", exact=False)
     titles = steps.all_inner_texts()
     for i in range(steps.count()):
         steps.nth(i).click()
+    page.add_style_tag(content="#chatbot, #chatbot > div { height: auto !important; max-height: none !important; }")
     return titles
 
 
@@ -106,7 +108,7 @@ def test_weather_conversation_shows_its_tool_trace(served, browser, out_dir):
     assert any("get_current_weather" in t or "get_weather_forecast" in t for t in titles), titles
     chat = page.locator("#chatbot").inner_text()
     assert "1 tool call" in chat or "2 tool calls" in chat, chat[-600:]
-    page.screenshot(path=str(out_dir / "space-weather.png"))
+    page.screenshot(path=str(out_dir / "space-weather.png"), full_page=True)
     page.close()
 
 
@@ -114,12 +116,13 @@ def test_plain_chatbot_beside_the_wikipedia_researcher(served, browser, out_dir)
     url, tuned, _ = served
     chat = conversation(browser, url, tuned, "chat", "Write a haiku about autumn.")
     assert "0 tool calls" in chat.locator("#chatbot").inner_text()  # chat mode offers no tools
-    chat.screenshot(path=str(out_dir / "space-chat.png"))
+    open_tool_steps(chat)
+    chat.screenshot(path=str(out_dir / "space-chat.png"), full_page=True)
     chat.close()
     research = conversation(browser, url, tuned, "research", RESEARCH)
     titles = open_tool_steps(research)
     assert any("wikipedia" in t for t in titles), titles
-    research.screenshot(path=str(out_dir / "space-research.png"))
+    research.screenshot(path=str(out_dir / "space-research.png"), full_page=True)
     research.close()
 
 
@@ -129,7 +132,7 @@ def test_same_prompt_before_funccall_tuning(served, browser, out_dir):
     page = conversation(browser, url, base, "weather", WEATHER)
     titles = open_tool_steps(page)
     text = page.locator("#chatbot").inner_text()
-    page.screenshot(path=str(out_dir / "space-before.png"))
+    page.screenshot(path=str(out_dir / "space-before.png"), full_page=True)
     page.close()
     assert base in text and tuned not in text  # the base model answered (the summary line names the model)
     assert not any("weather" in t for t in titles), titles  # ... without calling the weather tool
