@@ -96,7 +96,17 @@ def _parse_pythonic(text: str) -> list[ToolCall]:
 
 
 def parse_output(text: str) -> ParsedOutput:
-    """Classify ``text``: the calls it makes, whether it attempted a call, and why parsing failed."""
+    """Classify ``text``: the calls it makes, whether it attempted a call, and why parsing failed. Never raises:
+    model output is untrusted (a thousand ``[``, a JSON number of 5,000 digits, a deeply nested pythonic call are
+    attempted calls that failed, not crashes of the agent or the scorer)."""
+    try:
+        return _parse_output(text)
+    except (RecursionError, MemoryError, ValueError, SyntaxError) as exc:
+        reason = str(exc).split("\n", 1)[0][:120] or type(exc).__name__
+        return ParsedOutput([], True, f"unparseable call ({type(exc).__name__}: {reason})")
+
+
+def _parse_output(text: str) -> ParsedOutput:
     if not isinstance(text, str):
         return ParsedOutput([], False)
     tagged = text.strip().startswith(PYTHON_TAG)

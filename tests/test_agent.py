@@ -267,3 +267,12 @@ def test_event_kinds_are_checked_and_modes_validated():
         Event("bogus")
     with pytest.raises(ValueError, match="unknown mode"):
         Agent(ScriptedModel([]), mode="poetry")
+
+
+@pytest.mark.parametrize("token", ["<|eot_id|>", "<|im_end|>", "<|endoftext|>", "<end_of_turn>", "<start_of_image>",
+                                   "<end_of_image>", "<unused17>", "<pad>", "<file_sep>", "<jupyter_code>"])
+def test_neutralize_reaches_every_special_token_and_dict_keys(token):
+    out = neutralize({token: [f"x{token}y", {"k": token}], "n": 3})
+    assert token not in json.dumps(out, ensure_ascii=False)  # neither in keys nor in nested values
+    assert out["n"] == 3 and any(k.replace("\u2060", "") == token for k in out)  # readable, just inert
+    assert neutralize("<b>bold</b> and <span>") == "<b>bold</b> and <span>"  # ordinary markup left alone

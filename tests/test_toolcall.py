@@ -66,7 +66,17 @@ def test_unknown_keys_are_ignored_but_name_and_args_kept():
 
 def test_never_raises_on_junk():
     for junk in ["{", "[", "{}}", "[f(", "<|python_tag|>{{{", None, "{\"name\": 3}", "[1, 2]"]:
-        parse_output(junk)
+        assert parse_output(junk).calls == []
+    hostile = {
+        "nested brackets": "[" * 1000,                                          # RecursionError in json
+        "nested objects": '{"a":' * 5000,
+        "huge number": '{"name": "f", "parameters": {"x": ' + "1" * 5000 + "}}",   # int digit limit: ValueError
+        "nested pythonic": "[f(x=" + "[" * 2000 + "]" * 2000 + ")]",
+    }
+    for what, text in hostile.items():
+        out = parse_output(text)
+        assert out.calls == [] and out.attempted and out.error, what
+    assert parse_output('{"name": "f", "parameters": {"x": ' + "1" * 100 + "}}").calls[0].name == "f"
 
 
 TOOLS = [get_current_weather.schema, get_weather_forecast.schema]
