@@ -233,35 +233,50 @@ def prompt_hash(messages: list[dict], tools: list[dict] | None = None) -> str:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of a JSONL file; a torn last line (from a crash mid-write) is ignored, other bad lines raise."""
+    """Rows of an append-only JSONL cache. An unterminated last line is a write torn by a crash (cut anywhere,
+    inside a multi-byte character too) and is ignored; any other bad line raises naming its row."""
     path = Path(path)
     if not path.exists():
         return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    torn = lines.pop()  # b"" when the file ends with a newline
     rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
+    for i, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if i == len(lines):
-                break
-            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+            rows.append(json.loads(raw.decode("utf-8")))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}:{i}: not a valid JSON row ({getattr(e, 'msg', None) or e.reason})") from None
+    if torn.strip():
+        try:
+            rows.append(json.loads(torn.decode("utf-8")))  # a complete row whose newline was not written yet
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass
     return rows
 
 
 def append_jsonl(path: str | Path, row: dict) -> None:
-    """Append one row and make it durable (flush + fsync) before returning."""
+    """Append one row and make it durable (flush + fsync) before returning. A torn last line left by a crash is
+    cut off first (a row whose newline is missing but is whole is kept), so the new row starts on its own line
+    and the file stays readable."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(row, ensure_ascii=False) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        if f.tell() > 0:  # repair a torn last line left by a crash, so this row starts on its own line
-            with open(path, "rb") as r:
-                r.seek(-1, os.SEEK_END)
-                if r.read(1) != b"\n":
-                    f.write("\n")
+    line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+    with open(path, "a+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size:
+            f.seek(max(0, size - 1))
+            if f.read(1) != b"\n":
+                f.seek(0)
+                data = f.read()
+                cut = data.rfind(b"\n") + 1
+                try:
+                    json.loads(data[cut:].decode("utf-8"))
+                    f.write(b"\n")  # whole row, only its newline missing
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    f.truncate(cut)  # a fragment: drop it
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
