@@ -110,3 +110,62 @@ def test_cache_serves_repeat_within_ttl(fake, monkeypatch):
     http.clear_cache()
     get_current_weather("Oslo")
     assert fake.count("geocoding") == 2
+
+
+@pytest.fixture
+def odd_server():
+    """A local server whose /trickle sends a JSON body a byte at a time (each byte well within the socket
+    timeout) and whose /huge sends 3 MiB."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class H(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):  # noqa: N802
+            body = b'{"x": "' + (b"a" * (3 * 2**20) if self.path.startswith("/huge") else b"abcdefghijklmnop") + b'"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.path.startswith("/trickle"):
+                for b in body:
+                    self.wfile.write(bytes([b]))
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            else:
+                self.wfile.write(body)
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def test_a_trickling_server_times_out_on_the_whole_answer(odd_server, monkeypatch):
+    monkeypatch.setattr(http, "RETRY_DELAY", 0.0)
+    http.clear_cache()
+    with pytest.raises(ToolError, match=r"test service did not answer within 0.5 s"):
+        http.get_json(f"{odd_server}/trickle", {}, service="test service", timeout=0.5, retries=0)
+
+
+def test_an_oversized_answer_is_refused(odd_server):
+    http.clear_cache()
+    with pytest.raises(ToolError, match=r"test service sent more than 2 MiB"):
+        http.get_json(f"{odd_server}/huge", {}, service="test service", timeout=5, retries=0)
+
+
+def test_the_cache_keeps_at_most_cache_max_answers(fake, monkeypatch):
+    import os
+
+    monkeypatch.setattr(http, "CACHE_MAX", 2)
+    url = os.environ["OPEN_METEO_GEOCODING_URL"]
+    ask = lambda place: http.get_json(url, {"name": place}, service="geocoding service")  # noqa: E731
+    for place in ("Oslo", "Paris", "Oslo", "Tokyo"):  # Oslo is a hit the second time, so Paris is the oldest
+        ask(place)
+    assert len(http._cache) == 2 and fake.count("geocoding") == 3
+    ask("Oslo")  # still cached
+    assert fake.count("geocoding") == 3
+    ask("Paris")  # evicted when Tokyo came
+    assert fake.count("geocoding") == 4
