@@ -14,6 +14,9 @@ from tests.conftest import requires
 from tests.space_fakes import free_port, load_app, scripted_registry
 
 CHROMIUM = "/usr/bin/chromium"
+if os.environ.get("LLAMATUNE_REQUIRE_BROWSER") and not os.path.exists(CHROMIUM):  # make test sets it: CI must not
+    pytest.fail(f"{CHROMIUM} is missing and LLAMATUNE_REQUIRE_BROWSER is set (run `make browser` as root, or "  # pass
+                "`make test LLAMATUNE_REQUIRE_BROWSER=` to skip the browser tests)", pytrace=False)
 pytestmark = [
     pytest.mark.browser,
     requires("playwright", "gradio"),
