@@ -205,16 +205,33 @@ def run_training(data_dir: Path, run_dir: Path, steps: int, max_length: int, thr
 
 # --- stage 4: export -------------------------------------------------------------------------------------
 
-def export_done(out: Path) -> bool:
-    return (out / "fidelity.json").exists() and any((out / "gguf").glob("*-q8_0.gguf"))
+def export_done(out: Path, must_pass: str | None = None) -> bool:
+    """The export under ``out`` finished (and, with ``must_pass``, that quant passed its fidelity check)."""
+    if not ((out / "fidelity.json").exists() and any((out / "gguf").glob("*-q8_0.gguf"))):
+        return False
+    if not must_pass:
+        return True
+    try:
+        rep = json.loads((out / "fidelity.json").read_text(encoding="utf-8"))["reports"][must_pass]
+    except (ValueError, KeyError, TypeError):
+        return False  # torn or from another export: do it again
+    return bool(rep.get("pass"))
 
 
-def run_export(source: Path, out: Path, name: str, plain: bool, template: str) -> dict:
-    from llamatune.export import export, export_base
+def run_export(source: Path, out: Path, name: str, plain: bool, template: str, must_pass: str | None = None) -> dict:
+    """Export f16 + Q8_0 and check both; every result is reported, and a failed check of ``must_pass`` (the quant
+    the demo evaluates and serves) stops the demo with :class:`~llamatune.export.FidelityError`."""
+    from llamatune.export import FidelityError, export, export_base
 
     if plain:
-        return export_base(source, out, ("q8_0",), name=name, template=template, strict=False)
-    return export(source, ("q8_0",), name=name, template=template, strict=False)
+        res = export_base(source, out, ("q8_0",), name=name, template=template, strict=False)
+    else:
+        res = export(source, ("q8_0",), name=name, template=template, strict=False)
+    rep = (res.get("fidelity") or {}).get(must_pass) if must_pass else None
+    if rep is not None and not rep.get("pass"):
+        raise FidelityError(f"{name}: the {must_pass} GGUF the demo evaluates and serves failed its fidelity check: "
+                            + "; ".join(rep.get("failures") or ["?"]) + f" (details: {res.get('fidelity_path')})")
+    return res
 
 
 def gguf_of(out: Path, quant: str = "q8_0") -> Path:
@@ -264,10 +281,12 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
            max_length, hf_dir, template)
     run_dir = out / "tuned"
     st.run("train", train_done(run_dir), run_training, data, run_dir, steps, max_length, threads, model)
-    st.run("export_base", export_done(out / "base"), run_export, Path(hf_dir), out / "base", f"{model}-base", True,
-           template)
-    st.run("export_tuned", export_done(run_dir), run_export, run_dir, run_dir, f"{model}-funccall", False, template)
-    quant = MODELS[model]["serve"]
+    serve = MODELS[model]["serve"]
+    st.run("export_base", export_done(out / "base", serve), run_export, Path(hf_dir), out / "base", f"{model}-base", True,
+           template, serve)
+    st.run("export_tuned", export_done(run_dir, serve), run_export, run_dir, run_dir, f"{model}-funccall", False, template,
+           serve)
+    quant = serve
     ggufs = {"base": gguf_of(out / "base", quant), "tuned": gguf_of(run_dir, quant)}
     link_ggufs(out, {f"{model}-base-{quant}": ggufs["base"], f"{model}-funccall-{quant}": ggufs["tuned"]})
     res = out / "results"

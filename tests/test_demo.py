@@ -209,3 +209,23 @@ def test_sweep_only_runs_the_named_settings_and_tables_every_scored_one(tmp_path
     rows = sweep.run_sweep(spec, out, only=["new"])
     assert called == ["old", "new"] and [r["name"] for r in rows] == ["old", "new"]  # 'never' has no result
     assert "| old |" in (out / "sweep.md").read_text() and "| never |" not in (out / "sweep.md").read_text()
+
+
+def test_a_failed_fidelity_check_of_the_served_quant_stops_the_demo(tmp_path, monkeypatch):
+    import llamatune.export as export_mod
+    from llamatune.export import FidelityError
+
+    out = tmp_path / "tuned"
+    (out / "gguf").mkdir(parents=True)
+    (out / "gguf" / "m-q8_0.gguf").write_bytes(b"x")
+    reports = {"f16": {"pass": False, "failures": ["top-1 agreement 0.90 < 0.99"]}, "q8_0": {"pass": True}}
+    (out / "fidelity.json").write_text(json.dumps({"reports": reports}))
+    monkeypatch.setattr(export_mod, "export", lambda *a, **k: {"fidelity": reports, "fidelity_path": "f.json"})
+    with pytest.raises(FidelityError, match=r"m: the f16 GGUF the demo evaluates and serves failed.*0.90 < 0.99"):
+        demo.run_export(out, out, "m", False, "smollm2", "f16")
+    assert demo.run_export(out, out, "m", False, "smollm2", "q8_0")["fidelity"] is reports  # q8_0 passed
+    assert demo.run_export(out, out, "m", False, "smollm2")["fidelity"] is reports  # nothing required: reported
+    # a rerun does not take the failed export as done
+    assert not demo.export_done(out, "f16") and demo.export_done(out, "q8_0") and demo.export_done(out)
+    (out / "fidelity.json").write_text('{"reports": {"f16": ')  # torn
+    assert not demo.export_done(out, "f16")
