@@ -60,18 +60,22 @@ def parse_spec(spec: str, peft: str | None = None) -> ModelSpec:
     return ModelSpec("hf", base, adapter)
 
 
-def _file_digest(h, path: Path, edge: int = 1 << 20) -> None:
-    size = path.stat().st_size
-    h.update(f"{path.name}:{size}".encode())
-    with open(path, "rb") as f:
-        h.update(f.read(edge))
-        if size > 2 * edge:
-            f.seek(-edge, os.SEEK_END)
-            h.update(f.read(edge))
+_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256, so a process hashes a file once
+
+
+def _file_digest(h, path: Path) -> None:
+    """Name, size and the sha256 of the whole content (a re-exported GGUF of the same size differs in the middle:
+    a LoRA merge changes every layer, not the first or last MiB)."""
+    st = path.stat()
+    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if memo not in _DIGESTS:
+        with open(path, "rb") as f:
+            _DIGESTS[memo] = hashlib.file_digest(f, "sha256").hexdigest()
+    h.update(f"{path.name}:{st.st_size}:{_DIGESTS[memo]}".encode())
 
 
 def fingerprint(spec: ModelSpec | str) -> str:
-    """A short content hash of a model (size + first/last MiB of each weight/config file), for cache keys."""
+    """A short content hash of a model (every weight/config file, whole), for cache keys."""
     spec = parse_spec(spec) if isinstance(spec, str) else spec
     h = hashlib.sha256(spec.kind.encode())
     for root in [spec.path] + ([spec.peft] if spec.peft else []):

@@ -246,3 +246,26 @@ def test_answers_after_a_tool_result_must_use_it():
     scored = score_output("It is sunny and 15 degrees.", None, TOOLS, "tool_result", ctx)
     assert not scored["correct"] and scored["reason"].startswith("ungrounded")
     assert score_output("It is -3.5°C, light snow.", None, TOOLS, "tool_result", ctx)["correct"]
+
+
+def test_generation_cache_follows_the_model_content_not_its_path(tmp_path, tiny_gguf, monkeypatch):
+    import shutil
+
+    from llamatune.evals import toolcall
+
+    _short_test_set(tmp_path / "data", 2)
+    model = tmp_path / "model.gguf"
+    shutil.copy(tiny_gguf["f16"], model)
+    out = tmp_path / "res" / "m.json"
+    evaluate(model, tmp_path / "data" / "eval.jsonl", out, limit=1, max_tokens=4, n_threads=1)
+    cache = out.with_suffix(".generations.jsonl")
+    with open(cache, "ab") as f:
+        f.write(b'{"id": "torn", "key": "x", "outp')  # a crash mid-write
+    shutil.copy(tiny_gguf["q8_0"], model)  # re-exported at the same path: another model
+    loads = []
+    real = toolcall._load
+    monkeypatch.setattr(toolcall, "_load", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
+    evaluate(model, tmp_path / "data" / "eval.jsonl", out, limit=1, max_tokens=4, n_threads=1)
+    assert loads == [model]  # the old answer was not reused
+    rows = [json.loads(line) for line in cache.read_text().splitlines()]  # every line whole: the tear was cut
+    assert len(rows) == 2 and len({r["key"] for r in rows}) == 2

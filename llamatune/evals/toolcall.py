@@ -29,7 +29,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from llamatune.evals.stats import bootstrap_ci, mcnemar_exact, paired_bootstrap_diff, wilson_ci
-from llamatune.generate import load_generator, model_kind
+from llamatune.generate import append_jsonl, fingerprint, load_generator, model_kind, parse_spec
+from llamatune.generate import read_jsonl as read_cache
 from llamatune.toolcall import ToolCall, parse_output, validate_call
 
 DATE = "26 Jul 2024"  # fixed "Today Date" so that prompts (and the generation cache) are reproducible
@@ -346,20 +347,14 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
     from tqdm import tqdm
 
     from llamatune.colab import tqdm_disable
-
     model_kind(model_spec)
     template = template or model_template(model_spec)
     rows = read_jsonl(data_path, ("id", "messages", "tools", "expected", "category"))[: limit or None]
     cache_path = Path(out).with_suffix(".generations.jsonl")
-    cache = {}
-    if cache_path.exists():
-        for line in cache_path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:  # a line cut by an interruption
-                    continue
-                cache[entry["key"]] = entry["output"]
+    # keyed by the model's content (a re-exported GGUF at the same path is another model), the rendered prompt
+    # (template and date included) and the settings; the store cuts a torn last line off before appending
+    fp = fingerprint(parse_spec(str(model_spec)))
+    cache = {e["key"]: e["output"] for e in read_cache(cache_path) if "key" in e}
     runner = None
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -369,14 +364,13 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
         order = sorted(range(len(rows)), key=prompts.__getitem__)
         for i in tqdm(order, desc=f"toolcall {Path(str(model_spec)).name}", disable=tqdm_disable()):
             row, prompt = rows[i], prompts[i]
-            key = hashlib.sha256(json.dumps([str(model_spec), prompt, max_tokens]).encode()).hexdigest()
+            key = hashlib.sha256(json.dumps([fp, prompt, max_tokens]).encode()).hexdigest()
             if key not in cache:
                 runner = runner or _load(model_spec, n_ctx, n_threads, template)
                 t0 = time.perf_counter()
                 cache[key] = runner.complete(prompt, max_tokens)
-                with cache_path.open("a", encoding="utf-8") as f:
-                    f.write(json.dumps({"id": row["id"], "key": key, "output": cache[key],
-                                        "seconds": round(time.perf_counter() - t0, 3)}, ensure_ascii=False) + "\n")
+                append_jsonl(cache_path, {"id": row["id"], "key": key, "output": cache[key],
+                                          "seconds": round(time.perf_counter() - t0, 3)})
             row["output"] = cache[key]
     finally:
         if runner is not None:
