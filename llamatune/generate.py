@@ -302,8 +302,12 @@ def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, ma
     fp = fingerprint(spec)
     settings = {"max_tokens": max_tokens, "temperature": temperature}
 
+    # the template and the date change the rendered prompt, so they are part of the key
+    template = getattr(gen_or_spec, "template", "llama-3.2")
+
     def key(p):
-        return f"{fp}|{p['id']}|{prompt_hash(p['messages'], p.get('tools'))}|{max_tokens}|{temperature}"
+        return (f"{fp}|{template}|{DEFAULT_DATE}|{p['id']}|{prompt_hash(p['messages'], p.get('tools'))}|{max_tokens}"
+                f"|{temperature}")
 
     done = {r["key"]: r["output"] for r in read_jsonl(cache_path) if "key" in r}
     todo = [p for p in prompts if key(p) not in done]

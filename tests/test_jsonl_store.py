@@ -33,3 +33,26 @@ def test_a_bad_row_inside_the_file_names_its_line(tmp_path):
     p.write_text('{"key": "a"}\n{"key": \n{"key": "c"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"answers.jsonl:2: not a valid JSON row"):
         read_jsonl(p)
+
+
+def test_answers_cache_key_includes_the_template(tmp_path):
+    from llamatune.generate import Generator, ModelSpec, generate_cached
+
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+
+    class Fake(Generator):
+        def __init__(self, template):
+            self.spec, self.template, self.calls = ModelSpec("gguf", str(model)), template, 0
+
+        def generate(self, messages, max_tokens=512, temperature=0.0, tools=None):
+            self.calls += 1
+            return f"{self.template}:{messages[-1]['content']}"
+
+    prompts = [{"id": "p", "messages": [{"role": "user", "content": "hi"}]}]
+    cache = tmp_path / "answers.jsonl"
+    a, b, a2 = Fake("llama-3.2"), Fake("smollm2"), Fake("llama-3.2")
+    assert generate_cached(a, prompts, cache, progress=False) == {"p": "llama-3.2:hi"}
+    assert generate_cached(b, prompts, cache, progress=False) == {"p": "smollm2:hi"}  # not the other template's
+    assert generate_cached(a2, prompts, cache, progress=False) == {"p": "llama-3.2:hi"} and a2.calls == 0
+    assert (a.calls, b.calls) == (1, 1)
