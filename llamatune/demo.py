@@ -286,15 +286,14 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
            template, serve)
     st.run("export_tuned", export_done(run_dir, serve), run_export, run_dir, run_dir, f"{model}-funccall", False, template,
            serve)
-    quant = serve
-    ggufs = {"base": gguf_of(out / "base", quant), "tuned": gguf_of(run_dir, quant)}
-    link_ggufs(out, {f"{model}-base-{quant}": ggufs["base"], f"{model}-funccall-{quant}": ggufs["tuned"]})
+    ggufs = {"base": gguf_of(out / "base", serve), "tuned": gguf_of(run_dir, serve)}
+    link_ggufs(out, {f"{model}-base-{serve}": ggufs["base"], f"{model}-funccall-{serve}": ggufs["tuned"]})
     res = out / "results"
     for label, gguf, k in (("base", ggufs["base"], 0), ("icl", ggufs["base"], icl), ("tuned", ggufs["tuned"], 0)):
         st.run(f"eval_{label}", (res / f"{label}.json").exists(), evaluate, gguf, data / "eval.jsonl",
                res / f"{label}.json", icl=k, max_tokens=max_tokens, n_threads=threads, template=template)
     report = st.run("report", False, demo_report.write_report, out,
-                    meta={"model": model, "model_label": MODELS[model]["label"], "quant": quant, "n": n, "n_test": n_test,
+                    meta={"model": model, "model_label": MODELS[model]["label"], "quant": serve, "n": n, "n_test": n_test,
                           "steps": steps, "max_length": max_length, "icl": icl, "max_tokens": max_tokens,
                           "threads": threads, "cpu": cpu_info(),
                           "wall_seconds_this_run": round(time.perf_counter() - t_all, 1)})

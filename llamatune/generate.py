@@ -95,10 +95,15 @@ class Generator:
     """``generate(messages, max_tokens, temperature=0, tools=None) -> str`` and ``close()``."""
 
     spec: ModelSpec
+    batch_size: int = 1  # conversations per generate_batch() call that generate_cached sends
 
     def generate(self, messages: list[dict], max_tokens: int = 512, temperature: float = 0.0,
                  tools: list[dict] | None = None) -> str:
         raise NotImplementedError
+
+    def generate_batch(self, conversations, max_tokens: int = 512, temperature: float = 0.0) -> list[str]:
+        """Answers to ``[(messages, tools), ...]``; one :meth:`generate` each unless a backend batches them."""
+        return [self.generate(m, max_tokens=max_tokens, temperature=temperature, tools=t) for m, t in conversations]
 
     def complete(self, prompt: str, max_tokens: int = 128) -> str:
         """Greedy raw continuation of a rendered ``prompt``, special tokens kept, cut at the end of the turn."""
@@ -314,16 +319,12 @@ def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, ma
     if todo:
         gen = gen_or_spec if isinstance(gen_or_spec, Generator) else load_generator(spec)
         try:
-            batch = max(1, getattr(gen, "batch_size", 1))
+            batch = max(1, gen.batch_size)
             bar = tqdm(total=len(todo), desc=f"answers {spec.label}", disable=not progress)
             for i in range(0, len(todo), batch):
                 chunk = todo[i:i + batch]
-                if batch == 1:
-                    outs = [gen.generate(chunk[0]["messages"], max_tokens=max_tokens, temperature=temperature,
-                                         tools=chunk[0].get("tools"))]
-                else:
-                    outs = gen.generate_batch([(p["messages"], p.get("tools")) for p in chunk], max_tokens=max_tokens,
-                                              temperature=temperature)
+                outs = gen.generate_batch([(p["messages"], p.get("tools")) for p in chunk], max_tokens=max_tokens,
+                                          temperature=temperature)
                 for p, out in zip(chunk, outs):
                     row = {"key": key(p), "model": spec.label, "fingerprint": fp, "id": p["id"], **settings,
                            "output": out}

@@ -127,18 +127,14 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_causal_lm(name_or_path: str, *, placement=None, dtype: str | None = None, **kwargs):
+def load_causal_lm(name_or_path: str, *, placement=None, **kwargs):
     """``(model, tokenizer)`` for an HF id or local directory, loaded straight onto ``placement``'s device in its
-    dtype (:func:`llamatune.device.this_placement` by default; ``dtype`` overrides the precision)."""
-    import dataclasses
-
+    dtype (:func:`llamatune.device.this_placement` by default)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llamatune.device import this_placement
 
     placement = placement or this_placement()
-    if dtype:
-        placement = dataclasses.replace(placement, dtype=dtype)
     tok = AutoTokenizer.from_pretrained(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, **placement.hf_kwargs(), **kwargs)
     return model, tok
