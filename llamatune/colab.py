@@ -41,20 +41,6 @@ def on_colab() -> bool:
     return "google.colab" in sys.modules
 
 
-def in_notebook() -> bool:
-    """True inside a Jupyter/Colab kernel (an IPython shell with a kernel), False in a terminal or a script."""
-    ipython = sys.modules.get("IPython")
-    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
-    return getattr(shell, "kernel", None) is not None
-
-
-def tqdm_disable() -> bool | None:
-    """tqdm's ``disable=`` for the package's progress bars: ``False`` in a notebook kernel (its stderr is not a
-    TTY, so tqdm's ``None`` would hide the bar there; Jupyter and Colab render the ``\\r`` updates in place),
-    ``None`` elsewhere: a bar on a terminal, none when stderr is a file or a CI log."""
-    return False if in_notebook() else None
-
-
 # ---------------------------------------------------------------------------------------------------- the GPU
 
 _PRECISION = {
@@ -288,24 +274,6 @@ def require(*paths: str | Path, hint: str) -> None:
 EXPORT_STAMP = "export_gguf.json"  # in dest: {gguf file name: sha256 of the adapter it was made from}
 
 
-def _newest_mtime(path: Path) -> float:
-    return max((f.stat().st_mtime for f in path.rglob("*") if f.is_file()), default=0.0)
-
-
-def _adapter_sha256(adapter: Path) -> str:
-    """sha256 over the adapter's file names and bytes: unchanged when a rerun of ``train`` saves the same weights
-    again (new mtimes, same content)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(p for p in adapter.rglob("*") if p.is_file()):
-        h.update(f.relative_to(adapter).as_posix().encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def _read_stamp(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -344,7 +312,8 @@ def export_gguf(source: str | Path, quant: str, dest: str | Path | None = None, 
     elsewhere (on Colab). Skipped when the GGUF is already in ``dest`` and was made from the run's current adapter
     (its sha256, kept in ``dest/export_gguf.json``; a rerun of ``train`` that saves the same weights again keeps
     it), or, for a plain model, whenever it is there."""
-    from llamatune.export import export, gguf_name, is_model_dir
+    from llamatune.export import _fresh, export, gguf_name, is_model_dir
+    from llamatune.generate import ModelSpec, fingerprint
 
     source = Path(source) if Path(source).is_dir() else source
     run = isinstance(source, Path) and (source / "adapter").is_dir() and not is_model_dir(source)
@@ -357,10 +326,10 @@ def export_gguf(source: str | Path, quant: str, dest: str | Path | None = None, 
     quant = quant.lower()
     gguf = dest / "gguf" / gguf_name(name, quant)
     stamp = _read_stamp(dest / EXPORT_STAMP)
-    adapter = _adapter_sha256(source / "adapter") if run else None
+    adapter = fingerprint(ModelSpec("hf", str(source / "adapter"))) if run else None  # content, not mtimes
     if gguf.exists():
         made_from = stamp.get(gguf.name)  # None: made some other way (llamatune export): compare times instead
-        newer = gguf.stat().st_mtime >= _newest_mtime(source / "adapter") if run else True
+        newer = _fresh(gguf, [source / "adapter"]) if run else True
         if not run or (made_from == adapter if made_from else newer):
             print(f"{gguf}: exists, skipping the export")
             return gguf

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from llamatune import colab
+from llamatune.generate import ModelSpec, fingerprint
 from tests.conftest import REPO
 
 NOTEBOOKS = ["FineTome/finetuning.ipynb", "FineTome/eval_benchmark.ipynb", "FineTome/eval_llm_judge.ipynb",
@@ -377,7 +378,7 @@ def test_export_gguf_on_colab_keeps_only_the_gguf_on_drive(monkeypatch, tmp_path
     colab.export_gguf(run, "q4_k_m")
     assert len(fake_export) == 2
     stamp = json.loads((run / "export_gguf.json").read_text())
-    assert stamp == {"my-run-q4_k_m.gguf": colab._adapter_sha256(run / "adapter")}
+    assert stamp == {"my-run-q4_k_m.gguf": fingerprint(ModelSpec("hf", str(run / "adapter")))}
 
 
 def test_export_gguf_without_a_stamp_compares_times(tmp_path, fake_export):
@@ -429,12 +430,14 @@ def test_export_gguf_of_a_hub_model_downloads_it_only_when_needed(monkeypatch, t
 # ------------------------------------------------------------------------------------------ progress bars
 
 def test_tqdm_disable_shows_bars_in_a_notebook_kernel_only(monkeypatch):
-    assert colab.tqdm_disable() is None  # a terminal shows the bar, a CI log (not a TTY) does not
+    from llamatune import progress
+
+    assert progress.tqdm_disable() is None  # a terminal shows the bar, a CI log (not a TTY) does not
     shell = types.SimpleNamespace(kernel=object())
     monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: shell))
-    assert colab.in_notebook() and colab.tqdm_disable() is False
+    assert progress.in_notebook() and progress.tqdm_disable() is False
     monkeypatch.setitem(sys.modules, "IPython", types.SimpleNamespace(get_ipython=lambda: None))
-    assert colab.tqdm_disable() is None
+    assert progress.tqdm_disable() is None
 
 
 # ---------------------------------------------------------------------------------- the notebooks' first cell

@@ -145,7 +145,7 @@ def select(source: str, n_train: int, n_eval: int) -> dict:
     if n_train + n_eval > 0:
         from tqdm import tqdm
 
-        from llamatune.colab import tqdm_disable
+        from llamatune.progress import tqdm_disable
 
         for index, where, row in tqdm(_iter_source(source), desc=f"scanning {source}", unit=" rows",
                                       disable=tqdm_disable()):

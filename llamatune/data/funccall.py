@@ -236,7 +236,7 @@ def paraphrase_rows(rows: list[dict], endpoint: str, model: str, cache_path: str
     from openai import OpenAI
     from tqdm import tqdm
 
-    from llamatune.colab import tqdm_disable
+    from llamatune.progress import tqdm_disable
 
     cache: dict[str, str] = {}
     path = Path(cache_path) if cache_path else None

@@ -346,7 +346,8 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
     item in ``<out>.generations.jsonl`` (keyed by model, prompt and settings)."""
     from tqdm import tqdm
 
-    from llamatune.colab import tqdm_disable
+    from llamatune.progress import tqdm_disable
+
     model_kind(model_spec)
     template = template or model_template(model_spec)
     rows = read_jsonl(data_path, ("id", "messages", "tools", "expected", "category"))[: limit or None]
