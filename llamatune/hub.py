@@ -72,12 +72,13 @@ class Commit:
 
 def project_repository() -> str:
     """``[project.urls] Repository`` of pyproject.toml (a clone) or of the installed package's metadata."""
+    import tomllib
+
     pyproject = REPO_ROOT / "pyproject.toml"
     if pyproject.exists():
-        section = re.search(r"^\[project\.urls\]\s*$(.*?)(?=^\[|\Z)", pyproject.read_text(), re.M | re.S)
-        url = re.search(r'^Repository\s*=\s*"([^"]+)"', section.group(1), re.M) if section else None
+        url = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {}).get("urls", {}).get("Repository")
         if url:
-            return url.group(1)
+            return url
     from importlib.metadata import PackageNotFoundError, metadata
 
     try:
