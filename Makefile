@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml Makefile constraints/cpu.txt
 	@$(MAKE) --no-print-directory llama-wheel
 	$(PIP) install -q -c constraints/cpu.txt --find-links $(LLAMA_WHEEL_DIR) -e ".[train,eval,space,dev,demo]"
 	$(PIP) install -q --no-deps --force-reinstall $(LLAMA_WHEEL_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
-	$(PY) -m llamatune.vendor
+	$(PY) -m llamatune.pypi
 	$(PIP) check
 	@touch $@
 
@@ -101,7 +101,7 @@ bench: install
 # A fork: point pyproject's Repository URL, every notebook's Colab badge and clone cell, and the README badges at it
 colab-links:
 	@test -n "$(REPO)" || { echo "usage: make colab-links REPO=user/name"; exit 2; }
-	$(PYTHON) -m llamatune.colab links --repo "$(REPO)"
+	$(PYTHON) -m llamatune.fork_links --repo "$(REPO)"
 
 clean:
 	rm -rf $(VENV) runs/demo .pytest_cache

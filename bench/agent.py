@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# Held out: none of these is an ICL example (llamatune.agent.ICL_EXAMPLES).
+# Held out: none of these is an ICL example (llamatune.data.icl).
 NO_TOOL = [
     ("weather", "Why do leaves change colour in autumn?"),
     ("weather", "Give me a two-line poem about fog."),
@@ -150,7 +150,7 @@ def decode_rates(model, max_new_tokens, repeats):
 
 def long_system_prompt(model, target_tokens: int) -> str:
     """The weather system prompt plus reference notes (WMO code meanings), about ``target_tokens`` long."""
-    from llamatune.agent import SYSTEM_PROMPTS
+    from llamatune.protocol import SYSTEM_PROMPTS
     from llamatune.tools.weather import WMO
 
     text, i = SYSTEM_PROMPTS["weather"] + "\n\nReference notes for reading weather data:", 0
@@ -166,9 +166,11 @@ def ttft_pair(model, repeats, system_prompt=None, max_new_tokens=16):
     """Median first- and second-turn time to first token (``Agent.run`` to the first sampled token) in weather
     mode with ICL examples; the shared prefix is the system prompt, tools and examples."""
     from llamatune.agent import Agent
+    from llamatune.data.icl import icl_block
+    from llamatune.protocol import MODES
 
     rec = Recorder(model)
-    agent = Agent(rec, mode="weather", icl=6, max_new_tokens=max_new_tokens, system_prompt=system_prompt)
+    agent = Agent(rec, mode="weather", examples=icl_block(6, tools=MODES["weather"]), max_new_tokens=max_new_tokens, system_prompt=system_prompt)
     firsts, seconds = [], []
     for _ in range(repeats):
         model.reset_cache()
@@ -198,13 +200,13 @@ def main(argv=None) -> int:
     p.add_argument("--prefix-tokens", type=int, default=2048, help="length of the long shared prefix for ttft_ratio")
     args = p.parse_args(argv)
 
-    from llamatune.llm import LlamaCppModel, physical_cores
-    from llamatune.serving import detect_template
+    from llamatune.runtime import LlamaCppModel, physical_cores
+    from llamatune.chat import model_template
     from llamatune.tools import http
     from llamatune.tools.fakes import FakeServices
 
     path = Path(args.model) if args.model else default_model()
-    template = detect_template(path) if args.template == "auto" else args.template
+    template = model_template(path) if args.template == "auto" else args.template
     threads = args.threads or physical_cores()
     model = LlamaCppModel(str(path), n_ctx=args.n_ctx, n_threads=threads, chat_template=template)
     http.clear_cache()

@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
 
-    from llamatune.evals.toolcall import build_prompt, model_template, read_jsonl
+    from llamatune.chat import model_template
+    from llamatune.evals.toolcall import build_prompt, read_jsonl
     from llamatune.generate import load_generator
 
     model = a.model or next(iter(sorted((REPO / "runs" / "demo" / "gguf").glob("*funccall*.gguf"))), None)

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bandwidth import measure
 
-    from llamatune.llm import physical_cores
+    from llamatune.runtime import physical_cores
 
     threads = a.threads or physical_cores()
     models = [Path(m) for m in a.model] if a.model else default_models()

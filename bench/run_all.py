@@ -83,7 +83,7 @@ def machine_info() -> dict:
     except OSError:
         pass
     sys.path.insert(0, str(REPO))
-    from llamatune.llm import physical_cores
+    from llamatune.runtime import physical_cores
 
     return {
         "cpu": cpu, "logical_cpus": os.cpu_count(), "physical_cores": physical_cores(),

@@ -17,6 +17,7 @@ import json
 from datetime import datetime
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -35,6 +36,9 @@ TEMPLATES = {
 # A marker in an embedded chat template → the project template of that format (for templates that are not ours).
 _FORMAT_MARKERS = (("<start_of_turn>", "gemma-3"), ("<|im_start|>", "smollm2"), ("<|start_header_id|>", "llama-3.2"))
 ROLES = ("system", "user", "assistant", "tool", "ipython")
+# The fixed "Today Date" of rendered prompts (Llama 3.2's template prints one), so training tokenisation, the
+# generation caches and every evaluation are reproducible; the official template's own default is the same date.
+DEFAULT_DATE = "26 Jul 2024"
 
 
 def stop_strings(template: str = "llama-3.2") -> list[str]:
@@ -65,6 +69,24 @@ def detect_template(embedded: str | None, architecture: str = "") -> str:
         if marker in text:
             return name
     return "gemma-3" if architecture.startswith("gemma") else "llama-3.2"
+
+
+def model_template(model: str | Path) -> str:
+    """The project template of a model on disk: a GGUF's embedded ``tokenizer.chat_template`` (its header only, no
+    vocabulary load), or an HF directory's ``chat_template.jinja`` / ``tokenizer_config.json`` template."""
+    p = Path(str(model))
+    if p.suffix == ".gguf":
+        from llamatune.gguf_meta import read_gguf_metadata
+
+        meta = read_gguf_metadata(p)
+        return detect_template(meta.get("tokenizer.chat_template", ""), meta.get("general.architecture", ""))
+    text = ""
+    if (p / "chat_template.jinja").exists():
+        text = (p / "chat_template.jinja").read_text(encoding="utf-8")
+    elif (p / "tokenizer_config.json").exists():
+        text = json.loads((p / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template") or ""
+    arch = json.loads((p / "config.json").read_text()).get("model_type", "") if (p / "config.json").exists() else ""
+    return detect_template(text if isinstance(text, str) else "", arch)
 
 
 class _Generation(Extension):

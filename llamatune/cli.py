@@ -1,4 +1,5 @@
-"""The ``llamatune`` command line: subcommands that parse arguments and call the package. No logic here.
+"""The ``llamatune`` command line: subcommands that parse arguments and call the package, and the one mapping
+from their errors to exit codes (:func:`exit_code`). No other logic here.
 
 Each command lives in a module that exposes ``add_arguments(parser)`` and ``main(args) -> int``; modules
 are imported only when their command runs, so ``llamatune --help`` stays fast.
@@ -36,7 +37,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("eval", "judge"): ("llamatune.evals.judge", "pairwise LLM judge, both orders"),
     ("eval", "judge-agreement"): ("llamatune.evals.agreement", "judge-human agreement and Cohen's kappa"),
     ("report",): ("llamatune.report", "markdown tables and plots from results/"),
-    ("chat",): ("llamatune.agent", "chat with a GGUF as a tool-using agent in the terminal"),
+    ("chat",): ("llamatune.terminal", "chat with a GGUF as a tool-using agent in the terminal"),
     ("demo",): ("llamatune.demo", "the offline end-to-end pipeline on the embedded small model"),
     ("sweep",): ("llamatune.sweep", "choose the demo's model and recipe on the validation split"),
 }
@@ -67,10 +68,39 @@ def build_parser(argv_hint: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# How a command's failure becomes an exit code, for every command (the commands raise; they never print errors):
+# 2: bad input the user must fix (a missing file, a malformed row, a wrong argument, an existing output);
+# 1: the work itself failed (a fidelity check, a judge that keeps failing, a training error);
+# 130: interrupted (Ctrl-C / SIGTERM); an exception with an integer ``code`` attribute exits with that code.
+INPUT_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, ValueError, LookupError)
+
+
+def exit_code(exc: BaseException) -> int:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int) and not isinstance(exc, SystemExit):
+        return code
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    return 2 if isinstance(exc, INPUT_ERRORS) else 1
+
+
+def run(fn, args, prog: str = "llamatune") -> int:
+    """``fn(args)`` with the project's error-to-exit-code mapping: an expected error is one line on stderr naming
+    the command, never a traceback (a bug still shows its traceback)."""
+    try:
+        return int(fn(args) or 0)
+    except (KeyboardInterrupt, RuntimeError, OSError, *INPUT_ERRORS) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, INPUT_ERRORS):
+            raise  # a disk or network failure outside the commands' own handling: keep the traceback
+        print(f"{prog}: {exc or 'interrupted'}", file=sys.stderr)
+        return exit_code(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    return int(importlib.import_module(args._module).main(args) or 0)
+    prog = " ".join(["llamatune", args.command] + ([args.subcommand] if getattr(args, "subcommand", None) else []))
+    return run(importlib.import_module(args._module).main, args, prog)
 
 
 if __name__ == "__main__":

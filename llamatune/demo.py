@@ -30,6 +30,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from llamatune.jsonl import write_json, write_text
+
 RECIPES = Path(__file__).resolve().parent.parent / "FuncCall" / "recipes"
 # The embedded models the demo can tune: project template and recipe of each. The default was chosen on the
 # validation split (README, "Choosing the demo model"); the other is one flag away (--model).
@@ -68,7 +70,7 @@ class Stages:
         t0 = time.perf_counter()
         result = fn(*args, **kwargs)
         self.seconds[name] = round(time.perf_counter() - t0, 1)
-        self.path.write_text(json.dumps(self.seconds, indent=1) + "\n")
+        write_json(self.path, self.seconds, indent=1)
         _status(name, f"done in {self.seconds[name]:.0f} s")
         return result
 
@@ -125,12 +127,12 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
 
     from llamatune.chat import render
     from llamatune.data.funccall import build_dataset, build_split, strip_private
-    from llamatune.evals.toolcall import read_jsonl
+    from llamatune.jsonl import read_jsonl, write_jsonl
 
     full = out / "full"
     build_dataset(full, n, seed=0)
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    generated = [json.loads(x) for x in (full / "train.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    generated = read_jsonl(full / "train.jsonl")
     # validation: distinct prompts of the training split (same families and proportions), held out of training;
     # the same rows whatever the training mix, so settings are compared on the same items
     val = stratified(distinct(generated, set()), n_val, seed=1)
@@ -147,12 +149,12 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
     if len(test) < n_test:
         print(f"[demo] only {len(test)} distinct test prompts (asked for {n_test}): raise --n", file=sys.stderr)
     for name, rows in (("train.jsonl", kept), ("val.jsonl", val), ("eval.jsonl", test)):
-        (out / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        write_jsonl(out / name, rows)
     info = {"n": n, "n_train_generated": len(train), "n_train": len(kept), "max_length": max_length,
             "template": template, "mix": mix, "n_test_requested": n_test, "n_test": len(test),
             "n_test_distinct_pool": len(pool), "n_val_requested": n_val, "n_val": len(val),
             "test_ids": [r["id"] for r in test], "val_ids": [r["id"] for r in val]}
-    (out / "demo_data.json").write_text(json.dumps(info, indent=1) + "\n")
+    write_json((out / "demo_data.json"), info, indent=1)
     return info
 
 
@@ -271,7 +273,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     owner = out / "demo_model.txt"
     if owner.exists() and owner.read_text().strip() != model:
         raise ValueError(f"{out} holds a demo of {owner.read_text().strip()}; give --model {model} its own --out")
-    owner.write_text(model + "\n")
+    write_text(owner, model + "\n")
     st = Stages(out)
     t_all = time.perf_counter()
     st.run("base", "base" in st.seconds, resolve_model, model)
@@ -327,11 +329,7 @@ def main(args) -> int:
     for key in DEFAULTS:
         if getattr(args, key, None) is not None:
             cfg[key] = getattr(args, key)
-    try:
-        report = run_demo(args.out, **cfg)
-    except (RuntimeError, FileNotFoundError, ValueError) as exc:
-        print(f"llamatune demo: {exc}", file=sys.stderr)
-        return 1
+    report = run_demo(args.out, **cfg)
     out = Path(args.out)
     print(f"\n{(out / 'report.md').read_text(encoding='utf-8')}")
     print(f"[demo] report: {out / 'report.md'} ({out / 'report.json'}, {out / 'report.png'}); "

@@ -1,4 +1,5 @@
-"""The demo's report: ``report.md``, ``report.json`` and ``report.png`` from the demo's result files.
+"""The demo's report: ``report.md``, ``report.json`` and ``report.png`` from the demo's result files: a header
+(what was run, on which CPU) over the tables of :mod:`llamatune.report`, which formats every result.
 
     python -m llamatune.demo_report runs/demo      # rebuild the report of a finished (or partial) demo
 
@@ -12,9 +13,11 @@ difference, tuned vs base, tuned vs icl, icl vs base); ``stage_seconds``; ``fide
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from llamatune.jsonl import read_json, write_json, write_text
+from llamatune.report import COMPARISON_HEADER, comparison_rows, num_cell, pct_cell, table
 
 SYSTEMS = ("base", "icl", "tuned")
 LABELS = {"base": "base", "icl": "base + ICL", "tuned": "tuned (LoRA)"}
@@ -37,14 +40,8 @@ def summarize(results: dict[str, dict]) -> dict:
     return out
 
 
-def _pct(m: dict) -> str:
-    if not m or m.get("value") is None:
-        return "–"
-    return f"{100 * m['value']:.0f}% [{100 * m['low']:.0f}, {100 * m['high']:.0f}] ({m['k']}/{m['n']})"
-
-
-def _num(m: dict) -> str:
-    return "–" if not m or m.get("value") is None else f"{m['value']:.2f} [{m['low']:.2f}, {m['high']:.2f}]"
+def _pct(m: dict | None) -> str:
+    return pct_cell(m, counts=True)
 
 
 def markdown(report: dict) -> str:
@@ -61,27 +58,20 @@ def markdown(report: dict) -> str:
              f"CPUs, {'/'.join(cpu.get('simd') or []) or 'no SIMD flags read'}). Greedy decoding and seeded training "
              "repeat exactly on one machine; another CPU runs other kernels (AVX2 vs AVX-512/AMX), and a 135M-270M "
              "model can flip a few items on that rounding.", "",
-             "| system | accuracy | tool-call accuracy | irrelevance accuracy | LLM calls / turn |", "|---|---|---|---|---|"]
-    for s in systems:
-        r = report[s]
-        lines.append(f"| {LABELS[s]} | {_pct(r['accuracy'])} | {_pct(r['tool_accuracy'])} | "
-                     f"{_pct(r['irrelevance_accuracy'])} | {_num(r['calls_per_turn'])} |")
+             table(["system", "accuracy", "tool-call accuracy", "irrelevance accuracy", "LLM calls / turn"],
+                   [[LABELS[s], _pct(report[s]["accuracy"]), _pct(report[s]["tool_accuracy"]),
+                     _pct(report[s]["irrelevance_accuracy"]), num_cell(report[s]["calls_per_turn"])] for s in systems])]
     ideal = next((report[s]["calls_per_turn"].get("ideal") for s in systems if report[s]["calls_per_turn"].get("ideal")), None)
     if ideal:
         lines += ["", f"A perfect model would spend {ideal:.2f} LLM calls per turn on these items (1 per text answer, 2 per call)."]
     cats = sorted({c for s in systems for c in report[s]["by_category"]})
-    lines += ["", "## Accuracy per category", "", "| category | " + " | ".join(LABELS[s] for s in systems) + " |",
-              "|---" * (len(systems) + 1) + "|"]
-    for c in cats:
-        lines.append(f"| {c} | " + " | ".join(_pct(report[s]["by_category"].get(c)) for s in systems) + " |")
+    lines += ["", "## Accuracy per category", "",
+              table(["category", *(LABELS[s] for s in systems)],
+                    [[c, *(_pct(report[s]["by_category"].get(c)) for s in systems)] for c in cats])]
     if report.get("comparisons"):
         lines += ["", "## Paired comparisons (same items)", "",
-                  "| B vs A | accuracy A | accuracy B | B − A [95% CI] | McNemar b01/b10 | p |", "|---|---|---|---|---|---|"]
-        for key, c in report["comparisons"].items():
-            d, m = c["diff_b_minus_a"], c["mcnemar"]
-            lines.append(f"| {key} | {100 * c['accuracy_a']:.0f}% | {100 * c['accuracy_b']:.0f}% | "
-                         f"{100 * d['diff']:+.0f} pp [{100 * d['low']:+.0f}, {100 * d['high']:+.0f}] | "
-                         f"{m['b01']}/{m['b10']} | {m['p_value']:.3g} |")
+                  table(["B vs A", *COMPARISON_HEADER[1:]],
+                        [comparison_rows(key, c) for key, c in report["comparisons"].items()])]
     if report.get("fidelity"):
         lines += ["", f"## GGUF fidelity (each exported quant vs the HF model; evaluated and served: "
                   f"{meta.get('quant', 'q8_0')})", ""]
@@ -138,25 +128,24 @@ def build(out: str | Path, meta: dict | None = None) -> dict:
 
     out = Path(out)
     res = out / "results"
-    results = {s: json.loads((res / f"{s}.json").read_text(encoding="utf-8")) for s in SYSTEMS
-               if (res / f"{s}.json").exists()}
+    results = {s: read_json(res / f"{s}.json") for s in SYSTEMS if (res / f"{s}.json").exists()}
     if not results:
         raise FileNotFoundError(f"{res}: no results/{{base,icl,tuned}}.json to report")
     report = summarize(results)
     report["comparisons"] = {f"{b} vs {a}": compare(res / f"{a}.json", res / f"{b}.json")["overall"]
                              for a, b in PAIRS if a in results and b in results}
     stages = out / "stages.json"
-    report["stage_seconds"] = json.loads(stages.read_text()) if stages.exists() else {}
+    report["stage_seconds"] = read_json(stages) if stages.exists() else {}
     report["fidelity"] = {}
     for name, d in (("base", out / "base"), ("tuned", out / "tuned")):
         if (d / "fidelity.json").exists():
-            reps = json.loads((d / "fidelity.json").read_text()).get("reports", {})
+            reps = read_json(d / "fidelity.json").get("reports", {})
             fails = [f"{q}: {x}" for q, r in reps.items() for x in r.get("failures", [])]
             served = (meta or {}).get("quant")
             report["fidelity"][name] = {"pass": not fails, "failures": fails, "quants": sorted(reps), "served": served,
                                         "served_pass": served in reps and not reps[served].get("failures")}
     data = out / "data" / "demo_data.json"
-    report["meta"] = {**({k: v for k, v in json.loads(data.read_text()).items() if k != "test_ids"}
+    report["meta"] = {**({k: v for k, v in read_json(data).items() if k != "test_ids"}
                          if data.exists() else {}), **(meta or {})}
     return report
 
@@ -165,9 +154,9 @@ def write_report(out: str | Path, meta: dict | None = None) -> dict:
     """Write ``report.json``, ``report.png`` and ``report.md`` under ``out``; return the report dict."""
     out = Path(out)
     report = build(out, meta)
-    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_json((out / "report.json"), report, indent=1)
     plot(report, out / "report.png")
-    (out / "report.md").write_text(markdown(report), encoding="utf-8")
+    write_text((out / "report.md"), markdown(report))
     return report
 
 

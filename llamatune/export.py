@@ -377,17 +377,9 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     source = args.model or args.run_dir
     if not source or (args.model and args.run_dir):
-        print("llamatune export: give exactly one of RUN_DIR or --model DIR", file=sys.stderr)
-        return 2
-    try:
-        result = export(source, args.quant, args.out, args.base, args.name, template=args.template,
-                        dtype=args.dtype, check=not args.no_check)
-    except FidelityError as exc:
-        print(f"llamatune export: {exc}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"llamatune export: {exc}", file=sys.stderr)
-        return 2
+        raise ValueError("give exactly one of RUN_DIR or --model DIR")
+    result = export(source, args.quant, args.out, args.base, args.name, template=args.template,
+                    dtype=args.dtype, check=not args.no_check)  # a FidelityError exits 1, bad input 2 (llamatune.cli)
     for q, path in result["gguf"].items():
         print(f"{q}\t{path}")
     if result["fidelity_path"]:

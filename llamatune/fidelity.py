@@ -24,16 +24,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import re
 import sys
 from pathlib import Path
 
-from llamatune.chat import TEMPLATES, render, template_text
+from llamatune.chat import DEFAULT_DATE, TEMPLATES, render, template_text
 
 # Minimum next-token top-1 agreement (HF vs GGUF) per quantization.
 THRESHOLDS = {"f32": 0.99, "f16": 0.99, "q8_0": 0.95}
-DATE = "26 Jul 2024"  # fixed, so the sample prompts are the same on every run
 
 SAMPLE_TEXTS = [
     "Hello, world! How are you today?",
@@ -68,7 +66,7 @@ _WEATHER_TOOL = {
 def sample_prompts(template: str = "llama-3.2") -> dict[str, str]:
     """A few chat prompts rendered through the project template, by name."""
     r = lambda messages, tools=None: render(  # noqa: E731
-        messages, tools, template=template, add_generation_prompt=True, date_string=DATE
+        messages, tools, template=template, add_generation_prompt=True, date_string=DEFAULT_DATE
     )
     return {
         "chat": r([{"role": "system", "content": "You are a concise assistant."},
@@ -140,9 +138,8 @@ def check_gguf(
     each failed check and whose ``pass`` is the verdict.
     """
     import numpy as np
-    from llama_cpp import Llama
 
-    from llamatune.device import n_gpu_layers
+    from llamatune.runtime import open_llama, prompt_logits
 
     prompts = sample_prompts(template) if prompts is None else prompts
     texts = SAMPLE_TEXTS if texts is None else texts
@@ -152,8 +149,7 @@ def check_gguf(
     ref = reference or hf_reference(hf_dir, prompts, texts, template)
     gguf_path = Path(gguf_path)
     n_ctx = max(512, max(len(p["ids"]) for p in ref["prompts"].values()) + 8)
-    llm = Llama(str(gguf_path), n_ctx=n_ctx, logits_all=True, verbose=False, n_threads=os.cpu_count() or 1,
-                n_gpu_layers=n_gpu_layers())
+    llm = open_llama(str(gguf_path), n_ctx=n_ctx, logits_all=True)
     try:
         mismatches = []
         for text, hf_ids in zip(texts, ref["text_ids"]):
@@ -166,9 +162,7 @@ def check_gguf(
             ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
             if ids != hf_ids:
                 mismatches.append({"prompt": name, "hf": hf_ids, "gguf": ids})
-            llm.reset()
-            llm.eval(hf_ids)  # same ids on both sides, so logits compare even if tokenization differed
-            logits = np.asarray(llm.scores[: len(hf_ids)], dtype=np.float32)
+            logits = prompt_logits(llm, hf_ids)  # same ids on both sides, so logits compare even if tokenization differed
             hf_top = hf_logits.argmax(-1)
             same = logits.argmax(-1) == hf_top
             top5 = np.argpartition(-logits, 5, axis=-1)[:, :5]

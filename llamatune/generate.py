@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from llamatune.chat import ALL_STOPS
-
-DEFAULT_DATE = "26 Jul 2024"
+from llamatune.chat import ALL_STOPS, DEFAULT_DATE
+from llamatune.jsonl import JsonlCache
 
 
 @dataclass(frozen=True)
@@ -121,7 +119,7 @@ class Generator:
 
 class LlamaCppGenerator(Generator):
     def __init__(self, spec: ModelSpec, n_ctx: int = 4096, n_threads: int | None = None, template: str = "llama-3.2"):
-        from llamatune.evals.llamacpp_lm import open_llama
+        from llamatune.runtime import open_llama
 
         self.spec, self.template = spec, template
         self.llm = open_llama(spec.path, n_ctx=n_ctx, n_threads=n_threads)
@@ -241,56 +239,6 @@ def prompt_hash(messages: list[dict], tools: list[dict] | None = None) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows of an append-only JSONL cache. An unterminated last line is a write torn by a crash (cut anywhere,
-    inside a multi-byte character too) and is ignored; any other bad line raises naming its row."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    torn = lines.pop()  # b"" when the file ends with a newline
-    rows = []
-    for i, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
-        try:
-            rows.append(json.loads(raw.decode("utf-8")))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}:{i}: not a valid JSON row ({getattr(e, 'msg', None) or e.reason})") from None
-    if torn.strip():
-        try:
-            rows.append(json.loads(torn.decode("utf-8")))  # a complete row whose newline was not written yet
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            pass
-    return rows
-
-
-def append_jsonl(path: str | Path, row: dict) -> None:
-    """Append one row and make it durable (flush + fsync) before returning. A torn last line left by a crash is
-    cut off first (a row whose newline is missing but is whole is kept), so the new row starts on its own line
-    and the file stays readable."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
-    with open(path, "a+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size:
-            f.seek(max(0, size - 1))
-            if f.read(1) != b"\n":
-                f.seek(0)
-                data = f.read()
-                cut = data.rfind(b"\n") + 1
-                try:
-                    json.loads(data[cut:].decode("utf-8"))
-                    f.write(b"\n")  # whole row, only its newline missing
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    f.truncate(cut)  # a fragment: drop it
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, max_tokens: int = 512,
                     temperature: float = 0.0, progress: bool = True) -> dict[str, str]:
     """``{prompt id: answer}`` for ``prompts`` (``{"id", "messages"[, "tools"]}``), reusing and appending to
@@ -314,8 +262,8 @@ def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, ma
         return (f"{fp}|{template}|{DEFAULT_DATE}|{p['id']}|{prompt_hash(p['messages'], p.get('tools'))}|{max_tokens}"
                 f"|{temperature}")
 
-    done = {r["key"]: r["output"] for r in read_jsonl(cache_path) if "key" in r}
-    todo = [p for p in prompts if key(p) not in done]
+    cache = JsonlCache(cache_path)
+    todo = [p for p in prompts if key(p) not in cache]
     if todo:
         gen = gen_or_spec if isinstance(gen_or_spec, Generator) else load_generator(spec)
         try:
@@ -326,13 +274,11 @@ def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, ma
                 outs = gen.generate_batch([(p["messages"], p.get("tools")) for p in chunk], max_tokens=max_tokens,
                                           temperature=temperature)
                 for p, out in zip(chunk, outs):
-                    row = {"key": key(p), "model": spec.label, "fingerprint": fp, "id": p["id"], **settings,
-                           "output": out}
-                    append_jsonl(cache_path, row)
-                    done[row["key"]] = out
+                    cache.add({"key": key(p), "model": spec.label, "fingerprint": fp, "id": p["id"], **settings,
+                               "output": out})
                 bar.update(len(chunk))
             bar.close()
         finally:
             if gen is not gen_or_spec:
                 gen.close()
-    return {p["id"]: done[key(p)] for p in prompts}
+    return {p["id"]: cache.get(key(p))["output"] for p in prompts}

@@ -1,7 +1,7 @@
 """HF model directory → GGUF with llama.cpp's own converter, and GGUF quantization with llama.cpp.
 
 The converter is ``convert_hf_to_gguf.py`` from the sdist of the *installed* llama-cpp-python (see
-:mod:`llamatune.vendor`), so the files it writes are the ones the runtime reads.
+:mod:`llamatune.pypi`), so the files it writes are the ones the runtime reads.
 
     python -m llamatune.gguf_convert HF_DIR OUT.gguf --outtype f16
 """
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from llamatune import vendor
+from llamatune import pypi
 from llamatune.embedded import converter_source
 
 # llama.cpp file types (enum llama_ftype) for llama_model_quantize.
@@ -27,7 +27,7 @@ def convert_hf_to_gguf(hf_dir: str | Path, out: str | Path, outtype: str = "f16"
     out = Path(out)
     if outtype not in CONVERTER_OUTTYPES:
         raise ValueError(f"converter outtype must be one of {sorted(CONVERTER_OUTTYPES)}, got {outtype!r}")
-    script = vendor.llama_cpp_source() / "convert_hf_to_gguf.py"
+    script = pypi.llama_cpp_source() / "convert_hf_to_gguf.py"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".part")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}

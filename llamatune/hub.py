@@ -30,6 +30,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llamatune.provenance import project_repository
+
 PARTS = ("adapter", "merged", "gguf")
 SUFFIX = {"adapter": "-LoRA", "merged": "", "gguf": "-GGUF"}
 PACKAGE = Path(__file__).resolve().parent
@@ -69,28 +71,6 @@ class Commit:
 
 
 # --- names ------------------------------------------------------------------------------------------------
-
-def project_repository() -> str:
-    """``[project.urls] Repository`` of pyproject.toml (a clone) or of the installed package's metadata."""
-    import tomllib
-
-    pyproject = REPO_ROOT / "pyproject.toml"
-    if pyproject.exists():
-        url = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {}).get("urls", {}).get("Repository")
-        if url:
-            return url
-    from importlib.metadata import PackageNotFoundError, metadata
-
-    try:
-        urls = metadata("llamatune").get_all("Project-URL") or []
-    except PackageNotFoundError:
-        urls = []
-    for entry in urls:
-        label, _, url = entry.partition(",")
-        if label.strip().lower() == "repository":
-            return url.strip()
-    raise HubError("cannot find the project's Repository URL (pyproject.toml [project.urls] or package metadata)")
-
 
 def project_owner() -> str:
     """The owner in the project's one slug (``https://github.com/USER/repo`` → ``USER``), also the Hub owner

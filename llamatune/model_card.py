@@ -76,19 +76,17 @@ def _num(v) -> bool:
 
 
 def metric_rows(doc: dict) -> list[tuple[str, float, float | None, float | None, int | None, str]]:
-    """``(metric, value, ci_low, ci_high, n, subject)`` from one result JSON of ``llamatune eval``: tool-call
-    (``aggregate.overall``, Wilson CIs ``low``/``high``), ARC (``aggregate``, ``ci_low``/``ci_high``), judge
-    (``win_rate`` + ``win_rate_ci``), the paired comparisons (ARC / tool-call ``--compare``), or flat numbers."""
+    """``(metric, value, low, high, n, subject)`` from one result JSON of ``llamatune eval``: its ``aggregate``
+    metrics (``{"value", "low", "high", "n"}``; a tool-call file's ``overall``), a paired comparison (B − A), or
+    flat numbers."""
     subject = str(doc.get("name") or (Path(str(doc["model"])).name if doc.get("model") else ""))
     if doc.get("icl"):
         subject += f" (ICL {doc['icl']})"
-    if doc.get("kind") == "arc_compare":
-        return [(f"{doc['metric']} A − B (paired bootstrap; McNemar p={doc['p_value']:.3g})", doc["diff"],
-                 doc["ci_low"], doc["ci_high"], doc["n"], f"A={doc['a']} vs B={doc['b']}")]
-    if doc.get("kind") == "toolcall-compare":
-        o, d = doc["overall"], doc["overall"]["diff_b_minus_a"]
+    if doc.get("kind") in ("arc_compare", "toolcall_compare"):
+        o, d = doc["overall"], doc["overall"]["diff"]
         names = [Path(str(doc[k].get("model") or doc[k].get("path"))).name for k in ("a", "b")]
-        return [(f"accuracy B − A (paired bootstrap; McNemar p={o['mcnemar']['p_value']:.3g})", d["diff"], d["low"],
+        what = doc.get("metric", "accuracy")
+        return [(f"{what} B − A (paired bootstrap; McNemar p={o['mcnemar']['p_value']:.3g})", d["value"], d["low"],
                  d["high"], o["n"], f"A={names[0]} vs B={names[1]}")]
     agg = doc.get("aggregate") or doc.get("aggregates") or doc.get("metrics")
     if not isinstance(agg, dict):
@@ -99,12 +97,9 @@ def metric_rows(doc: dict) -> list[tuple[str, float, float | None, float | None,
     rows = []
     for k, v in agg.items():
         if isinstance(v, dict) and _num(v.get("value")):
-            lo, hi = v.get("low", v.get("ci_low")), v.get("high", v.get("ci_high"))
-            rows.append((k, v["value"], lo, hi, v.get("n", n_all), subject))
-        elif _num(v) and k != "n" and not k.endswith("_ci"):
-            ci = agg.get(f"{k}_ci")
-            lo, hi = ci if isinstance(ci, list) and len(ci) == 2 else (None, None)
-            rows.append((k, v, lo, hi, n_all if _num(n_all) else None, subject))
+            rows.append((k, v["value"], v.get("low"), v.get("high"), v.get("n", n_all), subject))
+        elif _num(v) and k != "n":
+            rows.append((k, v, None, None, n_all if _num(n_all) else None, subject))
     return rows
 
 
@@ -126,7 +121,7 @@ def _license(base: str, recipe: dict) -> str:
 
 def _project_url() -> str:
     try:
-        from llamatune.hub import project_repository
+        from llamatune.provenance import project_repository
 
         return project_repository()
     except Exception:  # a card renders even where the project's metadata cannot be read

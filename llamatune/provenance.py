@@ -61,5 +61,27 @@ def cpu_info() -> dict:
     return info
 
 
+def project_repository() -> str:
+    """``[project.urls] Repository`` of pyproject.toml (a clone) or of the installed package's metadata."""
+    import tomllib
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if pyproject.exists():
+        url = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("project", {}).get("urls", {}).get("Repository")
+        if url:
+            return url
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    try:
+        urls = metadata("llamatune").get_all("Project-URL") or []
+    except PackageNotFoundError:
+        urls = []
+    for entry in urls:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() == "repository":
+            return url.strip()
+    raise LookupError("cannot find the project's Repository URL (pyproject.toml [project.urls] or package metadata)")
+
+
 if __name__ == "__main__":
     print(json.dumps({"versions": package_versions(), "git": git_info(), "cpu": cpu_info()}, indent=2))

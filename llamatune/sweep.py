@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import yaml
 
 from llamatune import demo
+from llamatune.jsonl import write_json, write_text
 
 DATA_KEYS = ("n", "n_test", "n_val", "max_length")
 
@@ -79,7 +79,7 @@ def _evaluate(gguf: Path, data: Path, out_json: Path, base: dict, template: str)
     res = evaluate(gguf, data / "val.jsonl", out_json, max_tokens=base["max_tokens"], n_threads=base["threads"],
                    template=template)
     res["seconds"] = round(time.perf_counter() - t0, 1)
-    out_json.write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(out_json, res, indent=1)
     return res, res["seconds"]
 
 
@@ -164,8 +164,8 @@ def run_sweep(spec_path: str | Path, out: str | Path = "runs/sweep", only: list[
         v = rows[-1]["val"]
         print(f"[sweep] {run['name']}: val accuracy {_pct(v['accuracy'])}, tool {_pct(v['tool_accuracy'])}, "
               f"irrelevance {_pct(v['irrelevance_accuracy'])}", flush=True)
-        (out / "sweep.json").write_text(json.dumps(rows, indent=1) + "\n")
-        (out / "sweep.md").write_text(markdown(rows) + "\n")
+        write_json((out / "sweep.json"), rows, indent=1)
+        write_text((out / "sweep.md"), markdown(rows) + "\n")
     return rows
 
 
@@ -178,10 +178,6 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
-        rows = run_sweep(args.sweep, args.out, args.only)
-    except (RuntimeError, FileNotFoundError, ValueError) as exc:
-        print(f"llamatune sweep: {exc}", file=sys.stderr)
-        return 1
+    rows = run_sweep(args.sweep, args.out, args.only)
     print(markdown(rows))
     return 0

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llamatune.protocol import MODES
+
 HERE = Path(__file__).resolve().parent
-MODES = ("weather", "research", "chat")
 DESCRIPTION = (
     "Pick a model and a mode. **weather** uses live Open-Meteo data, **research** searches Wikipedia, **chat** "
     "offers no tools. Tool calls and their results appear as collapsible steps above the answer; a question "
@@ -26,7 +27,7 @@ EXAMPLES = {
 }
 
 
-def build_demo(agent_factory, model_names: list[str], *, modes=MODES, default_model: str | None = None,
+def build_demo(agent_factory, model_names: list[str], *, modes=tuple(MODES), default_model: str | None = None,
                title: str | None = None, concurrency_limit: int | None = None, queue_size: int = 32):
     """The UI. ``agent_factory(model_name, mode, icl)`` returns a lease (``busy``, ``needs_load``, and a
     context manager yielding an :class:`llamatune.agent.Agent`), e.g. ``ModelRegistry.agent_factory``.

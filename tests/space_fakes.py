@@ -38,9 +38,9 @@ def router(name: str):
 
 def scripted_registry(names=("base", "finetome", "funccall"), delay: float = 0.0, n_ctx: int = 4096, **kw):
     from llamatune.llm import ScriptedModel
-    from llamatune.serving import ModelRegistry, ModelSpec
+    from llamatune.serving import ModelRegistry, ServedModel
 
-    specs = [ModelSpec(n, path=f"/nonexistent/{n}.gguf", n_ctx=n_ctx) for n in names]
+    specs = [ServedModel(n, path=f"/nonexistent/{n}.gguf", n_ctx=n_ctx) for n in names]
     return ModelRegistry(specs, loader=lambda s: ScriptedModel([router(s.name)], loop=True, name=s.name,
                                                                delay=delay, n_ctx=s.n_ctx), **kw)
 

@@ -13,7 +13,7 @@ pytestmark = requires("llama_cpp")
 
 @pytest.fixture(scope="module")
 def tiny_llm(tiny_gguf):
-    from llamatune.llm import LlamaCppModel
+    from llamatune.runtime import LlamaCppModel
 
     m = LlamaCppModel(str(tiny_gguf["q8_0"]), n_ctx=1024, n_threads=1)  # 1 thread: the test machine is shared
     yield m

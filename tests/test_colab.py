@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from llamatune import colab
+from llamatune import colab, fork_links
 from llamatune.generate import ModelSpec, fingerprint
 from tests.conftest import REPO
 
@@ -524,7 +524,7 @@ def test_links_points_everything_at_a_fork(tmp_path):
     moved = root / "FuncCall" / "renamed.ipynb"  # a notebook moved or renamed: its badge follows it
     shutil.copy(root / "FuncCall" / "generate_dataset.ipynb", moved)
     readme_before = (root / "README.md").read_text(encoding="utf-8")
-    changed = colab.links(root, "alice/my-fork")
+    changed = fork_links.links(root, "alice/my-fork")
     assert root / "pyproject.toml" in changed and moved in changed
     assert 'Repository = "https://github.com/alice/my-fork"' in (root / "pyproject.toml").read_text()
     for rel in [*NOTEBOOKS, "FuncCall/renamed.ipynb"]:
@@ -540,9 +540,9 @@ def test_links_points_everything_at_a_fork(tmp_path):
     assert old not in readme
     assert len(_badge(readme)) == len(_badge(readme_before))
     assert all(b.startswith("alice/my-fork/blob/") for b in _badge(readme))
-    assert colab.links(root, "https://github.com/alice/my-fork.git") == []  # idempotent; a URL works too
+    assert fork_links.links(root, "https://github.com/alice/my-fork.git") == []  # idempotent; a URL works too
     with pytest.raises(ValueError, match="user/name"):
-        colab.links(root, "not a slug")
+        fork_links.links(root, "not a slug")
 
 
 def test_links_consistency_checker_accepts_a_fork(tmp_path, monkeypatch):
@@ -550,7 +550,7 @@ def test_links_consistency_checker_accepts_a_fork(tmp_path, monkeypatch):
     import tests.conftest as conftest
 
     root = _copy_checkout(tmp_path / "checkout")
-    colab.links(root, "bob/other-name")
+    fork_links.links(root, "bob/other-name")
     monkeypatch.setattr(conftest, "REPO", root)
     for rel in NOTEBOOKS:
         gated = rel not in ("FineTome/finetuning.ipynb", "FuncCall/generate_dataset.ipynb")
@@ -576,7 +576,7 @@ def test_make_colab_links_on_a_copy(tmp_path):
 
 def test_cli_reports_a_bad_slug(tmp_path, capsys):
     root = _copy_checkout(tmp_path / "checkout")
-    assert colab.main(["links", "--repo", "a/b/c", "--root", str(root)]) == 1
+    assert fork_links.main(["--repo", "a/b/c", "--root", str(root)]) == 2  # bad input (llamatune.cli)
     assert "expected user/name" in printed(capsys)
 
 
@@ -593,4 +593,4 @@ def test_no_placeholder_owner_where_the_address_lives():
     files = ["pyproject.toml", "requirements.txt", "README.md", *NOTEBOOKS]
     assert [rel for rel in files if placeholder in (REPO / rel).read_text(encoding="utf-8")] == []
     url = colab_url()
-    assert url.startswith("https://github.com/") and colab._SLUG.match(url.removeprefix("https://github.com/"))
+    assert url.startswith("https://github.com/") and fork_links._SLUG.match(url.removeprefix("https://github.com/"))

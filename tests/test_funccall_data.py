@@ -180,7 +180,7 @@ def test_cli_writes_the_dataset(tmp_path):
 
 
 def test_icl_examples_come_from_training_families_only():
-    from llamatune.icl import icl_examples, icl_system_prompt
+    from llamatune.data.icl import icl_examples, icl_system_prompt
 
     split = split_families()
     ex = icl_examples(7, seed=0)
@@ -192,9 +192,8 @@ def test_icl_examples_come_from_training_families_only():
 
 
 def test_agent_system_prompt_on_training_rows_of_agent_tool_sets(rows):
-    from llamatune.agent import SYSTEM_PROMPTS
+    from llamatune.protocol import MODES, SYSTEM_PROMPTS
     from llamatune.data.funccall import agent_system_prompt
-    from llamatune.tools import MODES
 
     train, test = rows
     assert not any(m["role"] == "system" for r in test for m in r["messages"])

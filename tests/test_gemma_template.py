@@ -54,9 +54,9 @@ def gemma(messages, tools=None, **kw):
 @pytest.fixture(scope="module")
 def official_gemma2():
     pytest.importorskip("llama_cpp")
-    from llamatune import vendor
+    from llamatune import pypi
 
-    return vendor.official_template("google-gemma-2-2b-it.jinja")
+    return pypi.official_template("google-gemma-2-2b-it.jinja")
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
-"""The append-only JSONL caches (answers, judge verdicts) after a crash mid-write: nothing already written is
+"""The one file store (llamatune.jsonl): append-only JSONL caches (answers, verdicts) after a crash mid-write: nothing already written is
 lost, the torn fragment never glues onto the next row, and the next read does not fail."""
 
 import json
 
 import pytest
 
-from llamatune.generate import append_jsonl, read_jsonl
+from llamatune.jsonl import append_jsonl, read_jsonl
 
 
 def test_a_torn_write_is_cut_off_before_the_next_row(tmp_path):
@@ -14,25 +14,25 @@ def test_a_torn_write_is_cut_off_before_the_next_row(tmp_path):
     whole = json.dumps({"key": "b", "output": "snø og is"}, ensure_ascii=False).encode()
     with open(p, "ab") as f:  # a crash in the middle of a multi-byte character
         f.write(whole[: whole.index("ø".encode()) + 1])
-    assert [r["key"] for r in read_jsonl(p)] == ["a"]  # no UnicodeDecodeError, the fragment ignored
+    assert [r["key"] for r in read_jsonl(p, cache=True)] == ["a"]  # no UnicodeDecodeError, the fragment ignored
     append_jsonl(p, {"key": "c", "output": "ok"})
-    assert [r["key"] for r in read_jsonl(p)] == ["a", "c"]  # the fragment did not swallow the new row
-    assert read_jsonl(p) == read_jsonl(p) and p.read_bytes().count(b"\n") == 2
+    assert [r["key"] for r in read_jsonl(p, cache=True)] == ["a", "c"]  # the fragment did not swallow the new row
+    assert read_jsonl(p, cache=True) == read_jsonl(p, cache=True) and p.read_bytes().count(b"\n") == 2
 
 
 def test_a_whole_row_missing_only_its_newline_is_kept(tmp_path):
     p = tmp_path / "verdicts.jsonl"
     p.write_text('{"key": "a"}\n{"key": "b"}', encoding="utf-8")
-    assert [r["key"] for r in read_jsonl(p)] == ["a", "b"]
+    assert [r["key"] for r in read_jsonl(p, cache=True)] == ["a", "b"]
     append_jsonl(p, {"key": "c"})
-    assert [r["key"] for r in read_jsonl(p)] == ["a", "b", "c"]
+    assert [r["key"] for r in read_jsonl(p, cache=True)] == ["a", "b", "c"]
 
 
 def test_a_bad_row_inside_the_file_names_its_line(tmp_path):
     p = tmp_path / "answers.jsonl"
     p.write_text('{"key": "a"}\n{"key": \n{"key": "c"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"answers.jsonl:2: not a valid JSON row"):
-        read_jsonl(p)
+        read_jsonl(p, cache=True)
 
 
 def test_answers_cache_key_includes_the_template(tmp_path):
@@ -56,3 +56,57 @@ def test_answers_cache_key_includes_the_template(tmp_path):
     assert generate_cached(b, prompts, cache, progress=False) == {"p": "smollm2:hi"}  # not the other template's
     assert generate_cached(a2, prompts, cache, progress=False) == {"p": "llama-3.2:hi"} and a2.calls == 0
     assert (a.calls, b.calls) == (1, 1)
+
+
+def test_whole_files_are_replaced_atomically(tmp_path, monkeypatch):
+    """A crash while a results file is being rewritten leaves the old file whole, and no temporary file behind."""
+    import os
+
+    from llamatune import jsonl
+
+    p = tmp_path / "results.json"
+    jsonl.write_json(p, {"n": 1})
+    real = os.replace
+
+    def crash(src, dst):
+        raise KeyboardInterrupt  # killed between writing the new file and renaming it
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        jsonl.write_json(p, {"n": 2})
+    monkeypatch.setattr(os, "replace", real)
+    assert jsonl.read_json(p) == {"n": 1} and [f.name for f in tmp_path.iterdir()] == ["results.json"]
+    assert jsonl.write_jsonl(tmp_path / "rows.jsonl", [{"a": 1}, {"a": 2}]) == jsonl.sha256_file(tmp_path / "rows.jsonl")
+    assert jsonl.read_jsonl(tmp_path / "rows.jsonl") == [{"a": 1}, {"a": 2}]
+
+
+def test_a_cache_keeps_the_last_row_of_a_key_and_survives_reopening(tmp_path):
+    from llamatune.jsonl import JsonlCache
+
+    c = JsonlCache(tmp_path / "v.jsonl")
+    c.add({"key": "a", "winner": "invalid"})
+    c.add({"key": "a", "winner": "A"})  # a retried verdict wins
+    with open(c.path, "ab") as f:
+        f.write(b'{"key": "b", "win')  # killed mid-write
+    again = JsonlCache(c.path)
+    assert len(again) == 1 and again.get("a")["winner"] == "A" and "b" not in again
+    again.add({"key": "b", "winner": "tie"})
+    assert JsonlCache(c.path).get("b") == {"key": "b", "winner": "tie"}
+
+
+def test_strict_reads_name_the_file_line_and_field(tmp_path):
+    from llamatune.jsonl import read_jsonl
+
+    p = tmp_path / "data.jsonl"
+    p.write_bytes(b'{"id": 1}\n{"id": 2, "x": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"data.jsonl:2: not a valid JSON row"):
+        read_jsonl(p)
+    p.write_text('{"id": 1}\n[1, 2]\n')
+    with pytest.raises(ValueError, match=r"data.jsonl:2: expected a JSON object, got list"):
+        read_jsonl(p)
+    p.write_text('{"id": 1}\n{"idx": 2}\n')
+    with pytest.raises(ValueError, match=r"data.jsonl:2: missing field 'id'"):
+        read_jsonl(p, ("id",))
+    p.write_text('{"id": 1}\n{"id": 2')  # strict: a torn last line is an error, not skipped
+    with pytest.raises(ValueError, match=r"data.jsonl:2"):
+        read_jsonl(p)

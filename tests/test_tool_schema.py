@@ -4,7 +4,8 @@ from typing import Literal
 
 import pytest
 
-from llamatune.tools import MODES, all_tools, tool
+from llamatune.protocol import MODES
+from llamatune.tools import all_tools, tool
 
 
 def test_schema_from_hints_and_docstring():

@@ -29,6 +29,7 @@ local ``.jsonl`` / ``.json`` (a list of rows) / ``.parquet`` file.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -41,10 +42,12 @@ DEFAULT_SOURCE = "mlabonne/FineTome-100k"
 ROLE_MAP = {"human": "user", "gpt": "assistant", "system": "system"}
 # Reasons a row is rejected, in the order convert_row checks them.
 REASONS = (
+    "invalid_utf8",
     "invalid_json",
     "missing_conversations",
     "unknown_role",
     "empty_value",
+    "invalid_text",
     "bad_first_turn",
     "misplaced_system",
     "consecutive_roles",
@@ -69,6 +72,8 @@ def convert_row(row: Any, index: int | None = None) -> tuple[list[dict] | None, 
         value = turn.get("value")
         if not isinstance(value, str) or not value.strip():
             return None, "empty_value"
+        if _SURROGATE.search(value):  # a lone UTF-16 surrogate ("\\ud800" in the JSON): not encodable as UTF-8
+            return None, "invalid_text"
         messages.append({"role": ROLE_MAP[turn["from"]], "content": value})
     roles = [m["role"] for m in messages]
     body = roles[1:] if roles[0] == "system" else roles
@@ -89,13 +94,15 @@ def _iter_source(source: str) -> Iterator[tuple[int, str, Any]]:
     if path.exists():
         suffix = path.suffix.lower()
         if suffix == ".jsonl":
-            with open(path, encoding="utf-8") as f:
+            with open(path, "rb") as f:  # bytes: one bad byte is one bad row (its line named), not a crash
                 index = 0
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
+                for lineno, raw in enumerate(f, 1):
+                    if not raw.strip():
                         continue
                     try:
-                        row = json.loads(line)
+                        row = json.loads(raw.decode("utf-8"))
+                    except UnicodeDecodeError:
+                        row = _BadUTF8
                     except json.JSONDecodeError:
                         row = _BadJSON
                     yield index, f"line {lineno}", row
@@ -130,6 +137,8 @@ class _BadJSONType:
 
 
 _BadJSON = _BadJSONType()
+_BadUTF8 = _BadJSONType()
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def select(source: str, n_train: int, n_eval: int) -> dict:
@@ -150,8 +159,8 @@ def select(source: str, n_train: int, n_eval: int) -> dict:
         for index, where, row in tqdm(_iter_source(source), desc=f"scanning {source}", unit=" rows",
                                       disable=tqdm_disable()):
             scanned += 1
-            if row is _BadJSON:
-                messages, reason = None, "invalid_json"
+            if row is _BadJSON or row is _BadUTF8:
+                messages, reason = None, "invalid_json" if row is _BadJSON else "invalid_utf8"
             else:
                 messages, reason = convert_row(row, index)
             if reason:
@@ -253,11 +262,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    try:
-        summary = prepare(args.source, args.out, args.train, args.eval, args.max_bad_fraction)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    summary = prepare(args.source, args.out, args.train, args.eval, args.max_bad_fraction)
     print(f"scanned {summary['rows_scanned']} rows: train {summary['train']}, eval {summary['eval']}, "
           f"bad {summary['bad_rows']}")
     for reason, n in sorted(summary["skipped_by_reason"].items()):
@@ -269,6 +274,8 @@ def main(args) -> int:
 if __name__ == "__main__":
     import argparse
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from llamatune.cli import run
+
+    p = argparse.ArgumentParser(prog="python -m llamatune.data.finetome", description=__doc__.split("\n\n")[0])
     add_arguments(p)
-    sys.exit(main(p.parse_args()))
+    sys.exit(run(main, p.parse_args(), "llamatune data finetome"))

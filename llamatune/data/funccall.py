@@ -19,7 +19,7 @@ the scorer accepts per argument), ``null`` for a text answer. Categories:
 * ``multi_turn``: a follow-up ("and tomorrow?") after a first exchange; mostly a new call.
 
 Half of the training rows whose tools are exactly an agent mode's set start with the agent's system prompt
-(:data:`llamatune.agent.SYSTEM_PROMPTS` + the tool-data rule), and tool results are wrapped as the agent
+(:func:`llamatune.protocol.system_prompt`: the role + the tool-data rule), and tool results are wrapped as the agent
 wraps them, so the fine-tune sees what it will be served; test rows have no system prompt (Meta's official
 format, where the base model over-calls). Train and test never share a template family. ``--paraphrase-endpoint`` paraphrases *training* user turns
 with any OpenAI-compatible server (cached in ``DIR/paraphrase_cache.jsonl``); a paraphrase that drops a
@@ -111,7 +111,8 @@ def parse_proportions(text: str) -> dict[str, float]:
 
 def _toolset(rng: random.Random, must: list[str], exclude=()) -> list[dict]:
     """The offered schemas: ``must`` + 0-3 distractors (≥1 tool in all), or an agent mode's set, shuffled."""
-    from llamatune.tools import MODES, all_tools
+    from llamatune.protocol import MODES
+    from llamatune.tools import all_tools
 
     schemas = {n: t.schema for n, t in all_tools().items()}
     modes = [m for m in MODES.values() if m and set(must) <= set(m) and not set(m) & set(exclude)]
@@ -132,11 +133,10 @@ def _pick(rng: random.Random, by_group: dict[str, list[str]]) -> str:
 
 def agent_system_prompt(tool_names: list[str]) -> str | None:
     """The system prompt the agent uses with exactly these tools (a mode's set), else ``None``."""
-    from llamatune.agent import system_prompt_for
-    from llamatune.tools import MODES
+    from llamatune.protocol import mode_of, system_prompt
 
-    mode = next((m for m, names in MODES.items() if names and sorted(names) == sorted(tool_names)), None)
-    return system_prompt_for(mode, tool_names) if mode else None
+    mode = mode_of(tool_names)
+    return system_prompt(mode, tool_names) if mode else None
 
 
 def _row(rng: random.Random, category: str, fams: dict, system_share: float = 0.0) -> dict:
@@ -236,15 +236,11 @@ def paraphrase_rows(rows: list[dict], endpoint: str, model: str, cache_path: str
     from openai import OpenAI
     from tqdm import tqdm
 
+    from llamatune.jsonl import JsonlCache
     from llamatune.progress import tqdm_disable
 
-    cache: dict[str, str] = {}
-    path = Path(cache_path) if cache_path else None
-    if path and path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                cache[entry["key"]] = entry["paraphrase"]
+    cache = JsonlCache(cache_path) if cache_path else None
+    memory: dict[str, str] = {r["key"]: r["paraphrase"] for r in (cache.rows.values() if cache else ())}
     client = OpenAI(base_url=endpoint, api_key=os.environ.get("OPENAI_API_KEY", "not-needed"), max_retries=2)
     stats = Counter()
     for row in tqdm(rows, desc="paraphrase", disable=tqdm_disable()):
@@ -253,15 +249,14 @@ def paraphrase_rows(rows: list[dict], endpoint: str, model: str, cache_path: str
                 continue
             text = m["content"]
             key = hashlib.sha256(f"{model}\n{text}".encode()).hexdigest()
-            if key not in cache:
+            if key not in memory:
                 resp = client.chat.completions.create(model=model, temperature=0, max_tokens=200, messages=[
                     {"role": "system", "content": PARAPHRASE_PROMPT}, {"role": "user", "content": text}])
-                cache[key] = (resp.choices[0].message.content or "").strip()
+                memory[key] = (resp.choices[0].message.content or "").strip()
                 stats["requested"] += 1
-                if path:
-                    with path.open("a", encoding="utf-8") as f:
-                        f.write(json.dumps({"key": key, "text": text, "paraphrase": cache[key]}, ensure_ascii=False) + "\n")
-            new = cache[key]
+                if cache is not None:
+                    cache.add({"key": key, "text": text, "paraphrase": memory[key]})
+            new = memory[key]
             if new and len(new) <= 4 * len(text) + 80 and all(k.lower() in new.lower() for k in m.get("_keep", [])):
                 m["content"] = new
                 stats["used"] += 1

@@ -2,7 +2,7 @@
 
 Everything is offline: tool results are fabricated plausibly in the shape the real tools return (the pure
 tools, ``convert_units`` and ``calculate``, are run for real) and wrapped as the agent wraps them
-(``{"tool", "result", "note"}``, :mod:`llamatune.agent`); final answers are grounded in them.
+(``{"tool", "result", "note"}``, :func:`llamatune.protocol.tool_result_message`); final answers are grounded in them.
 Builders return ``(messages, tool names that must be offered, expected)``; user turns carry a private
 ``_keep`` list (strings a paraphrase must keep), stripped before writing.
 """
@@ -213,10 +213,11 @@ def answer(rng: random.Random, tool: str, args: dict, result: dict) -> str:
 
 def tool_turn(tool: str, result: dict) -> dict:
     """The result as the agent puts it in the conversation: ``{"tool", "result" | "error", "note"}``."""
-    from llamatune.agent import DATA_NOTE
+    from llamatune.protocol import tool_result_message
 
-    body = {"error": result["error"]} if "error" in result else {"result": result}
-    return {"role": "tool", "content": {"tool": tool, **body, "note": DATA_NOTE}}
+    if "error" in result:
+        return tool_result_message(tool, error=result["error"])
+    return tool_result_message(tool, result)
 
 
 def exchange(rng: random.Random, tool: str, args: dict, errors: bool = False) -> list[dict]:
@@ -287,7 +288,7 @@ def _name_of(args: dict) -> str | None:
 
 
 def build_clarify(rng, family):
-    from llamatune.tools import MODES
+    from llamatune.protocol import MODES
 
     _, offer, phrasings, answers = T.CLARIFY[family]
     text, reply = rng.choice(phrasings), rng.choice(answers)

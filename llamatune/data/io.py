@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+# the data stages' file API; the store itself is llamatune.jsonl
+from llamatune.jsonl import iter_jsonl, read_jsonl, sha256_file, write_jsonl, write_text  # noqa: F401
 
 
 def canonical_json(obj: Any) -> str:
@@ -39,61 +40,10 @@ def content_hash(messages: list[dict], tools: list[dict] | None = None) -> str:
     return sha256_text(canonical_json(obj))
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict]) -> str:
-    """Write ``rows`` as JSON lines (atomically); return the file's sha256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return sha256_file(path)
-
-
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, row)`` (1-based) for each non-blank line; a bad line raises ``ValueError``
-    naming the file and the line."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield lineno, row
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """All rows of a JSONL file; errors name the file and line (see :func:`iter_jsonl`)."""
-    return [row for _, row in iter_jsonl(path)]
-
-
 def write_manifest(path: str | Path, manifest: dict) -> Path:
     """Write ``manifest`` as indented, key-sorted JSON (atomically)."""
     path = Path(path)
-    _atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    write_text(path, json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     return path
 
 
@@ -110,5 +60,5 @@ def write_card(path: str | Path, title: str, description: str, counts: dict[str,
     if notes.strip():
         lines += ["", notes.strip()]
     path = Path(path)
-    _atomic_write_text(path, "\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path

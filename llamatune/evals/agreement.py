@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from llamatune.evals import stats
+from llamatune.jsonl import iter_jsonl, read_json, write_json
 
 CLASSES = ("A", "B", "tie")
 
@@ -66,7 +66,7 @@ def make_sheet(results: str | Path, out: str | Path, n: int = 50, seed: int = 0)
             f.write(json.dumps({"id": it["id"], "conversation": it["messages"], "response_1": r1, "response_2": r2,
                                 "label": ""}, ensure_ascii=False) + "\n")
     key_path = out.with_suffix(".key.json")
-    key_path.write_text(json.dumps({"results": str(results), "a": data["a"], "b": data["b"], "order": key}, indent=1))
+    write_json(key_path, {"results": str(results), "a": data["a"], "b": data["b"], "order": key}, indent=1)
     return out
 
 
@@ -76,11 +76,8 @@ def read_labels(path: str | Path) -> dict[str, str]:
     key_path = path.with_suffix(".key.json")
     key = json.loads(key_path.read_text())["order"] if key_path.exists() else None
     out = {}
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        where = f"{path}: row {i}"
+    for i, row in iter_jsonl(path):
+        where = f"{path}:{i}"
         if "id" not in row:
             raise ValueError(f"{where}: missing field 'id'")
         pid = str(row["id"])
@@ -121,8 +118,8 @@ def agreement(human: dict[str, str], judge_items: list[dict], n_boot: int = 5000
     klo, khi = np.percentile(boots, [2.5, 97.5])
     decided = [(x, y) for x, y in zip(h, j) if x != "tie" and y != "tie"]
     return {
-        "agreement": {"value": k / len(ids), "ci_low": low, "ci_high": high, "n": len(ids)},
-        "cohen_kappa": {"value": kappa, "ci_low": float(klo), "ci_high": float(khi), "n": len(ids)},
+        "agreement": {"value": k / len(ids), "low": low, "high": high, "n": len(ids)},
+        "cohen_kappa": {"value": kappa, "low": float(klo), "high": float(khi), "n": len(ids)},
         "agreement_without_ties": {"value": (sum(x == y for x, y in decided) / len(decided)) if decided else None,
                                    "n": len(decided)},
         "confusion": {f"human={a}": {f"judge={b}": sum(x == a and y == b for x, y in zip(h, j)) for b in CLASSES}
@@ -141,34 +138,27 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    try:
-        if args.make_sheet:
-            out = make_sheet(args.make_sheet, args.out or "human.jsonl", n=args.n, seed=args.seed)
-            print(f"labelling sheet: {out} (key: {out.with_suffix('.key.json')}); see "
-                  "`python -c 'import llamatune.evals.agreement as a; print(a.__doc__)'` for how to label")
-            return 0
-        if not args.labels:
-            print("llamatune eval judge-agreement: --labels FILE (or --make-sheet RESULTS) is required",
-                  file=sys.stderr)
-            return 2
-        results = args.results
-        key_path = Path(args.labels).with_suffix(".key.json")
-        if results is None and key_path.exists():
-            results = json.loads(key_path.read_text())["results"]
-        if results is None:
-            print("llamatune eval judge-agreement: --results is required (no sheet key file)", file=sys.stderr)
-            return 2
-        data, jpath = _judge_result(results)
-        agg = agreement(read_labels(args.labels), data["items"])
-    except (FileNotFoundError, ValueError) as e:
-        print(f"llamatune eval judge-agreement: {e}", file=sys.stderr)
-        return 2
+    if args.make_sheet:
+        out = make_sheet(args.make_sheet, args.out or "human.jsonl", n=args.n, seed=args.seed)
+        print(f"labelling sheet: {out} (key: {out.with_suffix('.key.json')}); see "
+              "`python -c 'import llamatune.evals.agreement as a; print(a.__doc__)'` for how to label")
+        return 0
+    if not args.labels:
+        raise ValueError("--labels FILE (or --make-sheet RESULTS) is required")
+    results = args.results
+    key_path = Path(args.labels).with_suffix(".key.json")
+    if results is None and key_path.exists():
+        results = read_json(key_path)["results"]
+    if results is None:
+        raise ValueError("--results is required (no sheet key file)")
+    data, jpath = _judge_result(results)
+    agg = agreement(read_labels(args.labels), data["items"])
     res = {"kind": "judge_agreement", "name": f"{data['judge_model']} vs human ({data['a']} vs {data['b']})",
            "judge_model": data["judge_model"], "labels": str(args.labels), "aggregate": agg}
     out = Path(args.out) if args.out else jpath.parent / "agreement.json"
-    out.write_text(json.dumps(res, indent=1), encoding="utf-8")
+    write_json(out, res, indent=1)
     a, kp = agg["agreement"], agg["cohen_kappa"]
-    print(f"judge-human agreement {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}] (n={a['n']}); "
-          f"Cohen's kappa {kp['value']:.3f} [{kp['ci_low']:.3f}, {kp['ci_high']:.3f}]")
+    print(f"judge-human agreement {a['value']:.3f} [{a['low']:.3f}, {a['high']:.3f}] (n={a['n']}); "
+          f"Cohen's kappa {kp['value']:.3f} [{kp['low']:.3f}, {kp['high']:.3f}]")
     print(f"written {out}")
     return 0

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from llamatune.evals import stats
+from llamatune.jsonl import write_json, write_text
 
 TASKS = ("arc_challenge", "arc_challenge_llama")
 BUILTIN_DIRS = {"arc_challenge": "arc", "arc_challenge_llama": "llama3/instruct/arc_challenge"}
@@ -81,14 +82,9 @@ def _read_rows(path: Path) -> list[dict]:
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json" and text.lstrip().startswith("["):
         return json.loads(text)
-    rows = []
-    for i, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-    return rows
+    from llamatune.jsonl import read_jsonl
+
+    return read_jsonl(path)
 
 
 def load_arc_items(data_dir: str | Path) -> list[dict]:
@@ -138,7 +134,7 @@ def write_local_task(items: list[dict], task: str, work: Path) -> tuple[str, Pat
     tdir = work / "tasks"
     tdir.mkdir(parents=True, exist_ok=True)
     data = tdir / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items), encoding="utf-8")
+    write_text(data, "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
     cfg = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data.resolve())}},
            "test_split": "test", **(_CLOZE_YAML if task == "arc_challenge" else _LLAMA_YAML),
            "metadata": {"version": 1.0}}
@@ -205,10 +201,9 @@ def aggregate(items: list[dict], task: str) -> dict:
     for m in METRICS[task]:
         field = "correct" if m in ("acc", "exact_match") else m
         k, n = sum(bool(it[field]) for it in items), len(items)
-        low, high = stats.wilson_ci(k, n)
-        p = k / n if n else float("nan")
-        agg[m] = {"value": p, "k": k, "n": n, "ci_low": low, "ci_high": high,
-                  "stderr": (p * (1 - p) / (n - 1)) ** 0.5 if n > 1 else None}
+        agg[m] = stats.proportion(k, n)
+        p = agg[m]["value"]
+        agg[m]["stderr"] = (p * (1 - p) / (n - 1)) ** 0.5 if n > 1 else None
     return agg
 
 
@@ -249,7 +244,7 @@ def run_arc(model: str, out: str | Path, *, task: str = "arc_challenge", limit: 
         "lm_eval_version": lm_eval.__version__, "seconds": round(time.time() - t0, 2), "items": items,
     }
     path = out / f"arc-{task}.json"
-    path.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    write_json(path, result, indent=1)
     result["path"] = str(path)
     return result
 
@@ -270,7 +265,8 @@ def load_result(path: str | Path, kind: str = "arc") -> dict:
 
 def compare(a: str | Path | dict, b: str | Path | dict, metric: str = "acc", n_boot: int = 10000,
             seed: int = 0) -> dict:
-    """Paired comparison on the items both results share: McNemar (exact) and a bootstrap CI of acc(A) - acc(B)."""
+    """B against baseline A on the items both results share (:func:`llamatune.evals.stats.paired_comparison`:
+    exact McNemar and a paired bootstrap CI of acc(B) − acc(A))."""
     ra = a if isinstance(a, dict) else load_result(a)
     rb = b if isinstance(b, dict) else load_result(b)
     if ra["task"] != rb["task"]:
@@ -281,22 +277,19 @@ def compare(a: str | Path | dict, b: str | Path | dict, metric: str = "acc", n_b
     ids = [i for i in ia if i in ib]
     if not ids:
         raise ValueError("the two results share no item ids")
-    xa, xb = [ia[i] for i in ids], [ib[i] for i in ids]
-    mc = stats.mcnemar_exact(xa, xb)
-    boot = stats.paired_bootstrap_diff(xa, xb, n_boot=n_boot, seed=seed)
-    return {"kind": "arc_compare", "task": ra["task"], "metric": metric, "a": ra["name"], "b": rb["name"],
-            "n": len(ids), "only_a": len(ia) - len(ids), "only_b": len(ib) - len(ids),
-            "acc_a": boot["mean_a"], "acc_b": boot["mean_b"], "diff": boot["diff"], "ci_low": boot["low"],
-            "ci_high": boot["high"], "b01": mc["b01"], "b10": mc["b10"], "p_value": mc["p_value"],
-            "test": "McNemar exact; paired bootstrap 95% CI of acc(A) - acc(B)"}
+    return {"kind": "arc_compare", "task": ra["task"], "metric": metric,
+            "a": {"model": ra["name"], "path": ra.get("path")}, "b": {"model": rb["name"], "path": rb.get("path")},
+            "only_in_a": len(ia) - len(ids), "only_in_b": len(ib) - len(ids),
+            "overall": stats.paired_comparison([ia[i] for i in ids], [ib[i] for i in ids], n_boot=n_boot, seed=seed),
+            "test": "McNemar exact; paired bootstrap 95% CI of acc(B) − acc(A)"}
 
 
 def format_result(r: dict) -> str:
     if r["kind"] == "arc_compare":
-        return (f"{r['task']} {r['metric']}: {r['a']} {r['acc_a']:.3f} vs {r['b']} {r['acc_b']:.3f} (n={r['n']}); "
-                f"A-B = {r['diff']:+.3f} [95% CI {r['ci_low']:+.3f}, {r['ci_high']:+.3f}]; "
-                f"McNemar b01={r['b01']} b10={r['b10']} p={r['p_value']:.3g}")
-    parts = [f"{m} {v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for m, v in r["aggregate"].items()]
+        from llamatune.report import comparison_table
+
+        return f"{r['task']} {r['metric']}: B = {r['b']['model']} vs A = {r['a']['model']}\n" + comparison_table(r)
+    parts = [f"{m} {v['value']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for m, v in r["aggregate"].items()]
     return f"{r['name']} {r['task']} n={r['n']}: " + ", ".join(parts)
 
 
@@ -327,7 +320,7 @@ def main(args) -> int:
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             path = Path(args.out) / f"compare-{r['task']}-{r['a']}-vs-{r['b']}.json".replace("/", "_")
-            path.write_text(json.dumps(r, indent=1), encoding="utf-8")
+            write_json(path, r, indent=1)
             print(f"written {path}")
         return 0
     if not args.model or not args.out:

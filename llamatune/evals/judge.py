@@ -29,11 +29,12 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait, FIRST_COMPLETED
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from llamatune.evals import stats
 from llamatune.evals.judge_client import JudgeClient, JudgeError, VerdictCache, cost_usd, require_api_key
+from llamatune.jsonl import write_json
 
 PROMPT_VERSION = "pair-v2-json-1"
 SYSTEM = (
@@ -54,19 +55,14 @@ REFERENCE_RULE = ("You will be given a reference answer; identify and correct an
 def load_prompts(path: str | Path) -> list[dict]:
     """``[{"id", "messages", "reference"}]`` from a JSONL file; errors name the file, row and field."""
     from llamatune.chat import validate_messages
+    from llamatune.jsonl import iter_jsonl
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file not found: {path}")
     out, seen = [], set()
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}: row {i}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
+    for i, row in iter_jsonl(path):
+        where = f"{path}:{i}"
         pid = str(row.get("id", i))
         if pid in seen:
             raise ValueError(f"{where}: field 'id' {pid!r} is repeated")
@@ -183,10 +179,8 @@ def summarize(items: list[dict], n_boot: int = 10000, seed: int = 0) -> dict:
     agg = {"n": n, "n_invalid": len(items) - n, "wins": w, "losses": lo, "ties": t}
     if n:
         scores = [1.0 if it["verdict"] == "A" else 0.5 if it["verdict"] == "tie" else 0.0 for it in valid]
-        wl, wh = stats.wilson_ci(w, n)
-        al, ah = stats.bootstrap_ci(scores, n_boot=n_boot, seed=seed)
-        agg.update(win_rate=w / n, win_rate_ci=[wl, wh], loss_rate=lo / n, tie_rate=t / n,
-                   adjusted_win_rate=sum(scores) / n, adjusted_win_rate_ci=[al, ah])
+        agg.update(win_rate=stats.proportion(w, n), loss_rate=lo / n, tie_rate=t / n,
+                   adjusted_win_rate=stats.mean_metric(scores, n_boot=n_boot, seed=seed))
     agg["sign_test_p"] = stats.sign_test(w, lo)
     agg["position_consistency"] = agree / len(both) if both else None
     agg["first_position_preference"] = (sum(p == "A" for p in singles) / sum(p in "AB" for p in singles)
@@ -330,7 +324,7 @@ def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str
                                              price_in, price_out)},
         "seconds": round(time.time() - t0, 2), "items": items,
     }
-    (out / "judge.json").write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+    write_json((out / "judge.json"), result, indent=1)
     result["path"] = str(out / "judge.json")
     if interrupted:
         raise KeyboardInterrupt(f"interrupted: {len(all_rows)} verdicts are saved in {cache.path}; rerun to continue")
@@ -354,9 +348,10 @@ def format_result(r: dict) -> str:
     lines = [f"{r['a']} vs {r['b']} (judge {r['judge_model']}, both orders, {r['n_prompts']} prompts)",
              f"  W/L/T {a['wins']}/{a['losses']}/{a['ties']} (n={a['n']}, invalid {a['n_invalid']})"]
     if a["n"]:
-        lines.append(f"  win rate {a['win_rate']:.3f} [{a['win_rate_ci'][0]:.3f}, {a['win_rate_ci'][1]:.3f}]; "
-                     f"adjusted {a['adjusted_win_rate']:.3f} [{a['adjusted_win_rate_ci'][0]:.3f}, "
-                     f"{a['adjusted_win_rate_ci'][1]:.3f}]; sign test p={a['sign_test_p']:.3g}")
+        from llamatune.report import metric_cell
+
+        lines.append(f"  win rate {metric_cell(a['win_rate'])}; adjusted {metric_cell(a['adjusted_win_rate'])}; "
+                     f"sign test p={a['sign_test_p']:.3g}")
     if a["position_consistency"] is not None:
         lines.append(f"  judge position consistency {a['position_consistency']:.3f}")
     u = r["usage"]
@@ -395,24 +390,14 @@ def add_arguments(parser) -> None:
 def main(args) -> int:
     from llamatune.generate import parse_spec
 
-    try:
-        require_api_key()
-        out = args.out or f"results/judge-{parse_spec(args.a).label}-vs-{parse_spec(args.b).label}"
-        r = run_judge(args.prompts, args.a, args.b, args.judge_model, out, base_url=args.base_url,
-                      reference=args.reference, a_name=args.a_name, b_name=args.b_name, max_tokens=args.max_tokens,
-                      concurrency=args.concurrency, retry_invalid=args.retry_invalid,
-                      response_format=args.response_format, reason_max_chars=args.reason_max_chars,
-                      judge_max_tokens=args.judge_max_tokens, max_retries=args.max_retries, backoff=args.backoff,
-                      timeout=args.timeout, price_in=args.price_in, price_out=args.price_out)
-    except JudgeError as e:
-        print(f"llamatune eval judge: {e}", file=sys.stderr)
-        return e.code
-    except KeyboardInterrupt as e:
-        print(f"llamatune eval judge: {e or 'interrupted'}", file=sys.stderr)
-        return 130
-    except (FileNotFoundError, ValueError) as e:
-        print(f"llamatune eval judge: {e}", file=sys.stderr)
-        return 2
+    require_api_key()  # before any paid or slow work; a JudgeError exits with its code (llamatune.cli)
+    out = args.out or f"results/judge-{parse_spec(args.a).label}-vs-{parse_spec(args.b).label}"
+    r = run_judge(args.prompts, args.a, args.b, args.judge_model, out, base_url=args.base_url,
+                  reference=args.reference, a_name=args.a_name, b_name=args.b_name, max_tokens=args.max_tokens,
+                  concurrency=args.concurrency, retry_invalid=args.retry_invalid,
+                  response_format=args.response_format, reason_max_chars=args.reason_max_chars,
+                  judge_max_tokens=args.judge_max_tokens, max_retries=args.max_retries, backoff=args.backoff,
+                  timeout=args.timeout, price_in=args.price_in, price_out=args.price_out)
     print(format_result(r))
     print(f"written {r['path']}")
     return 0

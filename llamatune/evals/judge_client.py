@@ -20,9 +20,8 @@ import random
 import re
 import threading
 import time
-from pathlib import Path
 
-from llamatune.generate import append_jsonl, read_jsonl
+from llamatune.jsonl import JsonlCache
 
 # USD per 1M tokens (input, output), for the cost estimate only; override with --price-in/--price-out.
 PRICES = {
@@ -86,29 +85,15 @@ def cost_usd(model: str, prompt_tokens: int, completion_tokens: int,
     return (prompt_tokens * pin + completion_tokens * pout) / 1e6
 
 
-class VerdictCache:
-    """Append-only JSONL of judge answers, keyed by ``key(...)``; safe to read while a run appends."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        self.rows: dict[str, dict] = {}
-        for row in read_jsonl(self.path):
-            if "key" in row:
-                self.rows[row["key"]] = row  # a later row (e.g. a retried invalid verdict) wins
+class VerdictCache(JsonlCache):
+    """Append-only JSONL of judge answers, keyed by ``key(...)``; a later row (a retried invalid verdict) wins."""
 
     @staticmethod
     def key(model: str, messages: list[dict], settings: dict) -> str:
         blob = json.dumps([model, messages, settings], sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
-    def get(self, key: str) -> dict | None:
-        return self.rows.get(key)
-
-    def put(self, row: dict) -> None:
-        with self._lock:
-            append_jsonl(self.path, row)
-            self.rows[row["key"]] = row
+    put = JsonlCache.add
 
 
 def _is_format_rejection(err) -> bool:

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_DATE = "26 Jul 2024"  # fixed date in rendered system prompts, so that evaluations are reproducible
+from llamatune.chat import DEFAULT_DATE
+from llamatune.runtime import open_llama
 
 
 def log_softmax(rows: np.ndarray) -> np.ndarray:
@@ -45,25 +46,6 @@ def common_prefix_len(a, b) -> int:
     b = np.asarray(b[:n])
     diff = np.nonzero(a != b)[0]
     return int(diff[0]) if len(diff) else n
-
-
-def open_llama(model_path: str, *, n_ctx: int = 2048, n_threads: int | None = None, n_batch: int = 512,
-               logits_all: bool = False, seed: int = 0):
-    """``llama_cpp.Llama`` with this project's defaults (quiet, fixed seed).
-
-    Threads: ``n_threads``, else ``$LLAMATUNE_THREADS``, else llama-cpp-python's default (half the logical CPUs,
-    i.e. the physical cores). More threads than free cores makes llama.cpp's spinning threads wait for each
-    other: on a busy 2-core machine a logits row took 9 ms with 1 thread and a median 265 ms with 2.
-    """
-    from llama_cpp import Llama
-
-    if not os.path.exists(model_path):
-        raise FileNotFoundError(f"GGUF not found: {model_path}")
-    n_threads = n_threads or int(os.environ.get("LLAMATUNE_THREADS") or 0) or max(1, (os.cpu_count() or 2) // 2)
-    from llamatune.device import n_gpu_layers
-
-    return Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch,
-                 logits_all=logits_all, seed=seed, verbose=False, n_gpu_layers=n_gpu_layers())
 
 
 def _register(cls):

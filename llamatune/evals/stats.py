@@ -10,7 +10,14 @@ them against ``scipy.stats``). Shared by the ARC, judge and tool-call evaluators
 * ``sign_test(wins, losses)`` — two-sided exact binomial test (ties excluded by the caller)
 * ``cohen_kappa(labels_a, labels_b)`` — chance-corrected agreement of two raters
 
-Conventions: ``diff`` is always *first minus second*; CIs are two-sided at level ``ci`` (default 0.95).
+and the one result shape every evaluator writes and the report reads:
+
+* ``proportion(k, n)`` / ``mean_metric(values)`` — a metric ``{"value", "low", "high", "n"}`` (+ ``"k"``);
+* ``paired_comparison(a_correct, b_correct)`` — the one paired comparison of two systems on the same items:
+  ``{"n", "a", "b", "diff", "mcnemar"}`` where ``diff`` is the metric of accuracy(B) − accuracy(A).
+
+Conventions: ``paired_bootstrap_diff``'s ``diff`` is *first minus second*; a comparison is always B − A (B the
+new system, A the baseline); CIs are two-sided at level ``ci`` (default 0.95).
 """
 
 from __future__ import annotations
@@ -27,7 +34,10 @@ __all__ = [
     "bootstrap_ci",
     "cohen_kappa",
     "mcnemar_exact",
+    "mean_metric",
     "paired_bootstrap_diff",
+    "paired_comparison",
+    "proportion",
     "sign_test",
     "wilson_ci",
 ]
@@ -180,3 +190,32 @@ def cohen_kappa(labels_a: Sequence, labels_b: Sequence) -> float:
     if p_e == 1.0:
         return 1.0
     return (p_o - p_e) / (1 - p_e)
+
+
+# --- the result shape -------------------------------------------------------------------------------------
+
+def proportion(k: int, n: int, ci: float = 0.95) -> dict:
+    """``{"value", "low", "high", "n", "k"}`` of ``k`` successes in ``n`` (Wilson CI; ``None`` values when n = 0)."""
+    low, high = wilson_ci(k, n, ci)
+    return {"value": k / n if n else None, "k": int(k), "n": int(n), "low": low if n else None,
+            "high": high if n else None}
+
+
+def mean_metric(values: Sequence[float], n_boot: int = 10000, seed: int = 0, ci: float = 0.95) -> dict:
+    """``{"value", "low", "high", "n"}`` of the mean of ``values`` (percentile bootstrap CI)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return {"value": None, "low": None, "high": None, "n": 0}
+    low, high = bootstrap_ci(vals, n_boot=n_boot, seed=seed, ci=ci)
+    return {"value": sum(vals) / len(vals), "low": low, "high": high, "n": len(vals)}
+
+
+def paired_comparison(a_correct: Sequence[bool], b_correct: Sequence[bool], n_boot: int = 10000,
+                      seed: int = 0) -> dict:
+    """System B against baseline A on the same items: both accuracies, the paired-bootstrap CI of B − A, and the
+    exact McNemar test (``b01``: items only B got right, ``b10``: only A)."""
+    a, b = [bool(x) for x in a_correct], [bool(x) for x in b_correct]
+    boot = paired_bootstrap_diff([float(x) for x in b], [float(x) for x in a], n_boot=n_boot, seed=seed)
+    return {"n": len(a), "a": proportion(sum(a), len(a)), "b": proportion(sum(b), len(b)),
+            "diff": {"value": boot["diff"], "low": boot["low"], "high": boot["high"], "n": boot["n"]},
+            "mcnemar": mcnemar_exact(a, b)}

@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from llamatune.tools import tool
 from llamatune.tools.http import ToolError
+from llamatune.tools.schema import tool
 
 _FACTORS = {  # to SI base
     "km": 1000.0, "m": 1.0, "cm": 0.01, "mile": 1609.344, "ft": 0.3048, "inch": 0.0254,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from llamatune.tools import tool
 from llamatune.tools.http import ToolError, get_json
+from llamatune.tools.schema import tool
 
 # WMO weather interpretation codes (Open-Meteo docs).
 WMO = {

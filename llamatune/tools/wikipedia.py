@@ -10,8 +10,8 @@ import os
 import re
 from urllib.parse import quote
 
-from llamatune.tools import tool
 from llamatune.tools.http import ToolError, get_json
+from llamatune.tools.schema import tool
 
 
 def _api() -> str:

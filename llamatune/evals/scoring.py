@@ -1,0 +1,170 @@
+"""Scoring one tool-call output against its target, the way BFCL's AST checker does.
+
+A call is correct when the function name matches, every required argument is present, no argument outside the
+schema appears, types match (int accepted for float) and values match after normalisation (case, whitespace,
+surrounding punctuation; other spellings listed in ``expected["accept"]``; an omitted optional argument equals
+its default). When no call is expected, any call attempt is wrong; for ``clarify`` items the answer must also ask
+a question; after a tool result the answer must be grounded in it. Nothing in model output crashes the scorer:
+malformed calls count as format-invalid.
+
+    from llamatune.evals.scoring import score_output
+    score_output('{"name": "f", "parameters": {}}', {"name": "f", "arguments": {}}, tools, "single_call")
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import unicodedata
+from functools import lru_cache
+
+from llamatune.toolcall import ToolCall, parse_output, validate_call
+
+# --- values ----------------------------------------------------------------------------------------------
+
+def _strip_punct(s: str) -> str:
+    i, j = 0, len(s)
+    while i < j and (s[i].isspace() or unicodedata.category(s[i]).startswith("P")):
+        i += 1
+    while j > i and (s[j - 1].isspace() or unicodedata.category(s[j - 1]).startswith("P")):
+        j -= 1
+    return s[i:j]
+
+
+def normalize(value):
+    """Comparable form of an argument value: strings casefolded, whitespace collapsed, surrounding
+    punctuation dropped; numbers as float (so 2 == 2.0); lists and dicts element-wise."""
+    if isinstance(value, str):
+        return _strip_punct(" ".join(value.split()).casefold())
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, list):
+        return [normalize(v) for v in value]
+    if isinstance(value, dict):
+        return {k: normalize(v) for k, v in value.items()}
+    return value
+
+
+@lru_cache(maxsize=64)
+def _project_defaults(name: str) -> tuple:
+    from llamatune.tools import all_tools
+
+    tool = all_tools().get(name)
+    if tool is None:
+        return ()
+    return tuple((p, v.default) for p, v in inspect.signature(tool.fn).parameters.items()
+                 if v.default is not inspect.Parameter.empty)
+
+
+def defaults_of(name: str, tools: list[dict]) -> dict:
+    """Default argument values of tool ``name``: the schemas' ``default`` fields, else the project's tool."""
+    for t in tools:
+        fn = t.get("function", t)
+        if fn.get("name") == name:
+            props = (fn.get("parameters") or {}).get("properties", {})
+            found = {k: p["default"] for k, p in props.items() if "default" in p}
+            return {**dict(_project_defaults(name)), **found}
+    return dict(_project_defaults(name))
+
+
+def _args_reason(call: ToolCall, expected: dict, tools: list[dict]) -> str | None:
+    defaults = defaults_of(call.name, tools)
+    want = {**defaults, **expected.get("arguments", {})}
+    got = {**defaults, **call.arguments}
+    accept = expected.get("accept", {})
+    for arg in sorted(set(want) | set(got)):
+        if arg not in got:
+            return f"missing_argument: {call.name} needs {arg!r}"
+        if arg not in want:
+            return f"unexpected_argument: {arg}={call.arguments[arg]!r} was not asked for"
+        ok = [normalize(v) for v in [want[arg], *accept.get(arg, [])]]
+        if normalize(got[arg]) not in ok:
+            return f"wrong_value: {arg}={got[arg]!r}, expected {want[arg]!r}"
+    return None
+
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+_FAILURE_WORDS = ("sorry", "could not", "couldn't", "cannot", "can't", "unable", "error", "failed", "not available")
+
+
+def _leaves(x):
+    if isinstance(x, dict):
+        for k, v in x.items():
+            if k not in ("note", "tool", "url"):
+                yield from _leaves(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _leaves(v)
+    elif x is not None and not isinstance(x, bool):
+        yield str(x)
+
+
+def grounding_reason(answer: str, context: list[dict]) -> str | None:
+    """``None`` when ``answer`` uses the last tool result of ``context``: it repeats a number or a value of the
+    result that the user did not say (a temperature, a title, a time), or, for an error result, says that it
+    failed. Otherwise the reason it counts as ungrounded. When ``context`` does not end with a tool turn: ``None``."""
+    tool = context[-1] if context else None
+    if tool is None or tool.get("role") not in ("tool", "ipython"):
+        return None
+    content = tool["content"]
+    if isinstance(content, str):
+        try:
+            content = json.loads(content)
+        except json.JSONDecodeError:
+            content = {"result": content}
+    said = " ".join(str(m.get("content")) for m in context if m.get("role") == "user").casefold()
+    text = (answer or "").casefold()
+    if isinstance(content, dict) and "error" in content and "result" not in content:
+        ok = str(content["error"]).casefold() in text or any(w in text for w in _FAILURE_WORDS)
+        return None if ok else "ungrounded: the tool failed, and the answer does not say so"
+    numbers = {n.replace(",", ".") for v in _leaves(content) for n in _NUMBER.findall(v)}
+    numbers -= {n.replace(",", ".") for n in _NUMBER.findall(said)}
+    words = {v.casefold() for v in _leaves(content) if len(v) >= 4 and not _NUMBER.fullmatch(v)}
+    words = {w for w in words if w not in said}
+    got = {n.replace(",", ".") for n in _NUMBER.findall(text)}
+    if numbers & got or any(w in text for w in words):
+        return None
+    return "ungrounded: the answer repeats no value of the tool result"
+
+
+def score_output(output: str, expected: dict | None, tools: list, category: str,
+                 context: list[dict] | None = None) -> dict:
+    """Score one raw output: ``{correct, reason, format_valid, called, attempted, clarified, llm_calls,
+    expects_call, name_correct}``. ``llm_calls`` is what the agent would spend on the turn: 1 for a text
+    answer, 2 for a call (it runs the tool, then asks the model again). With ``context`` (the conversation before
+    the output), a text answer after a tool result must also be grounded in it (:func:`grounding_reason`)."""
+    parsed = parse_output(output if isinstance(output, str) else "")
+    called = bool(parsed.calls)
+    clarified = not parsed.attempted and any(q in (output or "") for q in "?？")
+    rec = {"format_valid": parsed.format_valid, "called": called, "attempted": parsed.attempted,
+           "clarified": clarified, "llm_calls": 2 if called else 1, "expects_call": expected is not None,
+           "name_correct": False}
+    if expected is None:
+        if not parsed.format_valid:
+            reason = f"format_invalid: {parsed.error} (an attempted call where none is needed)"
+        elif called:
+            reason = f"called_tool: {parsed.calls[0].name} although no call is needed"
+        elif not (output or "").strip():
+            reason = "empty_output"
+        elif category == "clarify" and not clarified:
+            reason = "no_question: a required argument is missing but the answer asks nothing"
+        else:
+            reason = (grounding_reason(output, context) if context else None) or "ok"
+        return {"correct": reason == "ok", "reason": reason, **rec}
+    if not parsed.format_valid:
+        reason = f"format_invalid: {parsed.error}"
+    elif not called:
+        reason = "no_call: answered in text although a call is needed"
+    elif len(parsed.calls) > 1:
+        reason = f"multiple_calls: {len(parsed.calls)} calls, one expected"
+        rec["name_correct"] = parsed.calls[0].name == expected["name"]
+    elif parsed.calls[0].name != expected["name"]:
+        reason = f"wrong_tool: {parsed.calls[0].name}, expected {expected['name']}"
+    else:
+        rec["name_correct"] = True
+        invalid = validate_call(parsed.calls[0], tools)
+        reason = str(invalid) if invalid else (_args_reason(parsed.calls[0], expected, tools) or "ok")
+    return {"correct": reason == "ok", "reason": reason, **rec}

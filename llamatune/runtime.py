@@ -1,0 +1,177 @@
+"""The one llama.cpp runtime: how a GGUF is opened, how many threads it gets, and how text is decoded from it.
+
+* :func:`open_llama` is the only place that constructs ``llama_cpp.Llama``; the agent and the Space
+  (:class:`LlamaCppModel`), eval generation (:class:`llamatune.generate.LlamaCppGenerator`), the lm-eval model
+  (:mod:`llamatune.evals.llamacpp_lm`) and the export fidelity check all open models through it.
+* :func:`threads` is the one thread rule: ``n_threads``, else ``$LLAMATUNE_THREADS``, else the physical cores
+  (hyper-threads do not speed up decoding, and more threads than free cores make llama.cpp's spinning threads
+  wait for each other). Results do not depend on it: each thread computes whole output rows.
+* :class:`LlamaCppModel` serves a GGUF to the agent. One ``Llama`` object is kept per model, so llama.cpp reuses
+  the KV cache of the longest common token prefix of the previous evaluation (``Llama.generate`` prefix
+  matching): a second turn, or the second call of a tool turn, only evaluates the new tokens, never the system
+  prompt and tool schemas again. Decoding runs on ``Llama.generate`` directly (greedy by default) with
+  incremental UTF-8 detokenisation and stop strings, so streaming costs nothing over raw generation.
+* :func:`prompt_logits` evaluates a token sequence and returns the logits of every position (fidelity checks).
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import time
+from typing import Iterator
+
+from llamatune.chat import stop_strings
+
+
+def physical_cores() -> int:
+    """Physical CPU cores available to this process (hyper-threads do not speed up llama.cpp decoding)."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        allowed = os.cpu_count() or 1
+    cores: set[tuple[str, str]] = set()
+    try:
+        phys = core = None
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    phys = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                elif not line.strip():
+                    if core is not None:
+                        cores.add((phys or "0", core))
+                    phys = core = None
+            if core is not None:
+                cores.add((phys or "0", core))
+    except OSError:
+        pass
+    n = len(cores) or allowed
+    return max(1, min(n, allowed))
+
+
+def threads(n_threads: int | None = None) -> int:
+    """Threads for llama.cpp: ``n_threads``, else ``$LLAMATUNE_THREADS``, else :func:`physical_cores`."""
+    return int(n_threads or 0) or int(os.environ.get("LLAMATUNE_THREADS") or 0) or physical_cores()
+
+
+def open_llama(model_path: str, *, n_ctx: int = 2048, n_threads: int | None = None, n_batch: int = 512,
+               logits_all: bool = False, seed: int = 0, **kwargs):
+    """The project's one way to open a GGUF: ``llama_cpp.Llama``, quiet, seeded, :func:`threads` threads, every
+    layer on the GPU when there is one (:func:`llamatune.device.n_gpu_layers`). ``kwargs`` go to ``Llama``."""
+    from llama_cpp import Llama
+
+    from llamatune.device import n_gpu_layers
+
+    if not os.path.exists(model_path):
+        raise FileNotFoundError(f"GGUF not found: {model_path}")
+    return Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=threads(n_threads), n_batch=n_batch,
+                 logits_all=logits_all, seed=seed, verbose=False, n_gpu_layers=n_gpu_layers(), **kwargs)
+
+
+
+class LlamaCppModel:
+    """A GGUF served by llama-cpp-python, with KV reuse of the shared prompt prefix between calls.
+
+    ``stats`` describes the last call: prompt tokens, how many came from the KV cache, generated tokens,
+    time to first token and decode time (the bench reads it).
+    """
+
+    def __init__(self, path: str, n_ctx: int = 4096, n_threads: int | None = None, chat_template: str = "llama-3.2",
+                 *, name: str | None = None, temperature: float = 0.0, seed: int = 0, n_batch: int = 512,
+                 verbose: bool = False):
+        self.path = str(path)
+        self.name = name or os.path.basename(self.path)
+        self.template = chat_template
+        self.temperature = temperature
+        self.n_threads = threads(n_threads)
+        self._llm = open_llama(self.path, n_ctx=n_ctx, n_threads=self.n_threads, n_batch=n_batch, seed=seed)
+        self.n_ctx = self._llm.n_ctx()
+        self.stats: dict = {}
+
+    @property
+    def llama(self):
+        """The underlying ``llama_cpp.Llama`` (for benchmarks)."""
+        return self._llm
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
+    def reset_cache(self) -> None:
+        """Forget the KV cache (the next call evaluates its whole prompt)."""
+        self._llm.reset()
+
+    def complete(self, prompt: str, *, max_tokens: int = 512, stop: list[str] | None = None,
+                 stream: bool = False) -> Iterator[str] | str:
+        it = self._generate(prompt, max_tokens, stop_strings(self.template) if stop is None else stop)
+        return it if stream else "".join(it)
+
+    def _generate(self, prompt: str, max_tokens: int, stop: list[str]) -> Iterator[str]:
+        import llama_cpp
+
+        llm = self._llm
+        t0 = time.perf_counter()
+        tokens = self.tokenize(prompt)
+        if len(tokens) >= self.n_ctx:
+            raise ValueError(f"prompt of {len(tokens)} tokens does not fit the context of {self.n_ctx}")
+        max_tokens = max(1, min(max_tokens, self.n_ctx - len(tokens)))
+        cached = 0
+        for a, b in zip(llm.input_ids[: llm.n_tokens].tolist(), tokens):
+            if a != b:
+                break
+            cached += 1
+        stats = self.stats = {"prompt_tokens": len(tokens), "cached_tokens": cached, "generated": 0,
+                              "t_start": t0, "ttft": None, "decode_s": 0.0, "finish": "length"}
+        vocab = llm._model.vocab
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        hold = max((len(s) for s in stop), default=1) - 1  # chars that might start a stop string
+        text, emitted = "", 0
+        t_first = None
+        for token in llm.generate(tokens, temp=self.temperature, top_k=40, top_p=0.95, min_p=0.05,
+                                  repeat_penalty=1.0):
+            now = time.perf_counter()
+            if t_first is None:
+                t_first = now
+                stats["ttft"] = now - t0
+            stats["generated"] += 1
+            stats["decode_s"] = now - t_first
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                stats["finish"] = "stop"
+                break
+            text += decoder.decode(llm.detokenize([token], special=True))
+            cut = min((i for i in (text.find(s, max(0, emitted - hold)) for s in stop) if i >= 0), default=-1)
+            if cut >= 0:
+                if cut > emitted:
+                    yield text[emitted:cut]
+                stats["finish"] = "stop"
+                return
+            safe = len(text) - hold if hold else len(text)
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+            if stats["generated"] >= max_tokens:
+                break
+        text += decoder.decode(b"", final=True)
+        if len(text) > emitted:
+            yield text[emitted:]
+
+    def close(self) -> None:
+        llm, self._llm = getattr(self, "_llm", None), None
+        if llm is not None:
+            llm.close()
+
+
+def prompt_logits(llm, ids: list[int]):
+    """Logits (float32, one row per position) of ``ids`` evaluated from an empty KV cache; the model must be
+    opened with ``logits_all=True``."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(ids)
+    return np.asarray(llm.scores[: len(ids)], dtype=np.float32)

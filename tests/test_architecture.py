@@ -1,0 +1,125 @@
+"""The package's shape, checked from its source: layers point one way, and each concept has one implementation.
+
+The import graph counts every ``import`` of a ``llamatune`` module, inside functions too (a deferred import
+still makes a cycle: it only hides it until the call).
+"""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "llamatune"
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in sorted(PKG.rglob("*.py")):
+        parts = p.relative_to(PKG.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = p
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``module -> {llamatune modules it imports}``, from the source (every import statement, at any depth)."""
+    mods = _modules()
+    graph = {}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join(up + ([node.module] if node.module else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            else:
+                continue
+            deps |= {t for t in targets if t in mods and t != name}
+        graph[name] = deps
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path ``[a, b, ..., a]``, or ``None``."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(v):
+        state[v] = 1
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if state.get(w) == 1:
+                return stack[stack.index(w):] + [w]
+            if w not in state and (found := visit(w)):
+                return found
+        stack.pop()
+        state[v] = 2
+        return None
+
+    for v in sorted(graph):
+        if v not in state and (found := visit(v)):
+            return found
+    return None
+
+
+def test_the_cycle_finder_finds_a_cycle_through_a_deferred_import():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_among_the_package_modules():
+    graph = import_graph()
+    assert {"llamatune.agent", "llamatune.protocol", "llamatune.data.funccall"} <= set(graph)
+    assert "llamatune.protocol" in graph["llamatune.agent"]  # the graph sees imports (sanity)
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+@pytest.mark.parametrize("module, allowed", [
+    ("llamatune.protocol", set()), ("llamatune.jsonl", set()), ("llamatune.toolcall", set()),
+    ("llamatune.gguf_meta", set()), ("llamatune.evals.stats", set()), ("llamatune.chat", {"llamatune.gguf_meta"}),
+])
+def test_contract_modules_sit_at_the_bottom(module, allowed):
+    assert import_graph()[module] <= allowed, f"{module} imports {sorted(import_graph()[module] - allowed)}"
+
+
+def test_data_and_serving_meet_only_in_the_contract():
+    """The data generator never imports the agent or the serving layer (they share ``protocol``), and the agent
+    never imports the data generator (its caller hands it the ICL examples)."""
+    graph = import_graph()
+    for name, deps in graph.items():
+        if name.startswith("llamatune.data"):
+            assert not deps & {"llamatune.agent", "llamatune.serving", "llamatune.terminal"}, name
+    assert not any(d.startswith("llamatune.data") for d in graph["llamatune.agent"])
+
+
+def _sources():
+    for path in _modules().values():
+        yield path, path.read_text(encoding="utf-8")
+
+
+def test_one_module_constructs_llama_cpp():
+    where = {p.name for p, src in _sources() if re.search(r"\bLlama\(", src.replace("Llama.from_pretrained", ""))}
+    assert where == {"runtime.py"}
+
+
+def test_one_jsonl_appender():
+    """Appending to a file happens in the store only (``open(..., "a…")``)."""
+    appenders = {p.name for p, src in _sources() if re.search(r"""open\([^)]*["']a[+b]*["']""", src)}
+    assert appenders == {"jsonl.py"}
+
+
+def test_one_confidence_interval_convention():
+    """Every metric is ``{"value", "low", "high", "n"}``: no ``ci_low``/``ci_high`` or ``*_ci`` keys anywhere."""
+    offenders = {p.name for p, src in _sources() if re.search(r"""["'](ci_low|ci_high|\w+_ci)["']""", src)}
+    assert offenders == set()
+
+
+def test_modules_stay_small():
+    big = {p.relative_to(PKG).as_posix(): n for p, src in _sources() if (n := src.count("\n")) > 420}
+    assert big == {}
