@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     from llamatune.chat import model_template
-    from llamatune.evals.toolcall import build_prompt, read_jsonl
+    from llamatune.evals.toolcall import build_prompt, read_items
     from llamatune.generate import load_generator
 
     model = a.model or next(iter(sorted((REPO / "runs" / "demo" / "gguf").glob("*funccall*.gguf"))), None)
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
         print("no model: run `make demo` first or pass --model", file=sys.stderr)
         return 2
     template = model_template(model)
-    rows = read_jsonl(a.data, ("id", "messages", "tools", "expected", "category"))[: a.limit]
+    rows = read_items(a.data, ("id", "messages", "tools", "expected", "category"))[: a.limit]
     prompts = [build_prompt(r, 0, template) for r in rows]
     orders = {"file": list(range(len(rows))), "sorted": sorted(range(len(rows)), key=prompts.__getitem__)}
     result = {"bench": "eval_order", "model": str(model), "items": len(rows), "threads": a.threads}

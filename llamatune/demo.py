@@ -261,7 +261,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
              max_length: int, icl: int, max_tokens: int, threads: int) -> dict:
     """Run (or resume) every stage; returns the report dict also written to ``out/report.json``."""
     from llamatune import demo_report
-    from llamatune.evals.toolcall import evaluate
+    from llamatune.evals.toolcall import evaluate, is_current
     from llamatune.models import resolve_model
     from llamatune.provenance import cpu_info
 
@@ -292,8 +292,10 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     link_ggufs(out, {f"{model}-base-{serve}": ggufs["base"], f"{model}-funccall-{serve}": ggufs["tuned"]})
     res = out / "results"
     for label, gguf, k in (("base", ggufs["base"], 0), ("icl", ggufs["base"], icl), ("tuned", ggufs["tuned"], 0)):
-        st.run(f"eval_{label}", (res / f"{label}.json").exists(), evaluate, gguf, data / "eval.jsonl",
-               res / f"{label}.json", icl=k, max_tokens=max_tokens, n_threads=threads, template=template)
+        done = is_current(res / f"{label}.json", gguf, data / "eval.jsonl", icl=k, max_tokens=max_tokens,
+                          template=template, limit=None)
+        st.run(f"eval_{label}", done, evaluate, gguf, data / "eval.jsonl", res / f"{label}.json", icl=k,
+               max_tokens=max_tokens, n_threads=threads, template=template)
     report = st.run("report", False, demo_report.write_report, out,
                     meta={"model": model, "model_label": MODELS[model]["label"], "quant": serve, "n": n, "n_test": n_test,
                           "steps": steps, "max_length": max_length, "icl": icl, "max_tokens": max_tokens,

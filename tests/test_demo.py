@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from llamatune import demo, demo_report
-from llamatune.evals.toolcall import _write_results, score_output
+from llamatune.evals.scoring import score_output
+from llamatune.evals.toolcall import _write_results
 from tests.conftest import requires
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -74,10 +74,11 @@ def run_dir(tmp_path, monkeypatch) -> Path:
     extra.mkdir(parents=True)
     (extra / "arc-arc_challenge.json").write_text(json.dumps({
         "kind": "arc", "name": "tuned", "n": 1172, "items": [],
-        "aggregate": {"acc": {"value": 0.45, "k": 527, "n": 1172, "ci_low": 0.4217, "ci_high": 0.4787}}}))
+        "aggregate": {"acc": {"value": 0.45, "k": 527, "n": 1172, "low": 0.4217, "high": 0.4787}}}))
     (extra / "judge.json").write_text(json.dumps({
         "kind": "judge", "name": "tuned vs base", "items": [],
-        "aggregate": {"n": 100, "wins": 60, "win_rate": 0.6, "win_rate_ci": [0.502, 0.691], "sign_test_p": 0.02}}))
+        "aggregate": {"n": 100, "wins": 60, "win_rate": {"value": 0.6, "low": 0.502, "high": 0.691, "n": 100},
+                      "sign_test_p": 0.02}}))
     return run
 
 

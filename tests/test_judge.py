@@ -65,10 +65,9 @@ def test_summarize_counts_and_tests():
     agg = summarize(items, n_boot=2000)
     assert (agg["wins"], agg["losses"], agg["ties"], agg["n"], agg["n_invalid"]) == (24, 10, 6, 40, 2)
     assert agg["sign_test_p"] == pytest.approx(0.0243065, abs=1e-6)  # binomtest(24, 34)
-    assert agg["win_rate"] == pytest.approx(24 / 40)
-    assert agg["adjusted_win_rate"] == pytest.approx(27 / 40)
-    lo, hi = agg["adjusted_win_rate_ci"]
-    assert lo < 27 / 40 < hi
+    assert agg["win_rate"]["value"] == pytest.approx(24 / 40) and agg["win_rate"]["n"] == 40
+    adj = agg["adjusted_win_rate"]
+    assert adj["value"] == pytest.approx(27 / 40) and adj["low"] < 27 / 40 < adj["high"] and adj["n"] == 40
     assert agg["position_consistency"] == pytest.approx(34 / 40)
 
 

@@ -32,10 +32,16 @@ def results_dir(tmp_path):
           "aggregate": judge.summarize(items, n_boot=2000), "items": items}
     (tmp_path / "judge").mkdir()
     (tmp_path / "judge" / "judge.json").write_text(json.dumps(jr))
-    tool = {"kind": "toolcall", "name": "ft-q4", "items": [],
-            "aggregate": {"overall": {"accuracy": 0.8125, "ci_low": 0.7, "ci_high": 0.9, "n": 64},
-                          "relevance": {"accuracy": 0.5, "ci": [0.3, 0.7], "n": 16}, "n_items": 64}}
+    from llamatune.evals.toolcall import aggregate
+
+    titems = [{"id": str(i), "category": "single_call" if i % 4 else "no_tool", "correct": i % 3 == 0,
+               "expects_call": bool(i % 4), "name_correct": i % 2 == 0, "attempted": bool(i % 4) or i == 8,
+               "format_valid": True, "clarified": False, "llm_calls": 2 if i % 4 else 1} for i in range(16)]
+    tool = {"kind": "toolcall", "name": "ft-q4", "items": titems, "aggregate": aggregate(titems)}
     (tmp_path / "toolcall.json").write_text(json.dumps(tool))
+    other = {"kind": "judge_agreement", "name": "judge vs human",
+             "aggregate": {"agreement": {"value": 0.8125, "low": 0.7, "high": 0.9, "n": 64}, "n_labelled": 64}}
+    (tmp_path / "agreement.json").write_text(json.dumps(other))
     (tmp_path / "not-a-result.json").write_text(json.dumps({"hello": 1}))
     return tmp_path, cmp, jr
 
@@ -46,17 +52,21 @@ def test_report_tables_and_plots(results_dir):
     assert (root / "report.md").read_text() == md
     # ARC: n and Wilson CI from the items
     assert "| base | arc_challenge | inproc | 100 | acc | 0.400 [" in md
-    # the paired comparison: 10 items only base got right, 2 only ft got right → McNemar exact p
-    ci = f"[{cmp['ci_low']:+.3f}, {cmp['ci_high']:+.3f}]"
-    assert f"| base | ft | arc_challenge | acc | 100 | 0.400 | 0.320 | +0.080 {ci}" in md
-    assert "| 2/10 | 0.039 |" in md  # 2 * P(X <= 2 | n=12) = 158/4096 = 0.0386
+    # the paired comparison, B − A: 10 items only base (A) got right, 2 only ft (B) → McNemar exact p
+    d = cmp["overall"]["diff"]
+    assert d["value"] == pytest.approx(-0.08) and d["low"] < -0.08 < d["high"] < 0.01
+    ci = f"[{100 * d['low']:+.0f}, {100 * d['high']:+.0f}]"
+    assert f"| ft vs base (arc_challenge, acc) | 100 | 40% [31, 50] | 32% [24, 42] | -8 pp {ci} | 2/10 | 0.039 |" in md
+    # 2 * P(X <= 2 | n=12) = 158/4096 = 0.0386
     # judge: W/L/T and the sign test p of binomtest(24, 34)
     assert "| ft vs base | gpt-4.1-mini | 40 | 24/10/6 | 0.600 [" in md and "| 0.024 |" in md  # 0.0243
+    # tool calls: the same table eval toolcall prints, overall and per category (Wilson CIs from the items)
+    assert "### Tool calls: ft-q4" in md
+    assert "| **overall** | 16 | 38% [18, 61] | 33% [15, 58] |" in md  # 6/16 right; 4/12 of the call items
+    assert "| no_tool | 4 | 25% [5, 70] |" in md
     # any other kind: generic aggregate table with CI columns
-    assert "### toolcall: ft-q4" in md
-    assert "| overall | 64 | 0.812 [0.700, 0.900] | – |" in md
-    assert "| relevance | 16 | 0.500 [0.300, 0.700] | – |" in md
-    assert "| n_items | – | 64 | – |" in md
+    assert "### judge_agreement: judge vs human" in md
+    assert "| agreement | 64 | 0.812 [0.700, 0.900] | – |" in md and "| n_labelled | – | 64 | – |" in md
     for png in ("judge_win_rates.png", "accuracy_differences.png", "arc_accuracy.png"):
         data = (root / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000

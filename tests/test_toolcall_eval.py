@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from llamatune.evals.toolcall import compare, evaluate, normalize, score_output, score_predictions
+from llamatune.evals.scoring import normalize, score_output
+from llamatune.evals.toolcall import compare, evaluate, score_predictions
 from llamatune.tools import all_tools
 
 from tests.conftest import requires
@@ -141,10 +142,11 @@ def test_compare_mcnemar_and_bootstrap(tmp_path):
     res = compare(a, b)
     o = res["overall"]
     assert (o["mcnemar"]["b01"], o["mcnemar"]["b10"]) == (18, 0) and o["mcnemar"]["p_value"] < 1e-4
-    assert o["diff_b_minus_a"]["diff"] == pytest.approx(18 / 30) and 0 < o["diff_b_minus_a"]["low"] < 0.6
-    assert set(res["by_category"]) == {"single_call", "no_tool"}
+    assert o["diff"]["value"] == pytest.approx(18 / 30) and 0 < o["diff"]["low"] < 0.6  # B − A
+    assert (o["a"]["value"], o["b"]["value"], o["a"]["k"], o["b"]["n"]) == (pytest.approx(10 / 30), pytest.approx(28 / 30), 10, 30)
+    assert res["kind"] == "toolcall_compare" and set(res["by_category"]) == {"single_call", "no_tool"}
     same = compare(a, a)["overall"]
-    assert same["mcnemar"]["p_value"] == 1.0 and same["diff_b_minus_a"]["diff"] == 0
+    assert same["mcnemar"]["p_value"] == 1.0 and same["diff"]["value"] == 0
 
 
 def _short_test_set(out, n):
@@ -202,7 +204,7 @@ def test_cli_predictions_and_compare(tmp_path, capsys):
     assert main(["eval", "toolcall", "--predictions", str(preds), "--out", str(tmp_path / "b.json")]) == 0
     assert main(["eval", "toolcall", "--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json"),
                  "--out", str(tmp_path / "c.json")]) == 0
-    assert "| **overall** | 6 | 50% | 50% | +0 pp" in capsys.readouterr().out
+    assert "| **overall** | 6 | 50% [19, 81] | 50% [19, 81] | +0 pp" in capsys.readouterr().out
     assert json.loads((tmp_path / "c.json").read_text())["overall"]["mcnemar"]["p_value"] == 1.0
     with pytest.raises(ValueError, match="expected a .gguf file or an HF model directory"):
         evaluate(tmp_path / "nope.bin", preds, tmp_path / "x.json")
@@ -227,7 +229,7 @@ def test_the_generators_own_targets_score_perfectly(tmp_path):
 
 
 def test_answers_after_a_tool_result_must_use_it():
-    from llamatune.evals.toolcall import grounding_reason
+    from llamatune.evals.scoring import grounding_reason
 
     ctx = [{"role": "user", "content": "Weather in Oslo?"},
            {"role": "assistant", "tool_calls": [{"type": "function", "function": {

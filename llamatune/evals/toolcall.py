@@ -24,7 +24,7 @@ from llamatune.chat import DEFAULT_DATE, model_template
 from llamatune.evals.scoring import score_output
 from llamatune.evals.stats import mean_metric, paired_comparison, proportion
 from llamatune.generate import fingerprint, load_generator, model_kind, parse_spec
-from llamatune.jsonl import JsonlCache, iter_jsonl, read_json, write_json
+from llamatune.jsonl import JsonlCache, iter_jsonl, read_json, sha256_file, write_json
 from llamatune.report import comparison_table, toolcall_table
 
 # --- aggregation ------------------------------------------------------------------------------------------
@@ -72,8 +72,9 @@ def _score_rows(rows: list[dict]) -> list[dict]:
 
 # --- inputs -----------------------------------------------------------------------------------------------
 
-def read_jsonl(path, required: tuple[str, ...]) -> list[dict]:
-    """Rows of a JSONL file; a bad line raises ``ValueError`` naming the file, line and field."""
+def read_items(path, required: tuple[str, ...]) -> list[dict]:
+    """Test items (or predictions) from a JSONL file, checked: a bad row raises ``ValueError`` naming the file,
+    line and field."""
     rows = []
     for n, row in iter_jsonl(path):
         for field in required:
@@ -93,7 +94,7 @@ def read_jsonl(path, required: tuple[str, ...]) -> list[dict]:
 
 def score_predictions(preds_path, out) -> dict:
     """Score raw outputs that already exist (any system) and write ``out``."""
-    rows = read_jsonl(preds_path, ("id", "tools", "expected", "output"))
+    rows = read_items(preds_path, ("id", "tools", "expected", "output"))
     for r in rows:
         r.setdefault("category", "call" if r["expected"] else "no_call")
     return _write_results(_score_rows(rows), out, model=f"predictions:{preds_path}", icl=None)
@@ -144,7 +145,7 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
 
     model_kind(model_spec)
     template = template or model_template(model_spec)
-    rows = read_jsonl(data_path, ("id", "messages", "tools", "expected", "category"))[: limit or None]
+    rows = read_items(data_path, ("id", "messages", "tools", "expected", "category"))[: limit or None]
     cache_path = Path(out).with_suffix(".generations.jsonl")
     # keyed by the model's content (a re-exported GGUF at the same path is another model), the rendered prompt
     # (template and date included) and the settings; the store cuts a torn last line off before appending
@@ -169,10 +170,22 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
         if runner is not None:
             runner.close()
     return _write_results(_score_rows(rows), out, model=str(model_spec), icl=icl, data=str(data_path),
-                          max_tokens=max_tokens, template=template)
+                          max_tokens=max_tokens, template=template, fingerprint=fp, data_sha256=sha256_file(data_path),
+                          limit=limit)
 
 
 # --- comparison -------------------------------------------------------------------------------------------
+
+def is_current(out, model_spec, data_path, **settings) -> bool:
+    """Whether ``out`` holds the results of this model (its content), these test items and ``settings`` (``icl``,
+    ``max_tokens``, ``template``, ``limit``): a results file that merely exists may be of a re-exported model."""
+    try:
+        res = read_json(out)
+    except (FileNotFoundError, ValueError):
+        return False
+    want = {"fingerprint": fingerprint(parse_spec(str(model_spec))), "data_sha256": sha256_file(data_path), **settings}
+    return all(res.get(k) == v for k, v in want.items())
+
 
 def compare(a_json, b_json) -> dict:
     """Paired comparison of two results on their common items (:func:`llamatune.evals.stats.paired_comparison`:
