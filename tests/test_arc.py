@@ -48,7 +48,7 @@ def _check_cloze_items(result, n):
     acc = result["aggregate"]["acc"]
     assert acc["value"] == pytest.approx(sum(it["correct"] for it in items) / n)
     assert acc["value"] == pytest.approx(result["lm_eval_results"]["acc,none"])  # lm-eval agrees
-    assert acc["ci_low"] <= acc["value"] <= acc["ci_high"]
+    assert acc["low"] <= acc["value"] <= acc["high"]
 
 
 @requires("llama_cpp", "lm_eval")
@@ -93,8 +93,10 @@ def test_arc_hf_matches_gguf(tiny_model_dir, tiny_gguf, tmp_path):
     (cmp_path,) = tmp_path.glob("compare-*.json")
     cmp = json.loads(cmp_path.read_text())
     mc = stats.mcnemar_exact([it["correct"] for it in hf["items"]], [it["correct"] for it in gg["items"]])
-    assert cmp["kind"] == "arc_compare" and cmp["n"] == 4 and cmp["p_value"] == mc["p_value"]
-    assert cmp["ci_low"] <= cmp["diff"] <= cmp["ci_high"]
+    o = cmp["overall"]
+    assert cmp["kind"] == "arc_compare" and o["n"] == 4 and o["mcnemar"]["p_value"] == mc["p_value"]
+    assert o["diff"]["low"] <= o["diff"]["value"] <= o["diff"]["high"]  # B − A
+    assert o["diff"]["value"] == pytest.approx(o["b"]["value"] - o["a"]["value"])
 
 
 @requires("llama_cpp", "lm_eval")

@@ -27,6 +27,7 @@ GGUF_DIR = REPO / "runs" / "demo" / "gguf"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.browser,
+    pytest.mark.needs_artifact(str(GGUF_DIR)),
     requires("playwright", "gradio", "llama_cpp"),
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (run `make browser`)"),
     pytest.mark.skipif(not any(GGUF_DIR.glob("*.gguf")), reason=f"no GGUFs in {GGUF_DIR} (run `make demo`)"),

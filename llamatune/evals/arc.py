@@ -26,7 +26,6 @@ json/jsonl/parquet files (files named ``*test*`` if there are any), so it works 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -319,13 +318,13 @@ def main(args) -> int:
         print(format_result(r))
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
-            path = Path(args.out) / f"compare-{r['task']}-{r['a']}-vs-{r['b']}.json".replace("/", "_")
+            name = f"compare-{r['task']}-{r['b']['model']}-vs-{r['a']['model']}.json".replace("/", "_")
+            path = Path(args.out) / name
             write_json(path, r, indent=1)
             print(f"written {path}")
         return 0
     if not args.model or not args.out:
-        print("llamatune eval arc: --model and --out are required (or --compare A B)", file=sys.stderr)
-        return 2
+        raise ValueError("--model and --out are required (or --compare A B)")
     r = run_arc(args.model, args.out, task=args.task, limit=args.limit, data_dir=args.data_dir, peft=args.peft,
                 backend=args.backend, base_url=args.base_url, name=args.name, n_ctx=args.n_ctx,
                 batch_size=args.batch_size, max_gen_toks=args.max_gen_toks)

@@ -1,0 +1,116 @@
+"""The fault matrix's own tests (the rest of it lives with each area; README "Faults tried" maps every fault to its
+test). Marked ``faults``: under CI=true a skip of one of these fails the run.
+
+Here: prompt injection against the real tokenizers of the served models (every control token of the vocabulary,
+not a hand-picked list), and malformed input rows for every reader of user files.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llamatune.protocol import neutralize
+from tests.conftest import requires
+
+pytestmark = pytest.mark.faults
+
+
+def _control_tokens(gguf) -> dict[int, str]:
+    """``{id: text}`` of every control token of a GGUF's vocabulary, read by llama.cpp itself."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    try:
+        vocab = llm._model.vocab
+        out = {}
+        for i in range(llama_cpp.llama_vocab_n_tokens(vocab)):
+            if llama_cpp.llama_vocab_get_attr(vocab, i) & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL:
+                out[i] = llm.detokenize([i], special=True).decode("utf-8", errors="replace")
+        ids = {i: llm.tokenize(t.encode(), add_bos=False, special=True) for i, t in out.items()}
+        injected = {i: llm.tokenize(f"x {neutralize(t)} y".encode(), add_bos=False, special=True)
+                    for i, t in out.items()}
+        return out, ids, injected
+    finally:
+        llm.close()
+
+
+def _check_inert(gguf, min_controls: int):
+    texts, ids, injected = _control_tokens(gguf)
+    parsed = {i for i in texts if ids[i] == [i]}  # strings the tokenizer turns into that control token
+    assert len(parsed) >= min_controls
+    controls = set(texts)
+    leaks = {texts[i]: sorted(set(injected[i]) & controls) for i in parsed if set(injected[i]) & controls}
+    assert leaks == {}, f"neutralised text still tokenises to control tokens: {leaks}"
+
+
+@requires("llama_cpp")
+def test_tool_output_cannot_carry_a_control_token_of_the_llama_vocabulary(tiny_gguf):
+    """All 256 Llama 3.2 specials (<|eot_id|>, <|start_header_id|>, <|python_tag|>, reserved ones...) in a web page
+    or a user message tokenise as plain text after ``neutralize``."""
+    _check_inert(tiny_gguf["q8_0"], min_controls=250)
+
+
+@requires("llama_cpp")
+def test_tool_output_cannot_carry_a_control_token_of_the_smollm2_vocabulary():
+    from llamatune import smollm2
+
+    _check_inert(smollm2.smollm2_gguf_path(), min_controls=10)
+
+
+# --- malformed rows: every reader of a user file names the file, the row and the field ----------------------------
+
+BAD_ROWS = [
+    (b'{"id": "1", "messages": [{"role": "wizard", "content": "hi"}]}', "role must be one of"),
+    (b'{"id": "1", "messages": []}', "non-empty list"),
+    (b'{"id": "1", "messages": [{"role": "user"}]}', "missing content"),
+    (b'{"id": "1"}', "needs field 'messages'"),
+    (b'{"id": "1", "prompt": "caf\xe9"}', "not a valid JSON row"),
+    (b'{"id": "1", "prompt": ', "not a valid JSON row"),
+    (b'["not", "an", "object"]', "expected a JSON object"),
+]
+
+
+@pytest.mark.parametrize("row, message", BAD_ROWS)
+def test_judge_prompts_reader_names_the_bad_row(tmp_path, row, message):
+    from llamatune.evals.judge import load_prompts
+
+    p = tmp_path / "prompts.jsonl"
+    p.write_bytes(b'{"id": "0", "prompt": "fine"}\n' + row + b"\n")
+    with pytest.raises(ValueError, match=rf"prompts.jsonl:2.*{message}"):
+        load_prompts(p)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"id": "1", "messages": [], "tools": "nope", "expected": None, "category": "no_tool"}, "'tools' must be a list"),
+    ({"id": "1", "messages": [], "tools": [], "expected": {"arguments": {}}, "category": "single_call"},
+     "'expected' must be null or"),
+    ({"id": "1", "tools": [], "expected": None, "category": "no_tool"}, "missing field 'messages'"),
+])
+def test_toolcall_items_reader_names_the_bad_row(tmp_path, row, message):
+    from llamatune.evals.toolcall import read_items
+
+    p = tmp_path / "eval.jsonl"
+    good = {"id": "0", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+            "tools": [], "expected": None, "category": "no_tool"}
+    p.write_text(json.dumps(good) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=rf"eval.jsonl:2: .*{message}"):
+        read_items(p, ("id", "messages", "tools", "expected", "category"))
+
+
+def test_a_huge_finetome_row_is_kept_whole_and_an_empty_turn_is_named(tmp_path):
+    """A 5 MB conversation is data like any other (nothing truncated silently); an empty turn is a bad row named by
+    its line, and the rest of the file is prepared."""
+    from llamatune.data.finetome import prepare, select
+
+    huge = {"conversations": [{"from": "human", "value": "long " * 1_000_000}, {"from": "gpt", "value": "ok"}]}
+    empty = {"conversations": [{"from": "human", "value": "   "}, {"from": "gpt", "value": "ok"}]}
+    rows = [huge, empty] + [{"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}]}
+                            for i in range(4)]
+    src = tmp_path / "src.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = prepare(str(src), tmp_path / "out", 3, 2, max_bad_fraction=0.5)
+    assert summary["skipped_by_reason"] == {"empty_value": 1} and select(str(src), 3, 2)["bad"] == [("line 2", "empty_value")]
+    first = json.loads((tmp_path / "out" / "train.jsonl").read_text().splitlines()[0])
+    assert len(first["messages"][0]["content"]) == len(huge["conversations"][0]["value"])
