@@ -388,5 +388,5 @@ def main(args) -> int:
         from llamatune.hub import run_push
 
         return run_push(args.out or source, args.push_to_hub, parts=("gguf",) if is_model_dir(source) else None,
-                        private=args.private, prog="llamatune export")
+                        private=args.private)
     return 0

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +47,8 @@ NO_TOKEN = ("no Hugging Face token: run `hf auth login` (older huggingface_hub: 
 
 class HubError(RuntimeError):
     """A push that cannot be planned or run; the message names the path, repo or setting and what to do."""
+
+    code = 2  # the user fixes an argument, a file or a login (llamatune.cli.exit_code)
 
 
 @dataclass
@@ -346,16 +347,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="print the plan (repo, file, size); upload nothing")
 
 
-def run_push(run_dir, repo=None, *, parts=None, private=False, prog="llamatune push", dry_run=False, **kw) -> int:
-    try:
-        plan = push_plan(run_dir, repo, parts=parts, private=private, **kw)
-        if dry_run:
-            print(format_plan(plan))
-            return 0
-        urls = push(plan)
-    except HubError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
+def run_push(run_dir, repo=None, *, parts=None, private=False, dry_run=False, **kw) -> int:
+    """Plan and run a push; a :class:`HubError` (exit code 2, :mod:`llamatune.cli`) names what to fix."""
+    plan = push_plan(run_dir, repo, parts=parts, private=private, **kw)
+    if dry_run:
+        print(format_plan(plan))
+        return 0
+    urls = push(plan)
     print("\n".join(f"pushed {u}" for u in urls))
     return 0
 

@@ -275,7 +275,7 @@ def test_push_refuses_a_space_whose_other_models_are_not_on_the_hub(run_dir):
 def test_export_push_flag_uses_the_same_implementation(run_dir, monkeypatch):
     pushed = []
     monkeypatch.setattr(hub, "push", lambda plan, api=None, **kw: pushed.append(plan) or [hub.url_of(plan[0])])
-    assert hub.run_push(run_dir, "me/tuned", prog="llamatune export") == 0
+    assert hub.run_push(run_dir, "me/tuned") == 0
     assert [c.repo_id for c in pushed[0]] == ["me/tuned-LoRA", "me/tuned", "me/tuned-GGUF"]
 
 

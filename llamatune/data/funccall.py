@@ -36,8 +36,8 @@ import random
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from llamatune.data import funccall_build as B
-from llamatune.data import funccall_templates as T
+from llamatune.data import funccall_build as builders
+from llamatune.data import funccall_templates as phrasebook
 
 CATEGORIES = ("single_call", "no_tool", "tool_result", "clarify", "multi_turn")
 DEFAULT_PROPORTIONS = {"single_call": 0.35, "no_tool": 0.25, "tool_result": 0.15, "clarify": 0.10, "multi_turn": 0.15}
@@ -52,10 +52,10 @@ PARAPHRASE_PROMPT = ("Paraphrase the user's message. Keep its meaning, language 
 
 def family_groups() -> dict[str, str]:
     """Every template family id → its group (the split takes a share of each group)."""
-    groups = {f: tool for tool, fams in T.SINGLE.items() for f in fams}
-    groups.update({f: spec[0] for f, spec in T.CLARIFY.items()})
-    groups.update({f: spec[0] for f, spec in T.NO_TOOL.items()})
-    groups.update({f: "follow-up" for f in T.FOLLOW_UPS})
+    groups = {f: tool for tool, fams in phrasebook.SINGLE.items() for f in fams}
+    groups.update({f: spec[0] for f, spec in phrasebook.CLARIFY.items()})
+    groups.update({f: spec[0] for f, spec in phrasebook.NO_TOOL.items()})
+    groups.update({f: "follow-up" for f in phrasebook.FOLLOW_UPS})
     return groups
 
 
@@ -144,23 +144,23 @@ def _row(rng: random.Random, category: str, fams: dict, system_share: float = 0.
     if category in ("single_call", "tool_result"):
         tool = rng.choices(list(SINGLE_WEIGHTS), weights=list(SINGLE_WEIGHTS.values()))[0]
         family = rng.choice(fams["single"][tool])
-        build = B.build_single if category == "single_call" else B.build_tool_result
+        build = builders.build_single if category == "single_call" else builders.build_tool_result
         messages, must, exp = build(rng, tool, family)
         used = [family]
     elif category == "multi_turn":
         family = rng.choice(fams["follow_up"])
-        first_tool = rng.choice(T.FOLLOW_UPS[family][0])
+        first_tool = rng.choice(phrasebook.FOLLOW_UPS[family][0])
         first = rng.choice(fams["single"][first_tool])
-        messages, must, exp = B.build_follow_up(rng, first_tool, first, family)
+        messages, must, exp = builders.build_follow_up(rng, first_tool, first, family)
         used = [first, family]
     elif category == "clarify":
         family = _pick(rng, fams["clarify"])
-        messages, must, exp = B.build_clarify(rng, family)
+        messages, must, exp = builders.build_clarify(rng, family)
         used = [family]
     else:
         family = _pick(rng, fams["no_tool"])
-        exclude = T.NO_TOOL[family][3]
-        messages, must, exp = B.build_no_tool(rng, family)
+        exclude = phrasebook.NO_TOOL[family][3]
+        messages, must, exp = builders.build_no_tool(rng, family)
         used = [family]
     tools = _toolset(rng, must, exclude)
     system = agent_system_prompt([t["function"]["name"] for t in tools])
@@ -174,13 +174,13 @@ def _families_of(split: str, test_fraction: float) -> dict:
     assign = split_families(test_fraction)
     groups = family_groups()
     mine = [f for f in groups if assign[f] == split]
-    fams = {"single": {t: [f for f in T.SINGLE[t] if f in mine] for t in T.SINGLE},
-            "follow_up": [f for f in T.FOLLOW_UPS if f in mine], "clarify": defaultdict(list),
+    fams = {"single": {t: [f for f in phrasebook.SINGLE[t] if f in mine] for t in phrasebook.SINGLE},
+            "follow_up": [f for f in phrasebook.FOLLOW_UPS if f in mine], "clarify": defaultdict(list),
             "no_tool": defaultdict(list)}
     for f in mine:
-        if f in T.CLARIFY:
+        if f in phrasebook.CLARIFY:
             fams["clarify"][groups[f]].append(f)
-        elif f in T.NO_TOOL:
+        elif f in phrasebook.NO_TOOL:
             fams["no_tool"][groups[f]].append(f)
     return fams
 

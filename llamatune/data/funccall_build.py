@@ -15,8 +15,8 @@ import re
 import string
 from dataclasses import dataclass
 
-from llamatune.data import funccall_slots as S
-from llamatune.data import funccall_templates as T
+from llamatune.data import funccall_slots as slot_data
+from llamatune.data import funccall_templates as phrasebook
 
 WEATHER = ("get_current_weather", "get_weather_forecast")
 TZ_ALIASES = {"Europe/Kyiv": ["Europe/Kiev"], "Asia/Kolkata": ["Asia/Calcutta"]}
@@ -64,7 +64,7 @@ def expected(name: str, args: dict, accept: dict) -> dict:
 
 
 def city(rng: random.Random, avoid: str | None = None) -> City:
-    name, country, tz, variants = rng.choice([c for c in S.CITIES if c[0] != avoid])
+    name, country, tz, variants = rng.choice([c for c in slot_data.CITIES if c[0] != avoid])
     surface = name if not variants or rng.random() < 0.5 else rng.choice(variants)
     if rng.random() < 0.1:
         surface = surface.lower()
@@ -93,15 +93,15 @@ def single_request(rng: random.Random, tool: str, phrasings: list[str], avoid_fa
             accept["location"] = c.accept
     for lang in ("", "_de", "_fr", "_es"):
         if f"when{lang}" in slots:
-            phrase, days = rng.choice(S.WHEN_L[lang[1:]] if lang else S.WHEN)
+            phrase, days = rng.choice(slot_data.WHEN_L[lang[1:]] if lang else slot_data.WHEN)
             values[f"when{lang}"] = phrase
             args["days"] = days
     if "unit" in slots:
         u = "celsius" if avoid_fahrenheit or rng.random() < 0.3 else "fahrenheit"
-        values["unit"] = rng.choice(S.UNIT_PHRASES[u])
+        values["unit"] = rng.choice(slot_data.UNIT_PHRASES[u])
         args["unit"] = u
     if tool == "search_wikipedia":
-        q = rng.choice([*S.TOPICS, *S.SEARCHES])
+        q = rng.choice([*slot_data.TOPICS, *slot_data.SEARCHES])
         values["query"] = q
         args["query"] = q
         keep.append(q)
@@ -109,14 +109,14 @@ def single_request(rng: random.Random, tool: str, phrasings: list[str], avoid_fa
             args["limit"] = rng.randint(2, 8)
             values["limit"] = str(args["limit"])
     if tool == "get_wikipedia_summary":
-        t = rng.choice(list(S.TOPICS))
+        t = rng.choice(list(slot_data.TOPICS))
         values["topic"] = t
         args["title"] = t
         keep.append(t)
     if tool == "convert_units":
-        src, dst = rng.choice(S.UNIT_PAIRS)
+        src, dst = rng.choice(slot_data.UNIT_PAIRS)
         value = rng.choice([rng.randint(1, 500), round(rng.uniform(0.5, 100), 1)])
-        values.update(value=_num(value), src=rng.choice(S.UNIT_WORDS[src]), dst=rng.choice(S.UNIT_WORDS[dst]))
+        values.update(value=_num(value), src=rng.choice(slot_data.UNIT_WORDS[src]), dst=rng.choice(slot_data.UNIT_WORDS[dst]))
         args.update(value=value, from_unit=src, to_unit=dst)
         keep.append(_num(value))
     if tool == "calculate":
@@ -146,7 +146,7 @@ def _conditions(rng, celsius: float) -> str:
 
 
 def _city_by_name(name: str):
-    return next(c for c in S.CITIES if c[0] == name)
+    return next(c for c in slot_data.CITIES if c[0] == name)
 
 
 def fake_result(rng: random.Random, tool: str, args: dict) -> dict:
@@ -174,13 +174,13 @@ def fake_result(rng: random.Random, tool: str, args: dict) -> dict:
                          "precipitation": f"{round(rng.uniform(0.2, 25), 1) if rain else 0.0} mm", "conditions": cond})
         return {"location": f"{name}, {country}", "days": days}
     if tool == "search_wikipedia":
-        best = S.SEARCHES.get(args["query"], args["query"])
-        others = rng.sample([t for t in S.TOPICS if t != best], 2)
-        return {"query": args["query"], "results": [{"title": t, "snippet": S.TOPICS[t].split(";")[0][:160]}
+        best = slot_data.SEARCHES.get(args["query"], args["query"])
+        others = rng.sample([t for t in slot_data.TOPICS if t != best], 2)
+        return {"query": args["query"], "results": [{"title": t, "snippet": slot_data.TOPICS[t].split(";")[0][:160]}
                                                    for t in [best, *others][: args.get("limit", 5)]]}
     if tool == "get_wikipedia_summary":
         t = args["title"]
-        return {"title": t, "summary": S.TOPICS[t], "url": "https://en.wikipedia.org/wiki/" + t.replace(" ", "_")}
+        return {"title": t, "summary": slot_data.TOPICS[t], "url": "https://en.wikipedia.org/wiki/" + t.replace(" ", "_")}
     if tool == "get_local_time":
         when = dt.datetime.combine(base, dt.time(rng.randrange(24), rng.randrange(60)))
         return {"timezone": args["timezone_name"], "local_time": when.strftime("%Y-%m-%d %H:%M"),
@@ -193,7 +193,7 @@ def fake_result(rng: random.Random, tool: str, args: dict) -> dict:
 def answer(rng: random.Random, tool: str, args: dict, result: dict) -> str:
     """A final answer grounded in ``result`` (only facts from it)."""
     if "error" in result:
-        return rng.choice(T.ANSWERS["error"]).format(error=result["error"])
+        return rng.choice(phrasebook.ANSWERS["error"]).format(error=result["error"])
     f = dict(result)
     if tool == "get_weather_forecast":
         f["day_lines"] = "\n".join(f"- {d['date']}: {d['conditions']}, {d['min']} to {d['max']}, "
@@ -202,13 +202,13 @@ def answer(rng: random.Random, tool: str, args: dict, result: dict) -> str:
         f.update(titles=", ".join(r["title"] for r in result["results"]), title=result["results"][0]["title"],
                  snippet=result["results"][0]["snippet"])
     elif tool == "get_local_time":
-        f.update(clock=result["local_time"].split()[1], city=next(c[0] for c in S.CITIES if c[2] == args["timezone_name"]))
+        f.update(clock=result["local_time"].split()[1], city=next(c[0] for c in slot_data.CITIES if c[2] == args["timezone_name"]))
     elif tool == "convert_units":
-        f.update(src=S.UNIT_WORDS[args["from_unit"]][0], dst=S.UNIT_WORDS[args["to_unit"]][0],
+        f.update(src=slot_data.UNIT_WORDS[args["from_unit"]][0], dst=slot_data.UNIT_WORDS[args["to_unit"]][0],
                  value=_num(args["value"]), result=_num(round(result["result"], 2)))
     elif tool == "calculate":
         f["result"] = _num(round(result["result"], 6)) if isinstance(result["result"], float) else result["result"]
-    return rng.choice(T.ANSWERS[tool]).format(**f)
+    return rng.choice(phrasebook.ANSWERS[tool]).format(**f)
 
 
 def tool_turn(tool: str, result: dict) -> dict:
@@ -232,22 +232,22 @@ def exchange(rng: random.Random, tool: str, args: dict, errors: bool = False) ->
 # --- per-category conversations -------------------------------------------------------------------------
 
 def build_single(rng, tool, family):
-    msg, args, accept = single_request(rng, tool, T.SINGLE[tool][family])
+    msg, args, accept = single_request(rng, tool, phrasebook.SINGLE[tool][family])
     return [msg, call(tool, args)], [tool], expected(tool, args, accept)
 
 
 def build_tool_result(rng, tool, family):
-    msg, args, _ = single_request(rng, tool, T.SINGLE[tool][family])
+    msg, args, _ = single_request(rng, tool, phrasebook.SINGLE[tool][family])
     return [msg, *exchange(rng, tool, args, errors=True)], [tool], None
 
 
 def build_follow_up(rng, first_tool, first_family, family):
     """A first exchange with ``first_tool``, then the follow-up ``family`` (its target is the last turn)."""
-    _, kind, phrasings = T.FOLLOW_UPS[family]
+    _, kind, phrasings = phrasebook.FOLLOW_UPS[family]
     for _ in range(50):  # draw a first request the follow-up can change (e.g. not already in Fahrenheit)
-        msg, args, accept = single_request(rng, first_tool, T.SINGLE[first_tool][first_family],
+        msg, args, accept = single_request(rng, first_tool, phrasebook.SINGLE[first_tool][first_family],
                                            avoid_fahrenheit=kind == "unit")
-        if kind != "otherunit" or [u for u in S.SAME_DIMENSION[args["from_unit"]] if u != args["to_unit"]]:
+        if kind != "otherunit" or [u for u in slot_data.SAME_DIMENSION[args["from_unit"]] if u != args["to_unit"]]:
             break
     text = rng.choice(phrasings)
     values, keep, tool, new = {}, [], first_tool, dict(args)
@@ -268,63 +268,63 @@ def build_follow_up(rng, first_tool, first_family, family):
     elif kind == "unit":
         new["unit"] = "fahrenheit"
     elif kind == "otherunit":
-        dst = rng.choice([u for u in S.SAME_DIMENSION[args["from_unit"]] if u != args["to_unit"]])
-        values["dst"] = rng.choice(S.UNIT_WORDS[dst])
+        dst = rng.choice([u for u in slot_data.SAME_DIMENSION[args["from_unit"]] if u != args["to_unit"]])
+        values["dst"] = rng.choice(slot_data.UNIT_WORDS[dst])
         new["to_unit"] = dst
     elif kind == "othertopic":
-        new["title"] = rng.choice([t for t in S.TOPICS if t != args["title"]])
+        new["title"] = rng.choice([t for t in slot_data.TOPICS if t != args["title"]])
         values["topic"] = new["title"]
         keep.append(new["title"])
     messages = [msg, *exchange(rng, first_tool, args), user(fill(text, values), keep)]
     if kind == "thanks":
-        return [*messages, say(rng.choice(T.THANKS_ANSWERS))], [first_tool], None
+        return [*messages, say(rng.choice(phrasebook.THANKS_ANSWERS))], [first_tool], None
     return [*messages, call(tool, new)], [first_tool, tool], expected(tool, new, accept)
 
 
 def _name_of(args: dict) -> str | None:
     if "location" in args:
         return args["location"]
-    return next((c[0] for c in S.CITIES if c[2] == args.get("timezone_name")), None)
+    return next((c[0] for c in slot_data.CITIES if c[2] == args.get("timezone_name")), None)
 
 
 def build_clarify(rng, family):
     from llamatune.protocol import MODES
 
-    _, offer, phrasings, answers = T.CLARIFY[family]
+    _, offer, phrasings, answers = phrasebook.CLARIFY[family]
     text, reply = rng.choice(phrasings), rng.choice(answers)
     values = {}
     if "amb" in slots_of(text):
-        amb = rng.choice(list(S.AMBIGUOUS_PLACES))
-        opts = S.AMBIGUOUS_PLACES[amb]
+        amb = rng.choice(list(slot_data.AMBIGUOUS_PLACES))
+        opts = slot_data.AMBIGUOUS_PLACES[amb]
         values.update(amb=amb, options=", ".join(opts[:-1]) + " or " + opts[-1])
     if "value" in slots_of(text):
-        src, dst = rng.choice([p for p in S.UNIT_PAIRS if p[0] not in ("celsius", "fahrenheit")])
-        others = [S.UNIT_WORDS[u][0] for u in S.SAME_DIMENSION[dst]][:2]
-        values.update(value=_num(rng.randint(2, 300)), dst=rng.choice(S.UNIT_WORDS[dst]),
+        src, dst = rng.choice([p for p in slot_data.UNIT_PAIRS if p[0] not in ("celsius", "fahrenheit")])
+        others = [slot_data.UNIT_WORDS[u][0] for u in slot_data.SAME_DIMENSION[dst]][:2]
+        values.update(value=_num(rng.randint(2, 300)), dst=rng.choice(slot_data.UNIT_WORDS[dst]),
                       examples=" or ".join(others))
     must = MODES.get(offer) or [offer]
     return [user(fill(text, values), [values.get("amb"), values.get("value")]), say(fill(reply, values))], must, None
 
 
 def build_no_tool(rng, family):
-    _, kind, key, _ = T.NO_TOOL[family]
+    _, kind, key, _ = phrasebook.NO_TOOL[family]
     if kind == "fact":
-        pair = rng.choice(S.FACTS[key])
-        qs, a = T.FACT_PHRASINGS[key]
+        pair = rng.choice(slot_data.FACTS[key])
+        qs, a = phrasebook.FACT_PHRASINGS[key]
         q, a = rng.choice(qs).format(*pair), a.format(*pair)
     elif kind == "qa":
-        pairs = S.FACTS[key][0::2] if family.endswith("-a") else S.FACTS[key][1::2]
+        pairs = slot_data.FACTS[key][0::2] if family.endswith("-a") else slot_data.FACTS[key][1::2]
         q, a = rng.choice(pairs)
     elif kind == "chitchat":
-        q, a = rng.choice(S.CHITCHAT[key][0]), rng.choice(S.CHITCHAT[key][1])
+        q, a = rng.choice(slot_data.CHITCHAT[key][0]), rng.choice(slot_data.CHITCHAT[key][1])
     elif kind == "task":
-        q, a = rng.choice(S.TASKS[key])
+        q, a = rng.choice(slot_data.TASKS[key])
     else:
         x, y = rng.randint(11, 999), rng.randint(2, 99)
         if key in ("sub", "word"):
             x, y = max(x, y + 1), min(x, y)
         r = {"add": x + y, "sub": x - y, "mult": x * y, "percent": _num(round(x / 10, 1)), "word": x - y}[key]
-        qs, a = T.MATH_PHRASINGS[key]
+        qs, a = phrasebook.MATH_PHRASINGS[key]
         q, a = rng.choice(qs).format(a=x, b=y), a.format(a=x, b=y, r=r)
     must = ["get_current_weather", "get_weather_forecast"] if kind == "qa" and key == "concept" else []
     return [user(q), say(a)], must, None
