@@ -167,6 +167,28 @@ class LlamaCppModel:
             llm.close()
 
 
+# llama.cpp's names of the instruction sets it was compiled for (llama_print_system_info) → Linux cpuinfo flags
+_CPU_FLAGS = {"SSE3": "pni", "SSSE3": "ssse3", "AVX": "avx", "AVX_VNNI": "avx_vnni", "AVX2": "avx2", "F16C": "f16c",
+              "FMA": "fma", "BMI2": "bmi2", "AVX512": "avx512f", "AVX512_VBMI": "avx512vbmi",
+              "AVX512_VNNI": "avx512_vnni", "AVX512_BF16": "avx512_bf16", "AMX_INT8": "amx_int8"}
+
+
+def missing_cpu_features(system_info: str | None = None, cpu_flags: set[str] | None = None) -> list[str]:
+    """Instruction sets the loaded llama.cpp was built to use that this CPU lacks (``[]``: safe). A wheel built with
+    ``GGML_NATIVE`` on another machine dies with SIGILL on the first such instruction; this names them first."""
+    import re
+
+    if system_info is None:
+        import llama_cpp
+
+        system_info = llama_cpp.llama_print_system_info().decode()
+    if cpu_flags is None:
+        with open("/proc/cpuinfo") as f:
+            cpu_flags = set(next((line.split(":", 1)[1] for line in f if line.startswith("flags")), "").split())
+    built = [name for name, on in re.findall(r"\b([A-Z0-9_]+) = (\d)", system_info) if on == "1"]
+    return [n for n in built if n in _CPU_FLAGS and _CPU_FLAGS[n] not in cpu_flags]
+
+
 def prompt_logits(llm, ids: list[int]):
     """Logits (float32, one row per position) of ``ids`` evaluated from an empty KV cache; the model must be
     opened with ``logits_all=True``."""

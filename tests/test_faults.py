@@ -114,3 +114,26 @@ def test_a_huge_finetome_row_is_kept_whole_and_an_empty_turn_is_named(tmp_path):
     assert summary["skipped_by_reason"] == {"empty_value": 1} and select(str(src), 3, 2)["bad"] == [("line 2", "empty_value")]
     first = json.loads((tmp_path / "out" / "train.jsonl").read_text().splitlines()[0])
     assert len(first["messages"][0]["content"]) == len(huge["conversations"][0]["value"])
+
+
+# --- the llama.cpp build and the CPU --------------------------------------------------------------------------------
+
+def test_the_cpu_check_names_instructions_the_cpu_lacks():
+    from llamatune.runtime import missing_cpu_features
+
+    info = "CPU : SSE3 = 1 | AVX = 1 | AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | AVX512_BF16 = 0 | OPENMP = 1 |"
+    assert missing_cpu_features(info, {"pni", "avx", "avx2"}) == ["AVX512", "AMX_INT8"]  # a Xeon build on an EPYC
+    assert missing_cpu_features(info, {"pni", "avx", "avx2", "avx512f", "amx_int8"}) == []
+
+
+@requires("llama_cpp")
+def test_the_loaded_llama_cpp_was_built_for_this_cpu():
+    """The cached wheel is keyed by the CPU (Makefile CPU_KEY); here the library that is actually loaded is asked
+    which instruction sets it uses, and each must be one this CPU has."""
+    import os
+
+    from llamatune.runtime import missing_cpu_features
+
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo (not Linux)")
+    assert missing_cpu_features() == []
