@@ -137,3 +137,34 @@ def test_the_loaded_llama_cpp_was_built_for_this_cpu():
     if not os.path.exists("/proc/cpuinfo"):
         pytest.skip("no /proc/cpuinfo (not Linux)")
     assert missing_cpu_features() == []
+
+
+# --- CI cannot pass with these tests skipped -------------------------------------------------------------------
+
+def test_under_ci_a_skipped_browser_or_fault_test_fails_the_run(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    (tmp_path / "test_x.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.browser\n"
+        "def test_b():\n    pytest.skip('no chromium')\n"
+        "@pytest.mark.faults\n"
+        "def test_f():\n    pytest.skip('no llama_cpp')\n"
+        f"@pytest.mark.browser\n@pytest.mark.needs_artifact({str(tmp_path / 'absent')!r})\n"
+        "def test_pictures():\n    pytest.skip('no runs/demo')\n"
+        "def test_other():\n    pytest.skip('fine')\n")
+
+    def run(ci: str):
+        env = {**os.environ, "CI": ci}
+        return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-c",
+                               str(REPO / "pyproject.toml"), "--rootdir", str(REPO), str(tmp_path / "test_x.py")],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+
+    ci, local = run("true"), run("")
+    assert ci.returncode == 1 and "2 failed, 2 skipped" in ci.stdout, ci.stdout[-1500:]
+    assert "browser and fault tests must run in CI" in ci.stdout
+    assert local.returncode == 0 and "4 skipped" in local.stdout, local.stdout[-1500:]

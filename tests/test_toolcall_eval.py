@@ -263,7 +263,12 @@ def test_generation_cache_follows_the_model_content_not_its_path(tmp_path, tiny_
     cache = out.with_suffix(".generations.jsonl")
     with open(cache, "ab") as f:
         f.write(b'{"id": "torn", "key": "x", "outp')  # a crash mid-write
+    settings = dict(icl=0, max_tokens=4, template="llama-3.2", limit=1)
+    assert toolcall.is_current(out, model, tmp_path / "data" / "eval.jsonl", **settings)
+    assert not toolcall.is_current(out, model, tmp_path / "data" / "eval.jsonl", **{**settings, "icl": 2})
     shutil.copy(tiny_gguf["q8_0"], model)  # re-exported at the same path: another model
+    # `make demo` asks is_current, not "does the file exist": the stale results are not taken as done
+    assert not toolcall.is_current(out, model, tmp_path / "data" / "eval.jsonl", **settings)
     loads = []
     real = toolcall._load
     monkeypatch.setattr(toolcall, "_load", lambda *a, **k: loads.append(a[0]) or real(*a, **k))
@@ -271,3 +276,4 @@ def test_generation_cache_follows_the_model_content_not_its_path(tmp_path, tiny_
     assert loads == [model]  # the old answer was not reused
     rows = [json.loads(line) for line in cache.read_text().splitlines()]  # every line whole: the tear was cut
     assert len(rows) == 2 and len({r["key"] for r in rows}) == 2
+    assert toolcall.is_current(out, model, tmp_path / "data" / "eval.jsonl", **settings)
