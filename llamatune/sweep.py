@@ -25,6 +25,7 @@ import yaml
 
 from llamatune import demo
 from llamatune.jsonl import write_json, write_text
+from llamatune.report import pct_cell as _pct
 
 DATA_KEYS = ("n", "n_test", "n_val", "max_length")
 
@@ -109,10 +110,6 @@ def run_setting(out: Path, base: dict, run: dict) -> dict:
             "max_length": base["max_length"], "resumed": bool(run_json.get("resumed_from")),
             "val": _val_metrics(res), "base_val": _val_metrics(base_res), "train_seconds": train_s,
             "eval_seconds": eval_s, "n_val": res["aggregate"]["overall"]["n"]}
-
-
-def _pct(m: dict) -> str:
-    return "–" if m.get("value") is None else f"{100 * m['value']:.0f}% [{100 * m['low']:.0f}, {100 * m['high']:.0f}]"
 
 
 def markdown(rows: list[dict]) -> str:
