@@ -20,10 +20,11 @@ def speed(path: Path, threads: int, prompt_ids: list[int], n_tokens: int, repeat
     llama.cpp's threads spin while they wait for each other, so on a machine whose cores are busy with other
     work a 2-thread run can be 10x slower than an idle one; the best run estimates the idle speed.
     """
-    import llama_cpp
     import numpy as np
 
-    llm = llama_cpp.Llama(str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    from llamatune.runtime import open_llama
+
+    llm = open_llama(str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads)
     prompt, decode = [], []
     try:
         for _ in range(repeats):

@@ -52,9 +52,10 @@ def default_models() -> list[Path]:
 
 def decode_speed(path: Path, threads: int, n_tokens: int, repeats: int) -> dict:
     """Best-of-``repeats`` prompt and decode tok/s of one GGUF (greedy, EOS ignored)."""
-    import llama_cpp
 
-    llm = llama_cpp.Llama(str(path), n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False)
+    from llamatune.runtime import open_llama
+
+    llm = open_llama(str(path), n_ctx=1024, n_threads=threads, n_threads_batch=threads)
     try:
         ids = llm.tokenize(PROMPT.encode(), add_bos=True)
         prompt_rates, decode_rates = [], []
