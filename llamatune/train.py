@@ -39,6 +39,7 @@ import yaml
 
 from llamatune.chat import template_text, validate_messages
 from llamatune.data.io import iter_jsonl, sha256_file
+from llamatune.distributed import is_final, last_checkpoint, restore_final
 from llamatune.provenance import git_info, package_versions
 
 # Recipe keys that are neither SFTConfig nor LoraConfig fields, with their defaults (None = required).
@@ -166,17 +167,6 @@ def load_conversations(path: str | Path, limit: int | None = None):
     if any(t is not None for t in tools):
         data["tools"], features["tools"] = tools, Json()
     return Dataset.from_dict(data, features=Features(features))
-
-
-def last_checkpoint(run_dir: str | Path) -> Path | None:
-    """The highest ``checkpoint-N`` in ``run_dir`` that is complete (its ``trainer_state.json``, written last,
-    exists); a checkpoint cut short by a kill is ignored."""
-    found = []
-    for p in Path(run_dir).glob("checkpoint-*"):
-        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-        if m and (p / "trainer_state.json").exists():
-            found.append((int(m.group(1)), p))
-    return max(found)[1] if found else None
 
 
 def _choose_backend(want: str) -> str:
@@ -318,22 +308,6 @@ def check_assistant_labels(trainer) -> None:
                            "{% generation %} markers")
 
 
-def _is_final(checkpoint: Path) -> bool:
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
-
-
-def _restore_final(trainer, checkpoint: Path) -> dict:
-    """Load a final checkpoint's adapter weights and trainer state into ``trainer`` (no training)."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-    from transformers import TrainerState
-
-    set_peft_model_state_dict(trainer.model, load_file(checkpoint / "adapter_model.safetensors"))
-    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
-    return {}
-
-
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
@@ -344,8 +318,12 @@ def train(recipe: dict, run_dir: str | Path | None = None, resume: bool = False,
     """Train a LoRA adapter as the recipe says; return the run directory.
 
     ``resume=True`` continues from the last complete checkpoint (or starts fresh when there is none). Without
-    it, a run directory that already holds checkpoints is an error, so runs are never silently mixed.
+    it, a run directory that already holds checkpoints is an error, so runs are never silently mixed. Under
+    ``accelerate launch`` every process calls this; the run's files are written by the main process only
+    (:mod:`llamatune.distributed`).
     """
+    from llamatune.distributed import describe, is_main_process, save_adapter, scale_info
+
     recipe = dict(recipe)
     if run_dir is not None:
         recipe["output_dir"] = str(run_dir)
@@ -356,19 +334,26 @@ def train(recipe: dict, run_dir: str | Path | None = None, resume: bool = False,
                               "continue it, or choose another output_dir/run_name")
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer, info = build_trainer(recipe, run_dir, callbacks)
+    main = is_main_process()
+    scale = scale_info(trainer)
+    before = json.loads((run_dir / "run.json").read_text()) if last and (run_dir / "run.json").exists() else {}
     versions = package_versions(["unsloth"] if info["backend"] == "unsloth" else [])
-    record = {"recipe": recipe, **info, "versions": versions, "git": git_info(), "status": "running",
-              "resumed_from": last.name if last else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _write_json(run_dir / "run.json", record)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-    if resume and last is None:
-        print(f"[llamatune] no checkpoint in {run_dir}: starting from scratch", file=sys.stderr)
+    record = {"recipe": recipe, **info, **scale, "versions": versions, "git": git_info(), "status": "running",
+              "resumed_from": last.name if last else None, "resumed_from_world_size": before.get("world_size"),
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if main:
+        print(f"[llamatune] {describe(scale)}", file=sys.stderr)
+        _write_json(run_dir / "run.json", record)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        if resume and last is None:
+            print(f"[llamatune] no checkpoint in {run_dir}: starting from scratch", file=sys.stderr)
     t0 = time.time()
-    if last is not None and _is_final(last):
+    if last is not None and is_final(last):
         # Killed after its final checkpoint, or already complete: the trainer would run past max_steps (it
         # restarts an epoch), so finish from the checkpoint instead of training.
-        print(f"[llamatune] {last.name} is the final step: finishing the run from it", file=sys.stderr)
-        metrics = _restore_final(trainer, last)
+        if main:
+            print(f"[llamatune] {last.name} is the final step: finishing the run from it", file=sys.stderr)
+        metrics = restore_final(trainer, last)
     else:
         metrics = dict(trainer.train(resume_from_checkpoint=str(last) if last else None).metrics)
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
@@ -376,8 +361,9 @@ def train(recipe: dict, run_dir: str | Path | None = None, resume: bool = False,
         evals.append(trainer.evaluate())  # the held-out loss of the final weights, unless just measured
     if evals:
         metrics.update({k: v for k, v in evals[-1].items() if k.startswith("eval_")})
-    trainer.model.save_pretrained(run_dir / "adapter")
-    trainer.processing_class.save_pretrained(run_dir / "adapter")
+    save_adapter(trainer, run_dir / "adapter")  # every rank: ZeRO-3/FSDP gather the weights; the main one writes
+    if not main:
+        return run_dir
     trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
     from llamatune.plots import plot_loss
 
