@@ -39,7 +39,7 @@ import yaml
 
 from llamatune.chat import template_text, validate_messages
 from llamatune.data.io import iter_jsonl, sha256_file
-from llamatune.distributed import is_final, last_checkpoint, restore_final
+from llamatune.distributed import dist_state, is_final, last_checkpoint, restore_final
 from llamatune.provenance import git_info, package_versions
 
 # Recipe keys that are neither SFTConfig nor LoraConfig fields, with their defaults (None = required).
@@ -177,7 +177,8 @@ def _choose_backend(want: str) -> str:
         raise RuntimeError("backend: unsloth needs CUDA and the gpu extra (pip install 'llamatune[gpu]')")
     if want not in ("auto", "trl", "unsloth"):
         raise ValueError(f"recipe: backend must be auto, trl or unsloth, got {want!r}")
-    return "unsloth" if want == "unsloth" or (want == "auto" and has_unsloth and torch.cuda.is_available()) else "trl"
+    auto = has_unsloth and torch.cuda.is_available() and not dist_state().distributed  # TRL under accelerate launch
+    return "unsloth" if want == "unsloth" or (want == "auto" and auto) else "trl"
 
 
 def _resolve_precision(extra: dict, sft: dict, notes: list[str]) -> str:
