@@ -3,6 +3,7 @@
     llamatune train FineTome/recipes/tiny-cpu.yaml --max_steps 20 --learning_rate 1e-3
     llamatune train FineTome/recipes/llama-3.2-3b-lora.yaml --resume      # continue from the last checkpoint
     python -m llamatune.train FineTome/recipes/tiny-cpu.yaml
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m llamatune.cli train RECIPE   # several GPUs
 
 A recipe is flat YAML whose keys are TRL ``SFTConfig`` fields (all of ``TrainingArguments``), PEFT
 ``LoraConfig`` fields, or one of ``RECIPE_KEYS`` below (model, data, template). ``--key value`` overrides on

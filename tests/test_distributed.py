@@ -91,8 +91,7 @@ def test_last_checkpoint_skips_an_incomplete_one(tmp_path):
 @pytest.mark.parametrize("name, kind, extra", [
     ("ddp", "MULTI_GPU", {}),
     ("fsdp", "FSDP", {"fsdp_version": 2, "fsdp_state_dict_type": "SHARDED_STATE_DICT",
-                      "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                      "fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}),
+                      "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP"}),
     ("zero2", "DEEPSPEED", {"zero_stage": 2}),
     ("zero3", "DEEPSPEED", {"zero_stage": 3, "zero3_save_16bit_model": True}),
 ])
