@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import types
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -58,6 +59,11 @@ def fake_vllm(monkeypatch, tokenizer_dir, reply):
     return made
 
 
+def read_jsonl(path) -> list[dict]:
+    """The rows of a cache file (read here, so the test does not depend on where the store lives)."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 PROMPTS = [{"id": f"p{i}", "messages": [{"role": "user", "content": text}]}
            for i, text in enumerate(["Hi", "What is the capital of France?", "2+2?", "Name three colours"])]
 
@@ -78,7 +84,7 @@ def test_hf_complete_batch_equals_one_prompt_at_a_time(tiny_model_dir):
 def test_toolcall_eval_sends_missing_items_in_batches_with_the_same_cache(tiny_model_dir, tmp_path, monkeypatch):
     """Batch 3 on the HF backend gives the outputs, results and cache keys of one-at-a-time; a rerun loads nothing."""
     from llamatune.evals import toolcall
-    from llamatune.generate import HFGenerator, ModelSpec, read_jsonl
+    from llamatune.generate import HFGenerator, ModelSpec
 
     _short_test_set(tmp_path / "data", 4)
     data = tmp_path / "data" / "eval.jsonl"
@@ -129,7 +135,7 @@ def test_backend_choice(monkeypatch, tiny_model_dir, tmp_path):
 def test_vllm_generator_passes_the_project_prompts_and_returns_outputs_in_order(monkeypatch, tiny_model_dir,
                                                                                 tmp_path):
     from llamatune.chat import render
-    from llamatune.generate import generate_cached, load_generator, read_jsonl
+    from llamatune.generate import generate_cached, load_generator
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
@@ -183,7 +189,6 @@ def test_vllm_generator_passes_the_project_prompts_and_returns_outputs_in_order(
 
 def test_toolcall_eval_on_vllm_writes_the_same_files(monkeypatch, tiny_model_dir, tmp_path):
     from llamatune.evals import toolcall
-    from llamatune.generate import read_jsonl
 
     _short_test_set(tmp_path / "data", 3)
     data = tmp_path / "data" / "eval.jsonl"
