@@ -4,6 +4,8 @@ A model spec is
 
 * ``path/to/model.gguf`` — llama-cpp-python, in process (the artifact that is actually deployed);
 * ``DIR_OR_HF_ID`` — transformers; ``DIR+peft=ADAPTER_DIR`` (or ``peft=`` to ``load_generator``) adds a LoRA adapter.
+  ``backend="vllm"`` (``pip install 'llamatune[vllm]'``, CUDA) serves it with vLLM instead; ``"auto"`` (the default)
+  picks vLLM when it is installed and a GPU is present, else transformers (batched left-padded on a GPU).
 
 Prompts are rendered with :func:`llamatune.chat.render` (the one template) at a fixed date, and decoded greedily
 by default. ``Generator.generate`` answers a conversation (special tokens stripped); ``Generator.complete``
@@ -93,7 +95,8 @@ class Generator:
     """``generate(messages, max_tokens, temperature=0, tools=None) -> str`` and ``close()``."""
 
     spec: ModelSpec
-    batch_size: int = 1  # conversations per generate_batch() call that generate_cached sends
+    batch_size: int = 1  # conversations per generate_batch() / prompts per complete_batch() call the evals send
+    backend: str = ""  # "llamacpp" | "hf" | "vllm": recorded in the caches' rows (not in their keys)
 
     def generate(self, messages: list[dict], max_tokens: int = 512, temperature: float = 0.0,
                  tools: list[dict] | None = None) -> str:
@@ -107,6 +110,10 @@ class Generator:
         """Greedy raw continuation of a rendered ``prompt``, special tokens kept, cut at the end of the turn."""
         raise NotImplementedError
 
+    def complete_batch(self, prompts: list[str], max_tokens: int = 128) -> list[str]:
+        """:meth:`complete` of each rendered prompt, in order; one call each unless a backend batches them."""
+        return [self.complete(p, max_tokens=max_tokens) for p in prompts]
+
     def close(self) -> None:
         pass
 
@@ -118,6 +125,8 @@ class Generator:
 
 
 class LlamaCppGenerator(Generator):
+    backend = "llamacpp"
+
     def __init__(self, spec: ModelSpec, n_ctx: int = 4096, n_threads: int | None = None, template: str = "llama-3.2"):
         from llamatune.runtime import open_llama
 
@@ -164,6 +173,8 @@ class HFGenerator(Generator):
     on a GPU, float32 on a CPU); ``batch_size`` prompts per ``generate()`` call, left-padded (8-32 on a GPU, 1 on
     a CPU)."""
 
+    backend = "hf"
+
     def __init__(self, spec: ModelSpec, dtype: str | None = None, template: str = "llama-3.2", placement=None,
                  batch_size: int | None = None):
         import dataclasses
@@ -207,14 +218,121 @@ class HFGenerator(Generator):
         return [self.tok.decode(row[start:], skip_special_tokens=True).strip() for row in out]
 
     def complete(self, prompt, max_tokens=128):
+        return self.complete_batch([prompt], max_tokens)[0]
+
+    def complete_batch(self, prompts, max_tokens=128) -> list[str]:
+        """Greedy raw continuations of rendered prompts in one left-padded ``generate()`` call, special tokens
+        kept, each cut at its first stop token (rows that finish early are padded after it)."""
         import torch
 
-        ids = self.tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids.to(self.model.device)
+        enc = self.tok(list(prompts), add_special_tokens=False, return_tensors="pt", padding=True).to(self.model.device)
         with torch.no_grad():
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_tokens,
-                                      do_sample=False, eos_token_id=self.eos, pad_token_id=self.eos[0])
-        text = self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=False)
-        return text[:min([text.find(s) for s in ALL_STOPS if s in text], default=len(text))]
+            out = self.model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, eos_token_id=self.eos,
+                                      pad_token_id=self.pad_id)
+        start = enc["input_ids"].shape[1]
+        return [cut_at_stop(self.tok.decode(row[start:], skip_special_tokens=False)) for row in out]
+
+
+def cut_at_stop(text: str) -> str:
+    """``text`` up to its first end-of-turn marker (:data:`llamatune.chat.ALL_STOPS`)."""
+    return text[:min([text.find(s) for s in ALL_STOPS if s in text], default=len(text))]
+
+
+class VLLMGenerator(Generator):
+    """vLLM (the ``vllm`` extra, CUDA only): every prompt of a call goes to ``LLM.generate`` at once and vLLM
+    schedules them (continuous batching). Prompts are rendered with the project template exactly as for the other
+    backends and passed as token ids (no second BOS); greedy unless ``temperature``; a ``+peft=`` adapter is
+    served as a LoRA request on the base model. Outputs come back in the order of the prompts."""
+
+    backend = "vllm"
+    LORA_RANKS = (8, 16, 32, 64, 128, 256, 512)  # the max_lora_rank values vLLM accepts
+
+    def __init__(self, spec: ModelSpec, template: str = "llama-3.2", dtype: str | None = None,
+                 batch_size: int | None = None, max_model_len: int = 4096, gpu_memory_utilization: float = 0.85,
+                 tensor_parallel_size: int = 1, seed: int = 0):
+        from vllm import LLM
+
+        from llamatune.device import this_placement
+
+        self.spec, self.template, self.seed = spec, template, seed
+        self.batch_size = batch_size or 256  # prompts handed to vLLM per call (it batches them itself)
+        kw = dict(model=spec.path, dtype=dtype or this_placement().dtype, seed=seed, max_model_len=max_model_len,
+                  gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
+        self.lora = None
+        if spec.peft:
+            r = int(json.loads((Path(spec.peft) / "adapter_config.json").read_text()).get("r", 16))
+            kw.update(enable_lora=True, max_lora_rank=next((x for x in self.LORA_RANKS if x >= r), r))
+        self.llm = LLM(**kw)
+        if spec.peft:
+            from vllm.lora.request import LoRARequest
+
+            self.lora = LoRARequest("adapter", 1, str(spec.peft))
+        self.tok = self.llm.get_tokenizer()
+        ids = (self.tok.convert_tokens_to_ids(t) for t in ALL_STOPS)
+        self.stop_ids = [i for i in ids if isinstance(i, int) and i >= 0]
+
+    def _run(self, texts: list[str], max_tokens: int, temperature: float, keep_special: bool) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=self.seed,
+                                stop_token_ids=self.stop_ids, skip_special_tokens=not keep_special)
+        prompts = [{"prompt_token_ids": self.tok.encode(t, add_special_tokens=False)} for t in texts]
+        outs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
+        return [o.outputs[0].text for o in outs]
+
+    def generate(self, messages, max_tokens=512, temperature=0.0, tools=None):
+        return self.generate_batch([(messages, tools)], max_tokens=max_tokens, temperature=temperature)[0]
+
+    def generate_batch(self, conversations, max_tokens=512, temperature=0.0) -> list[str]:
+        from llamatune.chat import render
+
+        texts = [render(m, t, template=self.template, add_generation_prompt=True, date_string=DEFAULT_DATE)
+                 for m, t in conversations]
+        return [o.strip() for o in self._run(texts, max_tokens, temperature, keep_special=False)]
+
+    def complete(self, prompt, max_tokens=128):
+        return self.complete_batch([prompt], max_tokens)[0]
+
+    def complete_batch(self, prompts, max_tokens=128) -> list[str]:
+        return [cut_at_stop(o) for o in self._run(list(prompts), max_tokens, 0.0, keep_special=True)]
+
+    def close(self):
+        self.llm = None
+
+
+BACKENDS = ("auto", "hf", "vllm")
+
+
+def has_vllm() -> bool:
+    import importlib.util
+    import sys
+
+    if "vllm" in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except ValueError:
+        return False
+
+
+def choose_backend(spec: ModelSpec, backend: str = "auto", on_gpu: bool | None = None) -> str:
+    """``"llamacpp"`` for a GGUF; for an HF model ``"vllm"`` when asked, or on ``auto`` when vLLM is installed and a
+    GPU is present (``on_gpu``, default: this machine's placement); else ``"hf"``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if spec.kind == "gguf":
+        if backend == "vllm":
+            raise ValueError(f"{spec.path}: a GGUF runs on llama.cpp here; give vLLM the HF model (+peft=ADAPTER)")
+        return "llamacpp"
+    if backend == "vllm" and not has_vllm():
+        raise RuntimeError("backend vllm: vLLM is not installed (pip install 'llamatune[vllm]', CUDA only)")
+    if backend == "auto":
+        if on_gpu is None:
+            from llamatune.device import this_placement
+
+            on_gpu = this_placement().on_gpu
+        return "vllm" if has_vllm() and on_gpu else "hf"
+    return backend
 
 
 def model_kind(spec) -> str:
@@ -227,10 +345,11 @@ def model_kind(spec) -> str:
     raise ValueError(f"--model {spec}: expected a .gguf file or an HF model directory with config.json")
 
 
-def load_generator(spec: str | ModelSpec, peft: str | None = None, **kwargs) -> Generator:
-    """A generator for a model spec (see module docstring)."""
+def load_generator(spec: str | ModelSpec, peft: str | None = None, backend: str = "auto", **kwargs) -> Generator:
+    """A generator for a model spec (see module docstring) on ``backend`` (:func:`choose_backend`)."""
     spec = parse_spec(spec, peft) if isinstance(spec, str) else spec
-    return LlamaCppGenerator(spec, **kwargs) if spec.kind == "gguf" else HFGenerator(spec, **kwargs)
+    cls = {"llamacpp": LlamaCppGenerator, "hf": HFGenerator, "vllm": VLLMGenerator}[choose_backend(spec, backend)]
+    return cls(spec, **kwargs)
 
 
 # --- resumable cache ------------------------------------------------------------------------------------------
@@ -240,11 +359,13 @@ def prompt_hash(messages: list[dict], tools: list[dict] | None = None) -> str:
 
 
 def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, max_tokens: int = 512,
-                    temperature: float = 0.0, progress: bool = True) -> dict[str, str]:
+                    temperature: float = 0.0, progress: bool = True, backend: str = "auto") -> dict[str, str]:
     """``{prompt id: answer}`` for ``prompts`` (``{"id", "messages"[, "tools"]}``), reusing and appending to
     ``cache_path``.
 
-    ``gen_or_spec`` is a ``Generator``, a ``ModelSpec`` or a spec string; a spec is loaded only if something is missing.
+    ``gen_or_spec`` is a ``Generator``, a ``ModelSpec`` or a spec string; a spec is loaded (on ``backend``, see
+    :func:`load_generator`) only if something is missing. Missing answers go ``gen.batch_size`` at a time through
+    ``generate_batch``; the backend is recorded in each row but is not part of the key.
     """
     from tqdm import tqdm
 
@@ -265,7 +386,7 @@ def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, ma
     cache = JsonlCache(cache_path)
     todo = [p for p in prompts if key(p) not in cache]
     if todo:
-        gen = gen_or_spec if isinstance(gen_or_spec, Generator) else load_generator(spec)
+        gen = gen_or_spec if isinstance(gen_or_spec, Generator) else load_generator(spec, backend=backend)
         try:
             batch = max(1, gen.batch_size)
             bar = tqdm(total=len(todo), desc=f"answers {spec.label}", disable=not progress)
@@ -275,7 +396,7 @@ def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, ma
                                           temperature=temperature)
                 for p, out in zip(chunk, outs):
                     cache.add({"key": key(p), "model": spec.label, "fingerprint": fp, "id": p["id"], **settings,
-                               "output": out})
+                               "backend": gen.backend, "output": out})
                 bar.update(len(chunk))
             bar.close()
         finally:

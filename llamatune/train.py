@@ -3,6 +3,7 @@
     llamatune train FineTome/recipes/tiny-cpu.yaml --max_steps 20 --learning_rate 1e-3
     llamatune train FineTome/recipes/llama-3.2-3b-lora.yaml --resume      # continue from the last checkpoint
     python -m llamatune.train FineTome/recipes/tiny-cpu.yaml
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m llamatune.cli train RECIPE   # several GPUs
 
 A recipe is flat YAML whose keys are TRL ``SFTConfig`` fields (all of ``TrainingArguments``), PEFT
 ``LoraConfig`` fields, or one of ``RECIPE_KEYS`` below (model, data, template). ``--key value`` overrides on
@@ -37,8 +38,9 @@ from typing import Any
 
 import yaml
 
-from llamatune.chat import template_text, validate_messages
-from llamatune.data.io import iter_jsonl, sha256_file
+from llamatune.chat import DEFAULT_DATE, template_text, validate_messages
+from llamatune.distributed import dist_state, is_final, last_checkpoint, restore_final
+from llamatune.jsonl import iter_jsonl, sha256_file, write_text
 from llamatune.provenance import git_info, package_versions
 
 # Recipe keys that are neither SFTConfig nor LoraConfig fields, with their defaults (None = required).
@@ -47,7 +49,7 @@ RECIPE_KEYS: dict[str, Any] = {
     "dataset_path": None,  # a directory with train.jsonl and eval.jsonl (from `llamatune data ...`)
     "eval_samples": 200,  # eval loss on the first N rows of eval.jsonl (0 = no eval)
     "chat_template": "llama-3.2",  # a template in llamatune/templates/
-    "date_string": "26 Jul 2024",  # pins the template's "Today Date" so tokenisation is reproducible; null = today
+    "date_string": DEFAULT_DATE,  # pins the template's "Today Date" so tokenisation is reproducible; null = today
     "dtype": "auto",  # model weights: auto (bf16/fp16 on CUDA, float32 on CPU), float32, bfloat16, float16
     "load_in_4bit": False,  # QLoRA (bitsandbytes, CUDA only)
     "backend": "auto",  # auto | trl | unsloth
@@ -168,17 +170,6 @@ def load_conversations(path: str | Path, limit: int | None = None):
     return Dataset.from_dict(data, features=Features(features))
 
 
-def last_checkpoint(run_dir: str | Path) -> Path | None:
-    """The highest ``checkpoint-N`` in ``run_dir`` that is complete (its ``trainer_state.json``, written last,
-    exists); a checkpoint cut short by a kill is ignored."""
-    found = []
-    for p in Path(run_dir).glob("checkpoint-*"):
-        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-        if m and (p / "trainer_state.json").exists():
-            found.append((int(m.group(1)), p))
-    return max(found)[1] if found else None
-
-
 def _choose_backend(want: str) -> str:
     import torch
 
@@ -187,7 +178,8 @@ def _choose_backend(want: str) -> str:
         raise RuntimeError("backend: unsloth needs CUDA and the gpu extra (pip install 'llamatune[gpu]')")
     if want not in ("auto", "trl", "unsloth"):
         raise ValueError(f"recipe: backend must be auto, trl or unsloth, got {want!r}")
-    return "unsloth" if want == "unsloth" or (want == "auto" and has_unsloth and torch.cuda.is_available()) else "trl"
+    auto = has_unsloth and torch.cuda.is_available() and not dist_state().distributed  # TRL under accelerate launch
+    return "unsloth" if want == "unsloth" or (want == "auto" and auto) else "trl"
 
 
 def _resolve_precision(extra: dict, sft: dict, notes: list[str]) -> str:
@@ -318,34 +310,20 @@ def check_assistant_labels(trainer) -> None:
                            "{% generation %} markers")
 
 
-def _is_final(checkpoint: Path) -> bool:
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
-
-
-def _restore_final(trainer, checkpoint: Path) -> dict:
-    """Load a final checkpoint's adapter weights and trainer state into ``trainer`` (no training)."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-    from transformers import TrainerState
-
-    set_peft_model_state_dict(trainer.model, load_file(checkpoint / "adapter_model.safetensors"))
-    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
-    return {}
-
-
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def train(recipe: dict, run_dir: str | Path | None = None, resume: bool = False, callbacks: list | None = None) -> Path:
     """Train a LoRA adapter as the recipe says; return the run directory.
 
     ``resume=True`` continues from the last complete checkpoint (or starts fresh when there is none). Without
-    it, a run directory that already holds checkpoints is an error, so runs are never silently mixed.
+    it, a run directory that already holds checkpoints is an error, so runs are never silently mixed. Under
+    ``accelerate launch`` every process calls this; the run's files are written by the main process only
+    (:mod:`llamatune.distributed`).
     """
+    from llamatune.distributed import check_resumable, describe, is_main_process, save_adapter, scale_info
+
     recipe = dict(recipe)
     if run_dir is not None:
         recipe["output_dir"] = str(run_dir)
@@ -356,19 +334,31 @@ def train(recipe: dict, run_dir: str | Path | None = None, resume: bool = False,
                               "continue it, or choose another output_dir/run_name")
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer, info = build_trainer(recipe, run_dir, callbacks)
+    main = is_main_process()
+    scale = scale_info(trainer)
+    before = json.loads((run_dir / "run.json").read_text()) if last and (run_dir / "run.json").exists() else {}
+    if before:
+        check_resumable(before, recipe, info["data"], scale, run_dir)
     versions = package_versions(["unsloth"] if info["backend"] == "unsloth" else [])
-    record = {"recipe": recipe, **info, "versions": versions, "git": git_info(), "status": "running",
-              "resumed_from": last.name if last else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _write_json(run_dir / "run.json", record)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-    if resume and last is None:
-        print(f"[llamatune] no checkpoint in {run_dir}: starting from scratch", file=sys.stderr)
+    now = time.strftime("%Y-%m-%dT%H:%M:%S")
+    resumes = before.get("resumes", []) + ([{"at": now, "from": last.name, "world_size": scale.get("world_size")}]
+                                           if last else [])
+    record = {"recipe": recipe, **info, **scale, "versions": versions, "git": git_info(), "status": "running",
+              "resumed_from": last.name if last else None, "resumed_from_world_size": before.get("world_size"),
+              "started": before.get("started", now), "resumes": resumes}
+    if main:
+        print(f"[llamatune] {describe(scale)}", file=sys.stderr)
+        _write_json(run_dir / "run.json", record)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        if resume and last is None:
+            print(f"[llamatune] no checkpoint in {run_dir}: starting from scratch", file=sys.stderr)
     t0 = time.time()
-    if last is not None and _is_final(last):
+    if last is not None and is_final(last):
         # Killed after its final checkpoint, or already complete: the trainer would run past max_steps (it
         # restarts an epoch), so finish from the checkpoint instead of training.
-        print(f"[llamatune] {last.name} is the final step: finishing the run from it", file=sys.stderr)
-        metrics = _restore_final(trainer, last)
+        if main:
+            print(f"[llamatune] {last.name} is the final step: finishing the run from it", file=sys.stderr)
+        metrics = restore_final(trainer, last)
     else:
         metrics = dict(trainer.train(resume_from_checkpoint=str(last) if last else None).metrics)
     evals = [h for h in trainer.state.log_history if "eval_loss" in h]
@@ -376,8 +366,9 @@ def train(recipe: dict, run_dir: str | Path | None = None, resume: bool = False,
         evals.append(trainer.evaluate())  # the held-out loss of the final weights, unless just measured
     if evals:
         metrics.update({k: v for k, v in evals[-1].items() if k.startswith("eval_")})
-    trainer.model.save_pretrained(run_dir / "adapter")
-    trainer.processing_class.save_pretrained(run_dir / "adapter")
+    save_adapter(trainer, run_dir / "adapter")  # every rank: ZeRO-3/FSDP gather the weights; the main one writes
+    if not main:
+        return run_dir
     trainer.state.save_to_json(str(run_dir / "trainer_state.json"))
     from llamatune.plots import plot_loss
 
@@ -401,12 +392,7 @@ def main(args) -> int:
     overrides = list(args.overrides or [])
     resume = args.resume or "--resume" in overrides
     overrides = [o for o in overrides if o != "--resume"]
-    try:
-        recipe = load_recipe(args.recipe, overrides)
-        run_dir = train(recipe, resume=resume)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    run_dir = train(load_recipe(args.recipe, overrides), resume=resume)  # errors: exit codes of llamatune.cli
     print(f"run written to {run_dir} (adapter/, run.json, trainer_state.json, loss.png)")
     return 0
 
@@ -414,6 +400,8 @@ def main(args) -> int:
 if __name__ == "__main__":
     import argparse
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from llamatune.cli import run
+
+    p = argparse.ArgumentParser(prog="python -m llamatune.train", description=__doc__.split("\n\n")[0])
     add_arguments(p)
-    sys.exit(main(p.parse_args()))
+    sys.exit(run(main, p.parse_args(), "llamatune train"))

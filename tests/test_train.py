@@ -300,3 +300,29 @@ def test_resume_of_a_finished_run_does_not_train_further(full_run, tmp_path):
     assert json.loads((copy / "trainer_state.json").read_text())["global_step"] == STEPS
     a, b = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (run_dir, copy))
     assert all(a[k].equal(b[k]) for k in a)
+
+
+def test_resume_refuses_another_recipe_or_data_and_keeps_the_record(full_run, data_dir, tmp_path):
+    """--resume of a run with a changed recipe or changed data stops, naming each difference, before training; a
+    resume with the same recipe keeps the first start time and records the resume."""
+    import shutil
+
+    from llamatune.train import load_recipe, train
+
+    run_dir, _ = full_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    original = json.loads((copy / "run.json").read_text())
+    with pytest.raises(ValueError, match=r"learning_rate: 0\.0\d+ → 0\.5"):
+        train(load_recipe(run_dir / "config.yaml", ["--output_dir", str(copy), "--learning_rate", "0.5"]), resume=True)
+    other = tmp_path / "data"
+    shutil.copytree(data_dir, other)
+    with open(other / "train.jsonl", "a") as f:
+        f.write((other / "train.jsonl").read_text().splitlines()[0] + "\n")
+    with pytest.raises(ValueError, match=r"dataset_path: .* → .*train.jsonl_sha256"):
+        train(load_recipe(run_dir / "config.yaml", ["--output_dir", str(copy), "--dataset_path", str(other)]),
+              resume=True)
+    assert json.loads((copy / "run.json").read_text()) == original  # refused: nothing rewritten
+    train(load_recipe(run_dir / "config.yaml", ["--output_dir", str(copy)]), resume=True)
+    run = json.loads((copy / "run.json").read_text())
+    assert run["started"] == original["started"] and run["resumes"][-1]["from"] == f"checkpoint-{STEPS}"

@@ -17,7 +17,9 @@ Two tasks, and they measure different things:
 
 Backends: a ``.gguf`` runs in process on llama-cpp-python (``llamatune.evals.llamacpp_lm``; ``--backend
 server`` instead scores through ``python -m llama_cpp.server`` with lm-eval's ``gguf`` model, the slow
-cross-check); anything else is an HF directory or id for lm-eval's ``hf`` model, optionally ``+peft=ADAPTER``.
+cross-check); anything else is an HF directory or id, optionally ``+peft=ADAPTER``, for lm-eval's ``hf`` model
+(default) or, with ``--backend vllm`` (the ``vllm`` extra, CUDA), lm-eval's ``vllm`` model; ``--model-args
+k=v,...`` adds lm-eval model arguments (``tensor_parallel_size=8``, ``data_parallel_size=8``, ``parallelize=True``).
 Every response is cached in ``OUT/cache/`` (sqlite, per model fingerprint), so an interrupted run resumes.
 ``--data-dir`` reads ARC-schema items (``id, question, choices{text,label}, answerKey``) from local
 json/jsonl/parquet files (files named ``*test*`` if there are any), so it works offline.
@@ -142,15 +144,65 @@ def write_local_task(items: list[dict], task: str, work: Path) -> tuple[str, Pat
 
 
 # --- models -------------------------------------------------------------------------------------------------
-def make_lm(model: str, *, peft: str | None = None, backend: str = "inproc", base_url: str | None = None,
-            n_ctx: int = 2048, batch_size: int = 8, dtype: str = "auto"):
-    """``(lm, info, close)`` for a model spec: in-process llama.cpp, llama.cpp server, or lm-eval's HF model."""
+BACKENDS = ("auto", "inproc", "server", "hf", "vllm")  # auto: inproc for a GGUF, hf for an HF model
+
+
+def arc_backend(kind: str, backend: str) -> str:
+    """The backend that scores a model of ``kind`` (``gguf`` | ``hf``): GGUFs on llama.cpp (``inproc``, or
+    ``server``: lm-eval's ``gguf`` model against llama_cpp.server), HF models on lm-eval's ``hf`` or ``vllm``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if kind == "gguf":
+        if backend in ("hf", "vllm"):
+            raise ValueError(f"--backend {backend} scores HF models; a GGUF runs on inproc (default) or server")
+        return "inproc" if backend == "auto" else backend
+    if backend == "server":
+        raise ValueError("--backend server scores a GGUF; an HF model runs on hf (default) or vllm")
+    return "hf" if backend in ("auto", "inproc") else backend
+
+
+def parse_model_args(text: str | None) -> dict:
+    """``k=v,k2=v2`` (lm-eval's ``--model_args`` syntax; values typed: ``2`` → int, ``true`` → True) → dict."""
+    from lm_eval.utils import simple_parse_args_string
+
+    return simple_parse_args_string(text) if text else {}
+
+
+def lm_eval_model_args(spec, backend: str, *, n_ctx: int = 2048, batch_size: int = 8, dtype: str = "auto",
+                       placement=None, extra: dict | None = None) -> dict:
+    """Keyword arguments of lm-eval's ``hf`` (``HFLM``) or ``vllm`` (``VLLM``) model for an HF model spec, then
+    ``extra`` on top (``--model-args``: e.g. ``tensor_parallel_size=8`` or ``data_parallel_size=8`` for vLLM,
+    ``parallelize=True`` to split a model over the GPUs with HF). Precision and device follow the placement rule
+    (float16 on a T4, bfloat16 from compute capability 8.0); the chat template's date is pinned as in every eval."""
+    from llamatune.device import this_placement
+    from llamatune.generate import DEFAULT_DATE, VLLMGenerator
+
+    place = placement or this_placement()
+    args = {"pretrained": spec.path, "dtype": place.dtype if dtype == "auto" else dtype,
+            "chat_template_args": {"date_string": DEFAULT_DATE}}
+    if backend == "hf":
+        args.update(peft=spec.peft, device=place.device, batch_size=batch_size)
+    elif backend == "vllm":
+        args.update(batch_size="auto", max_model_len=n_ctx, seed=0)
+        if spec.peft:
+            r = int(json.loads((Path(spec.peft) / "adapter_config.json").read_text()).get("r", 16))
+            args.update(lora_local_path=str(spec.peft),
+                        max_lora_rank=next((x for x in VLLMGenerator.LORA_RANKS if x >= r), r))
+    else:
+        raise ValueError(f"lm-eval model backend {backend!r}: hf or vllm")
+    return {**args, **(extra or {})}
+
+
+def make_lm(model: str, *, peft: str | None = None, backend: str = "auto", base_url: str | None = None,
+            n_ctx: int = 2048, batch_size: int = 8, dtype: str = "auto", model_args: dict | None = None):
+    """``(lm, info, close)`` for a model spec: in-process llama.cpp, llama.cpp server, or lm-eval's HF / vLLM model."""
     from llamatune.generate import fingerprint, parse_spec
 
     spec = parse_spec(model, peft)
+    backend = arc_backend(spec.kind, backend)
     info = {"model": model, "label": spec.label, "model_kind": spec.kind, "fingerprint": fingerprint(spec),
             "backend": backend}
-    if spec.kind == "gguf" and backend == "server":
+    if backend == "server":
         from lm_eval.models.gguf import GGUFLM
 
         from llamatune.evals.llamacpp_server import LlamaCppServer
@@ -158,22 +210,20 @@ def make_lm(model: str, *, peft: str | None = None, backend: str = "inproc", bas
         server = None if base_url else LlamaCppServer(spec.path, n_ctx=n_ctx)
         url = base_url.rstrip("/").removesuffix("/v1") if base_url else server.url
         return GGUFLM(base_url=url, max_length=n_ctx), info, (server.close if server else (lambda: None))
-    if spec.kind == "gguf":
+    if backend == "inproc":
         from llamatune.evals.llamacpp_lm import LlamaCppLM
 
         lm = LlamaCppLM(model_path=spec.path, n_ctx=n_ctx)
         return lm, info, lm.close
+    args = lm_eval_model_args(spec, backend, n_ctx=n_ctx, batch_size=batch_size, dtype=dtype, extra=model_args)
+    info["model_args"] = {k: v for k, v in args.items() if k != "chat_template_args"}
+    if backend == "vllm":
+        from lm_eval.models.vllm_causallms import VLLM  # imports vllm: the vllm extra, on CUDA
+
+        return VLLM(**args), info, (lambda: None)
     from lm_eval.models.huggingface import HFLM
 
-    from llamatune.device import this_placement
-    from llamatune.generate import DEFAULT_DATE
-
-    place = this_placement()  # float16 on a T4, bfloat16 from compute capability 8.0, loaded onto the GPU
-    dtype = place.dtype if dtype == "auto" else dtype
-    lm = HFLM(pretrained=spec.path, peft=spec.peft, dtype=dtype, device=place.device,
-              batch_size=batch_size, chat_template_args={"date_string": DEFAULT_DATE})
-    info["backend"] = "hf"
-    return lm, info, (lambda: None)
+    return HFLM(**args), info, (lambda: None)
 
 
 # --- results ------------------------------------------------------------------------------------------------
@@ -207,9 +257,9 @@ def aggregate(items: list[dict], task: str) -> dict:
 
 
 def run_arc(model: str, out: str | Path, *, task: str = "arc_challenge", limit: int | None = None,
-            data_dir: str | Path | None = None, peft: str | None = None, backend: str = "inproc",
+            data_dir: str | Path | None = None, peft: str | None = None, backend: str = "auto",
             base_url: str | None = None, name: str | None = None, n_ctx: int = 2048, batch_size: int = 8,
-            max_gen_toks: int | None = None) -> dict:
+            max_gen_toks: int | None = None, model_args: dict | None = None) -> dict:
     """Run one ARC task on one model; writes and returns ``OUT/arc-<task>.json`` (kind ``arc``)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -223,7 +273,8 @@ def run_arc(model: str, out: str | Path, *, task: str = "arc_challenge", limit: 
     else:  # only index the task's own directory: indexing all of lm-eval's tasks takes ~25 s
         lm_task, include = task, Path(lm_eval.tasks.__file__).parent / BUILTIN_DIRS[task]
     manager = TaskManager(include_path=str(include), include_defaults=False)
-    lm, info, close = make_lm(model, peft=peft, backend=backend, base_url=base_url, n_ctx=n_ctx, batch_size=batch_size)
+    lm, info, close = make_lm(model, peft=peft, backend=backend, base_url=base_url, n_ctx=n_ctx, batch_size=batch_size,
+                              model_args=model_args)
     t0 = time.time()
     try:
         res = lm_eval.simple_evaluate(
@@ -299,8 +350,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--task", default="arc_challenge", choices=TASKS, help="cloze (default) or Meta's generative")
     parser.add_argument("--limit", type=int, help="first N items only (smoke runs)")
     parser.add_argument("--data-dir", help="local ARC-schema json/jsonl/parquet (offline)")
-    parser.add_argument("--backend", default="inproc", choices=("inproc", "server"),
-                        help="GGUF scoring: in-process llama.cpp (default) or llama_cpp.server (slow cross-check)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="GGUF: inproc llama.cpp (auto) or server (lm-eval's gguf model on llama_cpp.server, the slow "
+                             "cross-check); HF model: lm-eval's hf (auto) or vllm (the vllm extra, CUDA)")
+    parser.add_argument("--model-args", help="extra lm-eval model arguments for hf/vllm, k=v,k2=v2 (e.g. "
+                                             "tensor_parallel_size=8, data_parallel_size=8, parallelize=True)")
     parser.add_argument("--base-url", help="with --backend server: an already running llama_cpp.server")
     parser.add_argument("--name", help="label in tables (default: model file/dir name)")
     parser.add_argument("--n-ctx", type=int, default=2048)
@@ -327,7 +381,8 @@ def main(args) -> int:
         raise ValueError("--model and --out are required (or --compare A B)")
     r = run_arc(args.model, args.out, task=args.task, limit=args.limit, data_dir=args.data_dir, peft=args.peft,
                 backend=args.backend, base_url=args.base_url, name=args.name, n_ctx=args.n_ctx,
-                batch_size=args.batch_size, max_gen_toks=args.max_gen_toks)
+                batch_size=args.batch_size, max_gen_toks=args.max_gen_toks,
+                model_args=parse_model_args(args.model_args))
     print(format_result(r))
     print(f"written {r['path']}")
     return 0

@@ -198,8 +198,10 @@ def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str
               b_name: str | None = None, max_tokens: int = 512, concurrency: int = 4, retry_invalid: bool = False,
               response_format: str = "json_schema", reason_max_chars: int = 400, judge_max_tokens: int = 300,
               max_retries: int = 6, backoff: float = 1.0, timeout: float = 120.0,
-              price_in: float | None = None, price_out: float | None = None, progress: bool = True) -> dict:
-    """Answer, judge both orders, aggregate; writes ``OUT/judge.json`` (kind ``judge``) and returns it."""
+              price_in: float | None = None, price_out: float | None = None, progress: bool = True,
+              backend: str = "auto") -> dict:
+    """Answer, judge both orders, aggregate; writes ``OUT/judge.json`` (kind ``judge``) and returns it. HF models
+    answer on ``backend`` (:func:`llamatune.generate.load_generator`: batched transformers on a GPU, or vLLM)."""
     from tqdm import tqdm
 
     from llamatune.generate import generate_cached, parse_spec
@@ -215,8 +217,8 @@ def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str
     names = {"A": a_name or sa.label, "B": b_name or sb.label}
     if names["A"] == names["B"]:
         names = {"A": names["A"] + " (A)", "B": names["B"] + " (B)"}
-    answers = {"A": generate_cached(sa, plist, out / "answers.jsonl", max_tokens=max_tokens, progress=progress),
-               "B": generate_cached(sb, plist, out / "answers.jsonl", max_tokens=max_tokens, progress=progress)}
+    answers = {k: generate_cached(spec, plist, out / "answers.jsonl", max_tokens=max_tokens, progress=progress,
+                                  backend=backend) for k, spec in (("A", sa), ("B", sb))}
 
     cache = VerdictCache(out / "verdicts.jsonl")
     formats = [r.get("format") for r in cache.rows.values()
@@ -385,6 +387,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--timeout", type=float, default=120.0, help="per request, seconds")
     parser.add_argument("--price-in", type=float, help="USD per 1M input tokens (cost estimate)")
     parser.add_argument("--price-out", type=float, help="USD per 1M output tokens (cost estimate)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"),
+                        help="HF models A/B: transformers (batched on a GPU) or vLLM; auto = vLLM when installed + GPU")
 
 
 def main(args) -> int:
@@ -397,7 +401,8 @@ def main(args) -> int:
                   concurrency=args.concurrency, retry_invalid=args.retry_invalid,
                   response_format=args.response_format, reason_max_chars=args.reason_max_chars,
                   judge_max_tokens=args.judge_max_tokens, max_retries=args.max_retries, backoff=args.backoff,
-                  timeout=args.timeout, price_in=args.price_in, price_out=args.price_out)
+                  timeout=args.timeout, price_in=args.price_in, price_out=args.price_out,
+                  backend=args.backend)
     print(format_result(r))
     print(f"written {r['path']}")
     return 0

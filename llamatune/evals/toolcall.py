@@ -127,18 +127,21 @@ def build_prompt(row: dict, icl: int = 0, template: str = "llama-3.2") -> str:
                   date_string=DEFAULT_DATE)
 
 
-def _load(model_spec, n_ctx: int, n_threads: int | None, template: str):
-    """The generator whose ``complete`` continues the rendered prompts (a seam the tests replace)."""
+def _load(model_spec, n_ctx: int, n_threads: int | None, template: str, backend: str = "auto"):
+    """The generator whose ``complete_batch`` continues the rendered prompts (a seam the tests replace)."""
     if model_kind(model_spec) == "gguf":
-        return load_generator(str(model_spec), n_ctx=n_ctx, n_threads=n_threads, template=template)
-    return load_generator(str(model_spec), template=template)
+        return load_generator(str(model_spec), n_ctx=n_ctx, n_threads=n_threads, template=template, backend=backend)
+    return load_generator(str(model_spec), template=template, backend=backend)
 
 
 def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None, max_tokens: int = 128,
-             n_ctx: int = 4096, n_threads: int | None = None, template: str | None = None) -> dict:
+             n_ctx: int = 4096, n_threads: int | None = None, template: str | None = None,
+             backend: str = "auto") -> dict:
     """Run ``model_spec`` greedily on every row of ``data_path`` (the generator's ``eval.jsonl``) and score.
     Prompts use ``template`` (default: the model's own, see :func:`model_template`). Outputs are cached per
-    item in ``<out>.generations.jsonl`` (keyed by model, prompt and settings)."""
+    item in ``<out>.generations.jsonl`` (keyed by model, prompt and settings). An HF model runs on ``backend``
+    (:func:`llamatune.generate.load_generator`: transformers, batched on a GPU, or vLLM); missing items go to the
+    generator ``batch_size`` prompts at a time (one at a time on llama.cpp and on a CPU)."""
     from tqdm import tqdm
 
     from llamatune.progress import tqdm_disable
@@ -154,17 +157,27 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
     runner = None
     try:
         prompts = [build_prompt(row, icl, template) for row in rows]
+        keys = [hashlib.sha256(json.dumps([fp, p, max_tokens]).encode()).hexdigest() for p in prompts]
         # Prompts in sorted order, so that consecutive ones share their longest prefix (system text, tool
         # schemas): llama.cpp keeps the KV cache of the common prefix and evaluates only the rest.
         order = sorted(range(len(rows)), key=prompts.__getitem__)
-        for i in tqdm(order, desc=f"toolcall {Path(str(model_spec)).name}", disable=tqdm_disable()):
-            row, prompt = rows[i], prompts[i]
-            key = hashlib.sha256(json.dumps([fp, prompt, max_tokens]).encode()).hexdigest()
-            if key not in cache:
-                runner = runner or _load(model_spec, n_ctx, n_threads, template)
-                t0 = time.perf_counter()
-                output = runner.complete(prompt, max_tokens)
-                cache.add({"id": row["id"], "key": key, "output": output, "seconds": round(time.perf_counter() - t0, 3)})
+        first: dict[str, int] = {}
+        for i in order:
+            first.setdefault(keys[i], i)  # a prompt that repeats is generated once
+        todo = [i for k, i in first.items() if k not in cache]
+        bar = tqdm(total=len(todo), desc=f"toolcall {Path(str(model_spec)).name}", disable=tqdm_disable())
+        while todo:
+            runner = runner or _load(model_spec, n_ctx, n_threads, template, backend)
+            chunk, todo = todo[:max(1, runner.batch_size)], todo[max(1, runner.batch_size):]
+            t0 = time.perf_counter()
+            outs = runner.complete_batch([prompts[i] for i in chunk], max_tokens)
+            seconds = round((time.perf_counter() - t0) / len(chunk), 3)  # per item (a batch's time shared)
+            for i, output in zip(chunk, outs, strict=True):
+                cache.add({"id": rows[i]["id"], "key": keys[i], "output": output, "seconds": seconds,
+                           "backend": getattr(runner, "backend", "")})
+            bar.update(len(chunk))
+        bar.close()
+        for row, key in zip(rows, keys):
             row["output"] = cache.get(key)["output"]
     finally:
         if runner is not None:
@@ -219,6 +232,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-ctx", type=int, default=4096, help="llama.cpp context size")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: $LLAMATUNE_THREADS, else the physical cores)")
     parser.add_argument("--template", default=None, help="chat template of the prompts (default: the model's own)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"),
+                        help="HF models: transformers (batched on a GPU) or vLLM; auto = vLLM when installed and a GPU "
+                             "is present")
 
 
 def main(args) -> int:
@@ -236,5 +252,5 @@ def main(args) -> int:
     if not args.data:
         raise SystemExit("--data is required with --model")
     evaluate(args.model, args.data, args.out, icl=args.icl, limit=args.limit, max_tokens=args.max_tokens,
-             n_ctx=args.n_ctx, n_threads=args.threads, template=args.template)
+             n_ctx=args.n_ctx, n_threads=args.threads, template=args.template, backend=args.backend)
     return 0
