@@ -133,3 +133,19 @@ def test_the_readme_file_list_names_every_module():
     missing = sorted(p.relative_to(PKG).as_posix() for p in _modules().values()
                      if p.name not in ("__init__.py", "__main__.py") and not re.search(rf"\b{re.escape(p.stem)}\b", files))
     assert missing == []
+
+
+def test_the_cli_maps_every_commands_errors_to_one_set_of_exit_codes(tmp_path, capsys):
+    from llamatune import cli
+    from llamatune.evals.judge_client import JudgeError
+    from llamatune.export import FidelityError
+    from llamatune.hub import HubError
+
+    codes = {exc: cli.exit_code(exc) for exc in (ValueError("bad row"), FileNotFoundError("x"), FidelityError("f16"),
+                                                  HubError("login"), JudgeError("down", code=3), KeyboardInterrupt())}
+    assert list(codes.values()) == [2, 2, 1, 2, 3, 130]
+    # a command raises; the CLI prints one line naming the command, never a traceback
+    assert cli.main(["eval", "toolcall", "--predictions", str(tmp_path / "p.jsonl")]) == 2
+    assert capsys.readouterr().err.strip() == "llamatune eval toolcall: --out is required with --model or --predictions"
+    assert cli.main(["report", str(tmp_path / "none")]) == 2
+    assert "llamatune report: results directory not found" in capsys.readouterr().err

@@ -245,12 +245,12 @@ def main(args) -> int:
         print(comparison_table(res))
         return 0
     if not args.out:
-        raise SystemExit("--out is required with --model or --predictions")
+        raise ValueError("--out is required with --model or --predictions")
     if args.predictions:
         score_predictions(args.predictions, args.out)
         return 0
     if not args.data:
-        raise SystemExit("--data is required with --model")
+        raise ValueError("--data is required with --model")
     evaluate(args.model, args.data, args.out, icl=args.icl, limit=args.limit, max_tokens=args.max_tokens,
              n_ctx=args.n_ctx, n_threads=args.threads, template=args.template, backend=args.backend)
     return 0
