@@ -233,8 +233,8 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, plots: 
     """Write ``report.md`` (+ PNGs) for ``results_dir`` into ``out`` (default: the same dir); return the markdown."""
     root = Path(results_dir)
     out = Path(out) if out else root
+    results = load_results(root)  # before creating anything: a mistyped directory is an error, not a new folder
     out.mkdir(parents=True, exist_ok=True)
-    results = load_results(root)
     if not results:
         raise FileNotFoundError(f"{root}: no results files (json with a 'kind') found")
     by_kind: dict[str, list[dict]] = {}
