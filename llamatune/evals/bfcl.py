@@ -1,0 +1,221 @@
+"""BFCL v4 as the outside yardstick: the field's function-calling test set, scored with BFCL's AST semantics.
+
+    llamatune eval bfcl --model X.gguf|HF_DIR --out results/bfcl/base.json \
+        [--categories simple_python,multiple,parallel,irrelevance,live_simple,live_multiple,live_irrelevance] \
+        [--limit N] [--seed S] [--icl K]
+    llamatune eval bfcl --compare results/bfcl/base.json results/bfcl/tuned.json [--out compare.json]
+    llamatune eval bfcl --table results/bfcl/base.json results/bfcl/tuned.json [--out table.md]
+
+Data and ground truths come from the ``bfcl-eval`` wheel (:mod:`llamatune.evals.bfcl_data`: downloaded once,
+sha256-pinned, never installed); each BFCL function doc is converted to a JSON-schema tool as BFCL converts it for
+function-calling models, and the prompt is the BFCL question rendered through the model's own chat template with
+those tools (the model answers in its template's call format, which the project's parser reads). Scoring:
+:mod:`llamatune.evals.bfcl_score` (BFCL's rules; ``bench/bfcl_agreement.py`` checks them against BFCL's own
+``ast_checker``). ``--limit N`` keeps at most N items per category, a seeded sample (``--seed``), so CPU runs
+stay short and two runs with the same limit and seed see the same items.
+
+Results have the shape ``eval toolcall`` writes (``kind: "bfcl"``; per-item records with BFCL's ids, the raw
+``output`` and the ``reason``; ``aggregate`` with Wilson CIs), plus ``summary``: accuracy per category, BFCL's
+non-live AST summary (unweighted mean of the non-live AST categories present), live AST summary (mean weighted by
+the full category sizes, as BFCL weighs them) and irrelevance (same weighting), with 95% CIs (per category:
+Wilson; summaries: a stratified bootstrap). Generations are cached in ``<out>.generations.jsonl``
+(:func:`llamatune.generate.generate_cached`), so a rerun or an interrupted run answers nothing twice. BFCL is a
+test set here: nothing in this repo is chosen by looking at it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from llamatune.evals import toolcall
+from llamatune.evals.bfcl_data import (DEFAULT_CATEGORIES, IRRELEVANCE_CATEGORIES, LIVE_AST, NON_LIVE_AST, VERSION,
+                                       category_sizes, load_rows)
+from llamatune.evals.bfcl_score import score_output
+from llamatune.generate import Generator, generate_cached, parse_spec
+
+MAX_TOKENS = 192  # a parallel answer of four calls fits
+SUMMARIES = (("non_live_ast", NON_LIVE_AST, "unweighted"), ("live_ast", LIVE_AST, "weighted"),
+             ("irrelevance", IRRELEVANCE_CATEGORIES, "weighted"))
+
+
+class _LazyGenerator(Generator):
+    """Loads the real generator only when a prompt is not in the cache (a rescoring run loads no model)."""
+
+    def __init__(self, model_spec, template: str, n_ctx: int, n_threads: int | None):
+        self.spec, self.template = parse_spec(str(model_spec)), template
+        self._args, self._gen = (model_spec, n_ctx, n_threads, template), None
+
+    def _real(self) -> Generator:
+        if self._gen is None:
+            self._gen = toolcall._load(*self._args)
+        return self._gen
+
+    @property
+    def batch_size(self) -> int:
+        return self._real().batch_size
+
+    def generate_batch(self, conversations, max_tokens=512, temperature=0.0):
+        return self._real().generate_batch(conversations, max_tokens=max_tokens, temperature=temperature)
+
+    def close(self):
+        if self._gen is not None:
+            self._gen.close()
+
+
+def prompt_of(row: dict, icl: int = 0, seed: int = 0) -> dict:
+    """``{"id", "messages", "tools"}`` for :func:`generate_cached`: BFCL's question (with ``icl`` worked examples
+    of the project's call format in the system prompt, as ``eval toolcall --icl``) and the converted tools."""
+    msgs = row["messages"] + [{"role": "assistant", "content": ""}]  # prompt_messages cuts at the target turn
+    return {"id": row["id"], "messages": toolcall.prompt_messages({"id": row["id"], "messages": msgs}, icl, seed),
+            "tools": row["tools"]}
+
+
+def score_rows(rows: list[dict], outputs: dict[str, str]) -> list[dict]:
+    return [{"id": r["id"], "category": r["category"],
+             **score_output(outputs[r["id"]], r["expected"], r["tools"], r["category"]), "output": outputs[r["id"]]}
+            for r in rows]
+
+
+# --- summaries ----------------------------------------------------------------------------------------------
+
+def _mix(counts: dict[str, tuple[int, int]], weights: dict[str, float], n_boot: int = 10000, seed: int = 0) -> dict:
+    """A weighted mean of category accuracies with a stratified bootstrap 95% CI (items resampled within their
+    category: a binomial draw per category)."""
+    cats = [c for c in counts if counts[c][1]]
+    if not cats:
+        return {"value": None, "low": None, "high": None, "n": 0}
+    w = np.array([weights[c] for c in cats], dtype=float)
+    w /= w.sum()
+    p = np.array([counts[c][0] / counts[c][1] for c in cats])
+    rng = np.random.default_rng(seed)
+    boot = np.stack([rng.binomial(counts[c][1], p[i], n_boot) / counts[c][1] for i, c in enumerate(cats)], axis=1)
+    low, high = np.percentile(boot @ w, [2.5, 97.5])
+    return {"value": float(p @ w), "low": float(low), "high": float(high), "n": int(sum(counts[c][1] for c in cats)),
+            "categories": cats}
+
+
+def summarize(items: list[dict], sizes: dict[str, int]) -> dict:
+    """Per-category accuracy (Wilson CI) and BFCL's non-live, live and irrelevance summaries."""
+    counts = {}
+    for c in dict.fromkeys(i["category"] for i in items):
+        sub = [i["correct"] for i in items if i["category"] == c]
+        counts[c] = (sum(sub), len(sub))
+    out = {"by_category": {c: toolcall._prop(k, n) for c, (k, n) in counts.items()}}
+    for name, cats, how in SUMMARIES:
+        present = {c: counts[c] for c in cats if c in counts}
+        weights = {c: (sizes.get(c, 1) if how == "weighted" else 1) for c in present}
+        out[name] = {**_mix(present, weights), "weighting": how}
+    return out
+
+
+# --- running ------------------------------------------------------------------------------------------------
+
+def evaluate(model_spec, out, categories=DEFAULT_CATEGORIES, limit: int | None = None, seed: int = 0, icl: int = 0,
+             max_tokens: int = MAX_TOKENS, n_ctx: int = 8192, n_threads: int | None = None,
+             template: str | None = None, wheel=None) -> dict:
+    """Run ``model_spec`` greedily on the BFCL items of ``categories`` and write ``out`` (see module docstring)."""
+    t0 = time.perf_counter()
+    template = template or toolcall.model_template(model_spec)
+    rows = load_rows(categories, limit, seed, wheel)
+    prompts = {r["id"]: prompt_of(r, icl) for r in rows}
+    from llamatune.chat import render
+
+    # sorted by the rendered text, so consecutive prompts share their longest prefix (llama.cpp's KV cache)
+    order = sorted(prompts.values(), key=lambda p: render(p["messages"], p["tools"], template=template,
+                                                           add_generation_prompt=True))
+    cache = Path(out).with_suffix(".generations.jsonl")
+    gen = _LazyGenerator(model_spec, template, n_ctx, n_threads)
+    try:
+        outputs = generate_cached(gen, order, cache, max_tokens=max_tokens)
+    finally:
+        gen.close()
+    items = score_rows(rows, outputs)
+    return write_results(items, out, model=str(model_spec), icl=icl, categories=list(categories), limit=limit,
+                         seed=seed, max_tokens=max_tokens, template=template, seconds=round(time.perf_counter() - t0, 1),
+                         sizes=category_sizes(categories, wheel))
+
+
+def write_results(items: list[dict], out, sizes: dict[str, int], **meta) -> dict:
+    """``eval toolcall``'s results file (its writer), with ``kind: "bfcl"`` and the BFCL ``summary``."""
+    res = toolcall._write_results(items, out, kind="bfcl", bfcl_version=VERSION, category_sizes=sizes,
+                                  summary=summarize(items, sizes), **meta)
+    print(markdown_table([res], [Path(out).stem]))
+    return res
+
+
+# --- tables -------------------------------------------------------------------------------------------------
+
+def _pct(m: dict) -> str:
+    if m.get("value") is None:
+        return "–"
+    return f"{100 * m['value']:.1f} [{100 * m['low']:.1f}, {100 * m['high']:.1f}]"
+
+
+def markdown_table(results: list[dict], names: list[str]) -> str:
+    """One row per results file: accuracy % [95% CI] per category and BFCL's summaries; a first row gives n."""
+    cats = list(dict.fromkeys(c for r in results for c in r["summary"]["by_category"]))
+    sums = [s for s, _, _ in SUMMARIES if any(r["summary"][s]["n"] for r in results)]
+    head = ["model", *cats, *(f"**{s}**" for s in sums)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def n_of(key, summary=False):
+        ns = {(r["summary"][key] if summary else r["summary"]["by_category"].get(key, {})).get("n") for r in results}
+        return str(ns.pop()) if len(ns) == 1 else "/".join(str(n) for n in sorted(ns, key=str))
+
+    lines.append("| n | " + " | ".join([*(n_of(c) for c in cats), *(n_of(s, True) for s in sums)]) + " |")
+    for r, name in zip(results, names):
+        by = r["summary"]["by_category"]
+        lines.append("| " + " | ".join([name, *(_pct(by.get(c, {})) for c in cats),
+                                         *(_pct(r["summary"][s]) for s in sums)]) + " |")
+    return "\n".join(lines)
+
+
+# --- command line -------------------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="a .gguf file (llama-cpp-python) or an HF model directory")
+    what.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                      help="paired comparison of two results (McNemar + paired bootstrap), as eval toolcall")
+    what.add_argument("--table", nargs="+", metavar="RESULTS.json", help="markdown table of one or more results")
+    parser.add_argument("--names", default=None, help="comma-separated row names for --table (default: file stems)")
+    parser.add_argument("--categories", default=",".join(DEFAULT_CATEGORIES),
+                        help="comma-separated BFCL v4 categories (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=None, help="at most N items per category (a seeded sample)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
+    parser.add_argument("--out", help="results JSON to write (--table: the markdown file)")
+    parser.add_argument("--icl", type=int, default=0, help="k worked tool-use examples in the system prompt")
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    parser.add_argument("--n-ctx", type=int, default=8192, help="llama.cpp context size")
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: $LLAMATUNE_THREADS)")
+    parser.add_argument("--template", default=None, help="chat template of the prompts (default: the model's own)")
+
+
+def main(args) -> int:
+    if args.compare:
+        res = toolcall.compare(*args.compare)
+        res["kind"] = "bfcl-compare"
+        if args.out:
+            Path(args.out).write_text(json.dumps(res, indent=1) + "\n", encoding="utf-8")
+        print(toolcall.compare_table(res))
+        return 0
+    if args.table:
+        results = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.table]
+        names = args.names.split(",") if args.names else [Path(p).stem for p in args.table]
+        if len(names) != len(results):
+            raise SystemExit(f"--names gives {len(names)} names for {len(results)} results")
+        text = markdown_table(results, names)
+        if args.out:
+            Path(args.out).write_text(text + "\n", encoding="utf-8")
+        print(text)
+        return 0
+    if not args.out:
+        raise SystemExit("--out is required with --model")
+    cats = [c.strip() for c in args.categories.split(",") if c.strip()]
+    evaluate(args.model, args.out, cats, limit=args.limit, seed=args.seed, icl=args.icl, max_tokens=args.max_tokens,
+             n_ctx=args.n_ctx, n_threads=args.threads, template=args.template)
+    return 0
