@@ -27,9 +27,13 @@ PYTEST_ARGS ?=
 LLAMATUNE_REQUIRE_BROWSER ?= 1
 export LLAMATUNE_REQUIRE_BROWSER
 
-.PHONY: install llama-wheel lock test-colab-pins screenshots test test-slow test-all demo bench browser clean colab-links
+.PHONY: install bfcl-data bfcl-venv bfcl-agreement llama-wheel lock test-colab-pins screenshots test test-slow test-all demo bench browser clean colab-links
 
-install: $(STAMP)
+install: $(STAMP) bfcl-data
+
+# BFCL v4's data: the bfcl-eval wheel, fetched once (pip download --no-deps), sha256-checked, cached, never installed
+bfcl-data: $(STAMP)
+	@$(PY) -m llamatune.evals.bfcl_data >/dev/null
 
 $(STAMP): pyproject.toml Makefile constraints/cpu.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +76,32 @@ test-colab-pins: install
 	$(COLAB_VENV)/bin/pip check
 	$(COLAB_VENV)/bin/python -c "import transformers, trl, datasets; print('transformers', transformers.__version__, 'trl', trl.__version__, 'datasets', datasets.__version__)"
 	$(COLAB_VENV)/bin/python -m pytest -m "not slow" -q $(COLAB_TESTS) $(PYTEST_ARGS)
+
+# BFCL's own checker in an isolated environment (bfcl-eval pins numpy 1.26.4 and pulls API clients, so never in
+# .venv): CPU torch first, then bfcl-eval with its own pins, plus soundfile (qwen-agent imports it; bfcl-eval's
+# dependencies do not install it, and without it the checker's import of every model handler fails). Then the
+# project's scorer and BFCL's checker score the same raw outputs (results files of `llamatune eval bfcl`).
+BFCL_VENV ?= .venv-bfcl
+BFCL_VERSION := 2026.3.23
+BFCL_STAMP := $(BFCL_VENV)/.installed-bfcl-$(BFCL_VERSION)
+BFCL_RESULTS ?= $(wildcard results/bfcl/base.json results/bfcl/base-icl.json results/bfcl/tuned.json)
+$(BFCL_STAMP):
+	@test -x $(BFCL_VENV)/bin/python || $(PYTHON) -m venv $(BFCL_VENV)
+	$(BFCL_VENV)/bin/pip install -q --upgrade pip
+	$(BFCL_VENV)/bin/pip install -q torch==$(TORCH_VERSION)
+	$(BFCL_VENV)/bin/pip install -q bfcl-eval==$(BFCL_VERSION) soundfile
+	$(BFCL_VENV)/bin/pip check
+	@touch $@
+
+bfcl-venv: $(BFCL_STAMP)
+
+bfcl-agreement: $(BFCL_STAMP) install
+	@test -n "$(BFCL_RESULTS)" || { echo "no results/bfcl/*.json: run llamatune eval bfcl first (see README)"; exit 1; }
+	PYTHONPATH=. $(PY) bench/bfcl_synthetic.py --out results/bfcl/synthetic.json
+	PYTHONPATH=. $(BFCL_VENV)/bin/python bench/bfcl_agreement.py results/bfcl/synthetic.json \
+	  --out results/bfcl/agreement_synthetic.json --md results/bfcl/agreement_synthetic.md
+	PYTHONPATH=. $(BFCL_VENV)/bin/python bench/bfcl_agreement.py $(BFCL_RESULTS) \
+	  --out bench/bfcl_agreement.json --md bench/bfcl_agreement.md
 
 # Debian's Chromium for the Playwright browser test (root only; the test is skipped without it).
 browser:
