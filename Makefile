@@ -27,7 +27,7 @@ PYTEST_ARGS ?=
 LLAMATUNE_REQUIRE_BROWSER ?= 1
 export LLAMATUNE_REQUIRE_BROWSER
 
-.PHONY: install bfcl-data bfcl-venv bfcl-agreement llama-wheel lock test-colab-pins screenshots test test-slow test-all demo bench browser clean colab-links
+.PHONY: install bfcl-data bfcl-venv bfcl-demo bfcl-agreement llama-wheel lock test-colab-pins screenshots test test-slow test-all demo bench browser clean colab-links
 
 install: $(STAMP) bfcl-data
 
@@ -95,7 +95,25 @@ $(BFCL_STAMP):
 
 bfcl-venv: $(BFCL_STAMP)
 
-bfcl-agreement: $(BFCL_STAMP) install
+# BFCL on the demo's GGUFs (make demo first): base, base + ICL, tuned on a seeded sample of BFCL_LIMIT items per
+# category, then the README table from the results files. ~40 min on 2 cores with the defaults.
+BFCL_LIMIT ?= 60
+BFCL_BASE ?= $(firstword $(wildcard runs/demo/gguf/*-base-*.gguf))
+BFCL_TUNED ?= $(firstword $(wildcard runs/demo/gguf/*-funccall-*.gguf))
+BFCL_ICL ?= 2
+BFCL_EVAL = nice -n 10 $(VENV)/bin/llamatune eval bfcl --limit $(BFCL_LIMIT) --seed 0
+bfcl-demo:
+	@test -x $(PY) || { echo "no $(VENV): run make install first"; exit 1; }
+	@test -n "$(BFCL_BASE)" -a -n "$(BFCL_TUNED)" || { echo "no runs/demo/gguf/*.gguf: run make demo first"; exit 1; }
+	$(BFCL_EVAL) --model $(BFCL_BASE) --out results/bfcl/base.json
+	$(BFCL_EVAL) --model $(BFCL_BASE) --icl $(BFCL_ICL) --out results/bfcl/base-icl.json
+	$(BFCL_EVAL) --model $(BFCL_TUNED) --out results/bfcl/tuned.json
+	$(VENV)/bin/llamatune eval bfcl --compare results/bfcl/base.json results/bfcl/tuned.json --out results/bfcl/compare.json
+	$(VENV)/bin/llamatune eval bfcl --table results/bfcl/base.json results/bfcl/base-icl.json results/bfcl/tuned.json \
+	  --names "base,base + $(BFCL_ICL)-shot ICL,tuned" --out assets/bfcl_table.md --readme README.md
+
+bfcl-agreement: $(BFCL_STAMP)
+	@test -x $(PY) || { echo "no $(VENV): run make install first"; exit 1; }
 	@test -n "$(BFCL_RESULTS)" || { echo "no results/bfcl/*.json: run llamatune eval bfcl first (see README)"; exit 1; }
 	PYTHONPATH=. $(PY) bench/bfcl_synthetic.py --out results/bfcl/synthetic.json
 	PYTHONPATH=. $(BFCL_VENV)/bin/python bench/bfcl_agreement.py results/bfcl/synthetic.json \

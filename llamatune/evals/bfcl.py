@@ -18,7 +18,7 @@ Results have the shape ``eval toolcall`` writes (``kind: "bfcl"``; per-item reco
 ``output`` and the ``reason``; ``aggregate`` with Wilson CIs), plus ``summary``: accuracy per category, BFCL's
 non-live AST summary (unweighted mean of the non-live AST categories present), live AST summary (mean weighted by
 the full category sizes, as BFCL weighs them) and irrelevance (same weighting), with 95% CIs (per category:
-Wilson; summaries: a stratified bootstrap). Generations are cached in ``<out>.generations.jsonl``
+Wilson; summaries: Jeffreys-posterior draws per category, weighted). Generations are cached in ``<out>.generations.jsonl``
 (:func:`llamatune.generate.generate_cached`), so a rerun or an interrupted run answers nothing twice. BFCL is a
 test set here: nothing in this repo is chosen by looking at it.
 """
@@ -38,6 +38,7 @@ from llamatune.evals.bfcl_score import score_output
 from llamatune.generate import Generator, generate_cached, parse_spec
 
 MAX_TOKENS = 192  # a parallel answer of four calls fits
+BEGIN, END = "<!-- bfcl:begin -->", "<!-- bfcl:end -->"  # the README block that --table --readme rewrites
 SUMMARIES = (("non_live_ast", NON_LIVE_AST, "unweighted"), ("live_ast", LIVE_AST, "weighted"),
              ("irrelevance", IRRELEVANCE_CATEGORIES, "weighted"))
 
@@ -66,6 +67,14 @@ class _LazyGenerator(Generator):
             self._gen.close()
 
 
+def _show_progress() -> bool:
+    import sys
+
+    from llamatune.progress import in_notebook
+
+    return in_notebook() or sys.stderr.isatty()
+
+
 def prompt_of(row: dict, icl: int = 0, seed: int = 0) -> dict:
     """``{"id", "messages", "tools"}`` for :func:`generate_cached`: BFCL's question (with ``icl`` worked examples
     of the project's call format in the system prompt, as ``eval toolcall --icl``) and the converted tools."""
@@ -82,9 +91,10 @@ def score_rows(rows: list[dict], outputs: dict[str, str]) -> list[dict]:
 
 # --- summaries ----------------------------------------------------------------------------------------------
 
-def _mix(counts: dict[str, tuple[int, int]], weights: dict[str, float], n_boot: int = 10000, seed: int = 0) -> dict:
-    """A weighted mean of category accuracies with a stratified bootstrap 95% CI (items resampled within their
-    category: a binomial draw per category)."""
+def _mix(counts: dict[str, tuple[int, int]], weights: dict[str, float], n_draws: int = 20000, seed: int = 0) -> dict:
+    """A weighted mean of category accuracies with a 95% interval from draws of each category's accuracy from its
+    Jeffreys posterior, Beta(k + ½, n − k + ½), weighted alike (for one category: the Jeffreys interval, close to
+    Wilson's; unlike a plain bootstrap it does not collapse to [0, 0] when no item is right)."""
     cats = [c for c in counts if counts[c][1]]
     if not cats:
         return {"value": None, "low": None, "high": None, "n": 0}
@@ -92,7 +102,7 @@ def _mix(counts: dict[str, tuple[int, int]], weights: dict[str, float], n_boot: 
     w /= w.sum()
     p = np.array([counts[c][0] / counts[c][1] for c in cats])
     rng = np.random.default_rng(seed)
-    boot = np.stack([rng.binomial(counts[c][1], p[i], n_boot) / counts[c][1] for i, c in enumerate(cats)], axis=1)
+    boot = np.stack([rng.beta(counts[c][0] + 0.5, counts[c][1] - counts[c][0] + 0.5, n_draws) for c in cats], axis=1)
     low, high = np.percentile(boot @ w, [2.5, 97.5])
     return {"value": float(p @ w), "low": float(low), "high": float(high), "n": int(sum(counts[c][1] for c in cats)),
             "categories": cats}
@@ -130,7 +140,7 @@ def evaluate(model_spec, out, categories=DEFAULT_CATEGORIES, limit: int | None =
     cache = Path(out).with_suffix(".generations.jsonl")
     gen = _LazyGenerator(model_spec, template, n_ctx, n_threads)
     try:
-        outputs = generate_cached(gen, order, cache, max_tokens=max_tokens)
+        outputs = generate_cached(gen, order, cache, max_tokens=max_tokens, progress=_show_progress())
     finally:
         gen.close()
     items = score_rows(rows, outputs)
@@ -174,6 +184,15 @@ def markdown_table(results: list[dict], names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def write_block(path, text: str) -> None:
+    """Replace what stands between ``BEGIN`` and ``END`` in the markdown file ``path`` with ``text``."""
+    doc = Path(path).read_text(encoding="utf-8")
+    i, j = doc.find(BEGIN), doc.find(END)
+    if i < 0 or j < i:
+        raise SystemExit(f"{path}: no {BEGIN} ... {END} block to rewrite")
+    Path(path).write_text(doc[: i + len(BEGIN)] + "\n" + text + "\n" + doc[j:], encoding="utf-8")
+
+
 # --- command line -------------------------------------------------------------------------------------------
 
 def add_arguments(parser) -> None:
@@ -183,6 +202,8 @@ def add_arguments(parser) -> None:
                       help="paired comparison of two results (McNemar + paired bootstrap), as eval toolcall")
     what.add_argument("--table", nargs="+", metavar="RESULTS.json", help="markdown table of one or more results")
     parser.add_argument("--names", default=None, help="comma-separated row names for --table (default: file stems)")
+    parser.add_argument("--readme", default=None,
+                        help=f"--table: also write it into this markdown file between {BEGIN} and {END}")
     parser.add_argument("--categories", default=",".join(DEFAULT_CATEGORIES),
                         help="comma-separated BFCL v4 categories (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="at most N items per category (a seeded sample)")
@@ -211,6 +232,8 @@ def main(args) -> int:
         text = markdown_table(results, names)
         if args.out:
             Path(args.out).write_text(text + "\n", encoding="utf-8")
+        if args.readme:
+            write_block(args.readme, text)
         print(text)
         return 0
     if not args.out:
