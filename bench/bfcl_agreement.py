@@ -50,12 +50,14 @@ _LLAMA = object.__new__(LlamaHandler_3_1)  # decode_ast uses no state; __init__ 
 
 
 def _jsonl(path: Path) -> dict[str, dict]:
-    return {r["id"]: r for r in (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return {r["id"]: r for r in (json.loads(line) for line in lines if line.strip())}
 
 
 def bfcl_data(category: str):
     prompts = _jsonl(DATA / f"BFCL_v4_{category}.json")
-    answers = {} if category in IRRELEVANCE_CATEGORIES else _jsonl(DATA / "possible_answer" / f"BFCL_v4_{category}.json")
+    answers = {} if category in IRRELEVANCE_CATEGORIES else \
+        _jsonl(DATA / "possible_answer" / f"BFCL_v4_{category}.json")
     return prompts, answers
 
 
@@ -168,7 +170,8 @@ def markdown(res: dict) -> str:
              f"**{c['agree']}/{c['n']} = {100 * c['rate']:.2f}%**",
              f"- **End-to-end agreement** (the raw output decoded by BFCL's Llama 3.1 FC decoder instead): "
              f"{e['agree']}/{e['n']} = {100 * e['rate']:.2f}%",
-             f"- results files whose recorded verdict differs from a rescoring now: {res['stale_recorded_verdicts']}", "",
+             "- results files whose recorded verdict differs from a rescoring now: "
+             f"{res['stale_recorded_verdicts']}", "",
              "| results file | model | n | checker agreement | end-to-end agreement |", "|---|---|---|---|---|"]
     for f, v in res["by_file"].items():
         lines.append(f"| `{f}` | `{Path(str(v['model'])).name}` | {v['checker']['n']} | "
@@ -182,7 +185,9 @@ def markdown(res: dict) -> str:
         lines += ["| cause | count |", "|---|---|", *(f"| {k} | {n} |" for k, n in res["causes"].items()), ""]
     for d in res["disagreements"]:
         b = d["bfcl"]
-        lines += [f"- **{d['kind']}** `{d['id']}`{' ' + d['variant'] if d.get('variant') else ''} ({Path(d['file']).stem}): ours {'correct' if d['ours'] else 'wrong'} "
+        variant = f" {d['variant']}" if d.get("variant") else ""
+        lines += [f"- **{d['kind']}** `{d['id']}`{variant} ({Path(d['file']).stem}): "
+                  f"ours {'correct' if d['ours'] else 'wrong'} "
                   f"(`{d['ours_reason'][:160]}`), BFCL {'correct' if b['valid'] else 'wrong'} "
                   f"(`{b.get('error_type')}`{': ' + str(b.get('error'))[:160] if b.get('error') else ''}). "
                   f"Cause: {d['cause']}", f"  - output: `{d['output'][:240]!r}`"]

@@ -18,9 +18,9 @@ Results have the shape ``eval toolcall`` writes (``kind: "bfcl"``; per-item reco
 ``output`` and the ``reason``; ``aggregate`` with Wilson CIs), plus ``summary``: accuracy per category, BFCL's
 non-live AST summary (unweighted mean of the non-live AST categories present), live AST summary (mean weighted by
 the full category sizes, as BFCL weighs them) and irrelevance (same weighting), with 95% CIs (per category:
-Wilson; summaries: Jeffreys-posterior draws per category, weighted). Generations are cached in ``<out>.generations.jsonl``
-(:func:`llamatune.generate.generate_cached`), so a rerun or an interrupted run answers nothing twice. BFCL is a
-test set here: nothing in this repo is chosen by looking at it.
+Wilson; summaries: Jeffreys-posterior draws per category, weighted). Generations are cached in
+``<out>.generations.jsonl`` (:func:`llamatune.generate.generate_cached`), so a rerun or an interrupted run answers
+nothing twice. BFCL is a test set here: nothing in this repo is chosen by looking at it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ from llamatune.evals.bfcl_data import (DEFAULT_CATEGORIES, IRRELEVANCE_CATEGORIE
 from llamatune.evals.bfcl_score import score_output
 from llamatune.generate import Generator, generate_cached, parse_spec
 
-MAX_TOKENS = 192  # a parallel answer of four calls fits
+# new tokens per answer: 99% of BFCL's single ground-truth calls are under ~70 SmolLM2 tokens, its parallel ones (2-4
+# calls) under ~290; a prose answer is cut there (its verdict cannot change: a call must open the answer)
+MAX_TOKENS = 128
+PARALLEL_FACTOR = 2  # parallel categories get this many times --max-tokens
 BEGIN, END = "<!-- bfcl:begin -->", "<!-- bfcl:end -->"  # the README block that --table --readme rewrites
 SUMMARIES = (("non_live_ast", NON_LIVE_AST, "unweighted"), ("live_ast", LIVE_AST, "weighted"),
              ("irrelevance", IRRELEVANCE_CATEGORIES, "weighted"))
@@ -138,15 +141,20 @@ def evaluate(model_spec, out, categories=DEFAULT_CATEGORIES, limit: int | None =
     order = sorted(prompts.values(), key=lambda p: render(p["messages"], p["tools"], template=template,
                                                            add_generation_prompt=True))
     cache = Path(out).with_suffix(".generations.jsonl")
+    budget = {r["id"]: max_tokens * (PARALLEL_FACTOR if "parallel" in r["category"] else 1) for r in rows}
     gen = _LazyGenerator(model_spec, template, n_ctx, n_threads)
+    outputs = {}
     try:
-        outputs = generate_cached(gen, order, cache, max_tokens=max_tokens, progress=_show_progress())
+        for n_new in sorted(set(budget.values())):
+            outputs.update(generate_cached(gen, [p for p in order if budget[p["id"]] == n_new], cache,
+                                           max_tokens=n_new, progress=_show_progress()))
     finally:
         gen.close()
     items = score_rows(rows, outputs)
     return write_results(items, out, model=str(model_spec), icl=icl, categories=list(categories), limit=limit,
-                         seed=seed, max_tokens=max_tokens, template=template, seconds=round(time.perf_counter() - t0, 1),
-                         sizes=category_sizes(categories, wheel))
+                         seed=seed, max_tokens=max_tokens,
+                         max_tokens_parallel=max_tokens * PARALLEL_FACTOR, template=template,
+                         seconds=round(time.perf_counter() - t0, 1), sizes=category_sizes(categories, wheel))
 
 
 def write_results(items: list[dict], out, sizes: dict[str, int], **meta) -> dict:
@@ -210,7 +218,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
     parser.add_argument("--out", help="results JSON to write (--table: the markdown file)")
     parser.add_argument("--icl", type=int, default=0, help="k worked tool-use examples in the system prompt")
-    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS)
+    parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS,
+                        help=f"new tokens per answer (parallel categories: {PARALLEL_FACTOR}x) (default %(default)s)")
     parser.add_argument("--n-ctx", type=int, default=8192, help="llama.cpp context size")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: $LLAMATUNE_THREADS)")
     parser.add_argument("--template", default=None, help="chat template of the prompts (default: the model's own)")

@@ -84,7 +84,8 @@ def _raw(category: str, wheel: str) -> tuple[list[dict], dict]:
         rows = _jsonl(zf, f"{DATA}/BFCL_v4_{category}.json")
         answers = {}
         if category not in IRRELEVANCE_CATEGORIES:
-            answers = {a["id"]: a["ground_truth"] for a in _jsonl(zf, f"{DATA}/possible_answer/BFCL_v4_{category}.json")}
+            member = f"{DATA}/possible_answer/BFCL_v4_{category}.json"
+            answers = {a["id"]: a["ground_truth"] for a in _jsonl(zf, member)}
     return rows, answers
 
 
@@ -196,7 +197,8 @@ def convert_row(raw: dict, category: str) -> dict:
         raise ValueError(f"BFCL {raw['id']}: {len(turns)} turns (multi-turn is out of scope)")
     return {"id": raw["id"], "category": category, "messages": copy.deepcopy(turns[0]),
             "tools": [convert_function(f) for f in raw["function"]],
-            "expected": convert_ground_truth(raw["ground_truth"], category, raw["function"]), "bfcl_function": raw["function"]}
+            "expected": convert_ground_truth(raw["ground_truth"], category, raw["function"]),
+            "bfcl_function": raw["function"]}
 
 
 def load_rows(categories=DEFAULT_CATEGORIES, limit: int | None = None, seed: int = 0,
