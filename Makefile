@@ -119,7 +119,7 @@ bfcl-agreement: $(BFCL_STAMP)
 	PYTHONPATH=. $(BFCL_VENV)/bin/python bench/bfcl_agreement.py results/bfcl/synthetic.json \
 	  --out results/bfcl/agreement_synthetic.json --md results/bfcl/agreement_synthetic.md
 	PYTHONPATH=. $(BFCL_VENV)/bin/python bench/bfcl_agreement.py $(BFCL_RESULTS) \
-	  --out bench/bfcl_agreement.json --md bench/bfcl_agreement.md
+	  --out bench/bfcl_agreement.json --md bench/bfcl_agreement.md --readme README.md
 
 # Debian's Chromium for the Playwright browser test (root only; the test is skipped without it).
 browser:

@@ -194,16 +194,34 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_readme(path: str, res: dict, md: str) -> None:
+    """The summary lines of the report, between ``<!-- bfcl-agreement:begin -->`` and its end marker."""
+    begin, end = "<!-- bfcl-agreement:begin -->", "<!-- bfcl-agreement:end -->"
+    c, e = res["checker"], res["end_to_end"]
+    per = "; ".join(f"{Path(f).stem}: {v['checker']['agree']}/{v['checker']['n']}" for f, v in res["by_file"].items())
+    text = (f"Checker agreement **{c['agree']}/{c['n']} = {100 * c['rate']:.2f}%** of the items ({per}); end to end "
+            f"(BFCL's Llama 3.1 FC decoder on the raw text instead of the project's parser) {e['agree']}/{e['n']} = "
+            f"{100 * e['rate']:.2f}%; {len(res['disagreements'])} disagreements, each listed in [{md}]({md}).")
+    doc = Path(path).read_text(encoding="utf-8")
+    i, j = doc.find(begin), doc.find(end)
+    if i < 0 or j < i:
+        raise SystemExit(f"{path}: no {begin} ... {end} block")
+    Path(path).write_text(doc[: i + len(begin)] + "\n" + text + "\n" + doc[j:], encoding="utf-8")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", nargs="+", help="results JSON files of `llamatune eval bfcl`")
     ap.add_argument("--out", default="bench/bfcl_agreement.json")
     ap.add_argument("--md", default="bench/bfcl_agreement.md")
+    ap.add_argument("--readme", default=None, help="also write the summary into this file's bfcl-agreement block")
     ap.add_argument("--min-rate", type=float, default=0.99, help="exit 1 when checker agreement is below this")
     args = ap.parse_args(argv)
     res = agreement(args.results)
     Path(args.out).write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     Path(args.md).write_text(markdown(res), encoding="utf-8")
+    if args.readme:
+        write_readme(args.readme, res, args.md)
     print(json.dumps({k: res[k] for k in ("n", "checker", "end_to_end", "causes")}))
     return 0 if res["checker"]["rate"] is not None and res["checker"]["rate"] >= args.min_rate else 1
 
