@@ -299,3 +299,15 @@ def test_fixture_rows_are_the_wheels_rows_when_it_is_cached():
     for bid, raw in RAW.items():
         (real,) = [r for r in bfcl_data.load_raw(raw["category"], wheel) if r["id"] == bid]
         assert real == {k: v for k, v in raw.items() if k != "category"}
+
+
+@pytest.mark.parametrize("head, prose", [
+    ("Sure, here", True), ("Hello!", True), ("I c", True), ("The area is", True),
+    ('{"name"', False), ("[{", False), ("  \n{", False), ("```json", False), ("<|python_tag|>", False),
+    ("get_weather(", False), ("get_weather", False), ("math.factorial (", False), ("The", False), ("x", False),
+])
+def test_prose_cut_only_where_no_continuation_can_be_a_call(head, prose):
+    assert bfcl.cannot_be_a_call(head) is prose
+    if prose:  # whatever the model would have written next, the parser reads no call and BFCL's verdict is "no call"
+        for tail in ('{"name": "f", "parameters": {}}', ' f(x=1)', "[f(x=1)]", ""):
+            assert not bfcl_score.parse_output(head + tail).calls

@@ -26,6 +26,7 @@ nothing twice. BFCL is a test set here: nothing in this repo is chosen by lookin
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from llamatune.evals.bfcl_score import score_output
 from llamatune.generate import Generator, generate_cached, parse_spec
 
 # new tokens per answer: 99% of BFCL's single ground-truth calls are under ~70 SmolLM2 tokens, its parallel ones (2-4
-# calls) under ~290; a prose answer is cut there (its verdict cannot change: a call must open the answer)
+# calls) under ~290
 MAX_TOKENS = 128
 PARALLEL_FACTOR = 2  # parallel categories get this many times --max-tokens
 BEGIN, END = "<!-- bfcl:begin -->", "<!-- bfcl:end -->"  # the README block that --table --readme rewrites
@@ -63,11 +64,46 @@ class _LazyGenerator(Generator):
         return self._real().batch_size
 
     def generate_batch(self, conversations, max_tokens=512, temperature=0.0):
-        return self._real().generate_batch(conversations, max_tokens=max_tokens, temperature=temperature)
+        gen = self._real()
+        if getattr(gen, "llm", None) is None or temperature:
+            return gen.generate_batch(conversations, max_tokens=max_tokens, temperature=temperature)
+        return [self._greedy_llama(gen, m, t, max_tokens) for m, t in conversations]
+
+    def _greedy_llama(self, gen, messages, tools, max_tokens: int) -> str:
+        """The greedy answer of a llama.cpp generator (its model, template and stop tokens), cut as soon as it is
+        prose that can no longer open a call (:func:`cannot_be_a_call`): the verdict is the same, the time is not."""
+        from llamatune.chat import render
+        from llamatune.generate import DEFAULT_DATE
+
+        text = render(messages, tools, template=self.template, add_generation_prompt=True, date_string=DEFAULT_DATE)
+        ids = gen.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        room = gen.llm.n_ctx() - len(ids)
+        if room < 1:
+            raise ValueError(f"prompt of {len(ids)} tokens does not fit n_ctx={gen.llm.n_ctx()} (pass --n-ctx)")
+        out: list[int] = []
+        for tok in gen.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
+            if tok in gen.stop_ids:
+                break
+            out.append(tok)
+            if len(out) >= min(max_tokens, room) or (len(out) % 4 == 0 and cannot_be_a_call(
+                    gen.llm.detokenize(out).decode("utf-8", errors="ignore"))):
+                break
+        return gen.llm.detokenize(out).decode("utf-8", errors="replace").strip()
 
     def close(self):
         if self._gen is not None:
             self._gen.close()
+
+
+_OPENS_CALL = re.compile(r"^(?:[{\[`<]|[A-Za-z_][\w.]*\s*(?:\(|$))")
+
+
+def cannot_be_a_call(text: str) -> bool:
+    """Whether an answer that begins with ``text`` is prose whatever follows: the project's parser reads a call only
+    from an answer that opens with ``{``/``[`` (JSON), ``<|python_tag|>`` or a fence, or a name and ``(``
+    (pythonic); BFCL's decoder evaluates the whole text, which fails on prose as well."""
+    head = text.lstrip()
+    return len(head) >= 2 and not _OPENS_CALL.match(head) and not (head[:1].isalpha() and head.isidentifier())
 
 
 def _show_progress() -> bool:
