@@ -311,3 +311,8 @@ def test_prose_cut_only_where_no_continuation_can_be_a_call(head, prose):
     if prose:  # whatever the model would have written next, the parser reads no call and BFCL's verdict is "no call"
         for tail in ('{"name": "f", "parameters": {}}', ' f(x=1)', "[f(x=1)]", ""):
             assert not bfcl_score.parse_output(head + tail).calls
+
+
+def test_default_out_names_the_model_and_the_icl():
+    assert bfcl.default_out("runs/demo/gguf/smollm2-135m-base-f16.gguf") == Path("results/bfcl/smollm2-135m-base-f16.json")
+    assert bfcl.default_out("runs/x/merged/", icl=2) == Path("results/bfcl/merged-icl2.json")

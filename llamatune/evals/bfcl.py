@@ -1,6 +1,6 @@
 """BFCL v4 as the outside yardstick: the field's function-calling test set, scored with BFCL's AST semantics.
 
-    llamatune eval bfcl --model X.gguf|HF_DIR --out results/bfcl/base.json \
+    llamatune eval bfcl --model X.gguf|HF_DIR [--out results/bfcl/X.json] \
         [--categories simple_python,multiple,parallel,irrelevance,live_simple,live_multiple,live_irrelevance] \
         [--limit N] [--seed S] [--icl K]
     llamatune eval bfcl --compare results/bfcl/base.json results/bfcl/tuned.json [--out compare.json]
@@ -252,13 +252,20 @@ def add_arguments(parser) -> None:
                         help="comma-separated BFCL v4 categories (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="at most N items per category (a seeded sample)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
-    parser.add_argument("--out", help="results JSON to write (--table: the markdown file)")
+    parser.add_argument("--out", help="results JSON to write (default: results/bfcl/<model>[-iclK].json; "
+                        "--table: the markdown file)")
     parser.add_argument("--icl", type=int, default=0, help="k worked tool-use examples in the system prompt")
     parser.add_argument("--max-tokens", type=int, default=MAX_TOKENS,
                         help=f"new tokens per answer (parallel categories: {PARALLEL_FACTOR}x) (default %(default)s)")
     parser.add_argument("--n-ctx", type=int, default=8192, help="llama.cpp context size")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: $LLAMATUNE_THREADS)")
     parser.add_argument("--template", default=None, help="chat template of the prompts (default: the model's own)")
+
+
+def default_out(model, icl: int = 0) -> Path:
+    """``results/bfcl/<model file or directory name>[-icl<K>].json``."""
+    name = Path(str(model).split("+peft=")[0].rstrip("/")).name.removesuffix(".gguf")
+    return Path("results") / "bfcl" / (name + (f"-icl{icl}" if icl else "") + ".json")
 
 
 def main(args) -> int:
@@ -281,9 +288,8 @@ def main(args) -> int:
             write_block(args.readme, text)
         print(text)
         return 0
-    if not args.out:
-        raise SystemExit("--out is required with --model")
+    out = args.out or default_out(args.model, args.icl)
     cats = [c.strip() for c in args.categories.split(",") if c.strip()]
-    evaluate(args.model, args.out, cats, limit=args.limit, seed=args.seed, icl=args.icl, max_tokens=args.max_tokens,
+    evaluate(args.model, out, cats, limit=args.limit, seed=args.seed, icl=args.icl, max_tokens=args.max_tokens,
              n_ctx=args.n_ctx, n_threads=args.threads, template=args.template)
     return 0
