@@ -314,5 +314,6 @@ def test_prose_cut_only_where_no_continuation_can_be_a_call(head, prose):
 
 
 def test_default_out_names_the_model_and_the_icl():
-    assert bfcl.default_out("runs/demo/gguf/smollm2-135m-base-f16.gguf") == Path("results/bfcl/smollm2-135m-base-f16.json")
+    got = bfcl.default_out("runs/demo/gguf/smollm2-135m-base-f16.gguf")
+    assert got == Path("results/bfcl/smollm2-135m-base-f16.json")
     assert bfcl.default_out("runs/x/merged/", icl=2) == Path("results/bfcl/merged-icl2.json")
