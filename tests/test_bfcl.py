@@ -317,3 +317,25 @@ def test_default_out_names_the_model_and_the_icl():
     got = bfcl.default_out("runs/demo/gguf/smollm2-135m-base-f16.gguf")
     assert got == Path("results/bfcl/smollm2-135m-base-f16.json")
     assert bfcl.default_out("runs/x/merged/", icl=2) == Path("results/bfcl/merged-icl2.json")
+
+
+@pytest.mark.slow
+def test_scorer_agrees_with_bfcls_own_checker_on_synthetic_edits(tmp_path):
+    """BFCL's ast_checker (in the isolated .venv-bfcl of `make bfcl-venv`) and the project's scorer give the same
+    verdict on the ground truth and systematic edits of it, for every row of two categories."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    py = repo / ".venv-bfcl" / "bin" / "python"
+    if not py.exists():
+        pytest.skip("no .venv-bfcl (make bfcl-venv)")
+    env = {**__import__("os").environ, "PYTHONPATH": str(repo)}
+    syn = tmp_path / "synthetic.json"
+    subprocess.run([sys.executable, "bench/bfcl_synthetic.py", "--out", str(syn), "--categories",
+                    "simple_python,parallel,irrelevance"], cwd=repo, env=env, check=True)
+    out = tmp_path / "agreement.json"
+    subprocess.run([str(py), "bench/bfcl_agreement.py", str(syn), "--out", str(out), "--md", str(tmp_path / "a.md")],
+                   cwd=repo, env=env, check=True)
+    res = json.loads(out.read_text())
+    assert res["n"] > 5000 and res["checker"]["rate"] == 1.0
