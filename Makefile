@@ -96,17 +96,18 @@ $(BFCL_STAMP):
 bfcl-venv: $(BFCL_STAMP)
 
 # BFCL on the demo's GGUFs (make demo first): base, base + ICL, tuned on a seeded sample of BFCL_LIMIT items per
-# category, then the README table from the results files. ~40 min on 2 cores with the defaults.
-BFCL_LIMIT ?= 60
+# category (58 x 7 = 406 items a model), then the README table from the results files.
+BFCL_LIMIT ?= 58
 BFCL_BASE ?= $(firstword $(wildcard runs/demo/gguf/*-base-*.gguf))
 BFCL_TUNED ?= $(firstword $(wildcard runs/demo/gguf/*-funccall-*.gguf))
 BFCL_ICL ?= 2
+BFCL_ICL_LIMIT ?= $(BFCL_LIMIT)
 BFCL_EVAL = nice -n 10 $(VENV)/bin/llamatune eval bfcl --limit $(BFCL_LIMIT) --seed 0
 bfcl-demo:
 	@test -x $(PY) || { echo "no $(VENV): run make install first"; exit 1; }
 	@test -n "$(BFCL_BASE)" -a -n "$(BFCL_TUNED)" || { echo "no runs/demo/gguf/*.gguf: run make demo first"; exit 1; }
 	$(BFCL_EVAL) --model $(BFCL_BASE) --out results/bfcl/base.json
-	$(BFCL_EVAL) --model $(BFCL_BASE) --icl $(BFCL_ICL) --out results/bfcl/base-icl.json
+	$(BFCL_EVAL) --model $(BFCL_BASE) --icl $(BFCL_ICL) --limit $(BFCL_ICL_LIMIT) --out results/bfcl/base-icl.json
 	$(BFCL_EVAL) --model $(BFCL_TUNED) --out results/bfcl/tuned.json
 	$(VENV)/bin/llamatune eval bfcl --compare results/bfcl/base.json results/bfcl/tuned.json --out results/bfcl/compare.json
 	$(VENV)/bin/llamatune eval bfcl --table results/bfcl/base.json results/bfcl/base-icl.json results/bfcl/tuned.json \
