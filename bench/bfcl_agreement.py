@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -100,6 +101,8 @@ def cause(kind: str, out: str, ours: dict, bfcl: dict) -> str:
         body = text.replace("<|python_tag|>", "")
         if any(w in body for w in ("true", "false", "null")) and bfcl.get("error_type") == "ast_decoder:decoder_failed":
             return "decoder: BFCL's Llama 3.1 decoder eval()s the text as Python, so JSON true/false/null fail"
+        if re.match(r"^\[?\s*[A-Za-z_][\w.]*\s*\(", body.strip()):
+            return "decoder: the project's parser reads pythonic calls f(a=1), BFCL's Llama 3.1 JSON decoder does not"
         if text.startswith("```"):
             return "decoder: the project's parser strips a ```json fence, BFCL's decoder does not"
         if "arguments" in text and '"parameters"' not in text:
