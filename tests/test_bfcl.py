@@ -339,3 +339,11 @@ def test_scorer_agrees_with_bfcls_own_checker_on_synthetic_edits(tmp_path):
                    cwd=repo, env=env, check=True)
     res = json.loads(out.read_text())
     assert res["n"] > 5000 and res["checker"]["rate"] == 1.0
+
+
+def test_summary_interval_contains_its_estimate_at_zero_and_one():
+    none = [{"category": c, "correct": False} for c in ("simple_python", "multiple", "parallel") for _ in range(10)]
+    s = bfcl.summarize(none, {})["non_live_ast"]
+    assert (s["value"], s["low"]) == (0.0, 0.0) and 0 < s["high"] < 0.2
+    s = bfcl.summarize([{**i, "correct": True} for i in none], {})["non_live_ast"]
+    assert (s["value"], s["high"]) == (1.0, 1.0) and 0.8 < s["low"] < 1

@@ -142,8 +142,12 @@ def _mix(counts: dict[str, tuple[int, int]], weights: dict[str, float], n_draws:
     p = np.array([counts[c][0] / counts[c][1] for c in cats])
     rng = np.random.default_rng(seed)
     boot = np.stack([rng.beta(counts[c][0] + 0.5, counts[c][1] - counts[c][0] + 0.5, n_draws) for c in cats], axis=1)
+    value = float(p @ w)
     low, high = np.percentile(boot @ w, [2.5, 97.5])
-    return {"value": float(p @ w), "low": float(low), "high": float(high), "n": int(sum(counts[c][1] for c in cats)),
+    # as the Jeffreys interval does at k = 0 and k = n: the bound reaches the estimate (draws never hit 0 or 1)
+    low = 0.0 if all(k == 0 for k, _ in counts.values()) else min(float(low), value)
+    high = 1.0 if all(k == n for k, n in counts.values()) else max(float(high), value)
+    return {"value": value, "low": low, "high": high, "n": int(sum(counts[c][1] for c in cats)),
             "categories": cats}
 
 
