@@ -147,6 +147,7 @@ def summarize(rows: list[dict]) -> dict:
            "checker": _rate(rows, "checker"), "end_to_end": _rate(rows, "end_to_end"),
            "stale_recorded_verdicts": sum(r["ours"] != r["recorded"] for r in rows),
            "by_file": {f: {"model": next(r["model"] for r in rows if r["file"] == f),
+                           "ours_correct": sum(r["ours"] for r in rows if r["file"] == f),
                            "checker": _rate([r for r in rows if r["file"] == f], "checker"),
                            "end_to_end": _rate([r for r in rows if r["file"] == f], "end_to_end")} for f in files},
            "by_category": {c: {"checker": _rate([r for r in rows if r["category"] == c], "checker"),
@@ -175,15 +176,18 @@ def markdown(res: dict) -> str:
              f"{e['agree']}/{e['n']} = {100 * e['rate']:.2f}%",
              "- results files whose recorded verdict differs from a rescoring now: "
              f"{res['stale_recorded_verdicts']}", "",
-             "| results file | model | n | checker agreement | end-to-end agreement |", "|---|---|---|---|---|"]
+             "| results file | model | n | right (ours) | checker agreement | end-to-end agreement |",
+             "|---|---|---|---|---|---|"]
     for f, v in res["by_file"].items():
-        lines.append(f"| `{f}` | `{Path(str(v['model'])).name}` | {v['checker']['n']} | "
+        lines.append(f"| `{f}` | `{Path(str(v['model'])).name}` | {v['checker']['n']} | {v['ours_correct']} | "
                      f"{100 * v['checker']['rate']:.2f}% | {100 * v['end_to_end']['rate']:.2f}% |")
     lines += ["", "| category | n | checker agreement | end-to-end agreement |", "|---|---|---|---|"]
     for cat, v in res["by_category"].items():
         lines.append(f"| {cat} | {v['checker']['n']} | {100 * v['checker']['rate']:.2f}% | "
                      f"{100 * v['end_to_end']['rate']:.2f}% |")
     lines += ["", f"## Every disagreement ({len(res['disagreements'])})", ""]
+    if not res["disagreements"]:
+        lines.append("None: on every item both checkers gave the same verdict.")
     if res["causes"]:
         lines += ["| cause | count |", "|---|---|", *(f"| {k} | {n} |" for k, n in res["causes"].items()), ""]
     for d in res["disagreements"]:
