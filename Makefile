@@ -27,9 +27,13 @@ PYTEST_ARGS ?=
 LLAMATUNE_REQUIRE_BROWSER ?= 1
 export LLAMATUNE_REQUIRE_BROWSER
 
-.PHONY: install llama-wheel lock test-colab-pins screenshots test test-slow test-all demo bench browser clean colab-links
+.PHONY: install bfcl-data bfcl-venv bfcl-demo bfcl-agreement llama-wheel lock test-colab-pins screenshots test test-slow test-all demo bench browser clean colab-links
 
-install: $(STAMP)
+install: $(STAMP) bfcl-data
+
+# BFCL v4's data: the bfcl-eval wheel, fetched once (pip download --no-deps), sha256-checked, cached, never installed
+bfcl-data: $(STAMP)
+	@$(PY) -m llamatune.evals.bfcl_data >/dev/null
 
 $(STAMP): pyproject.toml Makefile constraints/cpu.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -72,6 +76,51 @@ test-colab-pins: install
 	$(COLAB_VENV)/bin/pip check
 	$(COLAB_VENV)/bin/python -c "import transformers, trl, datasets; print('transformers', transformers.__version__, 'trl', trl.__version__, 'datasets', datasets.__version__)"
 	$(COLAB_VENV)/bin/python -m pytest -m "not slow" -q $(COLAB_TESTS) $(PYTEST_ARGS)
+
+# BFCL's own checker in an isolated environment (bfcl-eval pins numpy 1.26.4 and pulls API clients, so never in
+# .venv): CPU torch first, then bfcl-eval with its own pins, plus soundfile (qwen-agent imports it; bfcl-eval's
+# dependencies do not install it, and without it the checker's import of every model handler fails). Then the
+# project's scorer and BFCL's checker score the same raw outputs (results files of `llamatune eval bfcl`).
+BFCL_VENV ?= .venv-bfcl
+BFCL_VERSION := 2026.3.23
+BFCL_STAMP := $(BFCL_VENV)/.installed-bfcl-$(BFCL_VERSION)
+BFCL_RESULTS ?= $(wildcard results/bfcl/base.json results/bfcl/base-icl.json results/bfcl/tuned.json)
+$(BFCL_STAMP):
+	@test -x $(BFCL_VENV)/bin/python || $(PYTHON) -m venv $(BFCL_VENV)
+	$(BFCL_VENV)/bin/pip install -q --upgrade pip
+	$(BFCL_VENV)/bin/pip install -q torch==$(TORCH_VERSION)
+	$(BFCL_VENV)/bin/pip install -q bfcl-eval==$(BFCL_VERSION) soundfile
+	$(BFCL_VENV)/bin/pip check
+	@touch $@
+
+bfcl-venv: $(BFCL_STAMP)
+
+# BFCL on the demo's GGUFs (make demo first): base, base + ICL, tuned on a seeded sample of BFCL_LIMIT items per
+# category (58 x 7 = 406 items a model), then the README table from the results files.
+BFCL_LIMIT ?= 58
+BFCL_BASE ?= $(firstword $(wildcard runs/demo/gguf/*-base-*.gguf))
+BFCL_TUNED ?= $(firstword $(wildcard runs/demo/gguf/*-funccall-*.gguf))
+BFCL_ICL ?= 2
+BFCL_ICL_LIMIT ?= $(BFCL_LIMIT)
+BFCL_EVAL = nice -n 10 $(VENV)/bin/llamatune eval bfcl --limit $(BFCL_LIMIT) --seed 0
+bfcl-demo:
+	@test -x $(PY) || { echo "no $(VENV): run make install first"; exit 1; }
+	@test -n "$(BFCL_BASE)" -a -n "$(BFCL_TUNED)" || { echo "no runs/demo/gguf/*.gguf: run make demo first"; exit 1; }
+	$(BFCL_EVAL) --model $(BFCL_BASE) --out results/bfcl/base.json
+	$(BFCL_EVAL) --model $(BFCL_BASE) --icl $(BFCL_ICL) --limit $(BFCL_ICL_LIMIT) --out results/bfcl/base-icl.json
+	$(BFCL_EVAL) --model $(BFCL_TUNED) --out results/bfcl/tuned.json
+	$(VENV)/bin/llamatune eval bfcl --compare results/bfcl/base.json results/bfcl/tuned.json --out results/bfcl/compare.json
+	$(VENV)/bin/llamatune eval bfcl --table results/bfcl/base.json results/bfcl/base-icl.json results/bfcl/tuned.json \
+	  --names "base,base + $(BFCL_ICL)-shot ICL,tuned" --out assets/bfcl_table.md --readme README.md
+
+bfcl-agreement: $(BFCL_STAMP)
+	@test -x $(PY) || { echo "no $(VENV): run make install first"; exit 1; }
+	@test -n "$(BFCL_RESULTS)" || { echo "no results/bfcl/*.json: run llamatune eval bfcl first (see README)"; exit 1; }
+	PYTHONPATH=. $(PY) bench/bfcl_synthetic.py --out results/bfcl/synthetic.json
+	PYTHONPATH=. $(BFCL_VENV)/bin/python bench/bfcl_agreement.py results/bfcl/synthetic.json \
+	  --out results/bfcl/agreement_synthetic.json --md results/bfcl/agreement_synthetic.md
+	PYTHONPATH=. $(BFCL_VENV)/bin/python bench/bfcl_agreement.py $(BFCL_RESULTS) \
+	  --out bench/bfcl_agreement.json --md bench/bfcl_agreement.md --readme README.md
 
 # Debian's Chromium for the Playwright browser test (root only; the test is skipped without it).
 browser:

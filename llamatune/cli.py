@@ -33,6 +33,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("export",): ("llamatune.export", "merge LoRA, convert to GGUF, quantize, check fidelity"),
     ("push",): ("llamatune.hub", "push a run's LoRA, merged weights and GGUFs (and a Space) to the Hugging Face Hub"),
     ("eval", "toolcall"): ("llamatune.evals.toolcall", "BFCL-style tool-call evaluation"),
+    ("eval", "bfcl"): ("llamatune.evals.bfcl", "BFCL v4 (the field's function-calling test set), BFCL's AST scoring"),
     ("eval", "arc"): ("llamatune.evals.arc", "ARC-Challenge through lm-eval (HF or GGUF)"),
     ("eval", "judge"): ("llamatune.evals.judge", "pairwise LLM judge, both orders"),
     ("eval", "judge-agreement"): ("llamatune.evals.agreement", "judge-human agreement and Cohen's kappa"),

@@ -132,6 +132,27 @@ def comparison_table(res: dict) -> str:
     return table(COMPARISON_HEADER, rows)
 
 
+def bfcl_table(results: list[dict], names: list[str], summaries: list[str]) -> str:
+    """BFCL results (``eval bfcl``): one row per file, accuracy % [95% CI] per category and for each of BFCL's
+    ``summaries`` present (non-live / live AST, irrelevance); a first row gives n."""
+    def cell(m: dict) -> str:
+        if not m or m.get("value") is None:
+            return "–"
+        return f"{100 * m['value']:.1f} [{100 * m['low']:.1f}, {100 * m['high']:.1f}]"
+
+    cats = list(dict.fromkeys(c for r in results for c in r["summary"]["by_category"]))
+    sums = [s for s in summaries if any(r["summary"].get(s, {}).get("n") for r in results)]
+
+    def n_of(key, summary=False):
+        ns = {(r["summary"][key] if summary else r["summary"]["by_category"].get(key, {})).get("n") for r in results}
+        return str(ns.pop()) if len(ns) == 1 else "/".join(str(n) for n in sorted(ns, key=str))
+
+    rows = [["n", *(n_of(c) for c in cats), *(n_of(s, True) for s in sums)]]
+    rows += [[name, *(cell(r["summary"]["by_category"].get(c, {})) for c in cats), *(cell(r["summary"][s]) for s in sums)]
+             for r, name in zip(results, names)]
+    return table(["model", *cats, *(f"**{s}**" for s in sums)], rows)
+
+
 def arc_table(results: list[dict]) -> str:
     rows = []
     for r in results:
@@ -210,7 +231,7 @@ def make_plots(results: list[dict], out: Path) -> list[Path]:
                                      [x["low"] for x in a], [x["high"] for x in a], 0.5,
                                      "Pairwise judge: adjusted win rate of A (95% CI)", "(W + T/2) / n",
                                      out / "judge_win_rates.png"))
-    cmps = [r for r in results if r["kind"] in ("arc_compare", "toolcall_compare")]
+    cmps = [r for r in results if r["kind"] in ("arc_compare", "toolcall_compare", "bfcl_compare")]
     if cmps:
         d = [r["overall"]["diff"] for r in cmps]
         paths.append(_plot_intervals([f"{r['b'].get('model')} − {r['a'].get('model')}" +
@@ -245,10 +266,14 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, plots: 
         parts += ["### ARC-Challenge", "Cloze `arc_challenge` (acc, acc_norm) and Meta's generative "
                   "`arc_challenge_llama` (exact_match) are different measurements; compare within a task only.",
                   arc_table(by_kind["arc"])]
+    if "bfcl" in by_kind:
+        rs = by_kind["bfcl"]
+        parts += ["### BFCL v4 (AST accuracy, %)", bfcl_table(rs, [r.get("name") or Path(r["_path"]).stem for r in rs],
+                                                             ["non_live_ast", "live_ast", "irrelevance"])]
     if "toolcall" in by_kind:
         for r in by_kind["toolcall"]:
             parts += [f"### Tool calls: {r.get('name') or r.get('model') or r['_path']}", toolcall_table(r["aggregate"])]
-    cmps = by_kind.get("toolcall_compare", []) + by_kind.get("arc_compare", [])
+    cmps = by_kind.get("toolcall_compare", []) + by_kind.get("bfcl_compare", []) + by_kind.get("arc_compare", [])
     if cmps:
         parts += ["### Paired differences", "B − A on the items both share: exact McNemar test on per-item "
                   "correctness (b01: only B right, b10: only A right); paired bootstrap 95% CI.", compare_tables(cmps)]
@@ -256,7 +281,7 @@ def build_report(results_dir: str | Path, out: str | Path | None = None, plots: 
         parts += ["### Pairwise LLM judge", "Both orders; a win only when both agree (otherwise a tie). "
                   "Sign test on W vs L, ties excluded.", judge_table(by_kind["judge"])]
     for kind, rs in by_kind.items():
-        if kind in ("arc", "arc_compare", "judge", "toolcall", "toolcall_compare"):
+        if kind in ("arc", "arc_compare", "judge", "toolcall", "toolcall_compare", "bfcl", "bfcl_compare"):
             continue
         for r in rs:
             parts += [f"### {kind}: {r.get('name', r['_path'])}", generic_table(r)]
