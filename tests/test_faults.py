@@ -168,3 +168,74 @@ def test_under_ci_a_skipped_browser_or_fault_test_fails_the_run(tmp_path):
     assert ci.returncode == 1 and "2 failed, 2 skipped" in ci.stdout, ci.stdout[-1500:]
     assert "browser and fault tests must run in CI" in ci.stdout
     assert local.returncode == 0 and "4 skipped" in local.stdout, local.stdout[-1500:]
+
+
+# --- the judge endpoint misbehaving ------------------------------------------------------------------------------
+
+class _Judge:
+    """A fake OpenAI-compatible endpoint answering a script of statuses (or hanging), then a valid verdict."""
+
+    def __init__(self, script):
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.script, self.seen = list(script), []
+        me = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                step = me.script.pop(0) if me.script else 200
+                me.seen.append(step)
+                if step == "hang":
+                    time.sleep(3)
+                    step = 200
+                body = {"error": {"message": "injected"}} if step != 200 else {
+                    "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": '{"reason": "ok", "winner": "A"}'}}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}
+                data = json.dumps(body).encode()
+                self.send_response(step)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+
+
+@requires("openai")
+@pytest.mark.parametrize("script, outcome", [
+    ([500, 502], "answer"),             # server errors: retried, then the verdict
+    (["hang"], "answer"),               # a timeout: retried
+    ([400], "HTTP 400"),                # a bad request is not retried: a clear error, after one attempt
+    ([500] * 5, "HTTP 500"),            # retries run out: a clear error naming the attempts
+])
+def test_the_judge_client_retries_what_may_pass_and_names_what_cannot(monkeypatch, script, outcome):
+    from llamatune.evals.judge_client import JudgeClient, JudgeError
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-123456")
+    judge = _Judge(script)
+    try:
+        client = JudgeClient("m", base_url=judge.url, response_format="text", timeout=1.0, max_retries=3,
+                             backoff=0.01)
+        if outcome == "answer":
+            assert client.ask([{"role": "user", "content": "A or B?"}])["text"].endswith('"winner": "A"}')
+            assert len(judge.seen) == len(script) + 1
+        else:
+            with pytest.raises(JudgeError) as e:
+                client.ask([{"role": "user", "content": "A or B?"}])
+            assert outcome in str(e.value) and e.value.code == 3 and "sk-test" not in str(e.value)
+            assert len(judge.seen) == (1 if script == [400] else 4)
+    finally:
+        judge.close()
