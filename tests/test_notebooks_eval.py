@@ -42,7 +42,8 @@ def test_benchmark_notebook_smoke(tmp_path, monkeypatch, tiny_gguf):
     for name in ("base", "tuned"):
         r = json.loads((tmp_path / "results" / f"arc-{name}" / "arc-arc_challenge.json").read_text())
         assert r["n"] == 4 and len(r["items"]) == 4
-    assert json.loads((tmp_path / "results" / "compare-arc_challenge-tuned-vs-base.json").read_text())["n"] == 4
+    cmp = json.loads((tmp_path / "results" / "compare-arc_challenge-tuned-vs-base.json").read_text())
+    assert cmp["overall"]["n"] == 4 and (cmp["a"]["model"], cmp["b"]["model"]) == ("base", "tuned")  # B − A
     assert (tmp_path / "results" / "report.md").exists() and _images(nb)
 
 
