@@ -155,12 +155,22 @@ class LlamaCppGenerator(Generator):
         if len(ids) + max_tokens > self.llm.n_ctx():
             raise ValueError(f"prompt of {len(ids)} tokens + {max_tokens} new does not fit n_ctx={self.llm.n_ctx()}"
                              " (pass --n-ctx)")
-        out = []
+        return self.llm.detokenize(self.greedy(ids, max_tokens), special=True).decode("utf-8", errors="replace")
+
+    def greedy(self, ids: list[int], max_tokens: int, stop_when=None) -> list[int]:
+        """Greedy continuation ids of ``ids``, up to an end-of-turn token or ``max_tokens``; with ``stop_when``
+        (a predicate on the text so far, special tokens dropped, asked every 4 tokens) also as soon as it is true."""
+        out: list[int] = []
+        if max_tokens < 1:
+            return out
         for t in self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
-            if t in self.stop_ids or len(out) >= max_tokens:
+            if t in self.stop_ids:
                 break
             out.append(t)
-        return self.llm.detokenize(out, special=True).decode("utf-8", errors="replace")
+            if len(out) >= max_tokens or (stop_when is not None and len(out) % 4 == 0 and stop_when(
+                    self.llm.detokenize(out).decode("utf-8", errors="ignore"))):
+                break
+        return out
 
     def close(self):
         if getattr(self, "llm", None) is not None:

@@ -89,14 +89,7 @@ class _LazyGenerator(Generator):
         room = gen.llm.n_ctx() - len(ids)
         if room < 1:
             raise ValueError(f"prompt of {len(ids)} tokens does not fit n_ctx={gen.llm.n_ctx()} (pass --n-ctx)")
-        out: list[int] = []
-        for tok in gen.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
-            if tok in gen.stop_ids:
-                break
-            out.append(tok)
-            if len(out) >= min(max_tokens, room) or (len(out) % 4 == 0 and cannot_be_a_call(
-                    gen.llm.detokenize(out).decode("utf-8", errors="ignore"))):
-                break
+        out = gen.greedy(ids, min(max_tokens, room), stop_when=cannot_be_a_call)
         return gen.llm.detokenize(out).decode("utf-8", errors="replace").strip()
 
     def close(self):
