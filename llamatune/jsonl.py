@@ -121,7 +121,8 @@ def sha256_file(path: str | Path) -> str:
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` atomically: to a temporary file in the same directory, fsynced, then renamed into place."""
+    """Write ``text`` atomically: to a temporary file in the same directory, fsynced, then renamed into place.
+    Temporary files of this path left by a killed process are removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -133,7 +134,21 @@ def write_text(path: str | Path, text: str) -> Path:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        pid = stale.name.rpartition(".tmp")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_json(path: str | Path, obj: Any, indent: int | None = 1, sort_keys: bool = False) -> Path:

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import random
+import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -231,8 +232,9 @@ def _generate(n, seed, proportions, test_fraction, endpoint, model, cache_path):
 # --- paraphrase (optional) -------------------------------------------------------------------------------
 
 def paraphrase_rows(rows: list[dict], endpoint: str, model: str, cache_path: str | Path | None) -> dict:
-    """Paraphrase user turns in place through an OpenAI-compatible server; returns counts. Answers are cached
-    in ``cache_path`` (JSONL, keyed by a hash of model and text), so a rerun makes no request."""
+    """Paraphrase user turns in place through an OpenAI-compatible server; returns counts that describe the
+    dataset (user turns, paraphrases used, rejected), the same whatever a cache held. Answers are cached in
+    ``cache_path`` (JSONL, keyed by a hash of model and text), so a rerun makes no request."""
     from openai import OpenAI
     from tqdm import tqdm
 
@@ -242,18 +244,20 @@ def paraphrase_rows(rows: list[dict], endpoint: str, model: str, cache_path: str
     cache = JsonlCache(cache_path) if cache_path else None
     memory: dict[str, str] = {r["key"]: r["paraphrase"] for r in (cache.rows.values() if cache else ())}
     client = OpenAI(base_url=endpoint, api_key=os.environ.get("OPENAI_API_KEY", "not-needed"), max_retries=2)
-    stats = Counter()
+    stats = {"turns": 0, "used": 0, "rejected": 0}
+    asked = 0
     for row in tqdm(rows, desc="paraphrase", disable=tqdm_disable()):
         for m in row["messages"]:
             if m["role"] != "user":
                 continue
             text = m["content"]
+            stats["turns"] += 1
             key = hashlib.sha256(f"{model}\n{text}".encode()).hexdigest()
             if key not in memory:
                 resp = client.chat.completions.create(model=model, temperature=0, max_tokens=200, messages=[
                     {"role": "system", "content": PARAPHRASE_PROMPT}, {"role": "user", "content": text}])
                 memory[key] = (resp.choices[0].message.content or "").strip()
-                stats["requested"] += 1
+                asked += 1
                 if cache is not None:
                     cache.add({"key": key, "text": text, "paraphrase": memory[key]})
             new = memory[key]
@@ -262,7 +266,9 @@ def paraphrase_rows(rows: list[dict], endpoint: str, model: str, cache_path: str
                 stats["used"] += 1
             else:
                 stats["rejected"] += 1
-    return dict(stats)
+    print(f"paraphrase: {asked} requests to {endpoint}, {stats['turns'] - asked} turns from the cache",
+          file=sys.stderr)
+    return stats
 
 
 # --- files -----------------------------------------------------------------------------------------------

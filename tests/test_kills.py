@@ -1,0 +1,208 @@
+"""``kill -9`` at random points, then the user's rerun: the fault matrix's crash half (README "Faults tried").
+
+Each long job runs once to the end, counting the points where a crash can fall (``tests/killer.py``: every file
+opened for writing, rename, remove, directory made, subprocess started, and a torn half-written file after each
+safetensors / ``torch.save`` write). Then, from scratch each time, it is killed with SIGKILL, together with its
+children, just before a point drawn at random, or after a random delay (which lands inside writes and inside the
+converter or quantizer), and rerun the way a user would (the same command; ``--resume`` for training). The result
+must equal the uninterrupted run's, file for file, with no stray temporary files, and nothing paid twice beyond
+what was in flight at the kill.
+
+``LLAMATUNE_KILL_SEED`` (default 0) and ``LLAMATUNE_KILLS`` (random points per job, default 3) choose the points;
+a failure names the seed and the point, and ``python -m tests.killer --at N`` replays it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURES, REPO, requires
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+SEED = int(os.environ.get("LLAMATUNE_KILL_SEED", "0"))
+KILLS = int(os.environ.get("LLAMATUNE_KILLS", "3"))
+TMP_MARKS = (".tmp", ".part")
+
+
+def _env(work: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "HF_DATASETS_CACHE": str(work / "hf-datasets"), "LLAMATUNE_THREADS": "1", "TQDM_DISABLE": "1",
+           "OPENAI_API_KEY": "sk-kill-test-0123456789"}
+    env.pop("CI", None)
+    return env
+
+
+def _run(work: Path, args: list[str], *, at: int = 0, after: float | None = None, count: Path | None = None,
+         timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "tests.killer", "--root", str(work)]
+    if at:
+        cmd += ["--at", str(at)]
+    if after is not None:
+        cmd += ["--after", f"{after:.3f}"]
+    if count:
+        cmd += ["--count", str(count)]
+    return subprocess.run([*cmd, "--", *args], cwd=REPO, env=_env(work), capture_output=True, text=True,
+                          timeout=timeout, start_new_session=True)  # its own process group: the kill spares pytest
+
+
+def _files(work: Path) -> dict[str, Path]:
+    return {p.relative_to(work).as_posix(): p for p in sorted(work.rglob("*"))
+            if p.is_file() and not p.relative_to(work).as_posix().startswith("hf-datasets/")}
+
+
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+class Job:
+    """One long job: ``args`` run in ``work``; ``rerun`` is how a user continues after a crash."""
+
+    def __init__(self, name, args, *, rerun=None, setup=None, compare=None, random_points=KILLS, exhaustive=False,
+                 timer=True, paid=None, in_flight=1):
+        self.name, self.args, self.rerun_args = name, args, rerun or args
+        self.setup, self.compare = setup or (lambda work: None), compare
+        self.random_points, self.exhaustive, self.timer = random_points, exhaustive, timer
+        self.paid, self.in_flight = paid, in_flight  # the endpoint's request log; requests a kill may lose
+
+
+def _crash_and_rerun(job: Job, tmp_path: Path, on_reference=None) -> dict:
+    """Run ``job`` whole, then killed at each chosen point and rerun; assert every result equals the whole run's.
+    Returns what was tried ({"events", "killed_at", "timer"})."""
+    work, ref = tmp_path / "work", tmp_path / "reference"
+    job.setup(work)
+    count = tmp_path / "count.json"
+    whole = _run(work, job.args, count=count)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    whole_paid = list(job.paid or ())
+    seen = json.loads(count.read_text())
+    events, span = seen["events"], seen["span_s"]
+    if on_reference:
+        on_reference(work)
+    shutil.move(work, ref)
+    expected = _files(ref)
+    assert not [r for r in expected if any(m in Path(r).name for m in TMP_MARKS)], f"whole run left {list(expected)}"
+
+    rng = random.Random(f"{SEED}:{job.name}")
+    points = list(range(1, len(events) + 1)) if job.exhaustive else sorted(
+        rng.sample(range(1, len(events) + 1), min(job.random_points, len(events))))
+    trials = [("at", n) for n in points] + ([("after", rng.uniform(0.0, span))] if job.timer else [])
+    tried = {"events": len(events), "killed_at": [], "timer": None}
+    for how, where in trials:
+        shutil.rmtree(work, ignore_errors=True)
+        job.setup(work)
+        what = f"{job.name}: kill at event {where} ({events[where - 1]})" if how == "at" else \
+            f"{job.name}: kill after {where:.2f} s"
+        p0 = len(job.paid or ())
+        killed = _run(work, job.args, **{how: where})
+        p1 = len(job.paid or ())
+        if how == "at":
+            assert killed.returncode == -signal.SIGKILL, f"{what}: not killed (rc {killed.returncode})\n" \
+                                                         f"{killed.stderr[-2000:]}"
+            tried["killed_at"].append(where)
+        else:
+            tried["timer"] = {"after_s": round(where, 2), "killed": killed.returncode == -signal.SIGKILL}
+            assert killed.returncode in (0, -signal.SIGKILL), f"{what}: rc {killed.returncode}\n{killed.stderr[-2000:]}"
+        again = _run(work, job.rerun_args)
+        assert again.returncode == 0, f"{what} (seed {SEED}): the rerun failed\n{again.stderr[-3000:]}"
+        got = _files(work)
+        assert sorted(got) == sorted(expected), f"{what}: other files than the whole run's: " \
+            f"extra {sorted(set(got) - set(expected))}, missing {sorted(set(expected) - set(got))}"
+        job.compare(ref, work, what)
+        if job.paid is not None:  # the rerun asks only what the killed run had not saved
+            before, after = set(job.paid[p0:p1]), job.paid[p1:]
+            assert before | set(after) == set(whole_paid), f"{what}: other requests than the whole run's"
+            twice = before & set(after)
+            assert len(twice) <= job.in_flight, f"{what}: {len(twice)} requests paid twice (in flight: " \
+                                                f"{job.in_flight})"
+            tried.setdefault("paid_twice", []).append(len(twice))
+    return tried
+
+
+def _same_bytes(ref: Path, work: Path, what: str, *, skip=()) -> None:
+    a, b = _files(ref), _files(work)
+    differ = [r for r in a if r not in skip and _sha(a[r]) != _sha(b[r])]
+    assert differ == [], f"{what}: these files differ from the whole run's: {differ}"
+
+
+# --- data ------------------------------------------------------------------------------------------------------
+
+def test_finetome_preparation_killed_anywhere_reruns_to_the_same_files(tmp_path):
+    job = Job("finetome", ["data", "finetome", "--source", str(FIXTURES / "finetome_sample.jsonl"), "--train", "20",
+                           "--eval", "5", "--out", str(tmp_path / "work" / "data"), "--max-bad-fraction", "0.5"],
+              compare=_same_bytes, exhaustive=True)
+    tried = _crash_and_rerun(job, tmp_path)
+    assert len(tried["killed_at"]) == tried["events"] >= 12
+
+
+class _FakeOpenAI:
+    """A deterministic OpenAI-compatible endpoint on 127.0.0.1: paraphrases (a reply that keeps or drops the slot
+    values, chosen by a hash of the text) and judge verdicts (by a hash of the prompt); it records every request
+    body, so that a request paid twice shows."""
+
+    def __init__(self):
+        self.paid: list[str] = []
+        me = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                me.paid.append(hashlib.sha256(body).hexdigest())
+                req = json.loads(body)
+                text = req["messages"][-1]["content"]
+                h = int(hashlib.sha256(text.encode()).hexdigest(), 16)
+                if req["model"] == "para":
+                    reply = "Something else entirely." if h % 4 == 0 else "Quick question: " + text
+                else:
+                    reply = json.dumps({"reason": "r", "winner": "ABtie"[h % 3] if h % 3 < 2 else "tie"})
+                out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": req["model"],
+                                  "choices": [{"index": 0, "finish_reason": "stop",
+                                               "message": {"role": "assistant", "content": reply}}],
+                                  "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def fake_openai():
+    srv = _FakeOpenAI()
+    yield srv
+    srv.close()
+
+
+@requires("openai")
+def test_funccall_generation_with_paraphrases_killed_anywhere_pays_once_and_reruns_to_the_same_files(
+        tmp_path, fake_openai):
+    out = tmp_path / "work" / "data"
+    job = Job("funccall", ["data", "funccall", "--out", str(out), "--n", "40", "--seed", "3",
+                           "--paraphrase-endpoint", fake_openai.url, "--paraphrase-model", "para"],
+              compare=_same_bytes, random_points=max(KILLS, 6), paid=fake_openai.paid)
+    tried = _crash_and_rerun(job, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "reference" / "data" / "train.jsonl").read_text().splitlines()]
+    assert any("Quick question: " in m["content"] for r in rows for m in r["messages"])  # paraphrases were used
+    assert len(tried["killed_at"]) == 6 and len(tried["paid_twice"]) == 7
