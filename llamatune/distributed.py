@@ -139,13 +139,20 @@ def save_adapter(trainer, out_dir) -> None:
 # --- checkpoints: what resume reads ---------------------------------------------------------------------------
 def last_checkpoint(run_dir) -> Path | None:
     """The highest ``checkpoint-N`` in ``run_dir`` that is complete (its ``trainer_state.json``, written last,
-    exists); a checkpoint cut short by a kill is ignored."""
+    is whole); a checkpoint cut short by a kill, even inside that file, is ignored."""
     found = []
     for p in Path(run_dir).glob("checkpoint-*"):
         m = re.fullmatch(r"checkpoint-(\d+)", p.name)
-        if m and (p / "trainer_state.json").exists():
+        if m and _whole_state(p / "trainer_state.json"):
             found.append((int(m.group(1)), p))
     return max(found)[1] if found else None
+
+
+def _whole_state(path: Path) -> bool:
+    try:
+        return "global_step" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
 
 
 def is_final(checkpoint: Path) -> bool:

@@ -83,6 +83,10 @@ def _read_json(path: Path) -> dict:
 
 
 def _adapter_dir(run_dir: Path) -> Path:
+    status = _read_json(run_dir / "run.json").get("status")
+    if status not in (None, "done"):  # killed while training or while writing adapter/: nothing here is final
+        raise ValueError(f"{run_dir}: training did not finish (run.json status {status!r}); resume it first with "
+                         f"`llamatune train {run_dir}/config.yaml --output_dir {run_dir} --resume`")
     for cand in (run_dir / "adapter", run_dir):
         if (cand / "adapter_config.json").exists():
             return cand

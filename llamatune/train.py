@@ -349,7 +349,7 @@ def train(recipe: dict, run_dir: str | Path | None = None, resume: bool = False,
     if main:
         print(f"[llamatune] {describe(scale)}", file=sys.stderr)
         _write_json(run_dir / "run.json", record)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        write_text(run_dir / "config.yaml", yaml.safe_dump(recipe, sort_keys=False))
         if resume and last is None:
             print(f"[llamatune] no checkpoint in {run_dir}: starting from scratch", file=sys.stderr)
     t0 = time.time()

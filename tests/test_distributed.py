@@ -86,6 +86,11 @@ def test_last_checkpoint_skips_an_incomplete_one(tmp_path):
     (tmp_path / "checkpoint-x").mkdir()
     assert last_checkpoint(tmp_path).name == "checkpoint-8"
     assert is_final(tmp_path / "checkpoint-8") and not is_final(tmp_path / "checkpoint-4")
+    # killed inside trainer_state.json itself (opened and truncated, or half written): not a checkpoint either
+    (tmp_path / "checkpoint-12" / "trainer_state.json").write_text("")
+    (tmp_path / "checkpoint-16").mkdir()
+    (tmp_path / "checkpoint-16" / "trainer_state.json").write_text('{"best_metric": null, "global_st')
+    assert last_checkpoint(tmp_path).name == "checkpoint-8"
 
 
 @pytest.mark.parametrize("name, kind, extra", [

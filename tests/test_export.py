@@ -231,3 +231,19 @@ def test_bad_inputs_name_the_problem(tmp_path, tiny_model_dir, capsys):
     (tmp_path / "run.json").write_text(json.dumps({"recipe": {"model_name_or_path": "tiny"}}))
     assert resolve_base(tmp_path) == str(tiny_model_dir)
     assert resolve_base(tmp_path, base="c/d") == "c/d"
+
+
+def test_a_run_whose_training_did_not_finish_is_not_exported(tmp_path, capsys):
+    """Killed while training (or while writing adapter/): run.json still says "running", and export stops with the
+    command that finishes the run instead of merging a torn or stale adapter."""
+    from llamatune.cli import main
+
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"torn")
+    (run / "run.json").write_text(json.dumps({"status": "running", "recipe": {"model_name_or_path": "tiny"}}))
+    assert main(["export", str(run), "--no-check"]) == 2
+    err = capsys.readouterr().err
+    assert "training did not finish (run.json status 'running')" in err and "--resume" in err
+    assert not (run / "merged").exists() and not (run / "gguf").exists()

@@ -71,11 +71,12 @@ class Job:
     """One long job: ``args`` run in ``work``; ``rerun`` is how a user continues after a crash."""
 
     def __init__(self, name, args, *, rerun=None, setup=None, compare=None, random_points=KILLS, exhaustive=False,
-                 timer=True, paid=None, in_flight=1):
+                 timer=True, paid=None, in_flight=1, focus=None):
         self.name, self.args, self.rerun_args = name, args, rerun or args
         self.setup, self.compare = setup or (lambda work: None), compare
         self.random_points, self.exhaustive, self.timer = random_points, exhaustive, timer
         self.paid, self.in_flight = paid, in_flight  # the endpoint's request log; requests a kill may lose
+        self.focus = focus  # one more point drawn among the events naming this (e.g. inside a checkpoint)
 
 
 def _crash_and_rerun(job: Job, tmp_path: Path, on_reference=None) -> dict:
@@ -98,8 +99,13 @@ def _crash_and_rerun(job: Job, tmp_path: Path, on_reference=None) -> dict:
     rng = random.Random(f"{SEED}:{job.name}")
     points = list(range(1, len(events) + 1)) if job.exhaustive else sorted(
         rng.sample(range(1, len(events) + 1), min(job.random_points, len(events))))
+    tried = {"events": len(events), "killed_at": [], "timer": None, "focus": None}
+    if job.focus:
+        inside = [i + 1 for i, e in enumerate(events) if job.focus in e and i + 1 not in points]
+        if inside:
+            points.append(rng.choice(inside))
+            tried["focus"] = events[points[-1] - 1]
     trials = [("at", n) for n in points] + ([("after", rng.uniform(0.0, span))] if job.timer else [])
-    tried = {"events": len(events), "killed_at": [], "timer": None}
     for how, where in trials:
         shutil.rmtree(work, ignore_errors=True)
         job.setup(work)
@@ -206,3 +212,70 @@ def test_funccall_generation_with_paraphrases_killed_anywhere_pays_once_and_reru
     rows = [json.loads(line) for line in (tmp_path / "reference" / "data" / "train.jsonl").read_text().splitlines()]
     assert any("Quick question: " in m["content"] for r in rows for m in r["messages"])  # paraphrases were used
     assert len(tried["killed_at"]) == 6 and len(tried["paid_twice"]) == 7
+
+
+# --- training ---------------------------------------------------------------------------------------------------
+
+STEPS, SAVE = 8, 4
+TRAIN = ["train", str(REPO / "FineTome" / "recipes" / "tiny-cpu.yaml"), "--max_steps", str(STEPS), "--save_steps",
+         str(SAVE), "--eval_steps", "4", "--eval_samples", "4", "--max_length", "128",
+         "--per_device_train_batch_size", "1", "--learning_rate", "5e-3"]
+
+
+@pytest.fixture(scope="module")
+def finetome_dir(tmp_path_factory) -> Path:
+    from llamatune.data.finetome import prepare
+
+    out = tmp_path_factory.mktemp("finetome")
+    prepare(str(FIXTURES / "finetome_sample.jsonl"), out, 40, 12, max_bad_fraction=0.2)
+    return out
+
+
+def _as_sets(obj):
+    """PEFT writes ``target_modules`` from a set: lists of strings compare in any order."""
+    if isinstance(obj, dict):
+        return {k: _as_sets(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return sorted(obj) if all(isinstance(x, str) for x in obj) else [_as_sets(x) for x in obj]
+    return obj
+
+
+def _tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def _same_training(ref: Path, work: Path, what: str) -> None:
+    """Adapters (final and every checkpoint's) equal to float tolerance, the same losses, a finished record, and
+    every small text file but the run's record and timings byte-identical."""
+    import torch
+
+    a, b = _files(ref), _files(work)
+    for rel in a:
+        if rel.endswith(".safetensors"):
+            ta, tb = _tensors(a[rel]), _tensors(b[rel])
+            assert ta.keys() == tb.keys(), f"{what}: {rel} holds other tensors"
+            for k in ta:
+                torch.testing.assert_close(tb[k], ta[k], rtol=1e-5, atol=1e-6, msg=f"{what}: {rel} {k}")
+        elif rel.endswith("trainer_state.json"):
+            la, lb = ([h["loss"] for h in json.loads(p[rel].read_text())["log_history"] if "loss" in h] for p in (a, b))
+            assert lb == pytest.approx(la, rel=1e-5), f"{what}: {rel} losses differ"
+        elif rel.endswith("README.md"):  # TRL's model card lists its tags from a set: in any order
+            assert sorted(a[rel].read_text().splitlines()) == sorted(b[rel].read_text().splitlines()), \
+                f"{what}: {rel} differs"
+        elif rel.endswith(".json") and not rel.endswith("run.json"):
+            assert _as_sets(json.loads(a[rel].read_text())) == _as_sets(json.loads(b[rel].read_text())), \
+                f"{what}: {rel} differs"
+        elif rel.endswith((".jinja", ".yaml")):
+            assert _sha(a[rel]) == _sha(b[rel]), f"{what}: {rel} differs"
+    run = json.loads(b["run/run.json"].read_text())
+    assert run["status"] == "done" and run["global_step"] == STEPS, f"{what}: run.json {run.get('status')}"
+
+
+@requires("peft", "trl")
+def test_training_killed_anywhere_even_mid_checkpoint_resumes_to_the_same_adapter(tmp_path, finetome_dir):
+    args = [*TRAIN, "--dataset_path", str(finetome_dir), "--output_dir", str(tmp_path / "work" / "run")]
+    job = Job("train", args, rerun=[*args, "--resume"], compare=_same_training, focus="/checkpoint-")
+    tried = _crash_and_rerun(job, tmp_path)
+    assert tried["focus"] and "/checkpoint-" in tried["focus"]
