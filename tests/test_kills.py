@@ -279,3 +279,45 @@ def test_training_killed_anywhere_even_mid_checkpoint_resumes_to_the_same_adapte
     job = Job("train", args, rerun=[*args, "--resume"], compare=_same_training, focus="/checkpoint-")
     tried = _crash_and_rerun(job, tmp_path)
     assert tried["focus"] and "/checkpoint-" in tried["focus"]
+
+
+# --- export -----------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_run(finetome_dir, tmp_path_factory) -> Path:
+    from llamatune.train import load_recipe, train
+
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(load_recipe(REPO / "FineTome" / "recipes" / "tiny-cpu.yaml",
+                      [*TRAIN[2:], "--dataset_path", str(finetome_dir), "--output_dir", str(run)]))
+    return run
+
+
+def _same_export(ref: Path, work: Path, what: str) -> None:
+    """The merged weights and every GGUF byte-identical; the fidelity report the same but for timings and mtimes."""
+    a, b = _files(ref), _files(work)
+    for rel in a:
+        if rel.endswith((".gguf", ".safetensors")) or "/merged/" in rel:
+            assert _sha(a[rel]) == _sha(b[rel]), f"{what}: {rel} differs"
+    fa, fb = (_strip(json.loads(p["run/fidelity.json"].read_text())) for p in (a, b))
+    assert fa == fb, f"{what}: fidelity.json differs"
+
+
+def _strip(obj, keys=("timings", "seconds", "stamp")):  # stamp: the files' mtimes, what "up to date" checks
+    if isinstance(obj, dict):
+        return {k: _strip(v, keys) for k, v in obj.items() if k not in keys}
+    if isinstance(obj, list):
+        return [_strip(v, keys) for v in obj]
+    return obj
+
+
+@requires("peft", "llama_cpp")
+def test_export_killed_anywhere_reruns_to_the_same_ggufs(tmp_path, trained_run):
+    def setup(work):
+        shutil.copytree(trained_run, work / "run", ignore=shutil.ignore_patterns("merged", "gguf", "fidelity.json"))
+
+    job = Job("export", ["export", str(tmp_path / "work" / "run"), "--quant", "f16,q8_0"], setup=setup,
+              compare=_same_export)
+    tried = _crash_and_rerun(job, tmp_path)
+    assert any("spawn" in e for e in json.loads((tmp_path / "count.json").read_text())["events"])  # the converter
+    assert len(tried["killed_at"]) == KILLS
