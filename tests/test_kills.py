@@ -134,6 +134,9 @@ def _crash_and_rerun(job: Job, tmp_path: Path, on_reference=None) -> dict:
             assert len(twice) <= job.in_flight, f"{what}: {len(twice)} requests paid twice (in flight: " \
                                                 f"{job.in_flight})"
             tried.setdefault("paid_twice", []).append(len(twice))
+    if os.environ.get("LLAMATUNE_KILL_REPORT"):  # one JSON line per job (README "Faults tried")
+        with open(os.environ["LLAMATUNE_KILL_REPORT"], "a") as f:
+            f.write(json.dumps({"job": job.name, "seed": SEED, **tried}) + "\n")
     return tried
 
 
@@ -168,8 +171,11 @@ class _FakeOpenAI:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    req = json.loads(body)
+                except ValueError:  # the client was killed while sending: nothing to answer, nothing paid
+                    return
                 me.paid.append(hashlib.sha256(body).hexdigest())
-                req = json.loads(body)
                 text = req["messages"][-1]["content"]
                 h = int(hashlib.sha256(text.encode()).hexdigest(), 16)
                 if req["model"] == "para":
@@ -321,3 +327,73 @@ def test_export_killed_anywhere_reruns_to_the_same_ggufs(tmp_path, trained_run):
     tried = _crash_and_rerun(job, tmp_path)
     assert any("spawn" in e for e in json.loads((tmp_path / "count.json").read_text())["events"])  # the converter
     assert len(tried["killed_at"]) == KILLS
+
+
+# --- evaluation: tool-call generation and the judge --------------------------------------------------------------
+
+def _same_eval(ref: Path, work: Path, what: str) -> None:
+    """Every cached generation / verdict row the same (the set of rows: concurrent requests finish in any order)
+    and every results file the same but for timings."""
+    a, b = _files(ref), _files(work)
+    for rel in a:
+        if rel.endswith(".jsonl"):
+            rows = [sorted(json.dumps(_jsonl_row(line), sort_keys=True) for line in p[rel].read_text().splitlines())
+                    for p in (a, b)]
+            assert rows[0] == rows[1], f"{what}: {rel} rows differ"
+        elif rel.endswith(".json"):
+            assert _strip(_json(a[rel])) == _strip(_json(b[rel])), f"{what}: {rel} differs"
+        else:
+            assert _sha(a[rel]) == _sha(b[rel]), f"{what}: {rel} differs"
+
+
+VOLATILE = ("timings", "seconds", "stamp", "elapsed_s", "created", "usage", "time")
+
+
+def _json(p: Path):
+    return _strip(json.loads(p.read_text()), keys=VOLATILE)
+
+
+def _jsonl_row(line: str):
+    return _strip(json.loads(line), keys=VOLATILE)
+
+
+@requires("llama_cpp")
+def test_toolcall_generation_killed_anywhere_reruns_to_the_same_results(tmp_path, tiny_gguf):
+    from llamatune.data.funccall import generate
+
+    _, test = generate(60, seed=0)
+    test.sort(key=lambda r: len(json.dumps(r)))
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in test[:6]))
+    job = Job("toolcall", ["eval", "toolcall", "--model", str(tiny_gguf["f16"]), "--data", str(data), "--out",
+                           str(tmp_path / "work" / "res" / "base.json"), "--max-tokens", "8", "--threads", "1"],
+              compare=_same_eval, exhaustive=True)
+    tried = _crash_and_rerun(job, tmp_path)
+    assert tried["events"] >= 6  # one cache append per item at least
+
+
+@requires("openai", "llama_cpp")
+def test_judging_killed_anywhere_pays_once_and_reruns_to_the_same_verdicts(tmp_path, tiny_gguf, fake_openai):
+    """Both models' answers are cached first (as after `eval judge` generated them); the kill lands among the paid
+    judge requests (two in flight), the rerun asks only what was not saved."""
+    from llamatune.evals.judge import load_prompts
+    from llamatune.generate import generate_cached
+
+    prompts = FIXTURES / "judge_prompts.jsonl"
+    answers = tmp_path / "answers.jsonl"
+    for spec in (str(tiny_gguf["f16"]), str(tiny_gguf["q8_0"])):
+        generate_cached(spec, load_prompts(prompts), answers, max_tokens=6, progress=False)
+
+    def setup(work):
+        (work / "judge").mkdir(parents=True)
+        shutil.copy(answers, work / "judge" / "answers.jsonl")
+
+    job = Job("judge", ["eval", "judge", "--prompts", str(prompts), "--a", str(tiny_gguf["f16"]), "--b",
+                        str(tiny_gguf["q8_0"]), "--judge-model", "judge", "--base-url", fake_openai.url, "--out",
+                        str(tmp_path / "work" / "judge"), "--max-tokens", "6", "--concurrency", "2",
+                        "--response-format", "text"],
+              setup=setup, compare=_same_eval, exhaustive=True, paid=fake_openai.paid, in_flight=2)
+    tried = _crash_and_rerun(job, tmp_path)
+    assert tried["events"] >= 8 and max(tried["paid_twice"]) <= 2
+    verdicts = (tmp_path / "reference" / "judge" / "verdicts.jsonl").read_text().splitlines()
+    assert len(verdicts) >= len(load_prompts(prompts))  # (identical answers make both orders one request)

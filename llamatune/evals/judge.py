@@ -245,23 +245,27 @@ def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str
     errors: list[JudgeError] = []
     interrupted = False
     t0 = time.time()
-    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
-    futures = {pool.submit(client.ask, m): (jid, k) for jid, k, m in todo}
-    bar = tqdm(total=len(futures), desc=f"judge {judge_model}", disable=not progress)
-
-    def record(fut) -> None:  # main thread only: the single writer of the cache
-        (pid, order), key = futures[fut]
-        try:
-            r = fut.result()
-        except JudgeError as e:
-            errors.append(e)
-            return
+    def ask(jid, key, messages) -> dict:  # in the worker: a paid verdict is on disk the moment it arrives
+        (pid, order) = jid
+        r = client.ask(messages)
         winner, reason = parse_verdict(r["text"])
         cache.put({"key": key, "id": pid, "order": order, "judge_model": judge_model, "winner": winner,
                    "reason": reason, "raw": r["text"], "finish_reason": r["finish_reason"], "format": r["format"],
                    "requested_format": response_format,
                    "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"],
                    "time": time.time()})
+        return r
+
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    futures = {pool.submit(ask, jid, k, m): (jid, k) for jid, k, m in todo}
+    bar = tqdm(total=len(futures), desc=f"judge {judge_model}", disable=not progress)
+
+    def record(fut) -> None:  # main thread: the counts and the progress bar
+        try:
+            r = fut.result()
+        except JudgeError as e:
+            errors.append(e)
+            return
         usage["prompt_tokens"] += r["prompt_tokens"]
         usage["completion_tokens"] += r["completion_tokens"]
         usage["verdicts"] += 1
