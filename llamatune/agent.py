@@ -36,6 +36,7 @@ from llamatune.toolcall import ToolCall, parse_output, validate_call
 
 KINDS = ("llm_call", "tool_call", "tool_result", "invalid_call", "token", "final", "note")
 EMPTY = "(the model gave an empty answer)"
+MIN_ROOM = 16  # a model call needs at least this many free context tokens; _fit always leaves them
 _IDENT = re.compile(r"[A-Za-z_][\w.]*")
 
 
@@ -156,7 +157,7 @@ class Agent:
     def _fit(self, history: list[dict], user_msg: str) -> tuple[list[dict], list[str]]:
         """The messages for call 1, dropping the oldest turns and truncating the user message to fit."""
         n_ctx = self.model.n_ctx
-        reserve = min(self.max_new_tokens, max(32, n_ctx // 4))
+        reserve = max(MIN_ROOM, min(self.max_new_tokens, max(32, n_ctx // 4)))
         if self.schemas:
             reserve += min(self.tool_token_budget + 64, n_ctx // 8)
         limit = n_ctx - reserve
@@ -259,7 +260,7 @@ class Agent:
             prompt = self.render(msgs)
             n_prompt = self.model.count_tokens(prompt)
             room = self.model.n_ctx - n_prompt
-            if room < 16:
+            if room < MIN_ROOM:
                 text = "I ran out of context space for this conversation; please start a new one."
                 if last_results:
                     text = "\n\n".join(format_result(n, r) for n, r in last_results)
