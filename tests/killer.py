@@ -102,16 +102,37 @@ class Killer:
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
-def _wrap_native_writers(killer: Killer) -> None:
-    """Before anything imports them by name (``from safetensors.torch import save_file``)."""
-    import importlib.util
+class _WrapOnImport:
+    """A meta-path finder that wraps ``safetensors.torch.save_file`` and ``torch.save`` right after the job imports
+    them (before anything binds them by name, ``from safetensors.torch import save_file``), so that a job that
+    never imports torch does not pay for it here."""
 
-    if importlib.util.find_spec("safetensors") and importlib.util.find_spec("torch"):
-        import safetensors.torch
-        import torch
+    TARGETS = {"safetensors.torch": ("save_file", 1, "filename"), "torch": ("save", 1, "f")}
 
-        safetensors.torch.save_file = killer.native(safetensors.torch.save_file, 1, "filename")
-        torch.save = killer.native(torch.save, 1, "f")
+    def __init__(self, killer: Killer):
+        self.killer, self.busy = killer, set()
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.TARGETS or name in self.busy:
+            return None
+        import importlib.util
+
+        self.busy.add(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self.busy.discard(name)
+        if spec is None or spec.loader is None:
+            return spec
+        attr, path_arg, key = self.TARGETS[name]
+        run, killer = spec.loader.exec_module, self.killer
+
+        def exec_module(module):
+            run(module)
+            setattr(module, attr, killer.native(getattr(module, attr), path_arg, key))
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 def main(argv=None) -> int:
@@ -125,7 +146,7 @@ def main(argv=None) -> int:
     args = a.args[1:] if a.args[:1] == ["--"] else a.args
     killer = Killer(a.root, a.at, a.after)
     sys.addaudithook(killer.hook)
-    _wrap_native_writers(killer)
+    sys.meta_path.insert(0, _WrapOnImport(killer))
     from llamatune import cli
 
     try:

@@ -387,3 +387,43 @@ def test_rejected_key_is_reported_without_the_key(tiny_gguf, tmp_path):
     assert e.value.code == 2 and "refused the API key" in str(e.value)
     assert SECRET not in str(e.value) and [s for _, s in proxy.log] == [401]  # not retried
     assert not any(SECRET in p.read_text() for p in (tmp_path / "j").rglob("*") if p.is_file())
+
+
+@requires("openai")
+def test_a_refused_key_stops_the_run_before_any_answer_is_generated(tmp_path):
+    """Like the OpenAI API with a wrong key: every request, the free model list included, answers 401. The run
+    stops there, before the two models generate anything (minutes on a GPU) and before any verdict is asked."""
+    from llamatune.evals.judge import run_judge
+    from llamatune.evals.judge_client import JudgeError
+
+    seen = []
+
+    class Refuse(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def _refuse(self):
+            seen.append((self.command, self.path))
+            body = json.dumps({"error": {"message": f"Incorrect API key provided: {SECRET[:8]}****",
+                                         "type": "invalid_request_error", "code": "invalid_api_key"}}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _refuse
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    os.environ["OPENAI_API_KEY"] = SECRET
+    try:
+        with pytest.raises(JudgeError) as e:
+            run_judge(PROMPTS, "no-such-model-a", "no-such-model-b", "gpt-4.1-mini", tmp_path / "j",
+                      base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", progress=False)
+    finally:
+        server.shutdown()
+        os.environ.pop("OPENAI_API_KEY", None)
+    assert e.value.code == 2 and "refused the API key (401)" in str(e.value) and SECRET[:8] not in str(e.value)
+    assert seen == [("GET", "/v1/models")]  # one free request; no completion asked
+    assert not (tmp_path / "j" / "answers.jsonl").exists()  # the models were never loaded (they do not exist)

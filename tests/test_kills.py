@@ -76,7 +76,7 @@ class Job:
         self.setup, self.compare = setup or (lambda work: None), compare
         self.random_points, self.exhaustive, self.timer = random_points, exhaustive, timer
         self.paid, self.in_flight = paid, in_flight  # the endpoint's request log; requests a kill may lose
-        self.focus = focus  # one more point drawn among the events naming this (e.g. inside a checkpoint)
+        self.focus = focus  # one more point: a file write naming this (e.g. inside a checkpoint)
 
 
 def _crash_and_rerun(job: Job, tmp_path: Path, on_reference=None) -> dict:
@@ -101,7 +101,8 @@ def _crash_and_rerun(job: Job, tmp_path: Path, on_reference=None) -> dict:
         rng.sample(range(1, len(events) + 1), min(job.random_points, len(events))))
     tried = {"events": len(events), "killed_at": [], "timer": None, "focus": None}
     if job.focus:
-        inside = [i + 1 for i, e in enumerate(events) if job.focus in e and i + 1 not in points]
+        inside = [i + 1 for i, e in enumerate(events)
+                  if job.focus in e and e.startswith(("open", "tear")) and i + 1 not in points]
         if inside:
             points.append(rng.choice(inside))
             tried["focus"] = events[points[-1] - 1]

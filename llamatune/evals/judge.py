@@ -211,6 +211,7 @@ def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str
                          reason_max_chars=reason_max_chars, max_tokens=judge_max_tokens, max_retries=max_retries,
                          backoff=backoff, timeout=timeout)
     plist = prompts if isinstance(prompts, list) else load_prompts(prompts)
+    client.check_key()  # a refused key stops here, before answers are generated
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sa, sb = parse_spec(a), parse_spec(b)

@@ -120,6 +120,20 @@ class JudgeClient:
         self._lock = threading.Lock()
         self.requests = 0  # HTTP requests actually sent (retries included)
 
+    def check_key(self) -> None:
+        """Ask the endpoint's free model list once, so that a refused key stops the run before any answer is
+        generated or any verdict paid for (OpenAI answers 401 there too). An endpoint without the list, or one
+        not reachable yet, is left to the first request, which names the problem."""
+        import openai
+
+        try:
+            self.client.with_options(timeout=min(30.0, self.client.timeout or 30.0)).models.list()
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            status = getattr(e, "status_code", 401)
+            raise JudgeError(f"the judge endpoint refused the API key ({status}): {scrub(e.message)}", code=2) from None
+        except (openai.APIStatusError, openai.APIConnectionError):
+            pass
+
     def settings(self) -> dict:
         return {"temperature": self.temperature, "max_tokens": self.max_tokens, "schema": self.schema}
 
