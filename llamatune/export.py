@@ -26,13 +26,13 @@ adapter's ``base_model_name_or_path``; ``tiny`` means the tiny offline model (:m
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from llamatune.chat import TEMPLATES, template_text
+from llamatune.jsonl import replacing, write_json
 
 DEFAULT_QUANTS = ("f16", "q8_0", "q4_k_m")
 MERGE_STAMP = "llamatune_merge.json"  # in merged/: what it was merged from (a rerun with another base re-merges)
@@ -183,16 +183,13 @@ def merge(run_dir: str | Path, out_dir: str | Path | None = None, base: str | No
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=save_dtype)
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     model = model.to(save_dtype)
-    tmp = out.with_name(out.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    del model
-    has_tok = (adapter / "tokenizer.json").exists() or (adapter / "tokenizer_config.json").exists()
-    _write_tokenizer_and_generation(adapter if has_tok else base_path, base_path, tmp, template)
-    dtype_name = str(save_dtype).removeprefix("torch.")
-    (tmp / MERGE_STAMP).write_text(json.dumps({"stamp": stamp, "dtype": dtype_name, "adapter": str(adapter)}, indent=2))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with replacing(out) as tmp:
+        model.save_pretrained(tmp)
+        del model
+        has_tok = (adapter / "tokenizer.json").exists() or (adapter / "tokenizer_config.json").exists()
+        _write_tokenizer_and_generation(adapter if has_tok else base_path, base_path, tmp, template)
+        dtype_name = str(save_dtype).removeprefix("torch.")
+        write_json(tmp / MERGE_STAMP, {"stamp": stamp, "dtype": dtype_name, "adapter": str(adapter)}, indent=2)
     return out
 
 
@@ -203,15 +200,12 @@ def prepare_model_dir(model_dir: str | Path, out_dir: str | Path, *, template: s
     if _fresh(out / "config.json", [model_dir]):
         _log(f"{out}: exists, skipping")
         return out
-    tmp = out.with_name(out.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for f in model_dir.iterdir():
-        if f.is_file() and f.name not in _REWRITTEN:
-            (tmp / f.name).symlink_to(f)
-    _write_tokenizer_and_generation(model_dir, model_dir, tmp, template)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with replacing(out) as tmp:
+        tmp.mkdir(parents=True)
+        for f in model_dir.iterdir():
+            if f.is_file() and f.name not in _REWRITTEN:
+                (tmp / f.name).symlink_to(f)
+        _write_tokenizer_and_generation(model_dir, model_dir, tmp, template)
     return out
 
 
@@ -298,9 +292,7 @@ def check_all(hf_dir: str | Path, ggufs: dict[str, Path], *, template: str = "ll
     if fidelity_path:
         doc = {"thresholds": fidelity.THRESHOLDS, "template": template, "reports": reports,
                "pass": all(r["pass"] for r in reports.values())}
-        tmp = Path(str(fidelity_path) + ".part")
-        tmp.write_text(json.dumps(doc, indent=2, ensure_ascii=False))
-        tmp.replace(fidelity_path)
+        write_json(fidelity_path, doc, indent=2)
     return reports
 
 

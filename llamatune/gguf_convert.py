@@ -16,6 +16,7 @@ from pathlib import Path
 
 from llamatune import pypi
 from llamatune.embedded import converter_source
+from llamatune.jsonl import replacing
 
 # llama.cpp file types (enum llama_ftype) for llama_model_quantize.
 FTYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}
@@ -28,17 +29,15 @@ def convert_hf_to_gguf(hf_dir: str | Path, out: str | Path, outtype: str = "f16"
     if outtype not in CONVERTER_OUTTYPES:
         raise ValueError(f"converter outtype must be one of {sorted(CONVERTER_OUTTYPES)}, got {outtype!r}")
     script = pypi.llama_cpp_source() / "convert_hf_to_gguf.py"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".part")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("NO_LOCAL_GGUF", None)
-    with converter_source(hf_dir) as src:  # Gemma 3: adds the vocabulary files the converter reads
+    # Gemma 3: converter_source adds the vocabulary files the converter reads
+    with converter_source(hf_dir) as src, replacing(out) as tmp:
         cmd = [sys.executable, str(script), str(src), "--outfile", str(tmp), "--outtype", outtype]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0 or not tmp.exists():
-        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
-        raise RuntimeError(f"convert_hf_to_gguf.py failed on {hf_dir} (exit {proc.returncode}):\n{tail}")
-    tmp.replace(out)
+        if proc.returncode != 0 or not tmp.exists():
+            tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
+            raise RuntimeError(f"convert_hf_to_gguf.py failed on {hf_dir} (exit {proc.returncode}):\n{tail}")
     return out
 
 
@@ -50,14 +49,13 @@ def quantize(src: str | Path, dst: str | Path, qtype: str, threads: int | None =
     if qtype not in FTYPES:
         raise ValueError(f"unknown quantization {qtype!r}; known: {', '.join(FTYPES)}")
     dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".part")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = FTYPES[qtype]
     params.nthread = threads or os.cpu_count() or 1
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
-    if rc != 0 or not tmp.exists():
-        raise RuntimeError(f"llama_model_quantize({src} → {qtype}) failed with code {rc}")
-    tmp.replace(dst)
+    with replacing(dst) as tmp:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        if rc != 0 or not tmp.exists():
+            raise RuntimeError(f"llama_model_quantize({src} → {qtype}) failed with code {rc}")
     return dst
 
 

@@ -9,6 +9,8 @@
   generations, paraphrases).
 * :func:`write_jsonl`, :func:`write_json`, :func:`write_text` — whole files written atomically (a temporary
   file fsynced and renamed into place), so a reader sees the old file or the new one, never half of one.
+* :func:`replacing` — the same for a file or directory that another writer fills (a GGUF from the converter or
+  the quantizer, a merged model, a model built into the cache): ``NAME.part`` until it is complete.
 
     from llamatune.jsonl import JsonlCache
     cache = JsonlCache("results/x/answers.jsonl")
@@ -21,8 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import threading
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +143,36 @@ def write_text(path: str | Path, text: str) -> Path:
         if pid.isdigit() and not _alive(int(pid)):
             stale.unlink(missing_ok=True)
     return path
+
+
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """``with replacing(out) as tmp:`` fill ``tmp`` (``out.part``: a file, or a directory), and it replaces ``out``
+    when the block ends without an error. A crash or an error leaves ``out`` as it was (or absent), never half
+    written; the leftover ``.part`` of a killed build is cleared when the next one starts."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".part")
+    _remove(tmp)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield tmp
+    except BaseException:
+        _remove(tmp)
+        raise
+    if not tmp.exists() and not tmp.is_symlink():
+        raise FileNotFoundError(f"{tmp}: the writer finished without writing it")
+    if tmp.is_dir():
+        _remove(path)  # a directory cannot be renamed over a non-empty one
+        tmp.rename(path)
+    else:
+        os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

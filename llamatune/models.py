@@ -22,6 +22,7 @@ from pathlib import Path
 
 from llamatune import pypi
 from llamatune.chat import TEMPLATES, template_text
+from llamatune.jsonl import replacing
 
 TINY_CONFIG = dict(
     hidden_size=256,
@@ -69,11 +70,8 @@ def tiny_model_dir() -> Path:
     out = pypi.cache_dir() / f"tiny-llama-{_tiny_key()}"
     if (out / "config.json").exists():
         return out
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny_model(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with replacing(out) as tmp:
+        build_tiny_model(tmp)
     return out
 
 

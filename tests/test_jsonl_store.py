@@ -80,6 +80,48 @@ def test_whole_files_are_replaced_atomically(tmp_path, monkeypatch):
     assert jsonl.read_jsonl(tmp_path / "rows.jsonl") == [{"a": 1}, {"a": 2}]
 
 
+def test_a_killed_writers_temporary_file_is_cleared_by_the_next_write(tmp_path):
+    import subprocess
+
+    from llamatune import jsonl
+
+    p = tmp_path / "manifest.json"
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid now names no process
+    (tmp_path / f".manifest.json.tmp{dead.pid}").write_text('{"half":')  # a writer killed before its rename
+    (tmp_path / ".other.json.tmp1").write_text("not ours")
+    jsonl.write_json(p, {"n": 1})
+    assert sorted(f.name for f in tmp_path.iterdir()) == [".other.json.tmp1", "manifest.json"]
+
+
+def test_replacing_a_file_or_a_directory_is_all_or_nothing(tmp_path):
+    from llamatune.jsonl import replacing
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"old")
+    with pytest.raises(RuntimeError):
+        with replacing(gguf) as tmp:
+            tmp.write_bytes(b"ne")  # the quantizer fails halfway
+            raise RuntimeError("quantize failed")
+    assert gguf.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
+    (tmp_path / "m.gguf.part").write_bytes(b"left by a kill")
+    with replacing(gguf) as tmp:
+        assert not tmp.exists()  # a leftover of a killed build is cleared first
+        tmp.write_bytes(b"new")
+    assert gguf.read_bytes() == b"new"
+    merged = tmp_path / "merged"
+    (merged).mkdir()
+    (merged / "stale.bin").write_bytes(b"x")
+    with replacing(merged) as tmp:
+        tmp.mkdir()
+        (tmp / "config.json").write_text("{}")
+    assert sorted(p.name for p in merged.iterdir()) == ["config.json"]
+    with pytest.raises(FileNotFoundError, match="finished without writing it"):
+        with replacing(tmp_path / "never.gguf"):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "merged"]
+
+
 def test_a_cache_keeps_the_last_row_of_a_key_and_survives_reopening(tmp_path):
     from llamatune.jsonl import JsonlCache
 
