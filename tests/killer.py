@@ -107,7 +107,7 @@ class _WrapOnImport:
     them (before anything binds them by name, ``from safetensors.torch import save_file``), so that a job that
     never imports torch does not pay for it here."""
 
-    TARGETS = {"safetensors.torch": ("save_file", 1, "filename"), "torch": ("save", 1, "f")}
+    TARGETS: dict = {"safetensors.torch": ("save_file", 1, "filename"), "torch": ("save", 1, "f")}
 
     def __init__(self, killer: Killer):
         self.killer, self.busy = killer, set()

@@ -218,7 +218,7 @@ def test_funccall_generation_with_paraphrases_killed_anywhere_pays_once_and_reru
     tried = _crash_and_rerun(job, tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "reference" / "data" / "train.jsonl").read_text().splitlines()]
     assert any("Quick question: " in m["content"] for r in rows for m in r["messages"])  # paraphrases were used
-    assert len(tried["killed_at"]) == 6 and len(tried["paid_twice"]) == 7
+    assert len(tried["killed_at"]) == max(KILLS, 6) and len(tried["paid_twice"]) == max(KILLS, 6) + 1
 
 
 # --- training ---------------------------------------------------------------------------------------------------
