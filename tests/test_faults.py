@@ -180,6 +180,8 @@ class _Judge:
         import time
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+        from tests.openai_fake import completion, send_json
+
         self.script, self.seen = list(script), []
         me = self
 
@@ -194,17 +196,8 @@ class _Judge:
                 if step == "hang":
                     time.sleep(3)
                     step = 200
-                body = {"error": {"message": "injected"}} if step != 200 else {
-                    "id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": '{"reason": "ok", "winner": "A"}'}}],
-                    "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}}
-                data = json.dumps(body).encode()
-                self.send_response(step)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, step, {"error": {"message": "injected"}} if step != 200 else
+                          completion("m", '{"reason": "ok", "winner": "A"}', 3, 5))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FIXTURES, REPO, requires
+from tests.openai_fake import completion, send_json
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -182,16 +183,8 @@ class _FakeOpenAI:
                 if req["model"] == "para":
                     reply = "Something else entirely." if h % 4 == 0 else "Quick question: " + text
                 else:
-                    reply = json.dumps({"reason": "r", "winner": "ABtie"[h % 3] if h % 3 < 2 else "tie"})
-                out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": req["model"],
-                                  "choices": [{"index": 0, "finish_reason": "stop",
-                                               "message": {"role": "assistant", "content": reply}}],
-                                  "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
+                    reply = json.dumps({"reason": "r", "winner": ("A", "B", "tie")[h % 3]})
+                send_json(self, 200, completion(req["model"], reply, 10, 5))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
