@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
+
+from llamatune.device import importable
 
 # command path -> (module, one-line help)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -44,16 +45,12 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
 }
 
 
-def _module_available(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
-
-
 def build_parser(argv_hint: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llamatune", description=__doc__.split("\n\n")[0])
     root = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for path, (module, help_) in COMMANDS.items():
-        if not _module_available(module):
+        if not importable(module):
             continue
         subs = root
         if len(path) == 2:

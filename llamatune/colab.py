@@ -86,11 +86,9 @@ def check_gpu(needed: bool = True) -> dict:
     if memory_gib < 12:
         print("Under 12 GiB: the 3B recipes may not fit; add '--load_in_4bit', 'true' to OVERRIDES (QLoRA).")
     info = {"gpu": name, "capability": capability, "memory_gib": round(memory_gib, 1), "dtype": dtype}
-    import importlib.util
+    from llamatune.device import importable, n_gpu_layers
 
-    if importlib.util.find_spec("llama_cpp") is not None:
-        from llamatune.device import n_gpu_layers
-
+    if importable("llama_cpp"):
         try:
             offload = n_gpu_layers(cuda_available=True) != 0
         except Exception:  # a broken llama_cpp install: say so below rather than fail the first cell
@@ -311,7 +309,7 @@ def export_gguf(source: str | Path, quant: str, dest: str | Path | None = None, 
     (its sha256, kept in ``dest/export_gguf.json``; a rerun of ``train`` that saves the same weights again keeps
     it), or, for a plain model, whenever it is there."""
     from llamatune.export import _fresh, export, gguf_name, is_model_dir
-    from llamatune.generate import ModelSpec, fingerprint
+    from llamatune.model_spec import ModelSpec, fingerprint
 
     source = Path(source) if Path(source).is_dir() else source
     run = isinstance(source, Path) and (source / "adapter").is_dir() and not is_model_dir(source)

@@ -30,7 +30,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from llamatune.jsonl import write_json, write_text
+from llamatune.jsonl import read_json, write_json, write_text
 
 RECIPES = Path(__file__).resolve().parent.parent / "FuncCall" / "recipes"
 # The embedded models the demo can tune: project template and recipe of each. The default was chosen on the
@@ -60,7 +60,7 @@ class Stages:
 
     def __init__(self, out: Path):
         self.path = out / "stages.json"
-        self.seconds: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.seconds: dict = read_json(self.path, {})
 
     def run(self, name: str, done: bool, fn, *args, **kwargs):
         if done:
@@ -159,10 +159,9 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
 
 
 def _data_done(out: Path, n: int, n_test: int, n_val: int, max_length: int, template: str, mix=None) -> bool:
-    p = out / "demo_data.json"
-    if not p.exists():
+    info = read_json(out / "demo_data.json", None)
+    if info is None:
         return False
-    info = json.loads(p.read_text())
     want = [n, max_length, n_test, n_val, template, mix]
     got = [info.get(k) for k in ("n", "max_length", "n_test_requested", "n_val_requested", "template", "mix")]
     return got == want
@@ -182,9 +181,8 @@ def _exit_after_save_callback():
 
 
 def train_done(run_dir: Path) -> bool:
-    run = run_dir / "run.json"
-    return (run_dir / "adapter" / "adapter_model.safetensors").exists() and run.exists() and \
-        json.loads(run.read_text()).get("status") == "done"
+    return (run_dir / "adapter" / "adapter_model.safetensors").exists() and \
+        read_json(run_dir / "run.json", {}).get("status") == "done"
 
 
 def run_training(data_dir: Path, run_dir: Path, steps: int, max_length: int, threads: int, model: str,

@@ -42,6 +42,20 @@ class Placement:
         return kw
 
 
+def importable(module: str) -> bool:
+    """Whether ``module`` (an optional dependency: unsloth, vllm, bitsandbytes, llama_cpp) can be imported here,
+    without importing it; a module already imported counts even when it carries no spec (a test's stand-in)."""
+    import importlib.util
+    import sys
+
+    if module in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package that is missing or broken
+        return False
+
+
 def half_dtype(capability: tuple[int, int] | None) -> str:
     """The dtype to compute in on a device of CUDA compute ``capability`` (``None`` = no GPU)."""
     if capability is None:

@@ -25,14 +25,13 @@ adapter's ``base_model_name_or_path``; ``tiny`` means the tiny offline model (:m
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from llamatune.chat import TEMPLATES, template_text
-from llamatune.jsonl import replacing, write_json
+from llamatune.jsonl import read_json, replacing, write_json
 
 DEFAULT_QUANTS = ("f16", "q8_0", "q4_k_m")
 MERGE_STAMP = "llamatune_merge.json"  # in merged/: what it was merged from (a rerun with another base re-merges)
@@ -73,17 +72,8 @@ def is_model_dir(path: str | Path) -> bool:
     ) and not (p / "adapter_config.json").exists()
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON ({exc})") from exc
-
-
 def _adapter_dir(run_dir: Path) -> Path:
-    status = _read_json(run_dir / "run.json").get("status")
+    status = read_json(run_dir / "run.json", {}).get("status")
     if status not in (None, "done"):  # killed while training or while writing adapter/: nothing here is final
         raise ValueError(f"{run_dir}: training did not finish (run.json status {status!r}); resume it first with "
                          f"`llamatune train {run_dir}/config.yaml --output_dir {run_dir} --resume`")
@@ -96,7 +86,7 @@ def _adapter_dir(run_dir: Path) -> Path:
 
 def run_recipe(run_dir: str | Path) -> dict:
     """The ``recipe`` of ``run_dir/run.json`` ({} when absent)."""
-    return _read_json(Path(run_dir) / "run.json").get("recipe", {}) or {}
+    return read_json(Path(run_dir) / "run.json", {}).get("recipe", {}) or {}
 
 
 def _resolve_path(name: str) -> str:
@@ -113,7 +103,7 @@ def resolve_base(run_dir: str | Path, base: str | None = None) -> str:
         return _resolve_path(base)
     if name := run_recipe(run_dir).get("model_name_or_path"):
         return _resolve_path(name)
-    cfg = _read_json(_adapter_dir(run_dir) / "adapter_config.json")
+    cfg = read_json(_adapter_dir(run_dir) / "adapter_config.json", {})
     if name := cfg.get("base_model_name_or_path"):
         return _resolve_path(name)
     raise ValueError(f"{run_dir}: cannot tell the base model (no --base, no recipe.model_name_or_path in run.json, "
@@ -161,7 +151,7 @@ def merge(run_dir: str | Path, out_dir: str | Path | None = None, base: str | No
     base_path = resolve_base(run_dir, base)
     template = _template_name(run_dir, template)
     stamp = {"base": base_path, "template": template}
-    done = _read_json(out / MERGE_STAMP)
+    done = read_json(out / MERGE_STAMP, {})
     if (_fresh(out / "config.json", [adapter, run_dir / "run.json"]) and done.get("stamp") == stamp
             and dtype in (None, done.get("dtype"))):
         _log(f"{out}: exists, skipping merge")
@@ -270,7 +260,7 @@ def check_all(hf_dir: str | Path, ggufs: dict[str, Path], *, template: str = "ll
     A GGUF whose report in an existing ``fidelity_path`` matches its size and mtime is not re-checked."""
     from llamatune import fidelity
 
-    old = _read_json(Path(fidelity_path)).get("reports", {}) if fidelity_path else {}
+    old = read_json(Path(fidelity_path), {}).get("reports", {}) if fidelity_path else {}
     reports, ref, prompts = {}, None, fidelity.sample_prompts(template)
     for q, path in ggufs.items():
         st = Path(path).stat()

@@ -1,6 +1,6 @@
 """Answer prompts with a model given by a spec string, through the project chat template, with a resumable cache.
 
-A model spec is
+A model spec (:mod:`llamatune.model_spec`) is
 
 * ``path/to/model.gguf`` — llama-cpp-python, in process (the artifact that is actually deployed);
 * ``DIR_OR_HF_ID`` — transformers; ``DIR+peft=ADAPTER_DIR`` (or ``peft=`` to ``load_generator``) adds a LoRA adapter.
@@ -22,73 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from llamatune.chat import ALL_STOPS, DEFAULT_DATE
-from llamatune.jsonl import JsonlCache
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    kind: str  # "gguf" | "hf"
-    path: str
-    peft: str | None = None
-
-    @property
-    def label(self) -> str:
-        name = Path(self.path).name or self.path
-        return f"{name}+{Path(self.peft).name}" if self.peft else name
-
-
-def parse_spec(spec: str, peft: str | None = None) -> ModelSpec:
-    """``X.gguf`` → llama.cpp; ``DIR[+peft=ADAPTER]`` or an HF id → transformers."""
-    if not spec:
-        raise ValueError("empty model spec")
-    base, _, rest = spec.partition("+peft=")
-    if rest and peft and rest != peft:
-        raise ValueError(f"model spec {spec!r} names an adapter and peft={peft!r} names another")
-    adapter = rest or peft
-    if base.lower().endswith(".gguf"):
-        if adapter:
-            raise ValueError(f"{spec!r}: a GGUF cannot take a peft adapter (merge and export it instead)")
-        if not Path(base).is_file():
-            raise FileNotFoundError(f"GGUF not found: {base}")
-        return ModelSpec("gguf", base)
-    if adapter and not Path(adapter).exists():
-        raise FileNotFoundError(f"peft adapter directory not found: {adapter}")
-    return ModelSpec("hf", base, adapter)
-
-
-_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256, so a process hashes a file once
-
-
-def _file_digest(h, path: Path) -> None:
-    """Name, size and the sha256 of the whole content (a re-exported GGUF of the same size differs in the middle:
-    a LoRA merge changes every layer, not the first or last MiB)."""
-    st = path.stat()
-    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if memo not in _DIGESTS:
-        with open(path, "rb") as f:
-            _DIGESTS[memo] = hashlib.file_digest(f, "sha256").hexdigest()
-    h.update(f"{path.name}:{st.st_size}:{_DIGESTS[memo]}".encode())
-
-
-def fingerprint(spec: ModelSpec | str) -> str:
-    """A short content hash of a model (every weight/config file, whole), for cache keys."""
-    spec = parse_spec(spec) if isinstance(spec, str) else spec
-    h = hashlib.sha256(spec.kind.encode())
-    for root in [spec.path] + ([spec.peft] if spec.peft else []):
-        p = Path(root)
-        if p.is_file():
-            _file_digest(h, p)
-        elif p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix in {".json", ".safetensors", ".bin", ".model", ".jinja"}:
-                    _file_digest(h, f)
-        else:  # a hub id: the name is all we know
-            h.update(root.encode())
-    return h.hexdigest()[:16]
+from llamatune.jsonl import JsonlCache, read_json
+from llamatune.model_spec import ModelSpec, fingerprint, parse_spec
 
 
 class Generator:
@@ -248,6 +186,15 @@ def cut_at_stop(text: str) -> str:
     return text[:min([text.find(s) for s in ALL_STOPS if s in text], default=len(text))]
 
 
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 512)  # the max_lora_rank values vLLM accepts
+
+
+def vllm_lora_rank(adapter_dir) -> int:
+    """vLLM's ``max_lora_rank`` for a PEFT adapter: the smallest slot that holds its rank ``r``."""
+    r = int(read_json(Path(adapter_dir) / "adapter_config.json").get("r", 16))
+    return next((x for x in VLLM_LORA_RANKS if x >= r), r)
+
+
 class VLLMGenerator(Generator):
     """vLLM (the ``vllm`` extra, CUDA only): every prompt of a call goes to ``LLM.generate`` at once and vLLM
     schedules them (continuous batching). Prompts are rendered with the project template exactly as for the other
@@ -255,7 +202,6 @@ class VLLMGenerator(Generator):
     served as a LoRA request on the base model. Outputs come back in the order of the prompts."""
 
     backend = "vllm"
-    LORA_RANKS = (8, 16, 32, 64, 128, 256, 512)  # the max_lora_rank values vLLM accepts
 
     def __init__(self, spec: ModelSpec, template: str = "llama-3.2", dtype: str | None = None,
                  batch_size: int | None = None, max_model_len: int = 4096, gpu_memory_utilization: float = 0.85,
@@ -270,8 +216,7 @@ class VLLMGenerator(Generator):
                   gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size)
         self.lora = None
         if spec.peft:
-            r = int(json.loads((Path(spec.peft) / "adapter_config.json").read_text()).get("r", 16))
-            kw.update(enable_lora=True, max_lora_rank=next((x for x in self.LORA_RANKS if x >= r), r))
+            kw.update(enable_lora=True, max_lora_rank=vllm_lora_rank(spec.peft))
         self.llm = LLM(**kw)
         if spec.peft:
             from vllm.lora.request import LoRARequest
@@ -314,15 +259,9 @@ BACKENDS = ("auto", "hf", "vllm")
 
 
 def has_vllm() -> bool:
-    import importlib.util
-    import sys
+    from llamatune.device import importable
 
-    if "vllm" in sys.modules:
-        return True
-    try:
-        return importlib.util.find_spec("vllm") is not None
-    except ValueError:
-        return False
+    return importable("vllm")
 
 
 def choose_backend(spec: ModelSpec, backend: str = "auto", on_gpu: bool | None = None) -> str:
@@ -343,16 +282,6 @@ def choose_backend(spec: ModelSpec, backend: str = "auto", on_gpu: bool | None =
             on_gpu = this_placement().on_gpu
         return "vllm" if has_vllm() and on_gpu else "hf"
     return backend
-
-
-def model_kind(spec) -> str:
-    """``"gguf"`` or ``"hf"`` for a local model; ``ValueError`` naming the path for anything else."""
-    p = Path(spec)
-    if p.suffix == ".gguf" and p.is_file():
-        return "gguf"
-    if p.is_dir() and (p / "config.json").exists():
-        return "hf"
-    raise ValueError(f"--model {spec}: expected a .gguf file or an HF model directory with config.json")
 
 
 def load_generator(spec: str | ModelSpec, peft: str | None = None, backend: str = "auto", **kwargs) -> Generator:

@@ -196,12 +196,18 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> str:
     return sha256_file(path)
 
 
-def read_json(path: str | Path) -> Any:
-    """A JSON document; a missing or broken file raises naming it."""
+_REQUIRED = object()
+
+
+def read_json(path: str | Path, default: Any = _REQUIRED) -> Any:
+    """A JSON document; a broken file raises naming it, and so does a missing one unless ``default`` is given
+    (returned instead)."""
     path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if default is not _REQUIRED:
+            return default
         raise FileNotFoundError(f"{path}: no such file") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({_error(e)})") from None

@@ -16,7 +16,6 @@ its training and evaluation time, whatever the outcome.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from llamatune import demo
-from llamatune.jsonl import write_json, write_text
+from llamatune.jsonl import read_json, write_json, write_text
 from llamatune.report import pct_cell as _pct
 
 DATA_KEYS = ("n", "n_test", "n_val", "max_length")
@@ -74,8 +73,7 @@ def _evaluate(gguf: Path, data: Path, out_json: Path, base: dict, template: str)
     from llamatune.evals.toolcall import evaluate
 
     t0 = time.perf_counter()
-    if out_json.exists():
-        res = json.loads(out_json.read_text(encoding="utf-8"))
+    if (res := read_json(out_json, None)) is not None:
         return res, res.get("seconds", 0.0)
     res = evaluate(gguf, data / "val.jsonl", out_json, max_tokens=base["max_tokens"], n_threads=base["threads"],
                    template=template)
@@ -97,7 +95,7 @@ def run_setting(out: Path, base: dict, run: dict) -> dict:
     t0 = time.perf_counter()
     if not demo.train_done(run_dir):
         demo.run_training(data, run_dir, steps, base["max_length"], base["threads"], model, overrides)
-    run_json = json.loads((run_dir / "run.json").read_text())
+    run_json = read_json(run_dir / "run.json")
     train_s = run_json.get("wall_seconds", round(time.perf_counter() - t0, 1))
     if not demo.export_done(run_dir):
         demo.run_export(run_dir, run_dir, f"{model}-{run['name']}", False, template)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib.util
 import json
 import re
 import sys
@@ -39,8 +38,9 @@ from typing import Any
 import yaml
 
 from llamatune.chat import DEFAULT_DATE, template_text, validate_messages
+from llamatune.device import importable
 from llamatune.distributed import dist_state, is_final, last_checkpoint, restore_final
-from llamatune.jsonl import iter_jsonl, sha256_file, write_text
+from llamatune.jsonl import iter_jsonl, read_json, sha256_file, write_text
 from llamatune.provenance import git_info, package_versions
 
 # Recipe keys that are neither SFTConfig nor LoraConfig fields, with their defaults (None = required).
@@ -173,7 +173,7 @@ def load_conversations(path: str | Path, limit: int | None = None):
 def _choose_backend(want: str) -> str:
     import torch
 
-    has_unsloth = importlib.util.find_spec("unsloth") is not None
+    has_unsloth = importable("unsloth")
     if want == "unsloth" and not (has_unsloth and torch.cuda.is_available()):
         raise RuntimeError("backend: unsloth needs CUDA and the gpu extra (pip install 'llamatune[gpu]')")
     if want not in ("auto", "trl", "unsloth"):
@@ -194,7 +194,7 @@ def _resolve_precision(extra: dict, sft: dict, notes: list[str]) -> str:
     dtype = extra["dtype"]
     if dtype == "auto":
         dtype = best
-    if "8bit" in str(sft.get("optim", "")) and importlib.util.find_spec("bitsandbytes") is None:
+    if "8bit" in str(sft.get("optim", "")) and not importable("bitsandbytes"):
         notes.append(f"optim {sft['optim']} needs bitsandbytes, which is not installed: using adamw_torch")
         sft["optim"] = "adamw_torch"
     return dtype
@@ -336,7 +336,7 @@ def train(recipe: dict, run_dir: str | Path | None = None, resume: bool = False,
     trainer, info = build_trainer(recipe, run_dir, callbacks)
     main = is_main_process()
     scale = scale_info(trainer)
-    before = json.loads((run_dir / "run.json").read_text()) if last and (run_dir / "run.json").exists() else {}
+    before = read_json(run_dir / "run.json", {}) if last else {}
     if before:
         check_resumable(before, recipe, info["data"], scale, run_dir)
     versions = package_versions(["unsloth"] if info["backend"] == "unsloth" else [])

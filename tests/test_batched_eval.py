@@ -71,7 +71,8 @@ PROMPTS = [{"id": f"p{i}", "messages": [{"role": "user", "content": text}]}
 # --- HF -----------------------------------------------------------------------------------------------------
 def test_hf_complete_batch_equals_one_prompt_at_a_time(tiny_model_dir):
     from llamatune.chat import render
-    from llamatune.generate import HFGenerator, ModelSpec
+    from llamatune.generate import HFGenerator
+    from llamatune.model_spec import ModelSpec
 
     gen = HFGenerator(ModelSpec("hf", str(tiny_model_dir)), batch_size=3)
     texts = [render(p["messages"], None, add_generation_prompt=True, date_string="26 Jul 2024") for p in PROMPTS]
@@ -84,7 +85,8 @@ def test_hf_complete_batch_equals_one_prompt_at_a_time(tiny_model_dir):
 def test_toolcall_eval_sends_missing_items_in_batches_with_the_same_cache(tiny_model_dir, tmp_path, monkeypatch):
     """Batch 3 on the HF backend gives the outputs, results and cache keys of one-at-a-time; a rerun loads nothing."""
     from llamatune.evals import toolcall
-    from llamatune.generate import HFGenerator, ModelSpec
+    from llamatune.generate import HFGenerator
+    from llamatune.model_spec import ModelSpec
 
     _short_test_set(tmp_path / "data", 4)
     data = tmp_path / "data" / "eval.jsonl"
@@ -113,7 +115,8 @@ def test_toolcall_eval_sends_missing_items_in_batches_with_the_same_cache(tiny_m
 # --- vLLM -----------------------------------------------------------------------------------------------------
 def test_backend_choice(monkeypatch, tiny_model_dir, tmp_path):
     from llamatune import generate
-    from llamatune.generate import ModelSpec, choose_backend
+    from llamatune.generate import choose_backend
+    from llamatune.model_spec import ModelSpec
 
     hf = ModelSpec("hf", str(tiny_model_dir))
     gguf = tmp_path / "m.gguf"
@@ -228,7 +231,7 @@ def test_judge_answers_go_through_the_chosen_backend(monkeypatch, tmp_path):
 def test_arc_builds_lm_evals_hf_and_vllm_model_args(tmp_path):
     from llamatune.device import placement_for
     from llamatune.evals.arc import arc_backend, lm_eval_model_args, parse_model_args
-    from llamatune.generate import ModelSpec
+    from llamatune.model_spec import ModelSpec
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from llamatune import colab, fork_links
-from llamatune.generate import ModelSpec, fingerprint
+from llamatune.model_spec import ModelSpec, fingerprint
 from tests.conftest import REPO
 
 NOTEBOOKS = ["FineTome/finetuning.ipynb", "FineTome/eval_benchmark.ipynb", "FineTome/eval_llm_judge.ipynb",

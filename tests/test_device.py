@@ -99,12 +99,24 @@ def record_from_pretrained(monkeypatch):
     return seen
 
 
+def test_an_optional_dependency_is_importable_only_when_it_can_be_imported(monkeypatch):
+    import sys
+    import types
+
+    assert device.importable("json") and not device.importable("no_such_package_xyz")
+    assert not device.importable("no_such_package_xyz.sub")  # a missing parent is "not importable", not an error
+    stub = types.ModuleType("vllm_stub_for_test")  # a test's stand-in: in sys.modules, with no spec
+    monkeypatch.setitem(sys.modules, "vllm_stub_for_test", stub)
+    assert stub.__spec__ is None and device.importable("vllm_stub_for_test")
+
+
 @pytest.mark.parametrize("gpu", [T4, A100])
 def test_fidelity_and_hf_generation_load_onto_the_gpu_in_half_precision(monkeypatch, tiny_model_dir, gpu):
     import torch
 
     from llamatune.fidelity import hf_reference
-    from llamatune.generate import HFGenerator, ModelSpec
+    from llamatune.generate import HFGenerator
+    from llamatune.model_spec import ModelSpec
 
     fake_cuda(monkeypatch, gpu)
     want = {"dtype": torch.float16 if gpu == T4 else torch.bfloat16, "device_map": "cuda:0"}
@@ -131,7 +143,8 @@ def test_arc_hf_backend_runs_on_the_placement_device(monkeypatch, tiny_model_dir
 
 def test_batched_hf_generation_answers_like_one_at_a_time(tiny_model_dir, tmp_path):
     """Left-padded batches give the greedy answers of one-prompt calls, and the cache resumes between them."""
-    from llamatune.generate import HFGenerator, ModelSpec, generate_cached
+    from llamatune.generate import HFGenerator, generate_cached
+    from llamatune.model_spec import ModelSpec
     from llamatune.jsonl import read_jsonl
 
     prompts = [{"id": f"p{i}", "messages": [{"role": "user", "content": text}]}

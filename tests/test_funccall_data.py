@@ -14,6 +14,7 @@ from llamatune.toolcall import ToolCall, parse_output, validate_call
 from llamatune.tools import all_tools
 
 from tests.conftest import REPO, requires
+from tests.openai_fake import completion, send_json
 
 N = 600
 
@@ -138,14 +139,7 @@ class _FakeOpenAI(BaseHTTPRequestHandler):
         type(self).calls += 1
         text = body["messages"][-1]["content"]
         reply = "Quick question: " + text if type(self).calls % 5 else "Something else entirely."
-        out = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                          "choices": [{"index": 0, "finish_reason": "stop",
-                                       "message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(out)))
-        self.end_headers()
-        self.wfile.write(out)
+        send_json(self, 200, completion(body["model"], reply, len(text.split()), len(reply.split())))
 
     def log_message(self, *a):
         pass

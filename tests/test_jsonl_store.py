@@ -36,7 +36,8 @@ def test_a_bad_row_inside_the_file_names_its_line(tmp_path):
 
 
 def test_answers_cache_key_includes_the_template(tmp_path):
-    from llamatune.generate import Generator, ModelSpec, generate_cached
+    from llamatune.generate import Generator, generate_cached
+    from llamatune.model_spec import ModelSpec
 
     model = tmp_path / "m.gguf"
     model.write_bytes(b"GGUF")
@@ -152,3 +153,16 @@ def test_strict_reads_name_the_file_line_and_field(tmp_path):
     p.write_text('{"id": 1}\n{"id": 2')  # strict: a torn last line is an error, not skipped
     with pytest.raises(ValueError, match=r"data.jsonl:2"):
         read_jsonl(p)
+
+
+def test_read_json_names_a_missing_or_broken_file_unless_a_default_is_given(tmp_path):
+    from llamatune.jsonl import read_json
+
+    missing, broken = tmp_path / "run.json", tmp_path / "torn.json"
+    broken.write_text('{"status": "do')
+    assert read_json(missing, {}) == {} and read_json(missing, None) is None
+    with pytest.raises(FileNotFoundError, match="run.json: no such file"):
+        read_json(missing)
+    for default in ((), {}):  # a broken file is an error with or without a default: never taken as empty
+        with pytest.raises(ValueError, match="torn.json: not valid JSON"):
+            read_json(broken, *default)

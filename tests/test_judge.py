@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.conftest import FIXTURES, REPO, requires
+from tests.openai_fake import send_json
 from llamatune.evals.judge import consistent_verdict, load_prompts, parse_verdict, summarize, to_model
 
 PROMPTS = FIXTURES / "judge_prompts.jsonl"
@@ -104,10 +105,7 @@ class CountingProxy:
                 if method == "POST" and proxy.fail:
                     status = proxy.fail.pop(0)
                     proxy.log.append((hashlib.sha256(body).hexdigest(), status))
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.end_headers()
-                    self.wfile.write(json.dumps({"error": {"message": fail_message}}).encode())
+                    send_json(self, status, {"error": {"message": fail_message}})
                     return
                 if method == "POST":
                     time.sleep(delay)

@@ -175,7 +175,8 @@ def lm_eval_model_args(spec, backend: str, *, n_ctx: int = 2048, batch_size: int
     ``parallelize=True`` to split a model over the GPUs with HF). Precision and device follow the placement rule
     (float16 on a T4, bfloat16 from compute capability 8.0); the chat template's date is pinned as in every eval."""
     from llamatune.device import this_placement
-    from llamatune.generate import DEFAULT_DATE, VLLMGenerator
+    from llamatune.chat import DEFAULT_DATE
+    from llamatune.generate import vllm_lora_rank
 
     place = placement or this_placement()
     args = {"pretrained": spec.path, "dtype": place.dtype if dtype == "auto" else dtype,
@@ -185,9 +186,7 @@ def lm_eval_model_args(spec, backend: str, *, n_ctx: int = 2048, batch_size: int
     elif backend == "vllm":
         args.update(batch_size="auto", max_model_len=n_ctx, seed=0)
         if spec.peft:
-            r = int(json.loads((Path(spec.peft) / "adapter_config.json").read_text()).get("r", 16))
-            args.update(lora_local_path=str(spec.peft),
-                        max_lora_rank=next((x for x in VLLMGenerator.LORA_RANKS if x >= r), r))
+            args.update(lora_local_path=str(spec.peft), max_lora_rank=vllm_lora_rank(spec.peft))
     else:
         raise ValueError(f"lm-eval model backend {backend!r}: hf or vllm")
     return {**args, **(extra or {})}
@@ -196,7 +195,7 @@ def lm_eval_model_args(spec, backend: str, *, n_ctx: int = 2048, batch_size: int
 def make_lm(model: str, *, peft: str | None = None, backend: str = "auto", base_url: str | None = None,
             n_ctx: int = 2048, batch_size: int = 8, dtype: str = "auto", model_args: dict | None = None):
     """``(lm, info, close)`` for a model spec: in-process llama.cpp, llama.cpp server, or lm-eval's HF / vLLM model."""
-    from llamatune.generate import fingerprint, parse_spec
+    from llamatune.model_spec import fingerprint, parse_spec
 
     spec = parse_spec(model, peft)
     backend = arc_backend(spec.kind, backend)

@@ -44,7 +44,8 @@ from llamatune.evals.bfcl_data import (
 )
 from llamatune.evals.bfcl_score import score_output
 from llamatune.evals.stats import proportion
-from llamatune.generate import Generator, generate_cached, parse_spec
+from llamatune.generate import Generator, generate_cached
+from llamatune.model_spec import parse_spec
 from llamatune.jsonl import read_json, write_json, write_text
 from llamatune.report import bfcl_table, comparison_table
 

@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import sys
-import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from llamatune.evals import stats
-from llamatune.evals.judge_client import JudgeClient, JudgeError, VerdictCache, cost_usd, require_api_key
+from llamatune.evals.judge_client import (JudgeClient, JudgeError, VerdictCache, ask_all, cost_usd,
+                                         require_api_key)
 from llamatune.jsonl import write_json
 
 PROMPT_VERSION = "pair-v2-json-1"
@@ -189,10 +187,6 @@ def summarize(items: list[dict], n_boot: int = 10000, seed: int = 0) -> dict:
 
 
 # --- the run ------------------------------------------------------------------------------------------------
-def _terminate(signum, frame):
-    raise KeyboardInterrupt("terminated")
-
-
 def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str, out: str | Path, *,
               base_url: str | None = None, reference: bool = False, a_name: str | None = None,
               b_name: str | None = None, max_tokens: int = 512, concurrency: int = 4, retry_invalid: bool = False,
@@ -202,9 +196,8 @@ def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str
               backend: str = "auto") -> dict:
     """Answer, judge both orders, aggregate; writes ``OUT/judge.json`` (kind ``judge``) and returns it. HF models
     answer on ``backend`` (:func:`llamatune.generate.load_generator`: batched transformers on a GPU, or vLLM)."""
-    from tqdm import tqdm
-
-    from llamatune.generate import generate_cached, parse_spec
+    from llamatune.generate import generate_cached
+    from llamatune.model_spec import parse_spec
 
     require_api_key()  # before any work
     client = JudgeClient(judge_model, base_url=base_url, response_format=response_format,
@@ -242,66 +235,18 @@ def run_judge(prompts: str | Path | list[dict], a: str, b: str, judge_model: str
         if needed(k) and k not in queued:
             queued.add(k)
             todo.append((jid, k, m))
-    usage = {"prompt_tokens": 0, "completion_tokens": 0, "verdicts": 0}
-    errors: list[JudgeError] = []
-    interrupted = False
     t0 = time.time()
-    def ask(jid, key, messages) -> dict:  # in the worker: a paid verdict is on disk the moment it arrives
-        (pid, order) = jid
-        r = client.ask(messages)
+
+    def save(jid, key, r) -> None:  # in the worker: a paid verdict is on disk the moment it arrives
         winner, reason = parse_verdict(r["text"])
-        cache.put({"key": key, "id": pid, "order": order, "judge_model": judge_model, "winner": winner,
+        cache.put({"key": key, "id": jid[0], "order": jid[1], "judge_model": judge_model, "winner": winner,
                    "reason": reason, "raw": r["text"], "finish_reason": r["finish_reason"], "format": r["format"],
                    "requested_format": response_format,
                    "prompt_tokens": r["prompt_tokens"], "completion_tokens": r["completion_tokens"],
                    "time": time.time()})
-        return r
 
-    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
-    futures = {pool.submit(ask, jid, k, m): (jid, k) for jid, k, m in todo}
-    bar = tqdm(total=len(futures), desc=f"judge {judge_model}", disable=not progress)
-
-    def record(fut) -> None:  # main thread: the counts and the progress bar
-        try:
-            r = fut.result()
-        except JudgeError as e:
-            errors.append(e)
-            return
-        usage["prompt_tokens"] += r["prompt_tokens"]
-        usage["completion_tokens"] += r["completion_tokens"]
-        usage["verdicts"] += 1
-        bar.update()
-
-    def drain(pending) -> None:  # cancel what has not started, keep what is in flight
-        for f in pending:
-            f.cancel()
-        done, _ = wait([f for f in pending if not f.cancelled()], timeout=timeout + 5)
-        for f in done:
-            record(f)
-
-    pending = set(futures)
-    previous_term = None
-    if threading.current_thread() is threading.main_thread():  # `kill` (SIGTERM) is handled like Ctrl-C
-        previous_term = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        while pending and not errors:
-            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            for fut in done:
-                record(fut)
-        if errors:  # stop asking: the rest would fail the same way
-            drain(pending)
-    except KeyboardInterrupt:
-        interrupted = True
-        print("\ninterrupted: saving the verdicts in flight (Ctrl-C again to abort) ...", file=sys.stderr)
-        try:
-            drain(pending)
-        except KeyboardInterrupt:
-            pass
-    finally:
-        bar.close()
-        pool.shutdown(wait=False, cancel_futures=True)
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
+    usage = ask_all(client, todo, save, concurrency=concurrency, progress=progress, desc=f"judge {judge_model}")
+    errors, interrupted = usage["errors"], usage["interrupted"]
 
     items = []
     for p in plist:
@@ -397,7 +342,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from llamatune.generate import parse_spec
+    from llamatune.model_spec import parse_spec
 
     require_api_key()  # before any paid or slow work; a JudgeError exits with its code (llamatune.cli)
     out = args.out or f"results/judge-{parse_spec(args.a).label}-vs-{parse_spec(args.b).label}"

@@ -7,6 +7,8 @@
 * ``VerdictCache`` is an append-only JSONL file keyed by a hash of (judge model, messages, settings); every
   verdict is fsync'ed as soon as it arrives, so an interrupted run loses nothing and a rerun pays for nothing
   twice.
+* ``ask_all(client, requests, save)`` asks many on a thread pool; each worker saves its verdict the moment it
+  arrives, and Ctrl-C / SIGTERM finishes and saves the requests in flight.
 
 The API key is read from ``OPENAI_API_KEY`` by ``require_api_key()`` and is never logged or written.
 """
@@ -18,8 +20,11 @@ import json
 import os
 import random
 import re
+import signal
+import sys
 import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from llamatune.jsonl import JsonlCache
 
@@ -111,7 +116,7 @@ class JudgeClient:
 
         if response_format not in RESPONSE_FORMATS:
             raise ValueError(f"response_format must be one of {RESPONSE_FORMATS}")
-        self.model, self.base_url = model, base_url
+        self.model, self.base_url, self.timeout = model, base_url, timeout
         self.client = openai.OpenAI(api_key=require_api_key(), base_url=base_url, timeout=timeout, max_retries=0)
         self.format = response_format
         self.schema = verdict_schema(reason_max_chars)
@@ -198,3 +203,70 @@ class JudgeClient:
                 "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
                 "format": fmt,
             }
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt("terminated")
+
+
+def ask_all(client: JudgeClient, requests: list[tuple], save, *, concurrency: int = 4, progress: bool = True,
+            desc: str = "judge") -> dict:
+    """Ask every ``(job id, key, messages)`` of ``requests`` on ``concurrency`` threads; ``save(job_id, key, reply)``
+    runs in the worker the moment a reply arrives, so a paid verdict is on disk before anything else happens (a
+    hard kill loses at most the requests in flight). The first :class:`JudgeError` stops the asking (the rest would
+    fail the same way); Ctrl-C, or SIGTERM from the main thread, cancels what has not started and saves what is in
+    flight. Returns the counts of this run: ``{"prompt_tokens", "completion_tokens", "verdicts", "errors",
+    "interrupted"}``."""
+    from tqdm import tqdm
+
+    def ask(jid, key, messages) -> dict:
+        r = client.ask(messages)
+        save(jid, key, r)
+        return r
+
+    done_counts = {"prompt_tokens": 0, "completion_tokens": 0, "verdicts": 0, "errors": [], "interrupted": False}
+    pool = ThreadPoolExecutor(max_workers=max(1, concurrency))
+    pending = {pool.submit(ask, *request) for request in requests}
+    bar = tqdm(total=len(pending), desc=desc, disable=not progress)
+
+    def record(fut) -> None:  # main thread: the counts and the progress bar
+        try:
+            r = fut.result()
+        except JudgeError as e:
+            done_counts["errors"].append(e)
+            return
+        done_counts["prompt_tokens"] += r["prompt_tokens"]
+        done_counts["completion_tokens"] += r["completion_tokens"]
+        done_counts["verdicts"] += 1
+        bar.update()
+
+    def drain(pending) -> None:  # cancel what has not started, keep what is in flight
+        for f in pending:
+            f.cancel()
+        done, _ = wait([f for f in pending if not f.cancelled()], timeout=client.timeout + 5)
+        for f in done:
+            record(f)
+
+    previous_term = None
+    if threading.current_thread() is threading.main_thread():  # `kill` (SIGTERM) is handled like Ctrl-C
+        previous_term = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        while pending and not done_counts["errors"]:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for fut in done:
+                record(fut)
+        if done_counts["errors"]:  # stop asking: the rest would fail the same way
+            drain(pending)
+    except KeyboardInterrupt:
+        done_counts["interrupted"] = True
+        print("\ninterrupted: saving the verdicts in flight (Ctrl-C again to abort) ...", file=sys.stderr)
+        try:
+            drain(pending)
+        except KeyboardInterrupt:
+            pass
+    finally:
+        bar.close()
+        pool.shutdown(wait=False, cancel_futures=True)
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+    return done_counts

@@ -23,7 +23,8 @@ from pathlib import Path
 from llamatune.chat import DEFAULT_DATE, model_template
 from llamatune.evals.scoring import score_output
 from llamatune.evals.stats import mean_metric, paired_comparison, proportion
-from llamatune.generate import fingerprint, load_generator, model_kind, parse_spec
+from llamatune.generate import load_generator
+from llamatune.model_spec import fingerprint, model_kind, parse_spec
 from llamatune.jsonl import JsonlCache, iter_jsonl, read_json, sha256_file, write_json
 from llamatune.report import comparison_table, toolcall_table
 
