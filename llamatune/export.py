@@ -265,7 +265,7 @@ def check_all(hf_dir: str | Path, ggufs: dict[str, Path], *, template: str = "ll
     for q, path in ggufs.items():
         st = Path(path).stat()
         stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "hf_dir": str(hf_dir),
-                 "threshold": fidelity.THRESHOLDS.get(q)}
+                 "thresholds": fidelity.THRESHOLDS.get(q, {})}
         prev = old.get(q)
         if prev and prev.get("stamp") == stamp:
             _log(f"fidelity of {Path(path).name}: up to date, skipping")

@@ -6,15 +6,22 @@ For one GGUF and its HF source directory, :func:`check_gguf` measures
   emoji, code, numbers, whitespace) and on the rendered chat prompts (special tokens parsed);
 * **next-token agreement**: over every position of a few chat prompts rendered with
   :func:`llamatune.chat.render` (one with tools, one with a tool call and its result), the share of positions
-  where the GGUF's arg-max token equals the HF model's (``top1_agreement``), and the largest absolute
-  logit difference per prompt. Reported alongside: how often the HF top-1 is in the GGUF's top 5, and the
-  median HF top-1/top-2 logit margin (a random test model has margins ~0.05, so quantization flips
-  near-ties there; a trained model's margins are logits apart);
+  where the GGUF's arg-max token equals the HF model's (``top1_agreement``); the same share over the positions
+  where the HF model is sure, its top-1 at least ``CONFIDENT_MARGIN`` logits ahead of its top-2
+  (``confident_top1_agreement``, with ``confident_positions``); how often the HF top-1 is in the GGUF's top 5
+  (``hf_top1_in_gguf_top5``); the largest absolute logit difference per prompt, and the median HF top-1/top-2
+  margin (a random test model has margins ~0.1, so quantization flips near-ties there; a trained model's
+  margins are logits apart);
 * **chat template**: the GGUF's ``tokenizer.chat_template`` is exactly the project's template text;
 * **EOS**: the GGUF's end-of-sequence token is the template's (``<|eot_id|>``, id 128009 for Llama 3.2).
 
-A GGUF passes when tokenization, template and EOS all match and ``top1_agreement`` reaches
-``THRESHOLDS[quant]`` (quantizations without a threshold, e.g. ``q4_k_m``, are measured and reported only).
+A GGUF passes when tokenization, template and EOS all match and every agreement in ``THRESHOLDS[quant]`` reaches
+its minimum. 8-bit and wider quants must keep the arg-max nearly everywhere. A 4-bit quant (``q4_k_m``, what the
+Space serves) legitimately flips near-ties, so it is held where the flip would matter: the tokens the HF model is
+sure of, and the HF top-1 staying in the top 5. Measured on this project's models (README, Faults tried): Q4_K_M of
+SmolLM2-135M 0.989 confident / 0.995 top-5 (0.861 at every position), of gemma-3-270m 1.000 / 1.000, of the tiny
+random Llama 2 confident positions (too few to judge: under ``MIN_CONFIDENT_POSITIONS`` that agreement is reported,
+not judged) / 0.982. Quants not in ``THRESHOLDS`` are measured and reported only.
 
     python -m llamatune.fidelity HF_DIR MODEL-f16.gguf [--quant f16]
 """
@@ -30,8 +37,15 @@ from pathlib import Path
 
 from llamatune.chat import DEFAULT_DATE, TEMPLATES, render, template_text
 
-# Minimum next-token top-1 agreement (HF vs GGUF) per quantization.
-THRESHOLDS = {"f32": 0.99, "f16": 0.99, "q8_0": 0.95}
+# Minimum agreement (HF vs GGUF) per quantization, by metric (see the module docstring).
+THRESHOLDS = {
+    "f32": {"top1_agreement": 0.99},
+    "f16": {"top1_agreement": 0.99},
+    "q8_0": {"top1_agreement": 0.95},
+    "q4_k_m": {"confident_top1_agreement": 0.97, "hf_top1_in_gguf_top5": 0.97},
+}
+CONFIDENT_MARGIN = 1.0  # logits between the HF model's top-1 and top-2: a position the model is sure of
+MIN_CONFIDENT_POSITIONS = 50  # fewer (a random test model): confident_top1_agreement is reported, not judged
 
 SAMPLE_TEXTS = [
     "Hello, world! How are you today?",
@@ -129,12 +143,13 @@ def check_gguf(
     template: str = "llama-3.2",
     expected_template: str | None = None,
     reference: dict | None = None,
-    threshold: float | None = None,
+    thresholds: dict[str, float] | None = None,
 ) -> dict:
     """Compare ``gguf_path`` with the HF model in ``hf_dir``; see the module docstring for the checks.
 
     ``reference`` (from :func:`hf_reference`) saves recomputing the HF side when checking several GGUFs.
-    ``threshold`` overrides ``THRESHOLDS[quant]``. Returns a JSON-able report whose ``failures`` list names
+    ``thresholds`` (``{metric: minimum}``) overrides ``THRESHOLDS[quant]``. Returns a JSON-able report whose
+    ``failures`` list names
     each failed check and whose ``pass`` is the verdict.
     """
     import numpy as np
@@ -144,7 +159,7 @@ def check_gguf(
     prompts = sample_prompts(template) if prompts is None else prompts
     texts = SAMPLE_TEXTS if texts is None else texts
     quant = quant or quant_of(gguf_path)
-    threshold = THRESHOLDS.get(quant) if threshold is None else threshold
+    thresholds = dict(THRESHOLDS.get(quant, {}) if thresholds is None else thresholds)
     expected_template = template_text(template) if expected_template is None else expected_template
     ref = reference or hf_reference(hf_dir, prompts, texts, template)
     gguf_path = Path(gguf_path)
@@ -156,7 +171,7 @@ def check_gguf(
             ids = llm.tokenize(text.encode(), add_bos=False, special=False)
             if ids != hf_ids:
                 mismatches.append({"text": text, "hf": hf_ids, "gguf": ids})
-        per_prompt, agree, agree5, total = {}, 0, 0, 0
+        per_prompt, agree, agree5, total, sure, sure_agree = {}, 0, 0, 0, 0, 0
         for name, prompt in prompts.items():
             hf_ids, hf_logits = ref["prompts"][name]["ids"], ref["prompts"][name]["logits"]
             ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
@@ -168,6 +183,7 @@ def check_gguf(
             top5 = np.argpartition(-logits, 5, axis=-1)[:, :5]
             in5 = (top5 == hf_top[:, None]).any(-1)
             hf_two = np.partition(hf_logits, -2, axis=-1)[:, -2:]
+            confident = (hf_two[:, 1] - hf_two[:, 0]) >= CONFIDENT_MARGIN
             diff = np.abs(logits - hf_logits)
             per_prompt[name] = {
                 "tokens": len(hf_ids),
@@ -180,6 +196,8 @@ def check_gguf(
             agree += int(same.sum())
             agree5 += int(in5.sum())
             total += len(hf_ids)
+            sure += int(confident.sum())
+            sure_agree += int((same & confident).sum())
         meta = llm.metadata
         embedded = meta.get("tokenizer.chat_template")
         eos_id = llm.token_eos()
@@ -196,22 +214,23 @@ def check_gguf(
         "size_bytes": gguf_path.stat().st_size,
         "tokenization": {"texts": len(texts), "prompts": len(prompts), "mismatches": mismatches},
         "top1_agreement": round(top1, 4),
-        "hf_top1_in_gguf_top5": round(agree5 / total, 4),  # reported only: near-ties flip top-1, not top-5
+        "hf_top1_in_gguf_top5": round(agree5 / total, 4),
+        "confident_top1_agreement": round(sure_agree / sure, 4) if sure >= MIN_CONFIDENT_POSITIONS else None,
+        "confident_positions": sure,
         "positions": total,
         "max_abs_logit_diff": max(p["max_abs_logit_diff"] for p in per_prompt.values()),
         "per_prompt": per_prompt,
         "chat_template": {"equal": embedded == expected_template, "embedded_sha256": _sha(embedded),
                           "expected_sha256": _sha(expected_template)},
         "eos": {"id": eos_id, "token": eos_token, "expected_token": expected_eos, "expected_id": ref["eos_id"]},
-        "threshold": threshold,
+        "thresholds": thresholds,
     }
     failures = []
     if mismatches:
         first = mismatches[0]
         what = f"prompt {first['prompt']!r}" if "prompt" in first else f"text {first['text'][:40]!r}"
         failures.append(f"tokenization differs from HF on {len(mismatches)} sample(s), first: {what}")
-    if threshold is not None and top1 < threshold:
-        failures.append(f"top1_agreement {top1:.4f} < {threshold} (threshold for {quant})")
+    failures += agreement_failures(report)
     if embedded is None:
         failures.append("chat_template: the GGUF has no tokenizer.chat_template")
     elif embedded != expected_template:
@@ -224,12 +243,33 @@ def check_gguf(
     return report
 
 
+def agreement_failures(report: dict) -> list[str]:
+    """One line per agreement of ``report`` below its minimum in ``report["thresholds"]``; an agreement measured
+    on too few positions (``None``) is not judged."""
+    out = []
+    for metric, minimum in report["thresholds"].items():
+        value = report.get(metric)
+        if value is not None and value < minimum:
+            where = f" over {report['confident_positions']} confident positions" if metric.startswith("conf") else ""
+            out.append(f"{metric} {value:.4f} < {minimum}{where} (threshold for {report['quant']})")
+    return out
+
+
+def _thresholds_text(report: dict) -> str:
+    thr = report.get("thresholds") or {}
+    return ", ".join(f"{k.replace('_agreement', '').replace('hf_top1_in_gguf_', '')} ≥ {v}" for k, v in thr.items()) \
+        or "no threshold"
+
+
 def format_report(report: dict) -> str:
     """One line per GGUF for the terminal."""
     verdict = "PASS" if report["pass"] else "FAIL"
-    thr = f" (≥ {report['threshold']})" if report["threshold"] is not None else " (no threshold)"
-    line = (f"{verdict} {Path(report['gguf']).name}: top-1 agreement {report['top1_agreement']:.4f}{thr} over "
-            f"{report['positions']} positions (HF top-1 in top-5 {report['hf_top1_in_gguf_top5']:.4f}), "
+    c = report.get("confident_top1_agreement")
+    sure = f"{c:.4f}" if c is not None else "not judged"
+    line = (f"{verdict} {Path(report['gguf']).name} ({_thresholds_text(report)}): top-1 agreement "
+            f"{report['top1_agreement']:.4f} over {report['positions']} positions, {sure} over the "
+            f"{report.get('confident_positions', 0)} confident ones, HF top-1 in top-5 "
+            f"{report['hf_top1_in_gguf_top5']:.4f}, "
             f"max |Δlogit| {report['max_abs_logit_diff']:.4g}, "
             f"tokenization {'ok' if not report['tokenization']['mismatches'] else 'DIFFERS'}, "
             f"template {'ok' if report['chat_template']['equal'] else 'DIFFERS'}, eos {report['eos']['token']}")

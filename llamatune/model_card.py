@@ -234,19 +234,21 @@ def model_card(run_dir: str | Path, results_dir: str | Path | None = None, *, ki
     if reports:
         body += ["", "## GGUF files and fidelity (vs the merged HF model)", "",
                  f"All checks passed: **{'yes' if fidelity.get('pass') else 'NO'}**.", "",
-                 "| file | size | top-1 agreement | threshold | HF top-1 in top-5 | max abs logit diff | tokenization "
-                 "| template | EOS | pass |", "|---|---|---|---|---|---|---|---|---|---|"]
+                 "| file | size | top-1 agreement | confident top-1 | thresholds | HF top-1 in top-5 | max abs logit "
+                 "diff | tokenization | template | EOS | pass |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in reports.values():
-            thr = r.get("threshold")
+            thr = ", ".join(f"{k} ≥ {v}" for k, v in (r.get("thresholds") or {}).items()) or "—"
+            conf = r.get("confident_top1_agreement")
             body.append(
                 f"| `{Path(r['gguf']).name}` | {r['size_bytes'] / 2**20:.1f} MiB | {r['top1_agreement']:.4f} | "
-                f"{thr if thr is not None else '—'} | {r.get('hf_top1_in_gguf_top5', float('nan')):.4f} | "
+                f"{conf if conf is not None else '—'} | {thr} | {r.get('hf_top1_in_gguf_top5', float('nan')):.4f} | "
                 f"{r['max_abs_logit_diff']:.4g} | "
                 f"{'identical' if not r['tokenization']['mismatches'] else 'differs'} | "
                 f"{'project' if r['chat_template']['equal'] else 'differs'} | `{_cell(r['eos']['token'])}` | "
                 f"{'yes' if r['pass'] else 'NO'} |")
         body += ["", "Top-1 agreement: share of positions of sample chat prompts where the GGUF's most likely next "
-                 "token equals the HF model's."]
+                 "token equals the HF model's; confident top-1: the same over the positions where the HF model's "
+                 "top-1 leads its top-2 by at least 1 logit (what a 4-bit quant is held to)."]
     git = meta["run"].get("git") or {}
     if git.get("commit"):
         body += ["", f"Trained from commit `{git['commit']}`" + (" (with local changes)" if git.get("dirty") else "")

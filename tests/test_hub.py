@@ -13,6 +13,7 @@ import yaml
 
 from llamatune import hub
 from llamatune.export import gguf_name
+from llamatune.fidelity import THRESHOLDS
 from tests.conftest import REPO
 
 RUN = "llama-3.2-3b-funccall"  # a recipe's run_name, so the template's tuned entry is this run's
@@ -60,7 +61,8 @@ def run_dir(tmp_path, monkeypatch) -> Path:
         (run / rel).parent.mkdir(parents=True, exist_ok=True)
         (run / rel).write_text(text)
     report = lambda q: {"gguf": str(run / "gguf" / gguf_name(RUN, q)), "quant": q, "size_bytes": 2048,  # noqa: E731
-                        "top1_agreement": 1.0 if q != "q4_k_m" else 0.97, "threshold": {"f16": 0.99}.get(q),
+                        "top1_agreement": 1.0 if q != "q4_k_m" else 0.87, "confident_top1_agreement": 0.99,
+                        "thresholds": THRESHOLDS.get(q, {}),
                         "hf_top1_in_gguf_top5": 1.0, "max_abs_logit_diff": 0.01, "tokenization": {"mismatches": []},
                         "chat_template": {"equal": True}, "eos": {"token": "<|eot_id|>"}, "failures": [], "pass": True}
     (run / "fidelity.json").write_text(json.dumps({"reports": {q: report(q) for q in QUANTS}, "pass": True}))
@@ -121,7 +123,8 @@ def test_cards_carry_the_hub_front_matter_and_metrics_with_cis(run_dir):
     assert "| toolcall.json | calls_per_turn | 1.55 | [1.470, 1.640] | 120 |" in card
     assert "| arc-arc_challenge.json | acc | 0.45 | [0.422, 0.479] | 1172 | tuned |" in card
     assert "| judge.json | win_rate | 0.6 | [0.502, 0.691] | 100 | tuned vs base |" in card
-    assert "| `llama-3.2-3b-funccall-q4_k_m.gguf` | 0.0 MiB | 0.9700 |" in card and "All checks passed: **yes**" in card
+    assert ("| `llama-3.2-3b-funccall-q4_k_m.gguf` | 0.0 MiB | 0.8700 | 0.99 | confident_top1_agreement ≥ 0.97, "
+            "hf_top1_in_gguf_top5 ≥ 0.97 |") in card and "All checks passed: **yes**" in card
     assert "| `lora_alpha` | `32` |" in card and "source `mlabonne/FineTome-100k` (train: 20000, eval: 200)" in card
     assert "[`me/tuned-LoRA`](https://huggingface.co/me/tuned-LoRA)" in card  # links to the sibling repos
     assert 'Llama.from_pretrained("me/tuned-GGUF", "llama-3.2-3b-funccall-q4_k_m.gguf"' in card
