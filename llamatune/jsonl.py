@@ -185,9 +185,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def write_json(path: str | Path, obj: Any, indent: int | None = 1, sort_keys: bool = False) -> Path:
-    """``obj`` as JSON (UTF-8, a final newline), atomically."""
-    return write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False, sort_keys=sort_keys) + "\n")
+def write_json(path: str | Path, obj: Any, indent: int | None = 1, sort_keys: bool = False, default=None) -> Path:
+    """``obj`` as JSON (UTF-8, a final newline), atomically; ``default`` as in :func:`json.dumps` (e.g. ``str``)."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, sort_keys=sort_keys, default=default)
+    return write_text(path, text + "\n")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import re
 import sys
 import time
@@ -40,7 +39,7 @@ import yaml
 from llamatune.chat import DEFAULT_DATE, template_text, validate_messages
 from llamatune.device import importable
 from llamatune.distributed import dist_state, is_final, last_checkpoint, restore_final
-from llamatune.jsonl import iter_jsonl, read_json, sha256_file, write_text
+from llamatune.jsonl import iter_jsonl, read_json, sha256_file, write_json, write_text
 from llamatune.provenance import git_info, package_versions
 
 # Recipe keys that are neither SFTConfig nor LoraConfig fields, with their defaults (None = required).
@@ -310,10 +309,6 @@ def check_assistant_labels(trainer) -> None:
                            "{% generation %} markers")
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
 def train(recipe: dict, run_dir: str | Path | None = None, resume: bool = False, callbacks: list | None = None) -> Path:
     """Train a LoRA adapter as the recipe says; return the run directory.
 
@@ -348,7 +343,7 @@ def train(recipe: dict, run_dir: str | Path | None = None, resume: bool = False,
               "started": before.get("started", now), "resumes": resumes}
     if main:
         print(f"[llamatune] {describe(scale)}", file=sys.stderr)
-        _write_json(run_dir / "run.json", record)
+        write_json(run_dir / "run.json", record, indent=2, sort_keys=True, default=str)
         write_text(run_dir / "config.yaml", yaml.safe_dump(recipe, sort_keys=False))
         if resume and last is None:
             print(f"[llamatune] no checkpoint in {run_dir}: starting from scratch", file=sys.stderr)
@@ -375,7 +370,7 @@ def train(recipe: dict, run_dir: str | Path | None = None, resume: bool = False,
     plot_loss(run_dir / "trainer_state.json", run_dir / "loss.png", title=str(recipe.get("run_name", run_dir.name)))
     record.update(status="done", global_step=trainer.state.global_step, metrics=metrics,
                   wall_seconds=round(time.time() - t0, 2), finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    _write_json(run_dir / "run.json", record)
+    write_json(run_dir / "run.json", record, indent=2, sort_keys=True, default=str)
     return run_dir
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 # the data stages' file API; the store itself is llamatune.jsonl
-from llamatune.jsonl import iter_jsonl, read_jsonl, sha256_file, write_jsonl, write_text  # noqa: F401
+from llamatune.jsonl import iter_jsonl, read_jsonl, sha256_file, write_json, write_jsonl, write_text  # noqa: F401
 
 
 def canonical_json(obj: Any) -> str:
@@ -42,9 +42,7 @@ def content_hash(messages: list[dict], tools: list[dict] | None = None) -> str:
 
 def write_manifest(path: str | Path, manifest: dict) -> Path:
     """Write ``manifest`` as indented, key-sorted JSON (atomically)."""
-    path = Path(path)
-    write_text(path, json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
-    return path
+    return write_json(path, manifest, indent=2, sort_keys=True)
 
 
 def write_card(path: str | Path, title: str, description: str, counts: dict[str, Any],

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from llamatune.evals import stats
-from llamatune.jsonl import write_json, write_text
+from llamatune.jsonl import write_json, write_jsonl
 
 TASKS = ("arc_challenge", "arc_challenge_llama")
 BUILTIN_DIRS = {"arc_challenge": "arc", "arc_challenge_llama": "llama3/instruct/arc_challenge"}
@@ -135,7 +135,7 @@ def write_local_task(items: list[dict], task: str, work: Path) -> tuple[str, Pat
     tdir = work / "tasks"
     tdir.mkdir(parents=True, exist_ok=True)
     data = tdir / f"{name}.jsonl"
-    write_text(data, "".join(json.dumps(it, ensure_ascii=False) + "\n" for it in items))
+    write_jsonl(data, items)
     cfg = {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(data.resolve())}},
            "test_split": "test", **(_CLOZE_YAML if task == "arc_challenge" else _LLAMA_YAML),
            "metadata": {"version": 1.0}}
