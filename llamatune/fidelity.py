@@ -149,8 +149,7 @@ def check_gguf(
 
     ``reference`` (from :func:`hf_reference`) saves recomputing the HF side when checking several GGUFs.
     ``thresholds`` (``{metric: minimum}``) overrides ``THRESHOLDS[quant]``. Returns a JSON-able report whose
-    ``failures`` list names
-    each failed check and whose ``pass`` is the verdict.
+    ``failures`` list names each failed check and whose ``pass`` is the verdict.
     """
     import numpy as np
 
@@ -207,6 +206,9 @@ def check_gguf(
 
     expected_eos = ref["eos_token"]
     top1 = agree / total
+    # judged unrounded (the report shows 4 decimals); too few confident positions: measured, not judged
+    measured = {"top1_agreement": top1, "hf_top1_in_gguf_top5": agree5 / total,
+                "confident_top1_agreement": sure_agree / sure if sure >= MIN_CONFIDENT_POSITIONS else None}
     report = {
         "gguf": str(gguf_path),
         "hf_dir": str(hf_dir),
@@ -214,8 +216,9 @@ def check_gguf(
         "size_bytes": gguf_path.stat().st_size,
         "tokenization": {"texts": len(texts), "prompts": len(prompts), "mismatches": mismatches},
         "top1_agreement": round(top1, 4),
-        "hf_top1_in_gguf_top5": round(agree5 / total, 4),
-        "confident_top1_agreement": round(sure_agree / sure, 4) if sure >= MIN_CONFIDENT_POSITIONS else None,
+        "hf_top1_in_gguf_top5": round(measured["hf_top1_in_gguf_top5"], 4),
+        "confident_top1_agreement": (None if measured["confident_top1_agreement"] is None
+                                     else round(measured["confident_top1_agreement"], 4)),
         "confident_positions": sure,
         "positions": total,
         "max_abs_logit_diff": max(p["max_abs_logit_diff"] for p in per_prompt.values()),
@@ -230,7 +233,11 @@ def check_gguf(
         first = mismatches[0]
         what = f"prompt {first['prompt']!r}" if "prompt" in first else f"text {first['text'][:40]!r}"
         failures.append(f"tokenization differs from HF on {len(mismatches)} sample(s), first: {what}")
-    failures += agreement_failures(report)
+    for metric, minimum in thresholds.items():
+        value = measured.get(metric)
+        if value is not None and value < minimum:
+            where = f" over {sure} confident positions" if metric == "confident_top1_agreement" else ""
+            failures.append(f"{metric} {value:.4f} < {minimum}{where} (threshold for {quant})")
     if embedded is None:
         failures.append("chat_template: the GGUF has no tokenizer.chat_template")
     elif embedded != expected_template:
@@ -243,22 +250,9 @@ def check_gguf(
     return report
 
 
-def agreement_failures(report: dict) -> list[str]:
-    """One line per agreement of ``report`` below its minimum in ``report["thresholds"]``; an agreement measured
-    on too few positions (``None``) is not judged."""
-    out = []
-    for metric, minimum in report["thresholds"].items():
-        value = report.get(metric)
-        if value is not None and value < minimum:
-            where = f" over {report['confident_positions']} confident positions" if metric.startswith("conf") else ""
-            out.append(f"{metric} {value:.4f} < {minimum}{where} (threshold for {report['quant']})")
-    return out
-
-
-def _thresholds_text(report: dict) -> str:
-    thr = report.get("thresholds") or {}
-    return ", ".join(f"{k.replace('_agreement', '').replace('hf_top1_in_gguf_', '')} ≥ {v}" for k, v in thr.items()) \
-        or "no threshold"
+def thresholds_text(report: dict) -> str:
+    """A report's minimums as text (``"confident_top1_agreement ≥ 0.97, ..."``), or ``"no threshold"``."""
+    return ", ".join(f"{k} ≥ {v}" for k, v in (report.get("thresholds") or {}).items()) or "no threshold"
 
 
 def format_report(report: dict) -> str:
@@ -266,7 +260,7 @@ def format_report(report: dict) -> str:
     verdict = "PASS" if report["pass"] else "FAIL"
     c = report.get("confident_top1_agreement")
     sure = f"{c:.4f}" if c is not None else "not judged"
-    line = (f"{verdict} {Path(report['gguf']).name} ({_thresholds_text(report)}): top-1 agreement "
+    line = (f"{verdict} {Path(report['gguf']).name} ({thresholds_text(report)}): top-1 agreement "
             f"{report['top1_agreement']:.4f} over {report['positions']} positions, {sure} over the "
             f"{report.get('confident_positions', 0)} confident ones, HF top-1 in top-5 "
             f"{report['hf_top1_in_gguf_top5']:.4f}, "

@@ -15,6 +15,8 @@ import json
 import re
 from pathlib import Path
 
+from llamatune.fidelity import CONFIDENT_MARGIN, thresholds_text
+
 _DATA_KEYS = ("dataset_path", "data_dir", "dataset", "dataset_name", "train_file", "data", "train_path")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # kind → (library_name, base_model_relation, what the repo holds)
@@ -237,7 +239,7 @@ def model_card(run_dir: str | Path, results_dir: str | Path | None = None, *, ki
                  "| file | size | top-1 agreement | confident top-1 | thresholds | HF top-1 in top-5 | max abs logit "
                  "diff | tokenization | template | EOS | pass |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in reports.values():
-            thr = ", ".join(f"{k} ≥ {v}" for k, v in (r.get("thresholds") or {}).items()) or "—"
+            thr = thresholds_text(r) if r.get("thresholds") else "—"
             conf = r.get("confident_top1_agreement")
             body.append(
                 f"| `{Path(r['gguf']).name}` | {r['size_bytes'] / 2**20:.1f} MiB | {r['top1_agreement']:.4f} | "
@@ -248,7 +250,7 @@ def model_card(run_dir: str | Path, results_dir: str | Path | None = None, *, ki
                 f"{'yes' if r['pass'] else 'NO'} |")
         body += ["", "Top-1 agreement: share of positions of sample chat prompts where the GGUF's most likely next "
                  "token equals the HF model's; confident top-1: the same over the positions where the HF model's "
-                 "top-1 leads its top-2 by at least 1 logit (what a 4-bit quant is held to)."]
+                 f"top-1 leads its top-2 by at least {CONFIDENT_MARGIN:g} logit (what a 4-bit quant is held to)."]
     git = meta["run"].get("git") or {}
     if git.get("commit"):
         body += ["", f"Trained from commit `{git['commit']}`" + (" (with local changes)" if git.get("dirty") else "")

@@ -216,7 +216,7 @@ def test_a_4bit_gguf_is_held_on_the_tokens_the_model_is_sure_of(run_dir, exporte
     assert not sure["pass"] and sure["failures"] == [
         f"confident_top1_agreement {sure['confident_top1_agreement']:.4f} < 0.97 over {sure['positions']} confident "
         "positions (threshold for q4_k_m)"]
-    assert "FAIL tinyrun-q4_k_m.gguf (confident_top1 ≥ 0.97, top5 ≥ 0.97)" in fidelity.format_report(sure)
+    assert "FAIL tinyrun-q4_k_m.gguf (confident_top1_agreement ≥ 0.97, hf_top1_in_gguf_top5 ≥ 0.97)" in fidelity.format_report(sure)
 
 
 def test_export_plain_model_dir(tiny_model_dir, tmp_path):
