@@ -24,6 +24,8 @@ import jinja2
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from llamatune.jsonl import read_json
+
 # ``also_stop``: texts besides the end-of-turn ``eos_token`` that end a generated turn (Llama's <|eom_id|> ends a
 # built-in tool call; <|end_of_text|> and <eos> end a document, which a base model may emit instead).
 TEMPLATES = {
@@ -71,6 +73,14 @@ def detect_template(embedded: str | None, architecture: str = "") -> str:
     return "gemma-3" if architecture.startswith("gemma") else "llama-3.2"
 
 
+def _json_object(path: Path) -> dict:
+    """A model directory's JSON file, which must hold an object; a broken one raises naming it."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def model_template(model: str | Path) -> str:
     """The project template of a model on disk: a GGUF's embedded ``tokenizer.chat_template`` (its header only, no
     vocabulary load), or an HF directory's ``chat_template.jinja`` / ``tokenizer_config.json`` template."""
@@ -84,8 +94,8 @@ def model_template(model: str | Path) -> str:
     if (p / "chat_template.jinja").exists():
         text = (p / "chat_template.jinja").read_text(encoding="utf-8")
     elif (p / "tokenizer_config.json").exists():
-        text = json.loads((p / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template") or ""
-    arch = json.loads((p / "config.json").read_text()).get("model_type", "") if (p / "config.json").exists() else ""
+        text = _json_object(p / "tokenizer_config.json").get("chat_template") or ""
+    arch = _json_object(p / "config.json").get("model_type", "") if (p / "config.json").exists() else ""
     return detect_template(text if isinstance(text, str) else "", arch)
 
 

@@ -22,6 +22,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from llamatune.jsonl import read_json
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -156,7 +158,7 @@ def _whole_state(path: Path) -> bool:
 
 
 def is_final(checkpoint: Path) -> bool:
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    state = read_json(checkpoint / "trainer_state.json")
     return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
 
 

@@ -5,14 +5,15 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
+
+from llamatune.jsonl import read_json
 
 
 def loss_curves(trainer_state_path: str | Path) -> dict[str, list[tuple[int, float]]]:
     """``{"loss": [(step, value)...], "eval_loss": [...]}`` from a Trainer's ``log_history``."""
-    state = json.loads(Path(trainer_state_path).read_text())
+    state = read_json(trainer_state_path)
     curves: dict[str, list[tuple[int, float]]] = {"loss": [], "eval_loss": []}
     for entry in state.get("log_history", []):
         for key in curves:

@@ -145,8 +145,8 @@ LAUNCHED = textwrap.dedent("""
         trace.flush()
 
     note("import", llamatune.__file__)
-    write_json, save = T._write_json, Trainer._save
-    T._write_json = lambda path, obj: (note("write_json", path), write_json(path, obj))[1]
+    write_json, save = T.write_json, Trainer._save
+    T.write_json = lambda path, obj, **kw: (note("write_json", path), write_json(path, obj, **kw))[1]
     # every rank enters Trainer._save (ZeRO-3/FSDP gather there); args.should_save decides who writes
     Trainer._save = lambda self, output_dir=None, state_dict=None: (
         note("save" if self.args.should_save else "no-write", output_dir), save(self, output_dir, state_dict))[1]

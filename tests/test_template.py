@@ -1,6 +1,8 @@
 """The project's Llama 3.2 template renders exactly like Meta's official one (read from the llama-cpp-python
 sdist at test time), and its generation markers select exactly the assistant's tokens."""
 
+import json
+
 import pytest
 
 from llamatune import pypi
@@ -101,3 +103,18 @@ def test_every_assistant_turn_ends_with_the_first_stop_string(name):
         text = render([{"role": "user", "content": "Weather in Oslo?"}, turn], [WEATHER], template=name,
                       date_string="x")
         assert text[text.index(reply) + len(reply):].startswith(stops[0]), (name, text[-80:])
+
+
+def test_a_model_directory_is_read_for_its_template_and_a_broken_file_is_named(tmp_path):
+    from llamatune.chat import model_template
+
+    (tmp_path / "config.json").write_text('{"model_type": "gemma3_text"}')
+    assert model_template(tmp_path) == "gemma-3"  # no template text: the architecture decides
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template_text("llama-3.2")}))
+    assert model_template(tmp_path) == "llama-3.2"  # the template text wins over the architecture
+    (tmp_path / "tokenizer_config.json").write_text('{"chat_template": "{{ bos')  # torn by a killed download
+    with pytest.raises(ValueError, match=r"tokenizer_config\.json: not valid JSON"):
+        model_template(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"tokenizer_config\.json: expected a JSON object, got list"):
+        model_template(tmp_path)
