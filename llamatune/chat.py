@@ -73,14 +73,6 @@ def detect_template(embedded: str | None, architecture: str = "") -> str:
     return "gemma-3" if architecture.startswith("gemma") else "llama-3.2"
 
 
-def _json_object(path: Path) -> dict:
-    """A model directory's JSON file, which must hold an object; a broken one raises naming it."""
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def model_template(model: str | Path) -> str:
     """The project template of a model on disk: a GGUF's embedded ``tokenizer.chat_template`` (its header only, no
     vocabulary load), or an HF directory's ``chat_template.jinja`` / ``tokenizer_config.json`` template."""
@@ -94,8 +86,8 @@ def model_template(model: str | Path) -> str:
     if (p / "chat_template.jinja").exists():
         text = (p / "chat_template.jinja").read_text(encoding="utf-8")
     elif (p / "tokenizer_config.json").exists():
-        text = _json_object(p / "tokenizer_config.json").get("chat_template") or ""
-    arch = _json_object(p / "config.json").get("model_type", "") if (p / "config.json").exists() else ""
+        text = read_json(p / "tokenizer_config.json", expect=dict).get("chat_template") or ""
+    arch = read_json(p / "config.json", expect=dict).get("model_type", "") if (p / "config.json").exists() else ""
     return detect_template(text if isinstance(text, str) else "", arch)
 
 

@@ -16,7 +16,6 @@ be asked before the trainer exists.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -152,13 +151,13 @@ def last_checkpoint(run_dir) -> Path | None:
 
 def _whole_state(path: Path) -> bool:
     try:
-        return "global_step" in json.loads(path.read_text(encoding="utf-8"))
+        return "global_step" in read_json(path, expect=dict)
     except (OSError, ValueError):
         return False
 
 
 def is_final(checkpoint: Path) -> bool:
-    state = read_json(checkpoint / "trainer_state.json")
+    state = read_json(checkpoint / "trainer_state.json", expect=dict)
     return 0 < int(state.get("max_steps") or 0) <= int(state.get("global_step") or 0)
 
 

@@ -235,7 +235,7 @@ def is_gemma3(hf_dir: str | Path) -> bool:
     cfg_file = Path(hf_dir) / "config.json"
     if not cfg_file.exists():
         return False
-    cfg = read_json(cfg_file)
+    cfg = read_json(cfg_file, expect=dict)
     cfg = cfg.get("text_config", cfg) if cfg.get("model_type") == "gemma3" else cfg
     return cfg.get("model_type") in ("gemma3", "gemma3_text") and cfg.get("vocab_size") == VOCAB_SIZE
 
@@ -267,7 +267,7 @@ def converter_source(hf_dir: str | Path) -> Iterator[Path]:
     tok_file = hf_dir / "tokenizer.json"
     if not tok_file.exists():
         raise RuntimeError(f"{hf_dir}: a Gemma 3 model directory needs its tokenizer.json")
-    vocab = read_json(tok_file).get("model", {}).get("vocab", {})
+    vocab = read_json(tok_file, expect=dict).get("model", {}).get("vocab", {})
     if len(vocab) != VOCAB_SIZE:
         raise RuntimeError(f"{tok_file}: {len(vocab)} tokens, expected the Gemma 3 vocabulary of {VOCAB_SIZE}")
     _check_special_ids([vocab.get(t, -1) for t in SPECIAL_IDS], str(tok_file))

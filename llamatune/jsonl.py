@@ -200,15 +200,19 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> str:
 _REQUIRED = object()
 
 
-def read_json(path: str | Path, default: Any = _REQUIRED) -> Any:
+def read_json(path: str | Path, default: Any = _REQUIRED, *, expect: type | None = None) -> Any:
     """A JSON document; a broken file raises naming it, and so does a missing one unless ``default`` is given
-    (returned instead)."""
+    (returned instead), and, with ``expect`` (e.g. ``dict``), one whose top level is of another type."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         if default is not _REQUIRED:
             return default
         raise FileNotFoundError(f"{path}: no such file") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not valid JSON ({_error(e)})") from None
+    if expect is not None and not isinstance(data, expect):
+        raise ValueError(f"{path}: expected a JSON {'object' if expect is dict else expect.__name__}, "
+                         f"got {type(data).__name__}")
+    return data

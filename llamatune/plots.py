@@ -13,7 +13,7 @@ from llamatune.jsonl import read_json
 
 def loss_curves(trainer_state_path: str | Path) -> dict[str, list[tuple[int, float]]]:
     """``{"loss": [(step, value)...], "eval_loss": [...]}`` from a Trainer's ``log_history``."""
-    state = read_json(trainer_state_path)
+    state = read_json(trainer_state_path, expect=dict)
     curves: dict[str, list[tuple[int, float]]] = {"loss": [], "eval_loss": []}
     for entry in state.get("log_history", []):
         for key in curves:

@@ -81,6 +81,22 @@ def test_whole_files_are_replaced_atomically(tmp_path, monkeypatch):
     assert jsonl.read_jsonl(tmp_path / "rows.jsonl") == [{"a": 1}, {"a": 2}]
 
 
+def test_read_json_names_a_file_that_is_broken_missing_or_of_the_wrong_shape(tmp_path):
+    from llamatune import jsonl
+
+    p = tmp_path / "config.json"
+    p.write_text("[1, 2]")
+    assert jsonl.read_json(p) == [1, 2]  # any document unless a shape is expected
+    with pytest.raises(ValueError, match=r"config\.json: expected a JSON object, got list"):
+        jsonl.read_json(p, expect=dict)
+    p.write_text('{"model_type": "lla')
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
+        jsonl.read_json(p, expect=dict)
+    assert jsonl.read_json(tmp_path / "absent.json", {}, expect=dict) == {}
+    with pytest.raises(FileNotFoundError, match=r"absent\.json: no such file"):
+        jsonl.read_json(tmp_path / "absent.json")
+
+
 def test_a_killed_writers_temporary_file_is_cleared_by_the_next_write(tmp_path):
     import subprocess
 
