@@ -185,8 +185,23 @@ def train_done(run_dir: Path) -> bool:
         read_json(run_dir / "run.json", {}).get("status") == "done"
 
 
+def _stop_at_callback(step: int):
+    """Stop training after ``step`` (saving a checkpoint there); the schedule stays that of ``max_steps``."""
+    from transformers import TrainerCallback
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= step:
+                control.should_save = True
+                control.should_training_stop = True
+
+    return StopAt()
+
+
 def run_training(data_dir: Path, run_dir: Path, steps: int, max_length: int, threads: int, model: str,
-                 overrides: list[str] = ()) -> Path:
+                 overrides: list[str] = (), stop_at: int | None = None) -> Path:
+    """LoRA SFT with the model's demo recipe for ``steps`` steps (the schedule); with ``stop_at`` (successive
+    halving) training ends at that step with a checkpoint there, and the next rung resumes from it."""
     from llamatune.train import load_recipe, train
 
     save = max(1, min(20, steps // 3))  # a checkpoint every third of the run
@@ -199,8 +214,10 @@ def run_training(data_dir: Path, run_dir: Path, steps: int, max_length: int, thr
         torch.set_num_threads(threads)
     except ImportError:
         pass
-    callbacks = [_exit_after_save_callback()] if os.environ.get(CRASH_ENV) else None
-    return train(recipe, run_dir, resume=True, callbacks=callbacks)
+    callbacks = [_exit_after_save_callback()] if os.environ.get(CRASH_ENV) else []
+    if stop_at is not None and stop_at < steps:
+        callbacks.append(_stop_at_callback(stop_at))
+    return train(recipe, run_dir, resume=True, callbacks=callbacks or None)
 
 
 # --- stage 4: export -------------------------------------------------------------------------------------

@@ -12,6 +12,14 @@ recipe of its model on the demo's training rows, is exported to GGUF Q8_0, and i
 and are not read here). The untuned base of every model is scored on the same rows. Each stage is cached like the
 demo's, so an interrupted sweep resumes; ``sweep.md`` lists every setting, its validation scores with 95% CIs, and
 its training and evaluation time, whatever the outcome.
+
+**Successive halving** (``search: {method: successive_halving, eta: 2, min_steps: 100}`` in the sweep file; the
+original study named SHA and skipped it): every setting shares one step budget ``steps`` (its learning-rate
+schedule), and is trained first only to ``steps / eta^k`` steps, scored on validation, and only the best
+``1/eta`` continue, from their own checkpoint (the same weights an uninterrupted run has at that step), to the next
+rung, until one setting has trained its whole budget. Settings are ranked by the selection metric,
+:func:`selection_score`: the mean of tool-call accuracy and irrelevance accuracy (answers grounded in a tool result
+count as irrelevance items), so not calling weighs as much as calling. Every rung of every setting is tabled.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from llamatune.jsonl import read_json, write_json, write_text
 from llamatune.report import pct_cell as _pct
 
 DATA_KEYS = ("n", "n_test", "n_val", "max_length")
+SEARCH_KEYS = {"method", "eta", "min_steps"}
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -45,8 +54,35 @@ def load_sweep(path: str | Path) -> dict:
         unknown = set(r) - {"name", "model", "steps", "set", "mix", "max_length"}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+    search = spec.get("search")
+    if search is not None:
+        if not isinstance(search, dict) or search.get("method") != "successive_halving" or set(search) - SEARCH_KEYS:
+            raise ValueError(f"{path}: search must be {{method: successive_halving, eta: N, min_steps: N}}, "
+                             f"got {search!r}")
+        steps = {int(r.get("steps", demo.DEFAULTS["steps"])) for r in runs}
+        if len(steps) != 1:
+            raise ValueError(f"{path}: successive halving gives every setting the same step budget; runs have "
+                             f"steps {sorted(steps)}")
+        eta, lo = int(search.get("eta", 2)), int(search.get("min_steps", 1))
+        if eta < 2 or lo < 1:
+            raise ValueError(f"{path}: search.eta must be >= 2 and search.min_steps >= 1")
+        search = {"method": "successive_halving", "eta": eta, "min_steps": lo, "rungs": rungs(steps.pop(), eta, lo)}
     return {"base": {**{k: demo.DEFAULTS[k] for k in (*DATA_KEYS, "max_tokens", "threads")}, **spec.get("base", {})},
-            "runs": runs}
+            "runs": runs, "search": search}
+
+
+def rungs(max_steps: int, eta: int, min_steps: int) -> list[int]:
+    """The step budgets of successive halving, ascending: ``max_steps`` and its divisions by ``eta`` that stay
+    at or above ``min_steps`` (``rungs(600, 2, 150) == [150, 300, 600]``)."""
+    out = [int(max_steps)]
+    while out[0] // eta >= min_steps and out[0] // eta > 0:
+        out.insert(0, out[0] // eta)
+    return out
+
+
+def selection_score(val: dict) -> float:
+    """The sweep's selection metric on validation: the mean of tool-call and irrelevance accuracy."""
+    return (val["tool_accuracy"]["value"] + val["irrelevance_accuracy"]["value"]) / 2
 
 
 def _val_metrics(result: dict) -> dict:
@@ -82,37 +118,99 @@ def _evaluate(gguf: Path, data: Path, out_json: Path, base: dict, template: str)
     return res, res["seconds"]
 
 
-def run_setting(out: Path, base: dict, run: dict) -> dict:
-    """Train, export and score one setting (each step cached); returns its row of the sweep table."""
+def _seed_checkpoint(prev_dir: Path, run_dir: Path, step: int) -> None:
+    """Start a rung from the previous rung's checkpoint at ``step`` (copied whole, atomically), unless ``run_dir``
+    already holds a checkpoint of its own (a resumed rung)."""
+    import shutil
+
+    from llamatune.distributed import last_checkpoint
+    from llamatune.jsonl import replacing
+
+    if run_dir.exists() and last_checkpoint(run_dir) is not None:
+        return
+    src = prev_dir / f"checkpoint-{step}"
+    if last_checkpoint(prev_dir) != src:
+        raise FileNotFoundError(f"{src}: the checkpoint the next rung continues from is missing")
+    with replacing(run_dir / src.name) as tmp:
+        shutil.copytree(src, tmp)
+
+
+def run_setting(out: Path, base: dict, run: dict, stop_at: int | None = None, prev: int | None = None) -> dict:
+    """Train, export and score one setting (each step cached); returns its row of the sweep table. With
+    ``stop_at`` (successive halving) training stops at that step, the schedule still that of the setting's whole
+    budget, in ``out/NAME/steps-STOP_AT``, continuing from the ``prev`` rung's checkpoint."""
     from llamatune.models import resolve_model
 
     model, template = run["model"], demo.MODELS[run["model"]]["template"]
+    serve = demo.MODELS[model]["serve"]
     base = {**base, "max_length": int(run.get("max_length", base["max_length"]))}
     data = _data(out, base, model, run.get("mix"))
-    run_dir = out / run["name"]
+    run_dir = out / run["name"] if stop_at is None else out / run["name"] / f"steps-{stop_at}"
     steps = int(run.get("steps", demo.DEFAULTS["steps"]))
     overrides = [f"--{k}={v}" for k, v in (run.get("set") or {}).items()]
     t0 = time.perf_counter()
     if not demo.train_done(run_dir):
-        demo.run_training(data, run_dir, steps, base["max_length"], base["threads"], model, overrides)
+        if prev:
+            _seed_checkpoint(out / run["name"] / f"steps-{prev}", run_dir, prev)
+        demo.run_training(data, run_dir, steps, base["max_length"], base["threads"], model, overrides,
+                          stop_at=stop_at)
     run_json = read_json(run_dir / "run.json")
     train_s = run_json.get("wall_seconds", round(time.perf_counter() - t0, 1))
-    if not demo.export_done(run_dir):
+    if not demo.export_done(run_dir, serve):
         demo.run_export(run_dir, run_dir, f"{model}-{run['name']}", False, template)
-    res, eval_s = _evaluate(demo.gguf_of(run_dir, "q8_0"), data, run_dir / "val.json", base, template)
+    res, eval_s = _evaluate(demo.gguf_of(run_dir, serve), data, run_dir / "val.json", base, template)
     base_dir = out / f"base-{model}"
-    if not demo.export_done(base_dir):
+    if not demo.export_done(base_dir, serve):
         demo.run_export(Path(resolve_model(model)), base_dir, f"{model}-base", True, template)
-    base_res, _ = _evaluate(demo.gguf_of(base_dir, "q8_0"), data, base_dir / "val.json", base, template)
-    return {"name": run["name"], "model": model, "steps": steps, "set": run.get("set") or {}, "mix": run.get("mix"),
-            "max_length": base["max_length"], "resumed": bool(run_json.get("resumed_from")),
+    base_res, _ = _evaluate(demo.gguf_of(base_dir, serve), data, base_dir / "val.json", base, template)
+    return {"name": run["name"], "model": model, "steps": stop_at or steps, "budget": steps,
+            "global_step": run_json.get("global_step"), "set": run.get("set") or {}, "mix": run.get("mix"),
+            "max_length": base["max_length"], "resumed": bool(run_json.get("resumed_from")) and not prev,
             "val": _val_metrics(res), "base_val": _val_metrics(base_res), "train_seconds": train_s,
-            "eval_seconds": eval_s, "n_val": res["aggregate"]["overall"]["n"]}
+            "eval_seconds": eval_s, "n_val": res["aggregate"]["overall"]["n"], "score": selection_score(_val_metrics(res))}
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| setting | model | steps | recipe changes | val accuracy | tool-call acc. | irrelevance acc. | "
-             "calls/turn | train s | eval s |", "|---|---|---|---|---|---|---|---|---|---|"]
+def halving(spec: dict, out: Path, run_one=None) -> tuple[list[dict], str]:
+    """Successive halving over ``spec['runs']`` (see the module doc): the rows of every rung of every setting
+    scored, and the name of the setting that trained its whole budget (the winner)."""
+    import math
+
+    run_one = run_one or run_setting
+    by_name = {r["name"]: r for r in spec["runs"]}
+    order = list(by_name)
+    alive, rows, budgets = list(order), [], spec["search"]["rungs"]
+    for k, b in enumerate(budgets):
+        scored = []
+        for name in alive:
+            print(f"[sweep] rung {k + 1}/{len(budgets)} ({b} steps): {name}", flush=True)
+            row = run_one(out, spec["base"], by_name[name], stop_at=b, prev=budgets[k - 1] if k else None)
+            row.update(rung=k + 1, survived=False)
+            rows.append(row)
+            scored.append(row)
+            _write(out, rows, spec)
+        if k == len(budgets) - 1:
+            break
+        scored.sort(key=lambda r: (-r["score"], order.index(r["name"])))  # a tie: the setting listed first
+        top = {r["name"] for r in scored[: math.ceil(len(scored) / spec["search"]["eta"])]}
+        alive = [n for n in order if n in top]
+        for r in scored:
+            r["survived"] = r["name"] in alive
+        _write(out, rows, spec)
+    last = [r for r in rows if r["rung"] == len(budgets)]
+    winner = max(last, key=lambda r: (r["score"], -order.index(r["name"])))["name"]
+    return rows, winner
+
+
+def _write(out: Path, rows: list[dict], spec: dict) -> None:
+    write_json(out / "sweep.json", rows, indent=1)
+    write_text(out / "sweep.md", markdown(rows, spec.get("search")) + "\n")
+
+
+def markdown(rows: list[dict], search: dict | None = None) -> str:
+    sha = bool(search)
+    head = "| setting | model | " + ("rung | " if sha else "") + "steps | recipe changes | val accuracy | " \
+        "tool-call acc. | irrelevance acc. | score | calls/turn | train s | eval s |"
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     bases = {}
     for r in rows:
         bases.setdefault(r["model"], r["base_val"])
@@ -122,19 +220,29 @@ def markdown(rows: list[dict]) -> str:
         if r["mix"]:
             change += "; mix " + ", ".join(f"{k}={v:g}" for k, v in r["mix"].items())
         v = r["val"]
-        lines.append(f"| {r['name']} | {r['model']} | {r['steps']} | {change} | {_pct(v['accuracy'])} | "
-                     f"{_pct(v['tool_accuracy'])} | {_pct(v['irrelevance_accuracy'])} | "
+        rung = f"{r['rung']}{' →' if r.get('survived') else ''} | " if sha else ""
+        steps = f"{r['steps']}/{r['budget']}" if sha else f"{r['steps']}"
+        lines.append(f"| {r['name']} | {r['model']} | {rung}{steps} | {change} | {_pct(v['accuracy'])} | "
+                     f"{_pct(v['tool_accuracy'])} | {_pct(v['irrelevance_accuracy'])} | {selection_score(v):.3f} | "
                      f"{v['calls_per_turn']['value']:.2f} | {r['train_seconds']:.0f}{'*' if r.get('resumed') else ''} | "
                      f"{r['eval_seconds']:.0f} |")
     for model, v in bases.items():
-        lines.append(f"| *untuned base* | {model} | 0 | – | {_pct(v['accuracy'])} | {_pct(v['tool_accuracy'])} | "
-                     f"{_pct(v['irrelevance_accuracy'])} | {v['calls_per_turn']['value']:.2f} | – | – |")
+        lines.append(f"| *untuned base* | {model} | {'– | ' if sha else ''}0 | – | {_pct(v['accuracy'])} | "
+                     f"{_pct(v['tool_accuracy'])} | {_pct(v['irrelevance_accuracy'])} | {selection_score(v):.3f} | "
+                     f"{v['calls_per_turn']['value']:.2f} | – | – |")
     n = rows[0]["n_val"] if rows else 0
-    best = max(rows, key=lambda r: (r["val"]["accuracy"]["value"], -r["train_seconds"])) if rows else None
+    final = [r for r in rows if r.get("rung") == len(search["rungs"])] if sha else rows
+    best = max(final, key=lambda r: (selection_score(r["val"]), -r["train_seconds"])) if final else None
+    lines += ["", f"Validation: {n} items of the training template families (Wilson 95% CIs). Score: the mean of "
+              "tool-call and irrelevance accuracy (the selection metric)."]
+    if sha:
+        lines.append(f"Successive halving, eta {search['eta']}: rungs of {', '.join(map(str, search['rungs']))} steps "
+                     "(steps shown as trained/budget); → = continued to the next rung.")
     if best:
-        lines += ["", f"Validation: {n} items of the training template families (Wilson 95% CIs). Best by validation "
-                  f"accuracy: **{best['name']}** ({_pct(best['val']['accuracy'])}). Train seconds: the training stage's "
-                  "wall time on 2 cores; * = resumed after an interruption, so only the resumed part."]
+        lines.append(f"Best by the score{' after the last rung' if sha else ''}: **{best['name']}** "
+                     f"({selection_score(best['val']):.3f}; accuracy {_pct(best['val']['accuracy'])}).")
+    lines.append("Train seconds: the training stage's wall time on 2 cores (a rung: only its own steps); * = resumed "
+                 "after an interruption, so only the resumed part.")
     return "\n".join(lines)
 
 
@@ -148,6 +256,12 @@ def run_sweep(spec_path: str | Path, out: str | Path = "runs/sweep", only: list[
     spec = load_sweep(spec_path)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if spec["search"]:
+        if only:
+            raise ValueError("--only does not apply to a successive-halving sweep (the rungs decide what runs)")
+        rows, winner = halving(spec, out)
+        print(f"[sweep] successive halving: {winner} trained its whole budget and scored best", flush=True)
+        return rows
     rows = []
     for run in spec["runs"]:
         if only and run["name"] not in only:
@@ -174,5 +288,5 @@ def main(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     rows = run_sweep(args.sweep, args.out, args.only)
-    print(markdown(rows))
+    print(markdown(rows, load_sweep(args.sweep)["search"]))
     return 0

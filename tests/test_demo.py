@@ -183,7 +183,7 @@ def test_sweep_file_is_checked_and_tabled(tmp_path):
     md = sweep.markdown(rows)
     assert "| slow | smollm2-135m | 9 | learning_rate=0.001 | 80% [70, 90]" in md
     assert "recipe as is; mix no_tool=0.5" in md and "| *untuned base* | smollm2-135m | 0 |" in md
-    assert "Best by validation accuracy: **fast**" in md  # a tie goes to the cheaper setting
+    assert "Best by the score: **fast**" in md  # a tie goes to the cheaper setting
 
 
 def test_sweep_only_runs_the_named_settings_and_tables_every_scored_one(tmp_path, monkeypatch):

@@ -1,0 +1,95 @@
+"""`llamatune sweep` with successive halving: the rungs, who continues, where each rung starts from, the table."""
+
+import json
+
+import pytest
+
+from llamatune import sweep
+
+
+def _metric(v, n=100):
+    return {"value": v, "low": max(0.0, v - 0.1), "high": min(1.0, v + 0.1), "n": n}
+
+
+def _val(tool, irr):
+    return {"accuracy": _metric((tool + irr) / 2), "tool_accuracy": _metric(tool),
+            "irrelevance_accuracy": _metric(irr), "calls_per_turn": _metric(1.2)}
+
+
+def test_rungs_divide_the_budget_by_eta_down_to_the_minimum():
+    assert sweep.rungs(600, 2, 150) == [150, 300, 600]
+    assert sweep.rungs(100, 3, 10) == [11, 33, 100]
+    assert sweep.rungs(100, 2, 100) == [100]
+
+
+def test_selection_score_weighs_not_calling_as_much_as_calling():
+    assert sweep.selection_score(_val(0.9, 0.1)) == pytest.approx(0.5)
+    assert sweep.selection_score(_val(0.5, 0.7)) == pytest.approx(0.6)  # fewer right calls, but it stops: better
+
+
+def _spec_file(tmp_path, runs, search):
+    import yaml
+
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"base": {"n_val": 10}, "search": search, "runs": runs}))
+    return p
+
+
+def test_a_halving_sweep_is_checked(tmp_path):
+    ok = [{"name": "a", "model": "smollm2-135m", "steps": 400}, {"name": "b", "model": "smollm2-135m", "steps": 400}]
+    spec = sweep.load_sweep(_spec_file(tmp_path, ok, {"method": "successive_halving", "eta": 2, "min_steps": 100}))
+    assert spec["search"]["rungs"] == [100, 200, 400]
+    uneven = [ok[0], {**ok[1], "steps": 300}]
+    with pytest.raises(ValueError, match="same step budget"):
+        sweep.load_sweep(_spec_file(tmp_path, uneven, {"method": "successive_halving"}))
+    with pytest.raises(ValueError, match="search must be"):
+        sweep.load_sweep(_spec_file(tmp_path, ok, {"method": "random"}))
+    with pytest.raises(ValueError, match="eta"):
+        sweep.load_sweep(_spec_file(tmp_path, ok, {"method": "successive_halving", "eta": 1}))
+
+
+def test_halving_continues_the_best_half_from_their_own_checkpoints_and_tables_every_rung(tmp_path):
+    runs = [{"name": n, "model": "smollm2-135m", "steps": 400} for n in ("a", "b", "c", "d", "e")]
+    spec = sweep.load_sweep(_spec_file(tmp_path, runs, {"method": "successive_halving", "eta": 2, "min_steps": 100}))
+    # validation scores by setting and rung: "a" leads early and fades, "d" starts slow and wins
+    scores = {("a", 100): (0.6, 0.6), ("b", 100): (0.2, 0.3), ("c", 100): (0.5, 0.5), ("d", 100): (0.55, 0.5),
+              ("e", 100): (0.1, 0.9),
+              ("a", 200): (0.6, 0.6), ("c", 200): (0.4, 0.4), ("d", 200): (0.7, 0.7),
+              ("a", 400): (0.6, 0.65), ("d", 400): (0.8, 0.8)}
+    calls = []
+
+    def run_one(out, base, run, stop_at=None, prev=None):
+        calls.append((run["name"], stop_at, prev))
+        val = _val(*scores[(run["name"], stop_at)])
+        return {"name": run["name"], "model": run["model"], "steps": stop_at, "budget": run["steps"],
+                "set": {}, "mix": None, "max_length": 512, "val": val, "base_val": _val(0.0, 0.5),
+                "train_seconds": 10.0, "eval_seconds": 5.0, "n_val": 100, "score": sweep.selection_score(val)}
+
+    rows, winner = sweep.halving(spec, tmp_path, run_one)
+    assert winner == "d"
+    # rung 1: all five from scratch; rung 2: the best ceil(5/2) = 3 (a 0.6, d 0.525, c 0.5 = e 0.5: c listed first)
+    assert calls[:5] == [(n, 100, None) for n in "abcde"]
+    assert calls[5:8] == [("a", 200, 100), ("c", 200, 100), ("d", 200, 100)]
+    assert calls[8:] == [("a", 400, 200), ("d", 400, 200)]  # ceil(3/2) = 2: d 0.7, a 0.6
+    assert [r["rung"] for r in rows] == [1] * 5 + [2] * 3 + [3] * 2
+    survived = {(r["name"], r["rung"]) for r in rows if r["survived"]}
+    assert survived == {("a", 1), ("c", 1), ("d", 1), ("a", 2), ("d", 2)}
+    md = (tmp_path / "sweep.md").read_text()
+    assert "| e | smollm2-135m | 1 | 100/400 |" in md  # the setting dropped at the first rung is tabled too
+    assert "| d | smollm2-135m | 3 | 400/400 |" in md and "Best by the score after the last rung: **d**" in md
+    assert len(json.loads((tmp_path / "sweep.json").read_text())) == 10
+
+
+def test_a_rung_starts_from_the_previous_rungs_checkpoint(tmp_path):
+    prev, cur = tmp_path / "a" / "steps-100", tmp_path / "a" / "steps-200"
+    ck = prev / "checkpoint-100"
+    ck.mkdir(parents=True)
+    (ck / "trainer_state.json").write_text(json.dumps({"global_step": 100, "max_steps": 200}))
+    (ck / "adapter_model.safetensors").write_bytes(b"weights")
+    sweep._seed_checkpoint(prev, cur, 100)
+    assert (cur / "checkpoint-100" / "adapter_model.safetensors").read_bytes() == b"weights"
+    (ck / "adapter_model.safetensors").write_bytes(b"changed")
+    sweep._seed_checkpoint(prev, cur, 100)  # the rung's own checkpoint is kept (a resumed rung)
+    assert (cur / "checkpoint-100" / "adapter_model.safetensors").read_bytes() == b"weights"
+    with pytest.raises(FileNotFoundError, match="checkpoint-50"):
+        sweep._seed_checkpoint(prev, tmp_path / "b", 50)
