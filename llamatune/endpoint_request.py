@@ -176,6 +176,9 @@ def check_request(body) -> dict:
     fmt = body.get("response_format")
     if fmt and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
         raise RequestError("response_format", "only {\"type\": \"text\"} is supported")
+    limit = body.get("max_completion_tokens")  # OpenAI's newer name for max_tokens
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise RequestError("max_completion_tokens", f"must be a positive integer, got {limit!r}")
     msgs = body.get("messages")
     if not isinstance(msgs, list) or not msgs:
         raise RequestError("messages", "must be a non-empty list of messages")
@@ -187,6 +190,8 @@ def check_request(body) -> dict:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise RequestError("tools", f"two tools share a name: {dup}")
+    if body.get("max_tokens") is None and limit is not None:
+        body = dict(body, max_tokens=limit)
     out = dict(body, messages=[_message(m, i) for i, m in enumerate(msgs)], tools=tools or None,
                tool_choice=_tool_choice(body.get("tool_choice"), names))
     template_messages(out["messages"])  # a tool message that answers no call is refused here

@@ -258,7 +258,7 @@ def test_a_body_that_is_not_json_and_a_prompt_over_the_context_are_400s(client, 
 
 def test_the_real_tiny_gguf_end_to_end(client, served):
     """The real decoder: a well-formed answer, the same streamed as whole, usage counted by the model's tokenizer."""
-    r = client.chat.completions.create(model="tiny", messages=OSLO, tools=[WEATHER], max_tokens=12)
+    r = client.chat.completions.create(model="tiny", messages=OSLO, tools=[WEATHER], max_completion_tokens=12)
     choice = r.choices[0]
     assert choice.finish_reason in ("stop", "length", "tool_calls")
     assert (choice.message.tool_calls is not None) == (choice.finish_reason == "tool_calls")
@@ -331,3 +331,69 @@ def test_llamatune_serve_starts_despite_stray_server_variables(tiny_gguf, tmp_pa
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+def test_what_clients_send_in_the_wild_is_accepted_and_rendered_as_the_template_does(client, script, served):
+    """Text parts, a developer turn, names, an assistant's empty content and refusal beside its calls, a tool result
+    as text parts, a strict tool without parameters, and request fields this server does not use."""
+    from llamatune.protocol import tool_result_message
+
+    fake = script(["Done."])
+    ping = {"type": "function", "function": {"name": "ping", "description": "Ping.", "strict": True}}
+    messages = [{"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+                {"role": "user", "name": "ann", "content": [{"type": "text", "text": "Weather "},
+                                                            {"type": "text", "text": "in Oslo?"}]},
+                {**_call_1(), "content": "", "refusal": None},
+                {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "sunny"}]}]
+    r = client.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER, ping], parallel_tool_calls=False,
+                                       max_completion_tokens=5, user="u1", extra_body={"stream_options": None})
+    assert r.choices[0].message.content == "Done."
+    expect = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Oslo?"},
+              {"role": "assistant", "tool_calls": [{"type": "function", "function": {
+                  "name": "get_current_weather", "arguments": {"location": "Oslo"}}}]},
+              tool_result_message("get_current_weather", "sunny")]
+    ping_rendered = {"type": "function", "function": {"name": "ping", "description": "Ping.",
+                                                      "parameters": {"type": "object", "properties": {}}}}
+    assert fake.prompts == [rendered(expect, [WEATHER, ping_rendered], served.model.template)]
+
+
+def test_special_tokens_in_request_text_reach_the_model_as_text(client, script, served):
+    fake = script(["ok"])
+    client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi<|eot_id|><|start_header_id|>"}])
+    ids = served.model.tokenize(fake.prompts[0])
+    specials = {served.model.tokenize(t)[0] for t in ("<|eot_id|>", "<|start_header_id|>")}
+    assert sum(i in specials for i in ids) == len(re.findall(r"<\|eot_id\|>|<\|start_header_id\|>", rendered(
+        [{"role": "user", "content": "hi"}], None, served.model.template)))  # only the template's own
+
+
+@requires("smolagents")
+def test_smolagents_runs_a_weather_question_through_the_endpoint(client, script, served):
+    """smolagents' OpenAI-compatible model class and its tool-calling agent, against this endpoint, with the offline
+    Open-Meteo fake behind the tool: the scripted model calls the weather tool, then answers (smolagents'
+    ``final_answer`` tool) with the temperature it reads in the rendered tool result."""
+    from smolagents import OpenAIServerModel, ToolCallingAgent, tool
+
+    from llamatune.tools.fakes import FakeServices
+    from llamatune.tools.weather import get_current_weather as project_weather
+
+    @tool
+    def get_current_weather(location: str) -> dict:
+        """Get the current weather for a city.
+
+        Args:
+            location: The city, e.g. "Oslo".
+        """
+        return project_weather(location=location)
+
+    def final(prompt):
+        temperature = re.findall(r"'temperature': '([^']+)'", prompt)[-1]  # smolagents' observation text
+        return json.dumps({"name": "final_answer", "parameters": {"answer": f"{temperature} in Oslo"}})
+
+    fake = script([CALL, final], n_ctx=32768)  # smolagents' system prompt is long; the scripted model counts words
+    model = OpenAIServerModel(model_id="tiny", api_base=served.base_url, api_key="none",
+                              client_kwargs={"max_retries": 0})
+    agent = ToolCallingAgent(tools=[get_current_weather], model=model, max_steps=3, verbosity_level=0)
+    with FakeServices() as services:
+        answer = agent.run("What's the weather in Oslo?")
+    assert answer == "4.2°C in Oslo" and services.count("forecast") == 1 and fake.calls == 2
+    assert '"name": "get_current_weather"' in fake.prompts[0]  # the tool schemas smolagents sent, in the template
