@@ -280,8 +280,12 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    import uvicorn
-
+    try:
+        import uvicorn
+        from llama_cpp.server import app  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(f"llamatune serve needs llama-cpp-python's server extra ({exc}): "
+                           "pip install \"llama-cpp-python[server]==0.3.36\" (in llamatune[eval])") from None
     from llamatune.chat import model_template
     from llamatune.runtime import LlamaCppModel
 

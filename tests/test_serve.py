@@ -397,3 +397,26 @@ def test_smolagents_runs_a_weather_question_through_the_endpoint(client, script,
         answer = agent.run("What's the weather in Oslo?")
     assert answer == "4.2°C in Oslo" and services.count("forecast") == 1 and fake.calls == 2
     assert '"name": "get_current_weather"' in fake.prompts[0]  # the tool schemas smolagents sent, in the template
+
+
+def test_a_conversation_the_template_refuses_is_a_400_naming_messages(client, script, served):
+    """Two calls in one assistant turn: whatever the template says (Llama 3.2's writes one call per turn), the
+    endpoint says it too, as a 400, not a 500."""
+    import openai
+
+    from llamatune.chat import render
+
+    two = {"role": "assistant", "tool_calls": [
+        {"id": f"c{i}", "type": "function", "function": {"name": "get_current_weather", "arguments": "{}"}} for i in (1, 2)]}
+    messages = [*OSLO, two, *({"role": "tool", "tool_call_id": f"c{i}", "content": "x"} for i in (1, 2))]
+    script(["ok"])
+    try:
+        render([*OSLO, {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {}}}] * 2}],
+               [WEATHER], template=served.model.template)
+    except Exception as exc:
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER])
+        assert err.value.param == "messages" and str(exc) in err.value.message
+    else:
+        assert client.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER]).choices[0]\
+            .message.content == "ok"
