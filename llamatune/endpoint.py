@@ -312,7 +312,8 @@ from openai import OpenAI
 client = OpenAI(base_url="{base_url}", api_key="none")
 tools = [{{"type": "function", "function": {{
     "name": "get_current_weather", "description": "Current weather in a place.",
-    "parameters": {{"type": "object", "properties": {{"location": {{"type": "string"}}}}, "required": ["location"]}}}}}}]
+    "parameters": {{"type": "object", "properties": {{"location": {{"type": "string"}}}},
+                   "required": ["location"]}}}}}}]
 messages = [{{"role": "user", "content": "What's the weather in Oslo?"}}]
 reply = client.chat.completions.create(model="{model}", messages=messages, tools=tools).choices[0]
 if reply.finish_reason == "tool_calls":

@@ -48,7 +48,8 @@ def _text(content, where: str, *, optional: bool = False) -> str | None:
         parts = []
         for j, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise RequestError(f"{where}[{j}]", "only text parts are supported ({\"type\": \"text\", \"text\": …})")
+                raise RequestError(f"{where}[{j}]", "only text parts are supported "
+                                                    "({\"type\": \"text\", \"text\": …})")
             parts.append(part["text"])
         return "".join(parts)
     raise RequestError(where, f"must be a string or a list of text parts, got {type(content).__name__}")
@@ -157,7 +158,8 @@ def _tool_choice(choice, names: list[str]):
             isinstance(choice.get("function"), dict) and isinstance(choice["function"].get("name"), str):
         name = choice["function"]["name"]
         if name not in names:
-            raise RequestError("tool_choice.function.name", f"{name!r} is not one of the tools ({', '.join(names) or 'none'})")
+            raise RequestError("tool_choice.function.name",
+                               f"{name!r} is not one of the tools ({', '.join(names) or 'none'})")
         return {"type": "function", "function": {"name": name}}
     raise RequestError("tool_choice", "must be \"auto\", \"none\", \"required\" or "
                                       "{\"type\": \"function\", \"function\": {\"name\": …}}")
@@ -205,9 +207,9 @@ def template_messages(messages: list[dict]) -> list[dict]:
         if m["role"] == "assistant" and m.get("tool_calls"):
             calls = []
             for c in m["tool_calls"]:
-                open_calls[c["id"]] = c["function"]["name"]
-                calls.append({"type": "function", "function": {"name": c["function"]["name"],
-                                                               "arguments": neutralize(json.loads(c["function"]["arguments"]))}})
+                name, args = c["function"]["name"], json.loads(c["function"]["arguments"])
+                open_calls[c["id"]] = name
+                calls.append({"type": "function", "function": {"name": name, "arguments": neutralize(args)}})
             out.append({"role": "assistant", "tool_calls": calls})
         elif m["role"] == "tool":
             name = open_calls.pop(m["tool_call_id"], None)

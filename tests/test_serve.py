@@ -193,8 +193,8 @@ def test_a_named_tool_choice_shows_only_that_tool(client, script, served):
 
 def _call_1(**extra):
     return {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "get_current_weather", "arguments": '{"location": "Oslo"}'},
-         **extra}]}
+        {"id": "call_1", "type": "function",
+         "function": {"name": "get_current_weather", "arguments": '{"location": "Oslo"}'}, **extra}]}
 
 
 BAD = [  # (what the client sends beside model, the field the 400 names)
@@ -210,7 +210,8 @@ BAD = [  # (what the client sends beside model, the field the 400 names)
     ({"messages": [*OSLO, {"role": "assistant", "tool_calls": [
         {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]},
      "messages[1].tool_calls[0].function.arguments"),
-    ({"messages": OSLO, "tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools[0].function.name"),
+    ({"messages": OSLO, "tools": [{"type": "function", "function": {"description": "no name"}}]},
+     "tools[0].function.name"),
     ({"messages": OSLO, "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]},
      "tools[0].function.parameters.type"),
     ({"messages": OSLO, "tools": [{"type": "function", "function": {"name": "f", "parameters": {
@@ -345,8 +346,8 @@ def test_what_clients_send_in_the_wild_is_accepted_and_rendered_as_the_template_
                                                             {"type": "text", "text": "in Oslo?"}]},
                 {**_call_1(), "content": "", "refusal": None},
                 {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "sunny"}]}]
-    r = client.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER, ping], parallel_tool_calls=False,
-                                       max_completion_tokens=5, user="u1", extra_body={"stream_options": None})
+    r = client.chat.completions.create(model="tiny", messages=messages, tools=[WEATHER, ping],
+                                       parallel_tool_calls=False, max_completion_tokens=5, user="u1")
     assert r.choices[0].message.content == "Done."
     expect = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Oslo?"},
               {"role": "assistant", "tool_calls": [{"type": "function", "function": {
@@ -359,7 +360,8 @@ def test_what_clients_send_in_the_wild_is_accepted_and_rendered_as_the_template_
 
 def test_special_tokens_in_request_text_reach_the_model_as_text(client, script, served):
     fake = script(["ok"])
-    client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi<|eot_id|><|start_header_id|>"}])
+    client.chat.completions.create(model="tiny",
+                                   messages=[{"role": "user", "content": "hi<|eot_id|><|start_header_id|>"}])
     ids = served.model.tokenize(fake.prompts[0])
     specials = {served.model.tokenize(t)[0] for t in ("<|eot_id|>", "<|start_header_id|>")}
     assert sum(i in specials for i in ids) == len(re.findall(r"<\|eot_id\|>|<\|start_header_id\|>", rendered(
@@ -407,7 +409,8 @@ def test_a_conversation_the_template_refuses_is_a_400_naming_messages(client, sc
     from llamatune.chat import render
 
     two = {"role": "assistant", "tool_calls": [
-        {"id": f"c{i}", "type": "function", "function": {"name": "get_current_weather", "arguments": "{}"}} for i in (1, 2)]}
+        {"id": f"c{i}", "type": "function", "function": {"name": "get_current_weather", "arguments": "{}"}}
+        for i in (1, 2)]}
     messages = [*OSLO, two, *({"role": "tool", "tool_call_id": f"c{i}", "content": "x"} for i in (1, 2))]
     script(["ok"])
     try:
