@@ -13,6 +13,7 @@ are imported only when their command runs, so ``llamatune --help`` stays fast.
     llamatune eval toolcall|arc|judge|judge-agreement ...
     llamatune report results/
     llamatune chat --model X.gguf --mode weather
+    llamatune serve X.gguf --port 8000
     llamatune demo
     llamatune sweep FuncCall/recipes/demo-sweep.yaml
 """
@@ -40,6 +41,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("eval", "judge-agreement"): ("llamatune.evals.agreement", "judge-human agreement and Cohen's kappa"),
     ("report",): ("llamatune.report", "markdown tables and plots from results/"),
     ("chat",): ("llamatune.terminal", "chat with a GGUF as a tool-using agent in the terminal"),
+    ("serve",): ("llamatune.endpoint", "serve a GGUF as an OpenAI-compatible endpoint that returns tool_calls"),
     ("demo",): ("llamatune.demo", "the offline end-to-end pipeline on the embedded small model"),
     ("sweep",): ("llamatune.sweep", "choose the demo's model and recipe on the validation split"),
 }

@@ -187,7 +187,20 @@ def _usage(kind: str, meta: dict, repos: dict, gguf_files: list[str]) -> list[st
         file = next((f for f in gguf_files if "q4_k_m" in f), gguf_files[0] if gguf_files else f"{meta['name']}-q4_k_m.gguf")
         code = ["from llama_cpp import Llama", f"llm = Llama.from_pretrained(\"{repo}\", \"{file}\", n_ctx=4096)",
                 "llm.create_chat_completion([{\"role\": \"user\", \"content\": \"Hello!\"}])"]
+        return ["", "## Usage", "", "```python", *code, "```", *_serve_usage(repo, file)]
     return ["", "## Usage", "", "```python", *code, "```"]
+
+
+def _serve_usage(repo: str, file: str) -> list[str]:
+    """The README's "Use the tuned model from your own code": ``llamatune serve`` and the ``openai`` snippet."""
+    from llamatune.endpoint import client_example
+
+    return ["", "### From your own code: an OpenAI-compatible endpoint with tool calls", "",
+            "`llamatune serve` puts the GGUF behind llama-cpp-python's OpenAI-compatible server with this project's "
+            "chat template and tool-call parser, so calls come back as `tool_calls` (not as text):", "", "```bash",
+            f"pip install \"llamatune[eval] @ git+{_project_url()}\"", f"hf download {repo} {file} --local-dir .",
+            f"llamatune serve {file} --port 8000", "```", "", "```python",
+            *client_example(Path(file).stem).rstrip("\n").split("\n"), "```"]
 
 
 def model_card(run_dir: str | Path, results_dir: str | Path | None = None, *, kind: str = "gguf",
