@@ -12,25 +12,33 @@ appears; from there the grammar allows only::
 The JSON part is written by llama-cpp-python's JSON-schema-to-GBNF converter
 (``llama_cpp.llama_grammar.SchemaConverter``) from one schema built here: a ``$defs`` entry per tool
 (``name`` a ``const``, the arguments an object with that tool's properties), an ``anyOf`` over them. What an
-argument may hold follows what :func:`llamatune.toolcall.validate_call` checks:
+argument may hold follows what :func:`llamatune.toolcall.validate_call` checks, and a little more:
 
-* property names: exactly the tool's, **no unknown keys** (every object that lists properties is closed unless
-  its schema names ``additionalProperties``); required keys must be written, optional ones may be left out;
+* property names: exactly the tool's, **no unknown keys**; nested objects that list properties are closed too
+  (unless their schema names ``additionalProperties``); required keys must be written, optional ones may be left out;
 * **key order**: the converter writes the required keys first, then the optional ones, each group in schema
   order (not any order). The project's tools list required arguments first (they come from Python signatures)
   and its data writes them in schema order, so that is the order the models learnt;
 * types: ``string``, ``integer`` (no fraction or exponent), ``number``, ``boolean``, ``null``, arrays with their
   item types, tuples (``items`` as a list), nested objects, ``enum`` and ``const`` values, type lists and
-  ``anyOf``/``oneOf``;
+  ``anyOf``/``oneOf``; JSON as the templates write it (``tojson``: one optional space around ``:`` and after
+  ``,``, no line breaks, non-ASCII as is);
 * not constrained (left to the scorer): string ``format``/``pattern``/lengths, numeric ranges, array lengths;
-* what the converter cannot express (a missing or unknown type such as BFCL's raw ``any``/``tuple``/``dict`` left
-  unconverted, a schema that is not a dict, an enum none of whose values has the declared type) falls back to
-  any JSON value there, and is listed in :attr:`CallGrammar.fallbacks`. BFCL's docs reach the model already
-  converted to JSON schema (:func:`llamatune.evals.bfcl_data.convert_function`), so their grammar is built from
-  what the model sees.
+* what the converter cannot express falls back to any JSON value there (a missing or unknown type, such as BFCL's
+  ``any``/``tuple``/``dict`` where they were left unconverted; a schema that is not a dict), and an enum that
+  contradicts its type (BFCL's live schemas: ``"type": "boolean", "enum": ["True", "False", "dontcare"]``) allows
+  both readings, or, on an array, is taken for its items. Each such argument is listed in
+  :attr:`CallGrammar.fallbacks`. BFCL's docs reach the model already converted to JSON schema
+  (:func:`llamatune.evals.bfcl_data.convert_function`), so their grammar is built from what the model sees.
 
-Strings are JSON strings (no raw control characters: the converter's own ``char`` rule allows them, and
-``json.loads`` would then reject the call, so that one rule is replaced by llama.cpp's current C++ one).
+Two rules of the converter are replaced by JSON's own: strings hold no raw control characters (``json.loads``
+would reject the call), and an exponent may have leading zeros (``1e-09``, as Python writes it).
+
+For the decoding loop (:meth:`CallGrammar.sampler`): put the grammar sampler before the one that picks the
+token, and feed it only generated tokens (never the prompt). llama.cpp aborts the process (an uncaught C++
+exception) when a grammar is made to accept a token it does not allow, so a token must pass the grammar's
+``apply`` before it is accepted; the triggers are built so that the text they hand over is always allowed
+(see :func:`triggers`).
 """
 
 from __future__ import annotations
