@@ -158,7 +158,8 @@ def forced_call_cost(vocab, syntax, g, repeats: int) -> dict:
 
     calls = [{syntax.name_key: "get_weather_forecast",
               syntax.arguments_key: {"location": "Paris, France", "days": 3, "unit": "celsius"}},
-             {syntax.name_key: "convert_units", syntax.arguments_key: {"value": 12.5, "from_unit": "km", "to_unit": "mile"}}]
+             {syntax.name_key: "convert_units",
+              syntax.arguments_key: {"value": 12.5, "from_unit": "km", "to_unit": "mile"}}]
     body = json.dumps(calls if syntax.parallel else calls[0], ensure_ascii=False)
     tokens = tokenize(vocab, f"{syntax.opener or ''}{body}{syntax.closer or ''}")
     n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
@@ -172,7 +173,8 @@ def forced_call_cost(vocab, syntax, g, repeats: int) -> dict:
         for token in tokens:
             if mode == "full_apply":
                 cand["logit"] = 0.0
-                llama_cpp.llama_sampler_apply(smpl, ctypes.byref(llama_cpp.llama_token_data_array(data, n_vocab, -1, False)))
+                arr = llama_cpp.llama_token_data_array(data, n_vocab, -1, False)
+                llama_cpp.llama_sampler_apply(smpl, ctypes.byref(arr))
                 assert cand["logit"][token] == 0.0
             else:
                 assert allowed(smpl, token)
@@ -232,7 +234,7 @@ def default_models() -> list[tuple[Path, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", action="append", help="GGUF:SYNTAX (repeatable; SYNTAX one of smollm2, llama-3.2, gemma-3)")
+    p.add_argument("--model", action="append", help="GGUF:SYNTAX (repeatable; SYNTAX: smollm2, llama-3.2, gemma-3)")
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="default: physical cores")

@@ -102,8 +102,9 @@ PRESETS = {"smollm2": SMOLLM2, "llama-3.2": LLAMA_3_2, "gemma-3": GEMMA_3}
 
 @dataclass(frozen=True)
 class CallGrammar:
-    """A request's call grammar: ``grammar`` (GBNF, start rule ``root``), the lazy triggers, and where an
-    argument's schema could not be expressed (``fallbacks``: ``tool.arg.path`` held to any JSON value).
+    """A request's call grammar: ``grammar`` (GBNF, start rule ``root``), the lazy triggers, the offered ``tools``
+    (names, sorted), and the arguments held looser than their schema (``fallbacks``: ``tool.arg.path``, see the
+    module doc).
 
     ``trigger_patterns`` are regexes (ECMAScript, as ``std::regex``) matched against the generated text; the
     grammar is fed from the first capture group of the match (or the whole match). ``trigger_words`` are the
@@ -140,7 +141,6 @@ class CallGrammar:
         if not smpl:
             raise ValueError(f"llama.cpp rejected the call grammar for tools {', '.join(self.tools)}")
         return smpl
-
 
     def accepts(self, vocab, text: str, lazy: bool = False) -> bool:
         """Whether llama.cpp's own grammar sampler lets ``text`` be generated: each token of its tokenization on

@@ -61,7 +61,8 @@ def variants(tool: dict) -> list[dict]:
     props, required = params["properties"], params.get("required", [])
 
     def value(spec, i=0):
-        return spec["enum"][i % len(spec["enum"])] if "enum" in spec else SAMPLE[spec["type"]][i % len(SAMPLE[spec["type"]])]
+        values = spec["enum"] if "enum" in spec else SAMPLE[spec["type"]]
+        return values[i % len(values)]
 
     order = [k for k in props if k in required] + [k for k in props if k not in required]
     out = [{k: value(props[k]) for k in required}]
@@ -69,7 +70,8 @@ def variants(tool: dict) -> list[dict]:
         out.append({k: value(props[k], i) for k in order})
     out += [{**{k: value(props[k]) for k in required}, opt: value(props[opt])} for opt in props if opt not in required]
     for name, spec in props.items():
-        out += [{**{k: value(props[k]) for k in order if k in required or k == name}, name: v} for v in spec.get("enum", [])]
+        base = {k: value(props[k]) for k in order if k in required or k == name}
+        out += [{**base, name: v} for v in spec.get("enum", [])]
     return out
 
 
@@ -143,7 +145,8 @@ def test_several_calls_only_where_the_syntax_allows_them(vocab, tools):
         assert call_grammar(tools, syntax).accepts(vocab, render(syntax, two))
     g = call_grammar(tools, GEMMA_3)  # one call per turn
     one = render(GEMMA_3, [WEATHER])
-    for text in (render(GEMMA_3, two), one + render(GEMMA_3, two[1:]), one + "\n" + one, render(GEMMA_3, [WEATHER], True)):
+    as_list = render(GEMMA_3, [WEATHER], True)
+    for text in (render(GEMMA_3, two), one + render(GEMMA_3, two[1:]), one + "\n" + one, as_list):
         assert not g.accepts(vocab, text), text
     single_list = CallSyntax(opener="<tool_call>", closer="</tool_call>", form="list", parallel=False)
     g = call_grammar(tools, single_list)
@@ -231,18 +234,18 @@ def test_bfcl_seeded_sample_of_every_ast_category(vocab):
 
 
 def test_what_the_converter_cannot_express_falls_back_to_any_json_value(vocab):
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "required": ["a"], "properties": {
+    params = {"type": "object", "required": ["a"], "properties": {
         "a": {"type": "any"}, "b": {"description": "no type"}, "c": "not a schema",
         "d": {"type": "integer", "enum": ["1", "2", "dontcare"]},
         "e": {"type": "array", "items": {"type": "string"}, "enum": ["x", "y"]},
         "f": {"type": "object", "description": "free-form"},
         "g": {"type": "array", "items": {"type": "tuple"}},
-        "h": {"type": "string", "format": "date-time", "pattern": "^(?=x).*$", "maxLength": 3}}}}}
-    g = call_grammar([tool], GEMMA_3)
+        "h": {"type": "string", "format": "date-time", "pattern": "^(?=x).*$", "maxLength": 3}}}
+    g = call_grammar([{"type": "function", "function": {"name": "f", "parameters": params}}], GEMMA_3)
     assert g.fallbacks == ("f.a", "f.b", "f.c", "f.d", "f.e", "f.g[]")
     for a in ({"k": [1, None]}, [1, "x"], "text", -1.5e3, True, None):
         assert g.accepts(vocab, render(GEMMA_3, [("f", {"a": a, "b": a, "c": a, "g": [a]})])), a
-    for args in ({"a": 1, "d": "dontcare"}, {"a": 1, "d": 2}, {"a": 1, "e": ["y", "x"]}, {"a": 1, "f": {"any": {"k": 1}}},
+    for args in ({"a": 1, "d": "dontcare"}, {"a": 1, "d": 2}, {"a": 1, "e": ["y", "x"]}, {"a": 1, "f": {"k": {"k": 1}}},
                  {"a": 1, "h": "long, not a date"}):
         assert g.accepts(vocab, render(GEMMA_3, [("f", args)])), args
     for args in ({"b": 1}, {"a": 1, "z": 1}, {"a": 1, "d": "3"}, {"a": 1, "e": ["z"]}, {"a": 1, "f": []}):
@@ -329,7 +332,8 @@ def test_lazily_the_call_is_constrained_from_its_trigger(vocab, tools, preset, b
         assert g.accepts(vocab, bare, lazy=True)
         assert not g.accepts(vocab, bare.replace('"days": 3', '"days": "3"'), lazy=True)
     # after the trigger, prose is ruled out
-    head = (syntax.opener if syntax.opener and not syntax.opener_optional else "") + ("[" if syntax.form == "list" else "")
+    head = syntax.opener if syntax.opener and not syntax.opener_optional else ""
+    head += "[" if syntax.form == "list" else ""
     head = before + (head or '{"name": "')
     arr = full_vocab(llama_cpp.llama_vocab_n_tokens(vocab))
     smpl = g.sampler(vocab, lazy=True)
