@@ -12,8 +12,9 @@ A call turn (what the model writes after the generation prompt, before ``eos_tok
                  else the one call)                              + call_close
 
 each call a JSON object ``{"name": NAME, ARGS_KEY: {...}}``. A tool result is a turn under the ``result_role``
-header holding ``result_open + content + result_close`` (``content`` a JSON object, or a string as given); one
-turn per result, in the order of the calls.
+header holding ``result_open + content + result_close`` (``content`` a JSON object, or a string as given, except
+that Meta's template JSON-quotes a string: ``quotes_string_results``); one turn per result, in the order of the
+calls.
 
 The three formats (see :data:`FORMATS`):
 
@@ -60,6 +61,7 @@ class ChatFormat:
     result_role: str  # the role header a tool result is written under
     result_open: str
     result_close: str
+    quotes_string_results: bool  # a string result is written JSON-quoted (Meta's template), not as it is
     call_triggers: tuple[str, ...]
 
     @property
@@ -79,20 +81,21 @@ FORMATS: dict[str, ChatFormat] = {
         name="llama-3.2", file="llama-3.2.jinja", bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
         also_stop=("<|eom_id|>", "<|end_of_text|>"), call_open="", call_close="", always_list=False,
         list_open="[", list_sep=", ", list_close="]", args_key="parameters", parallel=True,
-        result_role="ipython", result_open="", result_close="",
+        result_role="ipython", result_open="", result_close="", quotes_string_results=True,
         call_triggers=(_JSON_CALL, r"\s*<\|python_tag\|>")),
     "gemma-3": ChatFormat(
         name="gemma-3", file="gemma-3.jinja", bos_token="<bos>", eos_token="<end_of_turn>", also_stop=("<eos>",),
         call_open="", call_close="", always_list=False, list_open="[", list_sep=", ", list_close="]",
         args_key="parameters", parallel=True, result_role="tool", result_open="", result_close="",
-        call_triggers=(_JSON_CALL,)),
+        quotes_string_results=False, call_triggers=(_JSON_CALL,)),
     # SmolLM2's ChatML: no BOS is added (its tokenizer's add_bos_token is false); <|endoftext|> ends a document.
     # Calls and results as SmolLM2-Instruct's model card and Ollama's smollm2 template write them.
     "smollm2": ChatFormat(
         name="smollm2", file="smollm2.jinja", bos_token="", eos_token="<|im_end|>", also_stop=("<|endoftext|>",),
         call_open="<tool_call>", call_close="</tool_call>", always_list=True, list_open="[\n", list_sep=",\n",
         list_close="\n]", args_key="arguments", parallel=True, result_role="user",
-        result_open="<tool_response>\n", result_close="\n</tool_response>", call_triggers=(r"\s*<tool_call>",)),
+        result_open="<tool_response>\n", result_close="\n</tool_response>", quotes_string_results=False,
+        call_triggers=(r"\s*<tool_call>",)),
 }
 DEFAULT = "llama-3.2"
 
