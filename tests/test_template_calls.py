@@ -116,3 +116,22 @@ def test_transformers_renders_parallel_turns_like_llamatune_and_trains_the_whole
     spans += [tok.decode(cur)] if cur else []
     eos = chat_format(template).eos_token
     assert spans == [render_calls(CALLS, template) + eos, "Oslo 3 °C, Rome 18 °C; 14:05 in Zürich." + eos]
+
+
+@pytest.mark.parametrize("template", NAMES)
+def test_icl_examples_write_calls_in_the_templates_syntax(template):
+    """Base + ICL sees worked examples whose calls are what its template asks for, and they parse back."""
+    from llamatune.data.icl import icl_examples, icl_system_prompt
+
+    text = icl_system_prompt(5, template=template)
+    fmt = chat_format(template)
+    assert render_calls([{"name": "function_name", "arguments": {"argument": "value"}}], template) in text
+    rows = icl_examples(5)
+    calls = [m["tool_calls"] for r in rows for m in r["messages"] if m.get("tool_calls")]
+    assert calls
+    for tc in calls:
+        written = render_calls(tc, template)
+        assert "Assistant: " + written in text
+        assert [c.name for c in parse_output(written).calls] == [c["function"]["name"] for c in tc]
+    if fmt.call_open:
+        assert '"parameters"' not in text.split("Example 1:")[1]  # no other template's call syntax
