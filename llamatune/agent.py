@@ -6,9 +6,12 @@ Protocol for one user turn (``Agent.run``):
    embedded in the GGUFs) and streams the model's output. Output that starts like a tool call is buffered;
    anything else is streamed to the user token by token as it is decoded.
 2. If the output is plain text, that is the answer: **one** LLM call (the original study always made two).
-3. If it parses (``llamatune.toolcall``) to a valid call, the tool runs and its result enters the
-   conversation as an ``ipython`` turn, delimited as JSON data (``{"tool", "result", "note"}``), truncated to
-   ``tool_token_budget`` tokens, with special-token strings neutralised; then call 2 answers.
+3. If it parses (``llamatune.toolcall``) to valid calls, the tools run, each call of a parallel turn in order
+   (still one LLM call), and each result enters the conversation as a tool turn (the template wraps it: an
+   ``ipython`` turn for Llama 3.2, ``<tool_response>`` for SmolLM2; :mod:`llamatune.chatformat`), delimited as
+   JSON data (``{"tool", "result", "note"}``), truncated to ``tool_token_budget`` tokens, with special-token
+   strings neutralised; then call 2 answers from all the results. An invalid call beside valid ones is not
+   executed; its result says why.
 4. An invalid call (unknown tool, bad arguments, malformed JSON) is never executed: the agent retries once
    with the reason (if the budget allows) or answers plainly, and says so in the trace.
 5. ``max_llm_calls`` (default 2) is never exceeded. When a tool fails and no call is left for the model to
@@ -24,20 +27,19 @@ the terminal front end is :mod:`llamatune.terminal` (``llamatune chat``), the we
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from llamatune.chat import render, stop_strings
+from llamatune.chatformat import calls_message
 from llamatune.protocol import MODES, check_mode, neutralize, tool_result_message
 from llamatune.protocol import system_prompt as build_system_prompt
-from llamatune.toolcall import ToolCall, parse_output, validate_call
+from llamatune.toolcall import ToolCall, looks_like_call, parse_output, validate_call
 
 KINDS = ("llm_call", "tool_call", "tool_result", "invalid_call", "token", "final", "note")
 EMPTY = "(the model gave an empty answer)"
 MIN_ROOM = 16  # a model call needs at least this many free context tokens; _fit always leaves them
-_IDENT = re.compile(r"[A-Za-z_][\w.]*")
 
 
 @dataclass
@@ -50,32 +52,6 @@ class Event:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown event kind {self.kind!r}")
-
-
-def looks_like_call(prefix: str) -> bool | None:
-    """Whether output starting with ``prefix`` may be a tool call (``None``: cannot tell yet).
-
-    JSON, a code fence, ``<|python_tag|>`` and ``name(`` may be calls and are buffered; anything else is prose
-    and can be streamed at once.
-    """
-    s = prefix.lstrip()
-    if not s:
-        return None
-    if s[0] in "{`<":
-        return True
-    if s[0] == "[":  # a JSON list of calls or [f(...)], but not "[1] ..." or "[Link](...)"
-        s = s[1:].lstrip()
-        if not s:
-            return None
-        if s[0] in '{"':
-            return True
-    m = _IDENT.match(s)
-    if not m:
-        return False
-    rest = s[m.end():].lstrip()
-    if not rest:
-        return None
-    return rest[0] == "("
 
 
 def truncate_to_tokens(text: str, budget: int, count) -> str:
@@ -147,7 +123,7 @@ class Agent:
             if role in ("user", "assistant") and isinstance(m.get("content"), str) and "tool_calls" not in m:
                 out.append({"role": role, "content": neutralize(m["content"])})
             elif role == "assistant" and m.get("tool_calls"):
-                out.append({"role": "assistant", "tool_calls": m["tool_calls"][:1]})
+                out.append({"role": "assistant", "tool_calls": neutralize(list(m["tool_calls"]))})
             elif role in ("tool", "ipython"):
                 out.append({"role": "tool", "content": neutralize(m.get("content"))})
         while out and (out[0]["role"] != "user"):
@@ -222,7 +198,7 @@ class Agent:
         for p in pieces:
             buf.append(p)
             if decided is None:
-                decided = looks_like_call("".join(buf))
+                decided = looks_like_call("".join(buf), self.template)
                 if decided is not False:
                     continue
                 p = "".join(buf)
@@ -289,15 +265,9 @@ class Agent:
                 yield self._final(answer, calls, n_tools, msgs[start:], t0)
                 return
             parsed = parse_output(text)
-            valid, reasons = [], []
-            if parsed.error:
-                reasons.append(parsed.error)
-            for c in parsed.calls:
-                why = validate_call(c, self.schemas)
-                if why is None:
-                    valid.append(c)
-                else:
-                    reasons.append(str(why))
+            checked = [(c, validate_call(c, self.schemas)) for c in parsed.calls]
+            valid = [c for c, why in checked if why is None]
+            reasons = ([parsed.error] if parsed.error else []) + [str(why) for _, why in checked if why is not None]
             if not valid:
                 reason = "; ".join(reasons) or "not a call"
                 if not retried and calls < self.max_llm_calls:
@@ -305,7 +275,7 @@ class Agent:
                     yield Event("invalid_call", {"text": text, "reason": reason, "action": "retry"})
                     msgs += [{"role": "assistant", "content": neutralize(text)},
                              {"role": "tool", "content": {"error": f"invalid function call, not executed: {reason}",
-                                                          "note": "Answer the user in plain text, or make one "
+                                                          "note": "Answer the user in plain text, or make a "
                                                                   "valid call to an offered function."}}]
                     continue
                 yield Event("invalid_call", {"text": text, "reason": reason, "action": "answer"})
@@ -316,21 +286,27 @@ class Agent:
                 yield from self._emit_text(answer)
                 yield self._final(answer, calls, n_tools, msgs[start:], t0)
                 return
-            for r in reasons:
-                yield Event("invalid_call", {"text": text, "reason": r, "action": "skipped"})
+            # One assistant turn with every call the model made (a parallel turn is one LLM call), then one result
+            # per call in the same order; an invalid call is never executed: its result says why.
+            msgs.append(neutralize(calls_message(parsed.calls)))
             errors, results = [], []
             # each result gets the configured budget, or less when the context is nearly full
-            used = self.model.count_tokens(self.render(msgs + [c.to_message() for c in valid]))
-            free = self.model.n_ctx - used - min(self.max_new_tokens, self.model.n_ctx // 4) - 32 * len(valid)
-            budget = max(16, min(self.tool_token_budget, free // len(valid)))
-            for call in valid:
+            used = self.model.count_tokens(self.render(msgs))
+            free = self.model.n_ctx - used - min(self.max_new_tokens, self.model.n_ctx // 4) - 32 * len(checked)
+            budget = max(16, min(self.tool_token_budget, free // len(checked)))
+            for call, why in checked:
+                if why is not None:
+                    yield Event("invalid_call", {"text": text, "reason": str(why), "action": "skipped"})
+                    msgs.append(tool_result_message(neutralize(call.name), error=neutralize(
+                        f"invalid function call, not executed: {why}")))
+                    continue
                 n_tools += 1
                 result, error, dt = self._execute(call)
                 message, truncated = self._tool_message(call.name, result, error, budget)
                 yield Event("tool_call", {"name": call.name, "arguments": call.arguments})
                 yield Event("tool_result", {"name": call.name, "result": result, "error": error,
                                             "truncated": truncated, "seconds": round(dt, 3)})
-                msgs += [call.to_message(), message]
+                msgs.append(message)
                 (errors if error is not None else results).append((call.name, result if error is None else error))
             last_results = results or last_results
             left = self.max_llm_calls - calls

@@ -24,17 +24,14 @@ import jinja2
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from llamatune.chatformat import FORMATS, calls_message, chat_format
 from llamatune.jsonl import read_json
 
-# ``also_stop``: texts besides the end-of-turn ``eos_token`` that end a generated turn (Llama's <|eom_id|> ends a
-# built-in tool call; <|end_of_text|> and <eos> end a document, which a base model may emit instead).
-TEMPLATES = {
-    "llama-3.2": {"file": "llama-3.2.jinja", "bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
-                  "also_stop": ["<|eom_id|>", "<|end_of_text|>"]},
-    "gemma-3": {"file": "gemma-3.jinja", "bos_token": "<bos>", "eos_token": "<end_of_turn>", "also_stop": ["<eos>"]},
-    # SmolLM2's ChatML: no BOS is added (its tokenizer's add_bos_token is false); <|endoftext|> ends a document.
-    "smollm2": {"file": "smollm2.jinja", "bos_token": "", "eos_token": "<|im_end|>", "also_stop": ["<|endoftext|>"]},
-}
+# The per-template facts (tokens, stops, call syntax) live in the call-syntax contract, llamatune.chatformat;
+# ``TEMPLATES`` is its view as plain dicts: ``file``, ``bos_token``, ``eos_token``, ``also_stop`` (texts besides the
+# end-of-turn ``eos_token`` that end a generated turn).
+TEMPLATES = {name: {"file": f.file, "bos_token": f.bos_token, "eos_token": f.eos_token, "also_stop": list(f.also_stop)}
+             for name, f in FORMATS.items()}
 # A marker in an embedded chat template → the project template of that format (for templates that are not ours).
 _FORMAT_MARKERS = (("<start_of_turn>", "gemma-3"), ("<|im_start|>", "smollm2"), ("<|start_header_id|>", "llama-3.2"))
 ROLES = ("system", "user", "assistant", "tool", "ipython")
@@ -45,8 +42,7 @@ DEFAULT_DATE = "26 Jul 2024"
 
 def stop_strings(template: str = "llama-3.2") -> list[str]:
     """The texts that end a generated turn in ``template``, its ``eos_token`` first (unknown names: Llama 3.2's)."""
-    spec = TEMPLATES.get(template, TEMPLATES["llama-3.2"])
-    return [spec["eos_token"], *spec["also_stop"]]
+    return chat_format(template).stops
 
 
 ALL_STOPS = list(dict.fromkeys(s for name in TEMPLATES for s in stop_strings(name)))  # any template's turn end
@@ -147,8 +143,9 @@ def render(
 
 
 def tool_call_message(name: str, arguments: dict) -> dict:
-    """An assistant turn that calls one tool, in the HF/OpenAI ``tool_calls`` shape."""
-    return {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}
+    """An assistant turn that calls one tool, in the HF/OpenAI ``tool_calls`` shape (several calls:
+    :func:`llamatune.chatformat.calls_message`)."""
+    return calls_message([{"name": name, "arguments": arguments}])
 
 
 def validate_messages(messages: Any, where: str = "messages") -> None:

@@ -56,7 +56,7 @@ def main(args) -> int:
     template = model_template(args.model) if args.template == "auto" else args.template
     model = LlamaCppModel(args.model, n_ctx=args.n_ctx, n_threads=args.threads, chat_template=template,
                           temperature=args.temperature)
-    examples = icl_block(args.icl, tools=MODES[args.mode]) if args.icl else ""
+    examples = icl_block(args.icl, tools=MODES[args.mode], template=template) if args.icl else ""
     agent = Agent(model, mode=args.mode, max_llm_calls=args.max_llm_calls, examples=examples,
                   max_new_tokens=args.max_new_tokens)
     null = open("/dev/null", "w") if args.quiet else sys.stderr

@@ -1,13 +1,19 @@
 """Tool calls in model output: parse them, and check them against the tools' JSON schemas.
 
-One parser serves data generation, evaluation and the agent. It accepts what Llama-3.2 models write:
+One parser serves data generation, evaluation and the agent, whatever the model. It accepts every form a
+project template writes (:mod:`llamatune.chatformat`) and the forms other models write:
 
 * the JSON object of Meta's format, ``{"name": "f", "parameters": {...}}`` (``arguments`` also accepted),
   optionally after ``<|python_tag|>``, with whitespace or a ```json fence around it;
-* a JSON list of such objects;
+* a JSON list of such objects (several calls in one turn);
+* a template's call tags around an object or a list: SmolLM2's ``<tool_call>[{"name": …, "arguments": …}, …]
+  </tool_call>``, also several tagged blocks in a row (Hermes/Qwen style); ``<tool_call>[]</tool_call>`` is the
+  SmolLM2 card's way of saying "no call": not a call, not an attempt;
 * the pythonic form ``[f(a="x", b=2)]`` (also without brackets).
 
-Anything else (prose, prose that merely contains JSON) is not a call. Nothing here raises on model output:
+A call must open the output. Anything else (prose, prose that merely contains JSON) is not a call.
+:func:`looks_like_call` decides from a prefix of the output whether it may become a call (what a streaming
+front end buffers). Nothing here raises on model output:
 ``parse_output`` tells a caller whether the text *tried* to be a call and failed (format-invalid), and
 ``validate_call`` returns a structured reason instead of raising.
 """
@@ -20,7 +26,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from llamatune.chatformat import FORMATS, call_tags, chat_format, render_calls
+
 PYTHON_TAG = "<|python_tag|>"
+_IDENT = re.compile(r"[A-Za-z_][\w.]*")
 _FENCE = re.compile(r"^```(?:json|python)?\s*(.*?)\s*```$", re.S)
 _PY_CALL = re.compile(r"^\[?\s*[A-Za-z_][\w.]*\s*\(.*\)\s*\]?$", re.S)
 
@@ -30,9 +39,13 @@ class ToolCall:
     name: str
     arguments: dict = field(default_factory=dict)
 
+    def to_text(self, template: str | None = None) -> str:
+        """This call as ``template`` writes it (:func:`llamatune.chatformat.render_calls`)."""
+        return render_calls([self], template)
+
     def to_json(self) -> str:
         """Meta's Llama 3.2 call format, as the template renders it."""
-        return json.dumps({"name": self.name, "parameters": self.arguments}, ensure_ascii=False)
+        return self.to_text("llama-3.2")
 
     def to_message(self) -> dict:
         return {"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": self.name, "arguments": self.arguments}}]}
@@ -51,11 +64,14 @@ class ParsedOutput:
         return not self.attempted or self.error is None
 
 
+_ENDS = tuple(dict.fromkeys(s for f in FORMATS.values() for s in f.stops))  # any template's turn end
+
+
 def _strip(text: str) -> str:
     text = text.strip()
     if text.startswith(PYTHON_TAG):
         text = text[len(PYTHON_TAG) :].strip()
-    for end in ("<|eom_id|>", "<|eot_id|>", "<end_of_turn>"):
+    for end in _ENDS:
         if text.endswith(end):
             text = text[: -len(end)].strip()
     m = _FENCE.match(text)
@@ -106,23 +122,48 @@ def parse_output(text: str) -> ParsedOutput:
         return ParsedOutput([], True, f"unparseable call ({type(exc).__name__}: {reason})")
 
 
+def _json_calls(body: str, allow_empty: bool = False) -> ParsedOutput:
+    try:
+        obj = json.loads(body)
+    except json.JSONDecodeError as exc:
+        return ParsedOutput([], True, f"malformed JSON: {exc.msg} at char {exc.pos}")
+    try:
+        items = obj if isinstance(obj, list) else [obj]
+        if not items:
+            return ParsedOutput([], not allow_empty, None if allow_empty else "empty list of calls")
+        return ParsedOutput([_from_obj(o) for o in items], True)
+    except ValueError as exc:
+        return ParsedOutput([], True, str(exc))
+
+
+def _parse_tagged(text: str, open_: str, close: str) -> ParsedOutput:
+    """``open_ JSON close`` blocks, one or more in a row (the last one's closer may be missing: a stop cut it)."""
+    calls, rest = [], _strip(text)
+    while rest.startswith(open_):
+        rest = rest[len(open_):]
+        end = rest.find(close)
+        body, rest = (rest, "") if end < 0 else (rest[:end], rest[end + len(close):].lstrip())
+        body = body.strip()
+        m = _FENCE.match(body)
+        got = _json_calls(m.group(1).strip() if m else body, allow_empty=True)
+        if got.error:
+            return ParsedOutput([], True, f"{open_}: {got.error}")
+        calls += got.calls
+    if rest:
+        return ParsedOutput([], True, f"text after {close}: {rest[:40]!r}")
+    return ParsedOutput(calls, bool(calls))
+
+
 def _parse_output(text: str) -> ParsedOutput:
     if not isinstance(text, str):
         return ParsedOutput([], False)
+    for open_, close in call_tags():
+        if text.lstrip().startswith(open_):
+            return _parse_tagged(text, open_, close)
     tagged = text.strip().startswith(PYTHON_TAG)
     body = _strip(text)
     if body.startswith(("{", "[")) and not _PY_CALL.match(body):
-        try:
-            obj = json.loads(body)
-        except json.JSONDecodeError as exc:
-            return ParsedOutput([], True, f"malformed JSON: {exc.msg} at char {exc.pos}")
-        try:
-            items = obj if isinstance(obj, list) else [obj]
-            if not items:
-                return ParsedOutput([], True, "empty list of calls")
-            return ParsedOutput([_from_obj(o) for o in items], True)
-        except ValueError as exc:
-            return ParsedOutput([], True, str(exc))
+        return _json_calls(body)
     if _PY_CALL.match(body):
         try:
             return ParsedOutput(_parse_pythonic(body), True)
@@ -133,6 +174,37 @@ def _parse_output(text: str) -> ParsedOutput:
     if tagged:
         return ParsedOutput([], True, "<|python_tag|> followed by no call")
     return ParsedOutput([], False)
+
+
+def looks_like_call(prefix: str, template: str | None = None) -> bool | None:
+    """Whether output starting with ``prefix`` may be a tool call (``None``: cannot tell yet): what a streaming
+    front end buffers instead of showing.
+
+    The template's call opener (``<tool_call>``; :mod:`llamatune.chatformat`), any ``<…`` tag, JSON, a code fence
+    and ``name(`` may be calls (the parser reads them all, whatever the template); anything else is prose and can
+    be streamed at once.
+    """
+    s = prefix.lstrip()
+    if not s:
+        return None
+    opener = chat_format(template).call_open
+    if opener and (s.startswith(opener) or opener.startswith(s)):
+        return True
+    if s[0] in "{`<":
+        return True
+    if s[0] == "[":  # a JSON list of calls or [f(...)], but not "[1] ..." or "[Link](...)"
+        s = s[1:].lstrip()
+        if not s:
+            return None
+        if s[0] in '{"':
+            return True
+    m = _IDENT.match(s)
+    if not m:
+        return False
+    rest = s[m.end():].lstrip()
+    if not rest:
+        return None
+    return rest[0] == "("
 
 
 def parse_tool_calls(text: str) -> list[ToolCall]:

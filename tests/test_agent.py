@@ -6,6 +6,7 @@ import json
 import pytest
 
 from llamatune.agent import Agent, Event, looks_like_call
+from llamatune.chatformat import chat_format, render_calls
 from llamatune.data.icl import icl_block
 from llamatune.protocol import MODES, neutralize
 from llamatune.llm import ScriptedModel
@@ -289,6 +290,58 @@ def test_looks_like_call_prefix_rules():
     assert looks_like_call("The weather") is False and looks_like_call("Sure!") is False
     assert looks_like_call("[{") and looks_like_call("[get_weather(") and looks_like_call("[get") is None
     assert looks_like_call("[1] Smith") is False and looks_like_call("[Oslo](https://") is False
+
+
+def test_looks_like_call_buffers_the_smollm2_opener():
+    for prefix in ("<", "<tool", "<tool_call>", "<tool_call>[\n{"):
+        assert looks_like_call(prefix, "smollm2") is True
+    assert looks_like_call("Tool calls are", "smollm2") is False
+
+
+@pytest.mark.parametrize("template", ["smollm2", "llama-3.2", "gemma-3"])
+def test_a_parallel_turn_runs_every_call_and_answers_from_all_results(template):
+    spy, calls = make_spy()
+    turn = render_calls([{"name": "lookup", "arguments": {"query": "Oslo"}},
+                         {"name": "lookup", "arguments": {"query": "Rome", "limit": 2}}], template)
+    model = ScriptedModel([turn, "Oslo and Rome, from both lookups."], template=template)
+    events, final = run(Agent(model, mode="research", tools=[spy]), "Look up Oslo and Rome")
+    assert calls == [("Oslo", 3), ("Rome", 2)]  # each call ran, in order
+    assert model.calls == final["llm_calls"] == 2 and final["tool_calls"] == 2  # one LLM call for both calls
+    assert [e["name"] for e in of(events, "tool_result")] == ["lookup", "lookup"] and not of(events, "invalid_call")
+    assert "".join(t["text"] for t in of(events, "token")) == final["text"] == "Oslo and Rome, from both lookups."
+    # the second prompt holds the one call turn as the template writes it, then both results, in order
+    second = model.prompts[1]
+    assert turn + chat_format(template).eos_token in second
+    assert second.index("facts about Oslo") < second.index("facts about Rome")
+    assert [m["role"] for m in final["messages"]] == ["user", "assistant", "tool", "tool", "assistant"]
+    assert len(final["messages"][1]["tool_calls"]) == 2
+    # and the next turn's prompt renders that history (both calls, both results) unchanged
+    model.outputs.append("Anything else?")
+    run(Agent(model, mode="research", tools=[spy]), "thanks", final["messages"])
+    assert second + "Oslo and Rome, from both lookups." in model.prompts[2]
+
+
+def test_an_invalid_call_in_a_parallel_turn_is_not_executed_and_its_result_says_why():
+    spy, calls = make_spy()
+    turn = render_calls([{"name": "lookup", "arguments": {"query": "Oslo"}},
+                         {"name": "delete_everything", "arguments": {}}], "smollm2")
+    model = ScriptedModel([turn, "Here is what I found about Oslo."], template="smollm2")
+    events, final = run(Agent(model, mode="research", tools=[spy]))
+    assert calls == [("Oslo", 3)] and final["tool_calls"] == 1 and model.calls == 2
+    inv = of(events, "invalid_call")
+    assert len(inv) == 1 and inv[0]["action"] == "skipped" and "unknown_tool" in inv[0]["reason"]
+    assert "invalid function call, not executed: unknown_tool" in model.prompts[1]
+    assert model.prompts[1].count("<tool_response>") == 2  # every call of the turn has its result
+
+
+def test_a_parallel_turn_on_a_budget_of_one_shows_both_results():
+    spy, calls = make_spy()
+    turn = render_calls([{"name": "lookup", "arguments": {"query": "a"}},
+                         {"name": "lookup", "arguments": {"query": "b"}}], "smollm2")
+    model = ScriptedModel([turn], template="smollm2")
+    events, final = run(Agent(model, mode="research", tools=[spy], max_llm_calls=1))
+    assert model.calls == 1 and len(calls) == 2
+    assert "facts about a" in final["text"] and "facts about b" in final["text"]
 
 
 def test_prose_starting_with_a_bracket_is_an_answer():

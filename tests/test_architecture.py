@@ -81,10 +81,10 @@ def test_no_import_cycle_among_the_package_modules():
 
 
 @pytest.mark.parametrize("module, allowed", [
-    ("llamatune.protocol", set()), ("llamatune.jsonl", set()), ("llamatune.toolcall", set()),
-    ("llamatune.gguf_meta", set()), ("llamatune.model_spec", set()), ("llamatune.evals.stats", set()),
-    ("llamatune.grammar", set()),
-    ("llamatune.chat", {"llamatune.gguf_meta", "llamatune.jsonl"}),
+    ("llamatune.chatformat", set()), ("llamatune.protocol", {"llamatune.chatformat"}), ("llamatune.jsonl", set()),
+    ("llamatune.toolcall", {"llamatune.chatformat"}), ("llamatune.gguf_meta", set()), ("llamatune.model_spec", set()),
+    ("llamatune.evals.stats", set()), ("llamatune.chat", {"llamatune.chatformat", "llamatune.gguf_meta", "llamatune.jsonl"}),
+    ("llamatune.grammar", {"llamatune.chatformat"}),
 ])
 def test_contract_modules_sit_at_the_bottom(module, allowed):
     assert import_graph()[module] <= allowed, f"{module} imports {sorted(import_graph()[module] - allowed)}"

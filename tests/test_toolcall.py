@@ -19,6 +19,11 @@ W = ToolCall("get_current_weather", {"location": "Oslo"})
     '[get_current_weather(location="Oslo")]',
     'get_current_weather(location="Oslo")',
     '<|python_tag|>get_current_weather(location="Oslo")',
+    # SmolLM2's own format (model card, Ollama), and the Hermes/Qwen form of one object per tag
+    '<tool_call>[\n{"name": "get_current_weather", "arguments": {"location": "Oslo"}}\n]</tool_call>',
+    '<tool_call>[{"name": "get_current_weather", "arguments": {"location": "Oslo"}}]</tool_call><|im_end|>',
+    '<tool_call>\n{"name": "get_current_weather", "arguments": {"location": "Oslo"}}\n</tool_call>',
+    '  <tool_call>[{"name": "get_current_weather", "arguments": {"location": "Oslo"}}]',  # the closer cut by a stop
 ])
 def test_accepted_forms(text):
     out = parse_output(text)
@@ -51,6 +56,10 @@ def test_prose_is_not_a_call(text):
     ("[]", "empty list"),
     ('[get_current_weather("Oslo")]', "keyword arguments only"),
     ("<|python_tag|>", "no call"),
+    ('<tool_call>[{"name": "get_current_weather", "arguments": {"location": "Oslo"}</tool_call>', "malformed JSON"),
+    ("<tool_call></tool_call>", "malformed JSON"),
+    ('<tool_call>[{"arguments": {}}]</tool_call>', "needs a string 'name'"),
+    ('<tool_call>[{"name": "f", "arguments": {}}]</tool_call> Done!', "text after </tool_call>"),
     ('{"name": "f", "arguments": "{not json"}', "not valid JSON"),
 ])
 def test_attempted_but_malformed(text, fragment):
@@ -59,13 +68,37 @@ def test_attempted_but_malformed(text, fragment):
     assert fragment in out.error
 
 
+def test_parallel_calls_in_every_written_form():
+    two = [W, ToolCall("get_current_weather", {"location": "Rome"})]
+    for text in ['[{"name": "get_current_weather", "parameters": {"location": "Oslo"}}, '
+                 '{"name": "get_current_weather", "parameters": {"location": "Rome"}}]',
+                 '<tool_call>[\n{"name": "get_current_weather", "arguments": {"location": "Oslo"}},\n'
+                 '{"name": "get_current_weather", "arguments": {"location": "Rome"}}\n]</tool_call>',
+                 '<tool_call>{"name": "get_current_weather", "arguments": {"location": "Oslo"}}</tool_call>\n'
+                 '<tool_call>{"name": "get_current_weather", "arguments": {"location": "Rome"}}</tool_call>']:
+        assert parse_output(text).calls == two, text
+
+
+def test_the_cards_empty_list_means_no_call():
+    """SmolLM2's card asks for ``<tool_call>[]</tool_call>`` when no call is needed: not a call, not an attempt."""
+    out = parse_output("<tool_call>[]</tool_call>")
+    assert out.calls == [] and not out.attempted and out.format_valid
+    assert parse_output("[]").attempted  # a bare empty list is still a failed attempt
+
+
+def test_a_call_must_open_the_output():
+    out = parse_output('Let me check. <tool_call>[{"name": "f", "arguments": {}}]</tool_call>')
+    assert out.calls == [] and not out.attempted
+
+
 def test_unknown_keys_are_ignored_but_name_and_args_kept():
     out = parse_output('{"name": "get_current_weather", "parameters": {"location": "Oslo"}, "id": "x1", "type": "f"}')
     assert out.calls == [W]
 
 
 def test_never_raises_on_junk():
-    for junk in ["{", "[", "{}}", "[f(", "<|python_tag|>{{{", None, "{\"name\": 3}", "[1, 2]"]:
+    for junk in ["{", "[", "{}}", "[f(", "<|python_tag|>{{{", None, "{\"name\": 3}", "[1, 2]", "<tool_call>",
+                 "<tool_call>" * 500, "<tool_call>[" * 1000, "</tool_call>"]:
         assert parse_output(junk).calls == []
     hostile = {
         "nested brackets": "[" * 1000,                                          # RecursionError in json
@@ -107,5 +140,6 @@ def test_int_is_accepted_for_number():
                          [convert_units.schema]) is None
 
 
-def test_call_round_trips_through_template_format():
-    assert parse_tool_calls(W.to_json()) == [W]
+@pytest.mark.parametrize("template", ["llama-3.2", "gemma-3", "smollm2"])
+def test_call_round_trips_through_template_format(template):
+    assert parse_tool_calls(W.to_json()) == [W] == parse_tool_calls(W.to_text(template))

@@ -210,18 +210,18 @@ def test_cli_predictions_and_compare(tmp_path, capsys):
         evaluate(tmp_path / "nope.bin", preds, tmp_path / "x.json")
 
 
-def test_the_generators_own_targets_score_perfectly(tmp_path):
-    """Every target of the generated test set, written as the model would (Meta's JSON call or the text),
-    is correct; the same outputs shifted to the wrong item are mostly not."""
+@pytest.mark.parametrize("template", ["llama-3.2", "gemma-3", "smollm2"])
+def test_the_generators_own_targets_score_perfectly(template):
+    """Every target of the generated test set, written as the model would in each template's call syntax (all
+    the calls of the turn) or as the text, is correct; the same outputs shifted to the wrong item are mostly not."""
+    from llamatune.chatformat import render_calls
     from llamatune.data.funccall import generate
-    from llamatune.toolcall import ToolCall
 
     _, test = generate(400, seed=5)
     outs = []
     for r in test:
         t = r["messages"][-1]
-        fn = t["tool_calls"][0]["function"] if "tool_calls" in t else None
-        outs.append(ToolCall(fn["name"], fn["arguments"]).to_json() if fn else t["content"])
+        outs.append(render_calls(t["tool_calls"], template) if "tool_calls" in t else t["content"])
     scored = [score_output(o, r["expected"], r["tools"], r["category"]) for o, r in zip(outs, test)]
     assert all(x["correct"] for x in scored), [x["reason"] for x in scored if not x["correct"]][:3]
     shifted = [score_output(o, r["expected"], r["tools"], r["category"]) for o, r in zip(outs[1:], test)]

@@ -7,6 +7,10 @@ its default). When no call is expected, any call attempt is wrong; for ``clarify
 a question; after a tool result the answer must be grounded in it. Nothing in model output crashes the scorer:
 malformed calls count as format-invalid.
 
+``expected`` is ``None`` (no call), one call ``{"name", "arguments"[, "accept"]}``, or, for a turn of parallel
+calls, a list of such objects: the output must make exactly those calls, in any order (each matched to a
+different expected call; a missing or an extra call is wrong). A list of one is the same as its one object.
+
     from llamatune.evals.scoring import score_output
     score_output('{"name": "f", "parameters": {}}', {"name": "f", "arguments": {}}, tools, "single_call")
 """
@@ -130,7 +134,49 @@ def grounding_reason(answer: str, context: list[dict]) -> str | None:
     return "ungrounded: the answer repeats no value of the tool result"
 
 
-def score_output(output: str, expected: dict | None, tools: list, category: str,
+def expected_error(expected) -> str | None:
+    """Why ``expected`` is not a valid target (``None`` when it is): ``None``, ``{"name", "arguments"[, "accept"]}``
+    or a non-empty list of those."""
+    if expected is None:
+        return None
+    for i, one in enumerate(expected if isinstance(expected, list) else [expected]):
+        where = f"[{i}]" if isinstance(expected, list) else ""
+        if not isinstance(one, dict) or not isinstance(one.get("name"), str):
+            return f"expected{where} must be {{\"name\", \"arguments\"}}, got {one!r:.60}"
+        if not isinstance(one.get("arguments", {}), dict) or not isinstance(one.get("accept", {}), dict):
+            return f"expected{where}: 'arguments' and 'accept' must be objects"
+    if isinstance(expected, list) and not expected:
+        return "expected: an empty list (use null when no call is expected)"
+    return None
+
+
+def _match(calls: list[ToolCall], wanted: list[dict], tools: list[dict]) -> str | None:
+    """``None`` when every call matches a different expected call (any order), else why not."""
+    ok = [[_args_reason(c, w, tools) is None if c.name == w["name"] else False for w in wanted] for c in calls]
+    taken: list[int | None] = [None] * len(wanted)
+
+    def assign(i: int, seen: set) -> bool:  # augmenting path (Kuhn's bipartite matching)
+        for j, fits in enumerate(ok[i]):
+            if fits and j not in seen:
+                seen.add(j)
+                if taken[j] is None or assign(taken[j], seen):
+                    taken[j] = i
+                    return True
+        return False
+
+    for i in range(len(calls)):
+        assign(i, set())
+    free = [c for i, c in enumerate(calls) if i not in taken]
+    for j, w in enumerate(wanted):
+        if taken[j] is None:
+            same = [c for c in free if c.name == w["name"]]
+            if not same:
+                return f"wrong_tool: no call of {w['name']} left (calls: {', '.join(c.name for c in calls)})"
+            return _args_reason(same[0], w, tools) or f"unmatched_call: {w['name']}"
+    return None
+
+
+def score_output(output: str, expected: dict | list | None, tools: list, category: str,
                  context: list[dict] | None = None) -> dict:
     """Score one raw output: ``{correct, reason, format_valid, called, attempted, clarified, llm_calls,
     expects_call, name_correct}``. ``llm_calls`` is what the agent would spend on the turn: 1 for a text
@@ -154,6 +200,10 @@ def score_output(output: str, expected: dict | None, tools: list, category: str,
         else:
             reason = (grounding_reason(output, context) if context else None) or "ok"
         return {"correct": reason == "ok", "reason": reason, **rec}
+    if isinstance(expected, list) and len(expected) == 1:
+        expected = expected[0]
+    if isinstance(expected, list):
+        return {**rec, **_score_parallel(parsed, expected, tools)}
     if not parsed.format_valid:
         reason = f"format_invalid: {parsed.error}"
     elif not called:
@@ -168,3 +218,20 @@ def score_output(output: str, expected: dict | None, tools: list, category: str,
         invalid = validate_call(parsed.calls[0], tools)
         reason = str(invalid) if invalid else (_args_reason(parsed.calls[0], expected, tools) or "ok")
     return {"correct": reason == "ok", "reason": reason, **rec}
+
+
+def _score_parallel(parsed, wanted: list[dict], tools: list) -> dict:
+    calls = parsed.calls
+    name_correct = sorted(c.name for c in calls) == sorted(w["name"] for w in wanted)
+    if not parsed.format_valid:
+        reason = f"format_invalid: {parsed.error}"
+    elif not calls:
+        reason = "no_call: answered in text although calls are needed"
+    elif len(calls) < len(wanted):
+        reason = f"missing_call: {len(calls)} call(s), {len(wanted)} expected"
+    elif len(calls) > len(wanted):
+        reason = f"extra_call: {len(calls)} calls, {len(wanted)} expected"
+    else:
+        invalid = next((why for c in calls if (why := validate_call(c, tools))), None)
+        reason = str(invalid) if invalid else (_match(calls, wanted, tools) or "ok")
+    return {"correct": reason == "ok", "reason": reason, "name_correct": name_correct}
