@@ -63,6 +63,7 @@ class ChatFormat:
     result_close: str
     quotes_string_results: bool  # a string result is written JSON-quoted (Meta's template), not as it is
     call_triggers: tuple[str, ...]
+    optional_opener: str = ""  # a marker a call may also start with (Meta's <|python_tag|>); never written
 
     @property
     def stops(self) -> list[str]:
@@ -82,7 +83,7 @@ FORMATS: dict[str, ChatFormat] = {
         also_stop=("<|eom_id|>", "<|end_of_text|>"), call_open="", call_close="", always_list=False,
         list_open="[", list_sep=", ", list_close="]", args_key="parameters", parallel=True,
         result_role="ipython", result_open="", result_close="", quotes_string_results=True,
-        call_triggers=(_JSON_CALL, r"\s*<\|python_tag\|>")),
+        call_triggers=(_JSON_CALL, r"\s*<\|python_tag\|>"), optional_opener="<|python_tag|>"),
     "gemma-3": ChatFormat(
         name="gemma-3", file="gemma-3.jinja", bos_token="<bos>", eos_token="<end_of_turn>", also_stop=("<eos>",),
         call_open="", call_close="", always_list=False, list_open="[", list_sep=", ", list_close="]",

@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable
 
+from llamatune.chatformat import FORMATS, chat_format
+
 ANY = {"type": ["object", "array", "string", "number", "boolean", "null"]}
 _SCALARS = ("string", "integer", "number", "boolean", "null")
 _PY = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,), "null": (type(None),),
@@ -89,15 +91,22 @@ class CallSyntax:
             raise ValueError("CallSyntax: name_key and arguments_key must be two different non-empty keys")
 
 
-# What can be inferred from today's templates and the models' own formats (the format contract will name them):
-# SmolLM2's model card: <tool_call>[{"name": …, "arguments": {…}}, …]</tool_call>;
-# Meta's Llama 3.2: {"name": …, "parameters": {…}}, optionally after <|python_tag|>, a JSON list for parallel calls;
-# the project's Gemma 3 template: the model turn is one {"name": …, "parameters": {…}} object.
-SMOLLM2 = CallSyntax(opener="<tool_call>", closer="</tool_call>", form="list", parallel=True)
-LLAMA_3_2 = CallSyntax(opener="<|python_tag|>", opener_optional=True, form="either", parallel=True,
-                       arguments_key="parameters")
-GEMMA_3 = CallSyntax(form="object", arguments_key="parameters")
-PRESETS = {"smollm2": SMOLLM2, "llama-3.2": LLAMA_3_2, "gemma-3": GEMMA_3}
+def syntax_of(template: str) -> CallSyntax:
+    """The call syntax of a project template, read from the call-syntax contract (:mod:`llamatune.chatformat`):
+    SmolLM2's ``<tool_call>[…]</tool_call>`` list; Meta's Llama 3.2 object (a list for parallel calls), which may
+    start with ``<|python_tag|>``; the project's Gemma 3 template, as Llama 3.2 without the tag."""
+    fmt = chat_format(template)
+    form = "list" if fmt.always_list else "either" if fmt.parallel else "object"
+    if fmt.call_open:
+        opener, optional = fmt.call_open, False
+    else:
+        opener, optional = fmt.optional_opener or None, bool(fmt.optional_opener)
+    return CallSyntax(opener=opener, closer=fmt.call_close or None, form=form, parallel=fmt.parallel,
+                      arguments_key=fmt.args_key, opener_optional=optional)
+
+
+SMOLLM2, LLAMA_3_2, GEMMA_3 = syntax_of("smollm2"), syntax_of("llama-3.2"), syntax_of("gemma-3")
+PRESETS = {name: syntax_of(name) for name in FORMATS}
 
 
 @dataclass(frozen=True)
@@ -357,6 +366,11 @@ def _build(key: str, syntax: CallSyntax) -> CallGrammar:
     conv.visit(schema, "calls")
     rules = re.sub(r"^char ::= .*$", lambda _: _CHAR_RULE, conv.format_grammar(), flags=re.M)
     rules = rules.replace(_EXPONENT, _JSON_EXPONENT)
+    # the list of calls: a newline as well as a space around its items (SmolLM2's template writes "[\n{..},\n{..}\n]")
+    rules = re.sub(r'^(calls(?:-\d+)?) ::= "\[" space (\S+) \("," space \S+\)\* "\]" space$',
+                   lambda m: f'{m.group(1)} ::= "[" lsp {m.group(2)} (lsp "," lsp {m.group(2)})* lsp "]"', rules,
+                   flags=re.M)
+    rules = rules.rstrip("\n") + ("\nlsp ::= [ \\n]?" if "lsp" in rules else "")
     body = "calls"
     if syntax.closer:
         body += f" ws {_literal(syntax.closer)}"

@@ -141,12 +141,13 @@ def test_text_that_is_not_a_well_formed_call_is_refused(vocab, tools, preset):
 
 def test_several_calls_only_where_the_syntax_allows_them(vocab, tools):
     two = [WEATHER, ("calculate", {"expression": "6*7"})]
-    for syntax in (SMOLLM2, LLAMA_3_2):
+    for syntax in (SMOLLM2, LLAMA_3_2, GEMMA_3):
         assert call_grammar(tools, syntax).accepts(vocab, render(syntax, two))
-    g = call_grammar(tools, GEMMA_3)  # one call per turn
-    one = render(GEMMA_3, [WEATHER])
-    as_list = render(GEMMA_3, [WEATHER], True)
-    for text in (render(GEMMA_3, two), one + render(GEMMA_3, two[1:]), one + "\n" + one, as_list):
+    single = CallSyntax(form="object", arguments_key="parameters")  # one call per turn
+    g = call_grammar(tools, single)
+    one = render(single, [WEATHER])
+    as_list = render(single, [WEATHER], True)
+    for text in (render(single, two), one + render(single, two[1:]), one + "\n" + one, as_list):
         assert not g.accepts(vocab, text), text
     single_list = CallSyntax(opener="<tool_call>", closer="</tool_call>", form="list", parallel=False)
     g = call_grammar(tools, single_list)
@@ -389,7 +390,7 @@ TRIGGERS = {  # preset: (texts whose end fires the trigger, texts that do not)
                 ['<tool_call>{"name"', '<tool_call>[{"name": "x', "<tool_call>[1", "<tool_call >", "tool_call"]),
     "llama-3.2": (["<|python_tag|>", '<|python_tag|>{"name":"', ' {"name"', '[{"name": "', '\n{ "name" :'],
                   ['Hi {"name"', '{"name": "x', '{"name"}}', "[1, 2]", '{"nam": 1}', "<|python_tag|>x"]),
-    "gemma-3": (['{"name"', ' {"name": "'], ['[{"name"', '{"name"}}', 'A call: {"name"', '{"name": "get_local_time"']),
+    "gemma-3": (['{"name"', ' {"name": "', '[{"name"'], ['{"name"}}', 'A call: {"name"', '{"name": "get_local_time"']),
 }
 
 
@@ -413,3 +414,18 @@ def test_a_token_running_past_the_trigger_leaves_the_text_free(vocab, tools):
     g = call_grammar(tools, GEMMA_3)
     assert grammar.tokenize(vocab, '{"name"}}')[-1] != grammar.tokenize(vocab, '{"name"')[-1]  # '"}}' is one piece
     assert g.accepts(vocab, '{"name"}} is how a call starts, not a call', lazy=True)  # and the process is alive
+
+
+@pytest.mark.parametrize("template", ["smollm2", "llama-3.2", "gemma-3"])
+def test_the_grammar_of_a_template_accepts_the_calls_its_template_writes(vocab, tools, template):
+    """The contract holds the three together: what the template (via render_calls) writes for one and for several
+    calls, the grammar built from the template's call syntax accepts; an unoffered tool it refuses."""
+    from llamatune.chatformat import render_calls
+    from llamatune.grammar import syntax_of
+
+    g = call_grammar(tools, syntax_of(template))
+    one = [{"name": "get_current_weather", "arguments": {"location": "Oslo", "unit": "celsius"}}]
+    two = one + [{"name": "convert_units", "arguments": {"value": 5, "from_unit": "km", "to_unit": "mile"}}]
+    assert g.accepts(vocab, render_calls(one, template))
+    assert g.accepts(vocab, render_calls(two, template))
+    assert not g.accepts(vocab, render_calls([{"name": "get_stock_price", "arguments": {}}], template))
