@@ -12,7 +12,7 @@ OpenAI error bodies, one generation at a time). This module adds:
   (:class:`llamatune.runtime.LlamaCppModel`, greedy, KV prefix reuse), the output read by the one parser
   (:func:`llamatune.toolcall.parse_output`): calls come back as ``tool_calls`` (ids, arguments as a JSON string,
   ``finish_reason: "tool_calls"``), text as ``content``. Streamed, prose goes out as it is decoded and output that
-  starts like a call (:func:`llamatune.agent.looks_like_call`, the agent's rule) is held and sent as ``tool_calls``
+  starts like a call (:func:`llamatune.toolcall.looks_like_call`, the agent's rule) is held and sent as ``tool_calls``
   deltas. Request sampling parameters (temperature, top_p, seed…) are not used: decoding is the runtime's.
 * a check in front of the route (:class:`CheckRequests`): a bad request (unknown role, malformed tool schema, a tool
   message answering no call…) gets an OpenAI-style 400 naming the field (:mod:`llamatune.endpoint_request`)
@@ -33,10 +33,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from llamatune.agent import looks_like_call
 from llamatune.chat import render, stop_strings
 from llamatune.endpoint_request import RequestError, check_request, template_messages, tool_plan
-from llamatune.toolcall import parse_output
+from llamatune.toolcall import looks_like_call, parse_output
 
 
 def _template_error(exc: Exception) -> RequestError:
@@ -129,7 +128,7 @@ class ChatHandler:
         for p in pieces:
             if decided is None:  # the agent's rule: hold what may be a call, stream what is prose
                 held.append(p)
-                decided = looks_like_call("".join(held))
+                decided = looks_like_call("".join(held), self.model.template)
                 if decided is not False:
                     continue
                 p, held = "".join(held), []
