@@ -89,9 +89,10 @@ def load_prompts(path: str | Path) -> list[dict]:
 
 
 def _turn_text(m: dict) -> str:
-    if m.get("tool_calls"):
-        f = m["tool_calls"][0]["function"]
-        return json.dumps({"name": f["name"], "parameters": f.get("arguments", {})}, ensure_ascii=False)
+    if m.get("tool_calls"):  # every call of the turn, in Meta's format (what the judge is told calls look like)
+        from llamatune.chatformat import render_calls
+
+        return render_calls(m["tool_calls"], "llama-3.2")
     c = m.get("content")
     return c if isinstance(c, str) else json.dumps(c, ensure_ascii=False)
 
