@@ -5,6 +5,8 @@
   training rows offered exactly a mode's tools also get, so training matches serving;
 * :func:`tool_result_message` — the envelope a tool result enters the conversation in
   (``{"tool", "result" | "error", "note"}``), built the same way for a training row and for a live call;
+  :func:`cut_tool_result` the same envelope for a result cut to a token budget (:func:`truncate_to_tokens`), so a
+  training row's long result is cut the way the agent cuts a live one;
 * :func:`neutralize` — special-token strings in untrusted text (user messages, web pages) made inert.
 
 A leaf: it imports nothing from the package but the tool registry's names, so ``data`` and the agent both depend
@@ -13,6 +15,7 @@ on it and never on each other.
 
 from __future__ import annotations
 
+import json
 import re
 
 MODES: dict[str, list[str]] = {
@@ -73,6 +76,35 @@ def tool_result_message(name: str, result=None, error: str | None = None, trunca
     if truncated:
         content["truncated"] = True
     return {"role": "tool", "content": content}
+
+
+def truncate_to_tokens(text: str, budget: int, count) -> str:
+    """The longest prefix of ``text`` with at most ``budget`` tokens (``count`` counts tokens)."""
+    if count(text) <= budget:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(text[:mid]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo]
+
+
+TRUNCATED_MARK = " …[truncated]"
+
+
+def cut_tool_result(name: str, result, budget: int, count) -> tuple[dict, bool]:
+    """``(tool turn, truncated)``: ``result`` with special tokens neutralised, as JSON text cut to ``budget`` tokens
+    (``count`` counts them) and marked :data:`TRUNCATED_MARK` when longer, in :func:`tool_result_message`'s envelope;
+    a result that fits stays a dict."""
+    data = neutralize(result)
+    text = json.dumps(data, ensure_ascii=False)
+    truncated = count(text) > budget
+    if truncated:
+        data = truncate_to_tokens(text, budget, count) + TRUNCATED_MARK
+    return tool_result_message(name, data, truncated=truncated), truncated
 
 
 def neutralize(value):
