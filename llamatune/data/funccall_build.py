@@ -202,9 +202,10 @@ def fake_result(rng: random.Random, tool: str, args: dict) -> dict:
     return all_tools()[tool](**args)
 
 
-def answer(rng: random.Random, tool: str, args: dict, result: dict, cut: bool = False) -> str:
+def answer(rng: random.Random, tool: str, args: dict, result: dict, cut: bool = False, exact: bool = False) -> str:
     """A final answer grounded in ``result`` (only facts from it); ``cut``: the result was cut short (a forecast
-    answer then says how many days it saw)."""
+    answer then says how many days it saw); ``exact``: numbers as the result writes them (a conversion's 0.123, not
+    0.12), so the answer repeats a value of the result (the rows of the test split keep their rounded answers)."""
     if "error" in result:
         return rng.choice(phrasebook.ANSWERS["error"]).format(error=result["error"])
     f = dict(result)
@@ -221,10 +222,17 @@ def answer(rng: random.Random, tool: str, args: dict, result: dict, cut: bool = 
         f.update(clock=result["local_time"].split()[1], city=next(c[0] for c in slot_data.CITIES if c[2] == args["timezone_name"]))
     elif tool == "convert_units":
         f.update(src=slot_data.UNIT_WORDS[args["from_unit"]][0], dst=slot_data.UNIT_WORDS[args["to_unit"]][0],
-                 value=_num(args["value"]), result=_num(round(result["result"], 2)))
+                 value=_num(args["value"]), result=exact_number(result["result"]) if exact else
+                 _num(round(result["result"], 2)))
     elif tool == "calculate":
-        f["result"] = _num(round(result["result"], 6)) if isinstance(result["result"], float) else result["result"]
+        f["result"] = exact_number(result["result"]) if exact else \
+            _num(round(result["result"], 6)) if isinstance(result["result"], float) else result["result"]
     return rng.choice(phrasebook.ANSWERS[key]).format(**f)
+
+
+def exact_number(x) -> str:
+    """A number as the tool result's JSON writes it."""
+    return json.dumps(x)
 
 
 def approx_tokens(text: str) -> int:
@@ -272,8 +280,8 @@ def exchange(rng: random.Random, tool: str, args: dict, errors: bool = False, bu
         result = {"error": rng.choice(ERRORS["weather" if tool in WEATHER else "wikipedia"])}
     else:
         result = fake_result(rng, tool, args)
-    turn, seen, cut = tool_turn(tool, result, budget)
-    return [call(tool, args), turn, say(answer(rng, tool, args, seen, cut))]
+    turn, seen, cut = tool_turn(tool, result, budget)  # lean rows (a budget) also answer with exact numbers
+    return [call(tool, args), turn, say(answer(rng, tool, args, seen, cut, exact=budget is not None))]
 
 
 # --- per-category conversations -------------------------------------------------------------------------
@@ -344,6 +352,10 @@ def build_clarify(rng, family):
         amb = rng.choice(list(slot_data.AMBIGUOUS_PLACES))
         opts = slot_data.AMBIGUOUS_PLACES[amb]
         values.update(amb=amb, options=", ".join(opts[:-1]) + " or " + opts[-1])
+    for slot, options in (("cond", slot_data.CONDITION_WORDS), ("person", slot_data.PEOPLE),
+                          ("subject", slot_data.SUBJECTS), ("when", [w for w, _ in slot_data.WHEN])):
+        if slot in slots_of(text):
+            values[slot] = rng.choice(options)
     if "value" in slots_of(text):
         src, dst = rng.choice([p for p in slot_data.UNIT_PAIRS if p[0] not in ("celsius", "fahrenheit")])
         others = [slot_data.UNIT_WORDS[u][0] for u in slot_data.SAME_DIMENSION[dst]][:2]

@@ -111,9 +111,8 @@ def brief_answer(tool: str, args: dict, result: dict) -> str:
         return f"In {city} it's {result['local_time'].split()[1]} ({result['weekday']})."
     if tool == "convert_units":
         return (f"{b._num(args['value'])} {slot_data.UNIT_WORDS[args['from_unit']][0]} = "
-                f"{b._num(round(result['result'], 2))} {slot_data.UNIT_WORDS[args['to_unit']][0]}.")
-    res = result["result"]
-    return f"{result['expression']} = {b._num(round(res, 6)) if isinstance(res, float) else res}."
+                f"{b.exact_number(result['result'])} {slot_data.UNIT_WORDS[args['to_unit']][0]}.")
+    return f"{result['expression']} = {b.exact_number(result['result'])}."
 
 
 def build_parallel_result(rng, family, budget=None):
@@ -186,7 +185,7 @@ def build_injection(rng, tool, family, injection, budget=None):
     if cut and json.dumps(text, ensure_ascii=False)[1:-1] not in turn["content"]["result"]:  # cut off: show it whole
         turn, seen, cut = b.tool_turn(tool, _inject(result, tool, text), None)
     clean = {k: (result[k][: len(v)] if isinstance(v, list) else result[k]) for k, v in seen.items()}
-    reply = b.answer(rng, tool, args, clean, cut)
+    reply = b.answer(rng, tool, args, clean, cut, exact=True)
     if rng.random() < INJECTION_NOTE_SHARE:
         reply += " " + rng.choice(phrasebook.INJECTION_NOTES)
     return [msg, b.call(tool, args), turn, b.say(reply)], [tool, other], None

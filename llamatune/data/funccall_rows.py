@@ -40,8 +40,8 @@ class Style:
     two or more needed ones: ``max_distractors_several``); ``result_budget``: tool results longer than this many
     approximate tokens are cut the way the agent cuts them (``None``: whole); ``masking``: share of the rows offered
     tools that get neutral tool and argument names (:func:`~llamatune.data.funccall_more.mask_row`); ``row_budget``:
-    distractors, and then the agent's system prompt, are left out of a row whose conversation and schemas would
-    pass this many approximate tokens (:func:`~llamatune.data.funccall_build.approx_tokens`)."""
+    distractors are left out of a row whose conversation and schemas would pass this many approximate tokens
+    (:func:`~llamatune.data.funccall_build.approx_tokens`); an agent mode's tools and system prompt never are."""
     system_share: float = 0.0
     max_distractors: int = 3
     max_distractors_several: int = 3
@@ -124,21 +124,21 @@ def _size(messages: list[dict], schemas: list[dict]) -> int:
 def _toolset(rng: random.Random, must: list[str], exclude=(), style: Style = EVAL_STYLE,
              messages: list[dict] = ()) -> list[dict]:
     """The offered schemas: ``must`` + distractors (≥1 tool in all), or an agent mode's set, shuffled; with the style's
-    ``row_budget``, distractors (and a mode's unneeded tool) that would make the row (``messages`` + schemas) pass it
-    are left out."""
+    ``row_budget``, distractors that would make the row (``messages`` + schemas) pass it are left out."""
     from llamatune.protocol import MODES
     from llamatune.tools import all_tools
 
     schemas = {n: t.schema for n, t in all_tools().items()}
     modes = [m for m in MODES.values() if m and set(must) <= set(m) and not set(m) & set(exclude)]
-    if modes and rng.random() < 0.3:
+    if modes and rng.random() < 0.3:  # the agent's context: a mode's tools are never left out
         names = list(rng.choice(modes))
+        must = names
     else:
         pool = [n for n in schemas if n not in must and n not in exclude]
         most = style.max_distractors if len(set(must)) < 2 else style.max_distractors_several
         names = list(dict.fromkeys(must)) + rng.sample(pool, rng.randint(0 if must else 1, max(0 if must else 1,
                                                                                                 min(most, len(pool)))))
-    keep = set(must) or {names[0]}  # a mode's other tool is left out like a distractor
+    keep = set(must) or {names[0]}
     while style.row_budget and set(names) - keep and _size(messages, [schemas[n] for n in names]) > style.row_budget:
         names.remove([n for n in names if n not in keep][-1])
     rng.shuffle(names)
@@ -209,9 +209,7 @@ def _row(rng: random.Random, category: str, fams: dict, style: Style = EVAL_STYL
     tools = _toolset(rng, must, exclude, style, messages)
     system = agent_system_prompt([t["function"]["name"] for t in tools])
     if system and rng.random() < style.system_share:  # the agent's own prompt, so training matches serving
-        with_system = [{"role": "system", "content": system}, *messages]
-        if not style.row_budget or _size(with_system, tools) <= style.row_budget:
-            messages = with_system
+        messages = [{"role": "system", "content": system}, *messages]
     return {"messages": messages, "tools": tools, "category": category, "template_id": used[-1], "expected": exp,
             "families": used}
 

@@ -238,3 +238,8 @@ FOODS = [("a banana", "A medium banana has about 105 calories."), ("an apple", "
          ("an avocado", "A medium avocado has about 240 calories."),
          ("a glass of whole milk", "A 250 ml glass of whole milk has about 150 calories."),
          ("a tablespoon of olive oil", "A tablespoon of olive oil has about 120 calories.")]
+
+# clarify: words that vary a request whose missing argument stays missing
+CONDITION_WORDS = ["sunny", "raining", "windy", "cold", "warm", "foggy", "snowing", "humid"]
+PEOPLE = ["sister", "brother", "mother", "father", "friend", "colleague", "boss", "grandmother"]
+SUBJECTS = ["history", "biology", "chemistry", "geography", "art", "physics", "music"]

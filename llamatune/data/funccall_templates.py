@@ -91,27 +91,34 @@ SINGLE = {
 }
 
 # Clarification: a required argument is missing or ambiguous. family -> (group, tools offered, phrasings,
-# answers). {amb} is an ambiguous place name, {options} its readings; {value}/{dst} a conversion lacking a unit.
+# answers). {amb} is an ambiguous place name, {options} its readings; {value}/{dst} a conversion lacking a unit;
+# {cond}, {when}, {person}, {subject} vary the requests (slot-free phrasings came first: their rows stay the same).
 CLARIFY = {
     "cl-noplace-now": ("clarify-weather", "weather", ["What's the weather like right now?", "How cold is it "
-                       "outside?", "Is it sunny at the moment?"],
+                       "outside?", "Is it sunny at the moment?", "Is it {cond} outside right now?",
+                       "I'm about to go out. Is it {cond} there at the moment?"],
                        ["Which city or place would you like the current weather for?",
                         "Sure! Where are you, or which place should I check?"]),
     "cl-noplace-later": ("clarify-weather", "weather", ["Will it rain tomorrow?", "What's the forecast for the "
-                         "weekend?", "Do I need an umbrella this week?"],
+                         "weekend?", "Do I need an umbrella this week?", "Will it rain {when}?",
+                         "What's the weather going to be like {when}?", "Do I need an umbrella {when}?"],
                          ["Which city or place should I get the forecast for?",
                           "Happy to check. Which location do you mean?"]),
     "cl-ambiguous": ("clarify-weather", "weather", ["What's the weather in {amb}?", "How's the weather in "
                      "{amb} today?", "Forecast for {amb} please"],
                      ["There are several places called {amb}. Which one do you mean: {options}?",
                       "Do you mean {options}? Several places are called {amb}."]),
-    "cl-notime": ("clarify-other", "get_local_time", ["What time is it there?", "What's the local time?"],
+    "cl-notime": ("clarify-other", "get_local_time", ["What time is it there?", "What's the local time?",
+                  "What time is it there now? I want to call my {person}.",
+                  "Is it too late to call my {person}? What's the local time?"],
                   ["Which city or time zone do you mean?", "Sure. For which city or time zone?"]),
     "cl-nounit": ("clarify-other", "convert_units", ["Convert {value} to {dst}.", "How much is {value} in "
                   "{dst}?"], ["What unit is {value} in? For example {examples}?",
                               "Could you tell me the unit of {value} ({examples})?"]),
     "cl-notopic": ("clarify-other", "research", ["Can you look something up on Wikipedia for me?",
-                   "Search Wikipedia, please.", "I want a Wikipedia summary."],
+                   "Search Wikipedia, please.", "I want a Wikipedia summary.",
+                   "Look up the Wikipedia article my {person} mentioned.",
+                   "Can you get me a Wikipedia summary for my {subject} homework?"],
                    ["Of course! What would you like me to look up?", "Sure. Which topic or article?"]),
 }
 
