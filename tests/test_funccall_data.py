@@ -220,7 +220,8 @@ def test_masking_renames_consistently_and_keeps_the_calls_up_to_renaming(rows):
         m = mask_row(r, random.Random(r["id"]))
         assert m != r and unmask(m) == r
         names = m["masked"]
-        assert calls(m) == [(names[n]["name"], {names[n]["arguments"][k]: v for k, v in a.items()}) for n, a in calls(r)]
+        assert calls(m) == [(names[n]["name"], {names[n]["arguments"][k]: v for k, v in a.items()})
+                            for n, a in calls(r)]
 
 
 def test_near_miss_rows_offer_a_same_domain_tool_and_expect_no_call(rows):

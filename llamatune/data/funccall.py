@@ -172,7 +172,8 @@ def _card_notes(train: list[dict], test: list[dict], meta: dict) -> str:
         calls = Counter(c for r in rows for c in target_calls(r))
         lines += ["", f"Target calls in {name}: " + (", ".join(f"{k} {v}" for k, v in sorted(calls.items())) or "none")
                   + f"; no call expected: {sum(1 for r in rows if not r['expected'])}; parallel targets: "
-                  f"{sum(isinstance(r['expected'], list) for r in rows)}; masked rows: {sum('masked' in r for r in rows)}."]
+                  f"{sum(isinstance(r['expected'], list) for r in rows)}; masked rows: "
+                  f"{sum('masked' in r for r in rows)}."]
     fams = meta["families"]
     lines += ["", f"Template families: {len(fams['train'])} train, {len(fams['test'])} test (none shared). "
               f"Test families: {', '.join(fams['test'])}.", "",
@@ -212,8 +213,9 @@ def build_dataset(out: str | Path, n: int, seed: int = 0, proportions: dict | No
     lengths = None
     if tokenizer is not None:
         limits = sorted({*LIMITS, *([max_length] if max_length else [])})
-        lengths = {"template": template, "tokenizer": getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__,
-                   "max_length": max_length, "table": measure(train, tokenizer, template, limits)}
+        name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+        lengths = {"template": template, "tokenizer": name, "max_length": max_length,
+                   "table": measure(train, tokenizer, template, limits)}
     meta = {"source": "llamatune.data.funccall (synthetic, offline)", "n": n, "seed": seed,
             "test_fraction": test_fraction,
             "proportions": dict(DEFAULT_PROPORTIONS if proportions is None else proportions),

@@ -31,8 +31,8 @@ INJECT_WEIGHTS = {"search_wikipedia": 3, "get_wikipedia_summary": 3, "get_curren
 # converter, whose schema alone is ~220 tokens)
 INJECT_TARGETS = ("search_wikipedia", "get_wikipedia_summary", "get_current_weather", "get_weather_forecast",
                   "get_local_time", "calculate")
-INJECTION_NOTE_SHARE = 0.3
-LIST_RESULTS = ("get_weather_forecast", "search_wikipedia")  # injection answers that also say an instruction in the result was ignored
+INJECTION_NOTE_SHARE = 0.3  # injection answers that also say an instruction in the result was ignored
+LIST_RESULTS = ("get_weather_forecast", "search_wikipedia")  # results whose items a cut can leave out
 
 
 def multi_call(calls: list[tuple[str, dict]]) -> dict:
@@ -203,7 +203,8 @@ def mask_row(row: dict, rng: random.Random) -> dict:
     for t, k in zip(row["tools"], rng.sample(range(1, 100), len(names))):
         props = list((t["function"].get("parameters") or {}).get("properties", {}))
         renames[t["function"]["name"]] = {
-            "name": f"func_{k}", "arguments": {p: f"arg_{j}" for p, j in zip(props, rng.sample(range(1, 20), len(props)))}}
+            "name": f"func_{k}",
+            "arguments": {p: f"arg_{j}" for p, j in zip(props, rng.sample(range(1, 20), len(props)))}}
     out = rename_row(row, renames)
     out["masked"] = renames
     return out
@@ -240,7 +241,8 @@ def rename_row(row: dict, renames: dict) -> dict:
             params["required"] = [m["arguments"][p] for p in params["required"]]
     for msg in out["messages"]:
         for tc in msg.get("tool_calls") or []:
-            tc["function"]["name"], tc["function"]["arguments"] = call(tc["function"]["name"], tc["function"]["arguments"])
+            fn = tc["function"]
+            fn["name"], fn["arguments"] = call(fn["name"], fn["arguments"])
         if msg["role"] == "tool" and isinstance(msg["content"], dict) and msg["content"].get("tool") in renames:
             msg["content"]["tool"] = renames[msg["content"]["tool"]]["name"]
     exp = out.get("expected")

@@ -123,8 +123,8 @@ def _size(messages: list[dict], schemas: list[dict]) -> int:
 
 def _toolset(rng: random.Random, must: list[str], exclude=(), style: Style = EVAL_STYLE,
              messages: list[dict] = ()) -> list[dict]:
-    """The offered schemas: ``must`` + distractors (≥1 tool in all), or an agent mode's set, shuffled; with the style's
-    ``row_budget``, distractors that would make the row (``messages`` + schemas) pass it are left out."""
+    """The offered schemas: ``must`` + distractors (≥1 tool in all), or an agent mode's set, shuffled; with the
+    style's ``row_budget``, distractors that would make the row (``messages`` + schemas) pass it are left out."""
     from llamatune.protocol import MODES
     from llamatune.tools import all_tools
 

@@ -182,7 +182,8 @@ ANSWERS = {
     ],
     "get_weather_forecast": ["Here's the forecast for {location}:\n{day_lines}",
                              "The forecast for {location}:\n{day_lines}"],
-    "get_weather_forecast_cut": ["The result was cut short; the forecast for {location} for the first {n} days:\n{day_lines}",
+    "get_weather_forecast_cut": ["The result was cut short; the forecast for {location} for the first {n} days:\n"
+                                 "{day_lines}",
                                  "Here's the forecast for {location} for the {n} days the result showed:\n{day_lines}"],
     "search_wikipedia": ["I found these Wikipedia articles: {titles}. The best match is {title}: {snippet}",
                          "Top Wikipedia results: {titles}. {title}: {snippet}"],
@@ -208,7 +209,8 @@ PARALLEL = {
                ["Compare the current weather in {city}, {city2} and {city3}.", "weather now: {city}, {city2}, {city3}",
                 "How warm is it right now in {city}, {city2} and {city3}?"]),
     "pa-fc2": ("parallel-weather", ["get_weather_forecast"] * 2,
-               ["Will it rain in {city} or in {city2} {when}?", "Give me the forecast for {city} and for {city2} {when}.",
+               ["Will it rain in {city} or in {city2} {when}?",
+                "Give me the forecast for {city} and for {city2} {when}.",
                 "forecast {when} for {city} and {city2} {unit}"]),
     "pa-cwfc": ("parallel-weather", ["get_current_weather", ("get_weather_forecast", "")],
                 ["What's the weather in {city} now, and the forecast {when}?",
@@ -230,12 +232,14 @@ PARALLEL = {
     "pa-calc2": ("parallel-units", ["calculate"] * 2,
                  ["Calculate {expr} and {expr2}.", "What are {expr} and {expr2}? Work out both exactly."]),
     "pa-cucalc": ("parallel-units", ["convert_units", "calculate"],
-                  ["Convert {value} {src} to {dst}, and calculate {expr2}.", "{value} {src} in {dst}, and {expr2} = ?"]),
+                  ["Convert {value} {src} to {dst}, and calculate {expr2}.",
+                   "{value} {src} in {dst}, and {expr2} = ?"]),
     "pa-ws2": ("parallel-wiki", ["get_wikipedia_summary"] * 2,
                ["Give me the Wikipedia summaries of {topic} and {topic2}.",
                 "Summarise the Wikipedia articles on {topic} and on {topic2}."]),
     "pa-sw2": ("parallel-wiki", ["search_wikipedia"] * 2,
-               ["Search Wikipedia for {query} and for {query2}.", "Run two Wikipedia searches: {query}, and {query2}."]),
+               ["Search Wikipedia for {query} and for {query2}.",
+                "Run two Wikipedia searches: {query}, and {query2}."]),
     "pa-swws": ("parallel-wiki", ["search_wikipedia", "get_wikipedia_summary"],
                 ["Search Wikipedia for {query}, and give me the summary of {topic2}.",
                  "Look up {query} on Wikipedia and also summarise the article on {topic2}."]),
@@ -260,7 +264,8 @@ NEAR_MISS = {
                   ["How long is the flight from {city} to {city2}?", "How many hours does it take to fly from {city} "
                    "to {city2}?", "flight time {city} to {city2}?"],
                   ["I can't look up flight durations: the tool I have only gives the current local time in a time "
-                   "zone. An airline or a flight search site will show how long the flight from {city} to {city2} takes.",
+                   "zone. An airline or a flight search site will show how long the flight from {city} to {city2} "
+                   "takes.",
                    "I have no flight information, only the local time in a city. Please check an airline or flight "
                    "search site for the {city}–{city2} flight time."]),
     "nm-hours": ("near-miss-time", ["get_local_time"], [],
@@ -314,8 +319,8 @@ NEAR_MISS = {
                 "quality, pollen or UV. A local air-quality or health service will have that for {city}.",
                 "I can't get air quality, pollen or UV figures; my weather tools don't include them."]),
     "nm-planet": ("near-miss-weather", _WEATHER, _WIKI,
-                  [("What's the weather like on Mars?", "Mars is cold and dry: around −60 °C on average, with a very "
-                    "thin atmosphere and planet-wide dust storms. My weather tools only cover places on Earth."),
+                  [("What's the weather like on Mars?", "Mars is cold and dry: around −60 °C on average, with a "
+                    "very thin atmosphere and planet-wide dust storms. My weather tools only cover places on Earth."),
                    ("How cold is it on the Moon at night?", "During the lunar night temperatures fall to about "
                     "−170 °C. My weather tools only cover places on Earth."),
                    ("Is it raining on Venus?", "Venus has clouds of sulphuric acid, but the rain evaporates before it "
