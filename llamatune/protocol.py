@@ -5,8 +5,6 @@
   training rows offered exactly a mode's tools also get, so training matches serving;
 * :func:`tool_result_message` — the envelope a tool result enters the conversation in
   (``{"tool", "result" | "error", "note"}``), built the same way for a training row and for a live call;
-  :func:`cut_tool_result` the same envelope for a result cut to a token budget (:func:`truncate_to_tokens`), so a
-  training row's long result is cut the way the agent cuts a live one;
 * :func:`neutralize` — special-token strings in untrusted text (user messages, web pages) made inert.
 
 A leaf: it imports nothing from the package but the tool registry's names, so ``data`` and the agent both depend
@@ -15,7 +13,6 @@ on it and never on each other.
 
 from __future__ import annotations
 
-import json
 import re
 
 MODES: dict[str, list[str]] = {
@@ -78,6 +75,21 @@ def tool_result_message(name: str, result=None, error: str | None = None, trunca
     return {"role": "tool", "content": content}
 
 
+def neutralize(value):
+    """Make special-token strings (``<|eot_id|>``, ``<end_of_turn>``…) in untrusted text inert, recursively.
+
+    A word joiner after ``<`` keeps them readable but stops the tokenizer from parsing them as control tokens,
+    so a user message or a web page cannot close a turn or open a system turn.
+    """
+    if isinstance(value, str):
+        return _SPECIAL.sub(lambda m: m.group(0)[0] + "\u2060" + m.group(0)[1:], value)
+    if isinstance(value, dict):
+        return {neutralize(k) if isinstance(k, str) else k: neutralize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [neutralize(v) for v in value]
+    return value
+
+
 def truncate_to_tokens(text: str, budget: int, count) -> str:
     """The longest prefix of ``text`` with at most ``budget`` tokens (``count`` counts tokens)."""
     if count(text) <= budget:
@@ -96,27 +108,15 @@ TRUNCATED_MARK = " …[truncated]"
 
 
 def cut_tool_result(name: str, result, budget: int, count) -> tuple[dict, bool]:
-    """``(tool turn, truncated)``: ``result`` with special tokens neutralised, as JSON text cut to ``budget`` tokens
-    (``count`` counts them) and marked :data:`TRUNCATED_MARK` when longer, in :func:`tool_result_message`'s envelope;
-    a result that fits stays a dict."""
+    """``(tool turn, truncated)``: a result cut the way the agent cuts one, for a live call and a training row alike:
+    ``result`` with special tokens neutralised, as JSON text cut to ``budget`` tokens (``count`` counts them) and
+    marked :data:`TRUNCATED_MARK` when longer, in :func:`tool_result_message`'s envelope; a result that fits stays
+    as it is."""
+    import json
+
     data = neutralize(result)
     text = json.dumps(data, ensure_ascii=False)
     truncated = count(text) > budget
     if truncated:
         data = truncate_to_tokens(text, budget, count) + TRUNCATED_MARK
     return tool_result_message(name, data, truncated=truncated), truncated
-
-
-def neutralize(value):
-    """Make special-token strings (``<|eot_id|>``, ``<end_of_turn>``…) in untrusted text inert, recursively.
-
-    A word joiner after ``<`` keeps them readable but stops the tokenizer from parsing them as control tokens,
-    so a user message or a web page cannot close a turn or open a system turn.
-    """
-    if isinstance(value, str):
-        return _SPECIAL.sub(lambda m: m.group(0)[0] + "\u2060" + m.group(0)[1:], value)
-    if isinstance(value, dict):
-        return {neutralize(k) if isinstance(k, str) else k: neutralize(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [neutralize(v) for v in value]
-    return value
