@@ -288,6 +288,22 @@ def test_every_category_keeps_95_percent_of_its_training_rows_at_1024_tokens():
         {c: t["kept"] for c, t in table.items()}
 
 
+@pytest.mark.slow
+@requires("transformers")
+def test_kept_shares_with_smollm2s_own_tokenizer():
+    """The same demo rows counted by SmolLM2's own tokenizer (the embedded model, built once per cache)."""
+    from transformers import AutoTokenizer
+
+    from llamatune.data.lengths import measure, min_kept_share
+    from llamatune.smollm2 import smollm2_hf_dir
+
+    train, _ = generate(1500, 0)
+    table = measure(train, AutoTokenizer.from_pretrained(smollm2_hf_dir()), "smollm2")
+    table = {c: t for c, t in table.items() if not t["unrenderable"]}  # parallel rows need a template of several calls
+    assert min_kept_share(table, 1024) >= 0.95, {c: t["kept"] for c, t in table.items()}
+    assert min_kept_share({c: t for c, t in table.items() if c != "parallel_result"}, 768) >= 0.95
+
+
 def test_rows_seen_by_training():
     from llamatune.data.lengths import by_category, seen_by_training
 
