@@ -7,8 +7,12 @@
 Stages (each prints one status line and is skipped when its outputs exist, so a rerun resumes):
 
 1. ``data``: the FuncCall generator (``--n`` rows, seed 0) into ``data/full/``; ``data/train.jsonl`` keeps
-   the training rows that fit ``--max-length`` tokens (so truncation never cuts a target), ``data/eval.jsonl``
-   a stratified ``--n-test`` subset of the held-out test split (test template families only);
+   the training rows that fit ``--max-length`` tokens (so truncation never cuts a target), ``data/val.jsonl``
+   ``--n-val`` new rows of the training template families for choosing settings, ``data/eval.jsonl`` a stratified
+   ``--n-test`` subset of the held-out test split's original categories (test template families only; the same
+   items as before the new categories), ``data/eval_new.jsonl`` a stratified subset of its new categories
+   (parallel calls, near-miss tools, injected instructions); it prints rows generated, kept and mean tokens per
+   category;
 2. ``base``: the embedded model's fp32 HF directory (dequantized once, cached in $LLAMATUNE_CACHE);
 3. ``train``: LoRA SFT with ``FuncCall/recipes/gemma-270m-demo.yaml`` into ``tuned/`` (resumes from the last
    checkpoint when interrupted);
@@ -44,8 +48,10 @@ MODELS = {
     "gemma-3-270m": {"template": "gemma-3", "recipe": RECIPES / "gemma-270m-demo.yaml", "label": "gemma-3-270m (base)",
                      "serve": "q8_0"},
 }
-DEFAULTS = {"model": "smollm2-135m", "n": 1500, "n_test": 120, "n_val": 60, "steps": 150, "max_length": 512, "icl": 2,
+DEFAULTS = {"model": "smollm2-135m", "n": 1500, "n_test": 120, "n_val": 240, "steps": 150, "max_length": 512, "icl": 2,
             "max_tokens": 64, "threads": 2}
+N_TEST_NEW = 60  # test items of the new categories (data/eval_new.jsonl), beside the n_test of the original ones
+DATA_FORMAT = 2  # bump when make_data's rows change, so a cached data stage is rebuilt
 SMOKE = {"n": 200, "n_test": 5, "n_val": 5, "steps": 4, "max_length": 384, "icl": 1, "max_tokens": 24}
 CRASH_ENV = "LLAMATUNE_DEMO_EXIT_AFTER_SAVE"  # tests: hard-exit after the first checkpoint is saved
 
@@ -77,8 +83,9 @@ class Stages:
 
 # --- stage 1: data ---------------------------------------------------------------------------------------
 
-def stratified(rows: list[dict], n: int, seed: int = 0) -> list[dict]:
-    """``n`` rows spread over the categories in proportion (at least one per category), deterministic."""
+def stratified(rows: list[dict], n: int, seed: int = 0, weights: dict | None = None) -> list[dict]:
+    """``n`` rows spread over the categories in proportion (at least one per category), deterministic; ``weights``
+    (category → share): quotas in these proportions instead of the rows' own."""
     by_cat: dict[str, list[dict]] = defaultdict(list)
     for r in sorted(rows, key=lambda r: r["id"]):
         by_cat[r["category"]].append(r)
@@ -86,12 +93,14 @@ def stratified(rows: list[dict], n: int, seed: int = 0) -> list[dict]:
     for v in by_cat.values():
         rng.shuffle(v)
     cats = sorted(by_cat)
-    quota = {c: max(1, round(n * len(by_cat[c]) / len(rows))) for c in cats}
+    size = {c: len(by_cat[c]) for c in cats} if weights is None else {c: weights.get(c, 0) for c in cats}
+    total = sum(size.values()) or 1
+    quota = {c: min(len(by_cat[c]), max(1, round(n * size[c] / total))) for c in cats}
     while sum(quota.values()) > n and any(q > 1 for q in quota.values()):
         quota[max(cats, key=lambda c: quota[c])] -= 1
     while sum(quota.values()) < min(n, len(rows)):  # rounding left some out: the largest shortfall first
         short = [c for c in cats if quota[c] < len(by_cat[c])]
-        quota[max(short, key=lambda c: n * len(by_cat[c]) / len(rows) - quota[c])] += 1
+        quota[max(short, key=lambda c: n * size[c] / total - quota[c])] += 1
     picked = [r for c in cats for r in by_cat[c][: quota[c]]]
     return sorted(picked, key=lambda r: r["id"])
 
@@ -116,54 +125,75 @@ def distinct(rows: list[dict], seen: set[str]) -> list[dict]:
     return out
 
 
+def validation_rows(train_keys: set[str], n_val: int) -> list[dict]:
+    """``n_val`` validation items: new rows of the *training* template families, every category in the default
+    training proportions, dressed as the test items are (no system prompt, whole tool results, real names), each
+    prompt distinct and equal to no training prompt (``train_keys``). Drawn from their own random stream, so they are
+    the same whatever the training mix."""
+    from llamatune.data.funccall import DEFAULT_PROPORTIONS, build_split, strip_private
+
+    pool = distinct(strip_private(build_split("val", max(4 * n_val, 400), 0, DEFAULT_PROPORTIONS)), set(train_keys))
+    return stratified(pool, n_val, seed=1, weights=DEFAULT_PROPORTIONS)
+
+
 def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_dir: str, template: str,
-              mix: dict | None = None) -> dict:
-    """``train.jsonl`` (rows that fit ``max_length`` tokens), ``val.jsonl`` (distinct prompts of the *training*
-    template families, held out of training, for choosing settings) and ``eval.jsonl`` (the test items: held-out
-    families, touched only by the final evaluation); no prompt appears twice within a file, and no validation or test
-    prompt equals a training prompt.
+              mix: dict | None = None, n_test_new: int = N_TEST_NEW) -> dict:
+    """``train.jsonl`` (rows that fit ``max_length`` tokens), ``val.jsonl`` (:func:`validation_rows`, for choosing
+    settings), ``eval.jsonl`` (the test items of the original categories: held-out families, touched only by the final
+    evaluation) and ``eval_new.jsonl`` (``n_test_new`` test items of the new categories, held-out families too); no
+    prompt appears twice within a file, and no validation or test prompt equals a training prompt. Prints and records
+    (``demo_data.json``, ``by_category``) rows generated, kept and mean tokens per category.
     ``mix`` changes the category proportions of the training rows only (the test split keeps the default)."""
     from transformers import AutoTokenizer
 
-    from llamatune.chat import render
-    from llamatune.data.funccall import build_dataset, build_split, strip_private
+    from llamatune.data.funccall import NEW_CATEGORIES, build_dataset, build_split, strip_private, train_style
+    from llamatune.data.lengths import LIMITS, by_category, row_tokens, table_markdown
     from llamatune.jsonl import read_jsonl, write_jsonl
 
     full = out / "full"
-    build_dataset(full, n, seed=0)
     tok = AutoTokenizer.from_pretrained(hf_dir)
+    build_dataset(full, n, seed=0, tokenizer=tok, template=template, max_length=max_length)
     generated = read_jsonl(full / "train.jsonl")
-    # validation: distinct prompts of the training split (same families and proportions), held out of training;
-    # the same rows whatever the training mix, so settings are compared on the same items
-    val = stratified(distinct(generated, set()), n_val, seed=1)
-    for r in val:
-        r["id"] = r["id"].replace("fc-train-", "fc-val-")
+    generated_keys = {prompt_key(r) for r in generated}
+    val = validation_rows(generated_keys, n_val)
     val_keys = {prompt_key(r) for r in val}
-    train = strip_private(build_split("train", len(generated), 0, mix)) if mix else generated
+    train = strip_private(build_split("train", len(generated), 0, mix, style=train_style())) if mix else generated
     train = [r for r in train if prompt_key(r) not in val_keys]
-    kept = [r for r in train if len(tok(render(r["messages"], r.get("tools") or None, template=template),
-                                        add_special_tokens=False).input_ids) <= max_length]
-    seen = {prompt_key(r) for r in (train + generated if mix else generated)}  # without a mix, train ⊂ generated
-    pool = distinct(read_jsonl(full / "eval.jsonl", ("id", "messages", "tools", "expected", "category")), seen)
+    tokens = [row_tokens(r, tok, template) for r in train]
+    kept = [r for r, t in zip(train, tokens) if t is not None and t <= max_length]
+    table = by_category(train, tokens, sorted({*LIMITS, max_length}))
+    seen = generated_keys | ({prompt_key(r) for r in train} if mix else set())  # without a mix, train ⊂ generated
+    items = read_jsonl(full / "eval.jsonl", ("id", "messages", "tools", "expected", "category"))
+    pool = distinct([r for r in items if r["category"] not in NEW_CATEGORIES], seen)
     test = stratified(pool, n_test)
-    if len(test) < n_test:
-        print(f"[demo] only {len(test)} distinct test prompts (asked for {n_test}): raise --n", file=sys.stderr)
-    for name, rows in (("train.jsonl", kept), ("val.jsonl", val), ("eval.jsonl", test)):
+    pool_new = distinct([r for r in items if r["category"] in NEW_CATEGORIES], seen)
+    test_new = stratified(pool_new, n_test_new) if n_test_new else []
+    for what, got, want in (("test", test, n_test), ("validation", val, n_val), ("new-category test", test_new,
+                                                                                  n_test_new)):
+        if len(got) < want:
+            print(f"[demo] only {len(got)} distinct {what} prompts (asked for {want}): raise --n", file=sys.stderr)
+    for name, rows in (("train.jsonl", kept), ("val.jsonl", val), ("eval.jsonl", test), ("eval_new.jsonl", test_new)):
         write_jsonl(out / name, rows)
-    info = {"n": n, "n_train_generated": len(train), "n_train": len(kept), "max_length": max_length,
-            "template": template, "mix": mix, "n_test_requested": n_test, "n_test": len(test),
-            "n_test_distinct_pool": len(pool), "n_val_requested": n_val, "n_val": len(val),
-            "test_ids": [r["id"] for r in test], "val_ids": [r["id"] for r in val]}
+    print(f"[demo] training rows by category ({template} template, limit {max_length} tokens):\n"
+          + table_markdown(table), flush=True)
+    info = {"data_format": DATA_FORMAT, "n": n, "n_train_generated": len(train), "n_train": len(kept),
+            "max_length": max_length, "template": template, "mix": mix, "n_test_requested": n_test,
+            "n_test": len(test), "n_test_distinct_pool": len(pool), "n_val_requested": n_val, "n_val": len(val),
+            "n_test_new_requested": n_test_new, "n_test_new": len(test_new), "by_category": table,
+            "test_ids": [r["id"] for r in test], "test_new_ids": [r["id"] for r in test_new],
+            "val_ids": [r["id"] for r in val]}
     write_json((out / "demo_data.json"), info, indent=1)
     return info
 
 
-def _data_done(out: Path, n: int, n_test: int, n_val: int, max_length: int, template: str, mix=None) -> bool:
+def _data_done(out: Path, n: int, n_test: int, n_val: int, max_length: int, template: str, mix=None,
+               n_test_new: int = N_TEST_NEW) -> bool:
     info = read_json(out / "demo_data.json", None)
     if info is None:
         return False
-    want = [n, max_length, n_test, n_val, template, mix]
-    got = [info.get(k) for k in ("n", "max_length", "n_test_requested", "n_val_requested", "template", "mix")]
+    want = [DATA_FORMAT, n, max_length, n_test, n_val, template, mix, n_test_new]
+    got = [info.get(k) for k in ("data_format", "n", "max_length", "n_test_requested", "n_val_requested", "template",
+                                 "mix", "n_test_new_requested")]
     return got == want
 
 

@@ -95,3 +95,35 @@ def neutralize(value):
     if isinstance(value, (list, tuple)):
         return [neutralize(v) for v in value]
     return value
+
+
+def truncate_to_tokens(text: str, budget: int, count) -> str:
+    """The longest prefix of ``text`` with at most ``budget`` tokens (``count`` counts tokens)."""
+    if count(text) <= budget:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(text[:mid]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo]
+
+
+TRUNCATED_MARK = " …[truncated]"
+
+
+def cut_tool_result(name: str, result, budget: int, count) -> tuple[dict, bool]:
+    """``(tool turn, truncated)``: a result cut the way the agent cuts one, for a live call and a training row alike:
+    ``result`` with special tokens neutralised, as JSON text cut to ``budget`` tokens (``count`` counts them) and
+    marked :data:`TRUNCATED_MARK` when longer, in :func:`tool_result_message`'s envelope; a result that fits stays
+    as it is."""
+    import json
+
+    data = neutralize(result)
+    text = json.dumps(data, ensure_ascii=False)
+    truncated = count(text) > budget
+    if truncated:
+        data = truncate_to_tokens(text, budget, count) + TRUNCATED_MARK
+    return tool_result_message(name, data, truncated=truncated), truncated

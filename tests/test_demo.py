@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -136,21 +137,47 @@ def test_demo_smoke_interrupted_in_training_resumes(tmp_path):
 
 @requires("transformers")
 def test_demo_data_prompts_are_distinct_and_unseen(tmp_path, tiny_model_dir):
-    info = demo.make_data(tmp_path, 300, 30, 12, 2048, str(tiny_model_dir), "llama-3.2")
+    from llamatune.data.funccall import CATEGORIES, NEW_CATEGORIES, ORIGINAL_CATEGORIES
+
+    info = demo.make_data(tmp_path, 300, 30, 200, 2048, str(tiny_model_dir), "llama-3.2", n_test_new=16)
     rows = {name: [json.loads(x) for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
-            for name in ("train", "val", "eval")}
+            for name in ("train", "val", "eval", "eval_new")}
     keys = {name: [demo.prompt_key(r) for r in rs] for name, rs in rows.items()}
-    assert len(rows["eval"]) == info["n_test"] == 30 and len(rows["val"]) == info["n_val"] == 12
-    for name in ("val", "eval"):
+    generated = {demo.prompt_key(json.loads(x)) for x in (tmp_path / "full" / "train.jsonl").read_text().splitlines()}
+    assert len(rows["eval"]) == info["n_test"] == 30 and len(rows["eval_new"]) == info["n_test_new"] == 16
+    assert len(rows["val"]) == info["n_val"] == 200  # enough to tell settings apart
+    for name in ("val", "eval", "eval_new"):
         assert len(set(keys[name])) == len(keys[name]), f"a {name} prompt appears twice"
-        assert not set(keys[name]) & set(keys["train"]), f"a {name} prompt equals a training prompt"
-    assert not set(keys["val"]) & set(keys["eval"])
+        assert not set(keys[name]) & (set(keys["train"]) | generated), f"a {name} prompt equals a training prompt"
+    assert not set(keys["val"]) & (set(keys["eval"]) | set(keys["eval_new"]))
     families = json.loads((tmp_path / "full" / "manifest.json").read_text())["families"]
-    assert {f for r in rows["eval"] for f in r["families"]} <= set(families["test"])
+    for name in ("eval", "eval_new"):
+        assert {f for r in rows[name] for f in r["families"]} <= set(families["test"])
     assert {f for r in rows["val"] for f in r["families"]} <= set(families["train"])  # validation: training families
-    assert {r["category"] for r in rows["eval"]} == {"single_call", "no_tool", "tool_result", "clarify", "multi_turn"}
-    assert demo._data_done(tmp_path, 300, 30, 12, 2048, "llama-3.2")
-    assert not demo._data_done(tmp_path, 300, 30, 12, 2048, "smollm2")  # another template: rebuilt
+    assert {r["category"] for r in rows["eval"]} == set(ORIGINAL_CATEGORIES)
+    assert {r["category"] for r in rows["eval_new"]} == set(NEW_CATEGORIES)
+    assert {r["category"] for r in rows["val"]} == set(CATEGORIES)  # stratified over every category
+    assert not any("masked" in r or r["messages"][0]["role"] == "system" for r in rows["val"])  # dressed as the test
+    table = info["by_category"]  # rows generated, kept and mean tokens per category, for the report
+    assert table["all"]["generated"] == info["n_train_generated"] and table["all"]["kept"]["2048"] == info["n_train"]
+    assert set(table) == {*CATEGORIES, "all"}
+    assert demo._data_done(tmp_path, 300, 30, 200, 2048, "llama-3.2", n_test_new=16)
+    assert not demo._data_done(tmp_path, 300, 30, 200, 2048, "smollm2", n_test_new=16)  # another template: rebuilt
+    assert not demo._data_done(tmp_path, 300, 30, 200, 2048, "llama-3.2")  # another number of new test items
+
+
+def test_demo_test_items_of_the_original_categories_do_not_depend_on_the_new_ones():
+    """The demo's test items are drawn from the original categories only: the new categories' rows (which come after
+    them in eval.jsonl) change neither the pool nor the pick."""
+    from llamatune.data.funccall import NEW_CATEGORIES
+
+    rows = [{"id": f"fc-test-{i:05d}", "category": c} for i, c in enumerate(["single_call"] * 40 + ["no_tool"] * 30)]
+    new = [{"id": f"fc-test-new-{i:05d}", "category": "parallel"} for i in range(30)]
+
+    assert demo.stratified([r for r in rows + new if r["category"] not in NEW_CATEGORIES], 20) == \
+        demo.stratified(rows, 20)
+    weighted = demo.stratified(rows + new, 20, weights={"single_call": 0.5, "no_tool": 0.25, "parallel": 0.25})
+    assert Counter(r["category"] for r in weighted) == Counter({"single_call": 10, "no_tool": 5, "parallel": 5})
 
 
 def test_demo_refuses_to_mix_models_in_one_directory(tmp_path):

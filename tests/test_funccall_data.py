@@ -1,6 +1,11 @@
-"""The function-calling generator: determinism, proportions, the family split, valid calls, null targets."""
+"""The function-calling generator: determinism, proportions, the family split, valid calls, null targets; the lean
+training rows (lengths per category, results cut as the agent cuts them), near-miss tools, injected instructions,
+parallel calls and function masking."""
 
+import hashlib
 import json
+import random
+import re
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -8,8 +13,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from llamatune.chat import render, validate_messages
-from llamatune.data.funccall import (CATEGORIES, DEFAULT_PROPORTIONS, build_dataset, category_counts, generate,
-                                     parse_proportions, split_families)
+from llamatune.data.funccall import (CATEGORIES, DEFAULT_PROPORTIONS, NEW_CATEGORIES, ORIGINAL_CATEGORIES,
+                                     ORIGINAL_PROPORTIONS, build_dataset, category_counts, generate, parse_proportions,
+                                     split_families)
+from llamatune.data.funccall_more import mask_row, unmask
 from llamatune.toolcall import ToolCall, parse_output, validate_call
 from llamatune.tools import all_tools
 
@@ -48,14 +55,29 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
 
 def test_category_proportions(rows):
     train, test = rows
-    assert len(test) == round(N * 0.2) and len(train) == N - len(test)
-    for split in (train, test):
+    original = [r for r in test if not r["id"].startswith("fc-test-new-")]
+    assert len(original) == round(N * 0.2) and len(train) == N - len(original)
+    for split, props in ((train, DEFAULT_PROPORTIONS), (original, ORIGINAL_PROPORTIONS)):
         counts = Counter(r["category"] for r in split)
-        for cat, p in DEFAULT_PROPORTIONS.items():
+        for cat, p in props.items():
             assert abs(counts[cat] - p * len(split)) <= 1, (cat, counts[cat])
+    new = Counter(r["category"] for r in test if r["id"].startswith("fc-test-new-"))
+    assert set(new) == set(NEW_CATEGORIES)  # the new categories have held-out test items too
+    assert sum(new.values()) == round(len(original) * sum(DEFAULT_PROPORTIONS[c] for c in NEW_CATEGORIES)
+                                      / sum(DEFAULT_PROPORTIONS[c] for c in ORIGINAL_CATEGORIES))
     custom = {"single_call": 0.5, "no_tool": 0.5}
     tr, te = generate(100, seed=0, proportions=custom)
     assert Counter(r["category"] for r in tr + te) == Counter({"single_call": 50, "no_tool": 50})
+
+
+def test_original_test_rows_are_those_of_the_generator_before_the_new_categories(tmp_path):
+    """The test split's first part is byte for byte what the generator wrote before lean rows and new categories
+    (the sha256 of eval.jsonl for --n 300 --seed 7 then), so results on "the same test items" stay comparable."""
+    build_dataset(tmp_path, 300, seed=7)
+    lines = (tmp_path / "eval.jsonl").read_bytes().splitlines(keepends=True)
+    assert hashlib.sha256(b"".join(lines[:60])).hexdigest() == \
+        "a9183c070204e8fd755040e0ca21ee974bd4aa799bbf969f87e4bc53f3a5718e"
+    assert all(json.loads(x)["id"].startswith("fc-test-new-") for x in lines[60:]) and len(lines) > 60
 
 
 def test_counts_and_proportion_errors():
@@ -81,23 +103,45 @@ def test_split_by_template_family(rows):
     assert {r["category"] for r in test} == set(CATEGORIES)
 
 
+def _expected_list(r):
+    return r["expected"] if isinstance(r["expected"], list) else [r["expected"]] if r["expected"] else []
+
+
 def test_every_call_is_valid_against_its_tool_schema(rows):
     names = set(all_tools())
     n_calls = 0
-    for r in rows[0] + rows[1]:
-        offered = {t["function"]["name"] for t in r["tools"]}
-        assert offered and offered <= names, r["id"]
-        for m in r["messages"]:
-            for tc in m.get("tool_calls", []):
-                call = ToolCall(tc["function"]["name"], tc["function"]["arguments"])
-                assert validate_call(call, r["tools"]) is None, (r["id"], call)
-                n_calls += 1
-        if r["expected"]:
-            assert validate_call(ToolCall(r["expected"]["name"], r["expected"]["arguments"]), r["tools"]) is None
-    assert n_calls > N / 2
+    for masked in rows[0] + rows[1]:
+        for r in (masked, unmask(masked)):  # valid against the neutral schemas, and against the real ones
+            offered = {t["function"]["name"] for t in r["tools"]}
+            assert offered and (offered <= names) == ("masked" not in r), r["id"]
+            for m in r["messages"]:
+                for tc in m.get("tool_calls", []):
+                    call = ToolCall(tc["function"]["name"], tc["function"]["arguments"])
+                    assert validate_call(call, r["tools"]) is None, (r["id"], call)
+                    n_calls += 1
+            for e in _expected_list(r):
+                assert validate_call(ToolCall(e["name"], e["arguments"]), r["tools"]) is None
+                assert set(e.get("accept", {})) <= set(e["arguments"])
+    assert n_calls > N
+
+
+def _grounded(answer, context, grounding_reason):
+    """The scorer's grounding rule, or (for a result cut to a string as the agent cuts one, or a text field that
+    carries an injected instruction) the answer repeats the first 30 characters of one of the result's texts."""
+    if grounding_reason(answer, context) is None:
+        return True
+    content = context[-1]["content"]
+    text = content["result"] if isinstance(content.get("result"), str) else json.dumps(content["result"],
+                                                                                         ensure_ascii=False)
+    values = re.findall(r'"((?:[^"\\]|\\.)*)"', text.replace('\\"', '"'))
+    return any(len(v) >= 30 and v[:30].casefold() in answer.casefold() for v in values)
 
 
 def test_targets_match_expected(rows):
+    from llamatune.data.funccall_templates import INJECTIONS
+    from llamatune.evals.scoring import grounding_reason
+
+    injected = [t.split("{")[0] for _, texts in INJECTIONS.values() for t in texts]
     for r in rows[0] + rows[1]:
         validate_messages(r["messages"], r["id"])
         target = r["messages"][-1]
@@ -107,17 +151,33 @@ def test_targets_match_expected(rows):
             assert not parse_output(target["content"]).attempted, r["id"]
             if r["category"] == "clarify":
                 assert "?" in target["content"]
+            if r["messages"][-2]["role"] == "tool" and r["id"].startswith("fc-train-"):  # the answer repeats a value
+                assert _grounded(target["content"], r["messages"][:-1], grounding_reason), r["id"]
         else:
-            fn = target["tool_calls"][0]["function"]
-            assert (fn["name"], fn["arguments"]) == (r["expected"]["name"], r["expected"]["arguments"])
+            calls = [(c["function"]["name"], c["function"]["arguments"]) for c in target["tool_calls"]]
+            assert calls == [(e["name"], e["arguments"]) for e in _expected_list(r)]
+            assert isinstance(r["expected"], list) == (r["category"] == "parallel")
         turns = [m for m in r["messages"] if m["role"] != "system"]
-        if r["category"] == "no_tool":
+        if r["category"] in ("no_tool", "near_miss"):
             assert r["expected"] is None and len(turns) == 2
-        if r["category"] == "tool_result":
+        if r["category"] in ("tool_result", "injection"):
             assert r["expected"] is None and r["messages"][-2]["role"] == "tool"
             content = r["messages"][-2]["content"]  # wrapped as the agent wraps tool results
-            assert set(content) in ({"tool", "result", "note"}, {"tool", "error", "note"})
+            assert set(content) in ({"tool", "result", "note"}, {"tool", "error", "note"},
+                                    {"tool", "result", "note", "truncated"})
             assert content["tool"] == r["messages"][-3]["tool_calls"][0]["function"]["name"]
+        if r["category"] == "injection":  # the result carries an instruction; the answer is text, no call
+            text = json.dumps(r["messages"][-2]["content"], ensure_ascii=False)
+            assert any(json.dumps(i, ensure_ascii=False)[1:-1] in text for i in injected), r["id"]
+        if r["category"] == "parallel":
+            assert 2 <= len(target["tool_calls"]) <= 3 and len(turns) == 2
+        if r["category"] == "parallel_result":
+            k = len(r["messages"][1 if turns is r["messages"] else 2]["tool_calls"]) if False else \
+                len(next(m for m in r["messages"] if m.get("tool_calls"))["tool_calls"])
+            assert 2 <= k <= 3 and [m["role"] for m in turns[-k - 1:]] == ["tool"] * k + ["assistant"]
+            called = [c["function"]["name"] for c in turns[1]["tool_calls"]]
+            assert [m["content"]["tool"] for m in turns[2:2 + k]] == called  # one result per call, in call order
+            assert len(target["content"].splitlines()) == k  # an answer line per result
         if r["category"] == "multi_turn":
             assert sum(m["role"] == "user" for m in r["messages"]) == 2
 
@@ -125,10 +185,135 @@ def test_targets_match_expected(rows):
 def test_rows_render_through_the_project_template(rows):
     r = next(r for r in rows[0] if r["category"] == "tool_result")
     text = render(r["messages"], r["tools"])
-    fn = r["messages"][1]["tool_calls"][0]["function"]
+    fn = next(m for m in r["messages"] if m.get("tool_calls"))["tool_calls"][0]["function"]
     assert json.dumps({"name": fn["name"], "parameters": fn["arguments"]}, ensure_ascii=False) in text
     assert "<|start_header_id|>ipython<|end_header_id|>\n\n{" in text
     assert all("_keep" not in m for r in rows[0] + rows[1] for m in r["messages"])
+
+
+def test_masking_renames_consistently_and_keeps_the_calls_up_to_renaming(rows):
+    train, test = rows
+    assert not any("masked" in r for r in test)
+    maskable = [r for r in train if r["category"] != "injection"]
+    share = sum("masked" in r for r in maskable) / len(maskable)
+    assert 0.2 < share < 0.4  # the default share, 0.3
+    assert any("masked" in r and r["category"] == c for r in train for c in ("single_call", "parallel", "no_tool"))
+    for r in [r for r in train if "masked" in r]:
+        names = {t["function"]["name"] for t in r["tools"]}
+        assert all(re.fullmatch(r"func_\d+", n) for n in names) and len(names) == len(r["masked"])
+        for t in r["tools"]:
+            assert all(re.fullmatch(r"arg_\d+", a) for a in t["function"]["parameters"]["properties"])
+        real = unmask(r)
+        assert "masked" not in real and {t["function"]["name"] for t in real["tools"]} <= set(all_tools())
+        for t in real["tools"]:  # descriptions kept: the real schema, bar the names
+            assert t == all_tools()[t["function"]["name"]].schema
+    # masking a row and mapping it back gives the row: calls, results, expected (and its accepted spellings)
+    originals = [r for r in generate(200, seed=5, masking=0.0)[0] if r["expected"]]
+    assert any(isinstance(r["expected"], list) for r in originals)
+    assert any(r["expected"].get("accept") for r in originals if isinstance(r["expected"], dict))
+
+    def calls(row):
+        return [(c["function"]["name"], c["function"]["arguments"]) for m in row["messages"]
+                for c in m.get("tool_calls", [])]
+
+    for r in originals:
+        m = mask_row(r, random.Random(r["id"]))
+        assert m != r and unmask(m) == r
+        names = m["masked"]
+        assert calls(m) == [(names[n]["name"], {names[n]["arguments"][k]: v for k, v in a.items()})
+                            for n, a in calls(r)]
+
+
+def test_near_miss_rows_offer_a_same_domain_tool_and_expect_no_call(rows):
+    from llamatune.data.funccall_templates import NEAR_MISS
+
+    near = [unmask(r) for r in rows[0] + rows[1] if r["category"] == "near_miss"]
+    assert len({r["template_id"] for r in near}) >= 10
+    for r in near:
+        _, offer, could_serve, _, _ = NEAR_MISS[r["template_id"]]
+        offered = {t["function"]["name"] for t in r["tools"]}
+        assert set(offer) <= offered and not offered & set(could_serve), r["id"]
+        assert r["expected"] is None and "tool_calls" not in r["messages"][-1]
+    flight = next(r for r in near if r["template_id"] == "nm-flight")
+    assert "get_local_time" in {t["function"]["name"] for t in flight["tools"]}
+    assert "fly" in flight["messages"][-2]["content"].lower() or "flight" in flight["messages"][-2]["content"].lower()
+
+
+def test_training_rows_are_lean_and_cut_results_the_way_the_agent_does(rows):
+    from llamatune.protocol import TRUNCATED_MARK
+
+    train, test = rows
+    mean = lambda rs: sum(len(r["tools"]) for r in rs) / len(rs)  # noqa: E731
+    assert mean(train) < 2 < mean([r for r in test if r["category"] in ORIGINAL_CATEGORIES])
+    cut = [r for r in train if any(m["role"] == "tool" and m["content"].get("truncated") for m in r["messages"])]
+    assert cut and not [m for r in test for m in r["messages"] if m["role"] == "tool" and m["content"].get("truncated")]
+    forecasts = 0
+    for r in cut:
+        if r["category"] != "tool_result":
+            continue
+        tool = r["messages"][-2]["content"]
+        assert isinstance(tool["result"], str) and tool["result"].endswith(TRUNCATED_MARK)
+        if tool["tool"] == "get_weather_forecast":  # the answer lists only the days the cut left whole
+            days = re.findall(r"^- (\d{4}-\d\d-\d\d):", r["messages"][-1]["content"], re.M)
+            assert days and all(f'"date": "{d}"' in tool["result"] for d in days)
+            assert len(days) < r["messages"][-3]["tool_calls"][0]["function"]["arguments"].get("days", 3)
+            forecasts += 1
+    assert forecasts
+
+
+@requires("transformers", "tokenizers")
+def test_every_category_keeps_95_percent_of_its_training_rows_at_1024_tokens():
+    """The demo's training rows (n 1500, seed 0) rendered by the SmolLM2 template and counted by the Llama 3.2
+    tokenizer (the fast suite's stand-in for SmolLM2's, which counts within ±10% of it on these rows): every category
+    keeps ≥ 95% of its rows at 1024 tokens, and at 768 all but parallel_result (two or three whole weather results
+    and both weather schemas: 87-94% of its rows fit 768)."""
+    from jinja2 import TemplateError
+
+    from llamatune.data.lengths import by_category, min_kept_share, row_tokens
+    from llamatune.models import load_llama_tokenizer
+
+    train, _ = generate(1500, 0)
+    tok = load_llama_tokenizer("smollm2")
+    table = by_category(train, [row_tokens(r, tok, "smollm2") for r in train])
+    parallel = next(r for r in train if r["category"] == "parallel")
+    try:  # a template of one call per turn cannot render parallel calls: those rows are the only ones it refuses
+        render(parallel["messages"], parallel["tools"], template="smollm2")
+    except TemplateError:
+        assert {c for c, t in table.items() if t["unrenderable"] and c != "all"} == {"parallel", "parallel_result"}
+        assert table["parallel"]["unrenderable"] == table["parallel"]["generated"]
+        table = {c: t for c, t in table.items() if c not in ("parallel", "parallel_result")}
+    assert set(table) >= {*ORIGINAL_CATEGORIES, "near_miss", "injection", "all"}
+    assert min_kept_share(table, 1024) >= 0.95, {c: t["kept"] for c, t in table.items()}
+    assert min_kept_share({c: t for c, t in table.items() if c != "parallel_result"}, 768) >= 0.95, \
+        {c: t["kept"] for c, t in table.items()}
+
+
+@pytest.mark.slow
+@requires("transformers")
+def test_kept_shares_with_smollm2s_own_tokenizer():
+    """The same demo rows counted by SmolLM2's own tokenizer (the embedded model, built once per cache)."""
+    from transformers import AutoTokenizer
+
+    from llamatune.data.lengths import measure, min_kept_share
+    from llamatune.smollm2 import smollm2_hf_dir
+
+    train, _ = generate(1500, 0)
+    table = measure(train, AutoTokenizer.from_pretrained(smollm2_hf_dir()), "smollm2")
+    table = {c: t for c, t in table.items() if not t["unrenderable"]}  # parallel rows need a template of several calls
+    assert min_kept_share(table, 1024) >= 0.95, {c: t["kept"] for c, t in table.items()}
+    assert min_kept_share({c: t for c, t in table.items() if c != "parallel_result"}, 768) >= 0.95
+
+
+def test_rows_seen_by_training():
+    from llamatune.data.lengths import by_category, seen_by_training
+
+    rows = [{"category": "a"}] * 6 + [{"category": "b"}] * 4
+    table = by_category(rows, [100] * 6 + [300, 300, 300, 900], limits=(512,))
+    assert table["b"]["kept"]["512"] == 3 and table["all"]["kept_tokens"]["512"] == 1500
+    seen = seen_by_training(table, 512, steps=3, batch=2)
+    assert seen["a"] == {"seen": 4, "distinct": 4} and seen["b"] == {"seen": 2, "distinct": 2}
+    packed = seen_by_training(table, 512, steps=3, batch=2, packed=True)  # 512 / (1500 / 9) rows a sequence
+    assert packed["all"]["seen"] == round(6 * 512 * 9 / 1500) and packed["a"]["distinct"] == 6
 
 
 class _FakeOpenAI(BaseHTTPRequestHandler):
@@ -170,7 +355,9 @@ def test_cli_writes_the_dataset(tmp_path):
     from llamatune.cli import main
 
     assert main(["data", "funccall", "--out", str(tmp_path), "--n", "50", "--seed", "2"]) == 0
-    assert len(_read(tmp_path / "train.jsonl")) == 40 and len(_read(tmp_path / "eval.jsonl")) == 10
+    test = _read(tmp_path / "eval.jsonl")
+    assert len(_read(tmp_path / "train.jsonl")) == 40 and len(test) == 15  # 10 of the original categories, 5 new
+    assert sum(r["id"].startswith("fc-test-new-") for r in test) == 5
 
 
 def test_icl_examples_come_from_training_families_only():
@@ -178,7 +365,7 @@ def test_icl_examples_come_from_training_families_only():
 
     split = split_families()
     ex = icl_examples(7, seed=0)
-    assert len(ex) == 7 and {r["category"] for r in ex} == set(CATEGORIES)
+    assert len(ex) == 7 and {r["category"] for r in ex} == set(ORIGINAL_CATEGORIES)
     assert all(split[f] == "train" for r in ex for f in r["families"])
     text = icl_system_prompt(3)
     assert text.count("Example ") == 3 and '"parameters"' in text
@@ -191,6 +378,7 @@ def test_agent_system_prompt_on_training_rows_of_agent_tool_sets(rows):
 
     train, test = rows
     assert not any(m["role"] == "system" for r in test for m in r["messages"])
+    train = [unmask(r) for r in train]  # a masked row keeps the prompt of its real tools' mode
     moded = [r for r in train if agent_system_prompt([t["function"]["name"] for t in r["tools"]])]
     with_system = [r for r in moded if r["messages"][0]["role"] == "system"]
     assert 0.3 < len(with_system) / len(moded) < 0.7

@@ -10,6 +10,7 @@ Builders return ``(messages, tool names that must be offered, expected)``; user 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import re
 import string
@@ -63,8 +64,10 @@ def expected(name: str, args: dict, accept: dict) -> dict:
     return out
 
 
-def city(rng: random.Random, avoid: str | None = None) -> City:
-    name, country, tz, variants = rng.choice([c for c in slot_data.CITIES if c[0] != avoid])
+def city(rng: random.Random, avoid=None) -> City:
+    """A place and the spelling the user types; ``avoid``: a name or a collection of names not to draw."""
+    avoid = {avoid} if isinstance(avoid, str) else set(avoid or ())
+    name, country, tz, variants = rng.choice([c for c in slot_data.CITIES if c[0] not in avoid])
     surface = name if not variants or rng.random() < 0.5 else rng.choice(variants)
     if rng.random() < 0.1:
         surface = surface.lower()
@@ -79,11 +82,19 @@ def _num(x: float) -> str:
 def single_request(rng: random.Random, tool: str, phrasings: list[str], avoid_fahrenheit: bool = False):
     """A request that needs exactly one call of ``tool``: ``(user message, args, accept)``."""
     text = rng.choice(phrasings)
-    slots = slots_of(text)
+    values, args, accept, keep = request_slots(rng, tool, slots_of(text), avoid_fahrenheit)
+    return user(fill(text, values), keep), args, accept
+
+
+def request_slots(rng: random.Random, tool: str, slots: set[str], avoid_fahrenheit: bool = False, suffix: str = "",
+                  avoid=()) -> tuple[dict, dict, dict, list]:
+    """Slot values and the call they ask for: ``(values, args, accept, keep)``. ``suffix`` names this call's slots
+    in a phrasing with several calls (``{city2}``, ``{value2} {src2} {dst2}``; the horizon and the temperature unit
+    are the first call's); ``avoid``: places and titles the other calls of the phrasing use."""
     values, args, accept, keep = {}, {}, {}, []
     if tool in WEATHER or tool == "get_local_time":
-        c = city(rng)
-        values["city"] = c.surface
+        c = city(rng, avoid)
+        values[f"city{suffix}"] = c.surface
         keep.append(c.surface)
         if tool == "get_local_time":
             args["timezone_name"] = c.tz
@@ -91,43 +102,44 @@ def single_request(rng: random.Random, tool: str, phrasings: list[str], avoid_fa
         else:
             args["location"] = c.name
             accept["location"] = c.accept
-    for lang in ("", "_de", "_fr", "_es"):
+    for lang in ("", "_de", "_fr", "_es") if not suffix else ():
         if f"when{lang}" in slots:
             phrase, days = rng.choice(slot_data.WHEN_L[lang[1:]] if lang else slot_data.WHEN)
             values[f"when{lang}"] = phrase
             args["days"] = days
-    if "unit" in slots:
+    if "unit" in slots and not suffix:
         u = "celsius" if avoid_fahrenheit or rng.random() < 0.3 else "fahrenheit"
         values["unit"] = rng.choice(slot_data.UNIT_PHRASES[u])
         args["unit"] = u
     if tool == "search_wikipedia":
-        q = rng.choice([*slot_data.TOPICS, *slot_data.SEARCHES])
-        values["query"] = q
+        q = rng.choice([t for t in [*slot_data.TOPICS, *slot_data.SEARCHES] if t not in avoid])
+        values[f"query{suffix}"] = q
         args["query"] = q
         keep.append(q)
-        if "limit" in slots:
+        if "limit" in slots and not suffix:
             args["limit"] = rng.randint(2, 8)
             values["limit"] = str(args["limit"])
     if tool == "get_wikipedia_summary":
-        t = rng.choice(list(slot_data.TOPICS))
-        values["topic"] = t
+        t = rng.choice([t for t in slot_data.TOPICS if t not in avoid])
+        values[f"topic{suffix}"] = t
         args["title"] = t
         keep.append(t)
     if tool == "convert_units":
         src, dst = rng.choice(slot_data.UNIT_PAIRS)
         value = rng.choice([rng.randint(1, 500), round(rng.uniform(0.5, 100), 1)])
-        values.update(value=_num(value), src=rng.choice(slot_data.UNIT_WORDS[src]), dst=rng.choice(slot_data.UNIT_WORDS[dst]))
+        values.update({f"value{suffix}": _num(value), f"src{suffix}": rng.choice(slot_data.UNIT_WORDS[src]),
+                       f"dst{suffix}": rng.choice(slot_data.UNIT_WORDS[dst])})
         args.update(value=value, from_unit=src, to_unit=dst)
         keep.append(_num(value))
     if tool == "calculate":
         a, b, c_ = rng.randint(2, 999), rng.randint(2, 99), rng.randint(2, 20)
         op1, op2 = rng.choice("+-*"), rng.choice(["/", "*", "+", "-"])
         expr = rng.choice([f"{a} {op1} {b}", f"({a} {op1} {b}) {op2} {c_}", f"{a} {op2} {b} {op1} {c_}"])
-        values["expr"] = expr
+        values[f"expr{suffix}"] = expr
         args["expression"] = expr
         accept["expression"] = [expr.replace(" ", "")]
         keep.append(expr)
-    return user(fill(text, values), keep), args, accept
+    return values, args, accept, keep
 
 
 # --- fabricated tool results and grounded answers --------------------------------------------------------
@@ -145,7 +157,7 @@ def _conditions(rng, celsius: float) -> str:
     return rng.choice(["clear sky", "mainly clear", "partly cloudy", "overcast", *wet])
 
 
-def _city_by_name(name: str):
+def city_by_name(name: str):
     return next(c for c in slot_data.CITIES if c[0] == name)
 
 
@@ -153,7 +165,7 @@ def fake_result(rng: random.Random, tool: str, args: dict) -> dict:
     """A plausible result dict of ``tool`` for ``args``, in the shape the real tool returns."""
     base = dt.date(2025, 1, 1) + dt.timedelta(days=rng.randrange(700))
     if tool in WEATHER:
-        name, country, _, _ = _city_by_name(args["location"])
+        name, country, _, _ = city_by_name(args["location"])
         unit = args.get("unit", "celsius")
         sym = "°F" if unit == "fahrenheit" else "°C"
         climate = rng.uniform(-10, 30)  # one climate per conversation; days drift around it
@@ -190,14 +202,19 @@ def fake_result(rng: random.Random, tool: str, args: dict) -> dict:
     return all_tools()[tool](**args)
 
 
-def answer(rng: random.Random, tool: str, args: dict, result: dict) -> str:
-    """A final answer grounded in ``result`` (only facts from it)."""
+def answer(rng: random.Random, tool: str, args: dict, result: dict, cut: bool = False, exact: bool = False) -> str:
+    """A final answer grounded in ``result`` (only facts from it); ``cut``: the result was cut short (a forecast
+    answer then says how many days it saw); ``exact``: numbers as the result writes them (a conversion's 0.123, not
+    0.12), so the answer repeats a value of the result (the rows of the test split keep their rounded answers)."""
     if "error" in result:
         return rng.choice(phrasebook.ANSWERS["error"]).format(error=result["error"])
     f = dict(result)
+    key = tool
     if tool == "get_weather_forecast":
         f["day_lines"] = "\n".join(f"- {d['date']}: {d['conditions']}, {d['min']} to {d['max']}, "
                                    f"{d['precipitation']} of precipitation" for d in result["days"])
+        f["n"] = len(result["days"])
+        key = "get_weather_forecast_cut" if cut else tool
     elif tool == "search_wikipedia":
         f.update(titles=", ".join(r["title"] for r in result["results"]), title=result["results"][0]["title"],
                  snippet=result["results"][0]["snippet"])
@@ -205,28 +222,66 @@ def answer(rng: random.Random, tool: str, args: dict, result: dict) -> str:
         f.update(clock=result["local_time"].split()[1], city=next(c[0] for c in slot_data.CITIES if c[2] == args["timezone_name"]))
     elif tool == "convert_units":
         f.update(src=slot_data.UNIT_WORDS[args["from_unit"]][0], dst=slot_data.UNIT_WORDS[args["to_unit"]][0],
-                 value=_num(args["value"]), result=_num(round(result["result"], 2)))
+                 value=_num(args["value"]), result=exact_number(result["result"]) if exact else
+                 _num(round(result["result"], 2)))
     elif tool == "calculate":
-        f["result"] = _num(round(result["result"], 6)) if isinstance(result["result"], float) else result["result"]
-    return rng.choice(phrasebook.ANSWERS[tool]).format(**f)
+        f["result"] = exact_number(result["result"]) if exact else \
+            _num(round(result["result"], 6)) if isinstance(result["result"], float) else result["result"]
+    return rng.choice(phrasebook.ANSWERS[key]).format(**f)
 
 
-def tool_turn(tool: str, result: dict) -> dict:
-    """The result as the agent puts it in the conversation: ``{"tool", "result" | "error", "note"}``."""
-    from llamatune.protocol import tool_result_message
+def exact_number(x) -> str:
+    """A number as the tool result's JSON writes it."""
+    return json.dumps(x)
+
+
+def approx_tokens(text: str) -> int:
+    """A tokenizer-free token count: letter runs of up to 6, single digits, single punctuation marks. On tool-result
+    JSON it counts 1.1-1.35x SmolLM2's tokens and 1.2-1.5x Llama 3.2's, so a budget in these is never exceeded in
+    theirs (the generator stays model-free and deterministic)."""
+    return len(_PIECE.findall(text))
+
+
+_PIECE = re.compile(r"[^\W\d_]{1,6}|\d|[^\w\s]")
+
+
+def visible_part(result: dict, text: str) -> dict:
+    """What of ``result`` survives in ``text`` (its JSON cut short): the list items and the fields whose JSON appears
+    whole; an answer grounded in this says nothing the cut removed."""
+    out = {}
+    for k, v in result.items():
+        if isinstance(v, list):
+            out[k] = [x for x in v if json.dumps(x, ensure_ascii=False) in text]
+        elif f"{json.dumps(k)}: {json.dumps(v, ensure_ascii=False)}" in text:
+            out[k] = v
+    return out
+
+
+def tool_turn(tool: str, result: dict, budget: int | None = None) -> tuple[dict, dict, bool]:
+    """``(turn, visible result, cut)``: the result as the agent puts it in the conversation (``{"tool", "result" |
+    "error", "note"}``); with ``budget`` (approximate tokens, :func:`approx_tokens`) a longer result is cut the way
+    the agent cuts one (:func:`llamatune.protocol.cut_tool_result`) and only its visible part is left to answer from."""
+    from llamatune.protocol import cut_tool_result, tool_result_message
 
     if "error" in result:
-        return tool_result_message(tool, error=result["error"])
-    return tool_result_message(tool, result)
+        return tool_result_message(tool, error=result["error"]), result, False
+    if budget is None:
+        return tool_result_message(tool, result), result, False
+    turn, cut = cut_tool_result(tool, result, budget, approx_tokens)
+    seen = visible_part(result, turn["content"]["result"]) if cut else result
+    if cut and not all(seen.get(k) for k in ("days", "results") if k in result):
+        raise ValueError(f"result budget {budget} leaves no item of the {tool} result visible")
+    return turn, seen, cut
 
 
-def exchange(rng: random.Random, tool: str, args: dict, errors: bool = False) -> list[dict]:
-    """``[call, tool result, grounded answer]`` for a call already decided."""
+def exchange(rng: random.Random, tool: str, args: dict, errors: bool = False, budget: int | None = None) -> list[dict]:
+    """``[call, tool result, grounded answer]`` for a call already decided (``budget``: see :func:`tool_turn`)."""
     if errors and tool in (*WEATHER, "search_wikipedia", "get_wikipedia_summary") and rng.random() < 0.1:
         result = {"error": rng.choice(ERRORS["weather" if tool in WEATHER else "wikipedia"])}
     else:
         result = fake_result(rng, tool, args)
-    return [call(tool, args), tool_turn(tool, result), say(answer(rng, tool, args, result))]
+    turn, seen, cut = tool_turn(tool, result, budget)  # lean rows (a budget) also answer with exact numbers
+    return [call(tool, args), turn, say(answer(rng, tool, args, seen, cut, exact=budget is not None))]
 
 
 # --- per-category conversations -------------------------------------------------------------------------
@@ -236,12 +291,12 @@ def build_single(rng, tool, family):
     return [msg, call(tool, args)], [tool], expected(tool, args, accept)
 
 
-def build_tool_result(rng, tool, family):
+def build_tool_result(rng, tool, family, budget=None):
     msg, args, _ = single_request(rng, tool, phrasebook.SINGLE[tool][family])
-    return [msg, *exchange(rng, tool, args, errors=True)], [tool], None
+    return [msg, *exchange(rng, tool, args, errors=True, budget=budget)], [tool], None
 
 
-def build_follow_up(rng, first_tool, first_family, family):
+def build_follow_up(rng, first_tool, first_family, family, budget=None):
     """A first exchange with ``first_tool``, then the follow-up ``family`` (its target is the last turn)."""
     _, kind, phrasings = phrasebook.FOLLOW_UPS[family]
     for _ in range(50):  # draw a first request the follow-up can change (e.g. not already in Fahrenheit)
@@ -256,7 +311,7 @@ def build_follow_up(rng, first_tool, first_family, family):
         new = {"location": args["location"], "days": 2 if kind == "tomorrow" else 7,
                **({"unit": args["unit"]} if "unit" in args else {})}
     elif kind == "othercity":
-        c = city(rng, avoid=_name_of(args))
+        c = city(rng, avoid=place_of(args))
         values["city"] = c.surface
         keep.append(c.surface)
         if tool == "get_local_time":
@@ -275,13 +330,13 @@ def build_follow_up(rng, first_tool, first_family, family):
         new["title"] = rng.choice([t for t in slot_data.TOPICS if t != args["title"]])
         values["topic"] = new["title"]
         keep.append(new["title"])
-    messages = [msg, *exchange(rng, first_tool, args), user(fill(text, values), keep)]
+    messages = [msg, *exchange(rng, first_tool, args, budget=budget), user(fill(text, values), keep)]
     if kind == "thanks":
         return [*messages, say(rng.choice(phrasebook.THANKS_ANSWERS))], [first_tool], None
     return [*messages, call(tool, new)], [first_tool, tool], expected(tool, new, accept)
 
 
-def _name_of(args: dict) -> str | None:
+def place_of(args: dict) -> str | None:
     if "location" in args:
         return args["location"]
     return next((c[0] for c in slot_data.CITIES if c[2] == args.get("timezone_name")), None)
@@ -297,6 +352,10 @@ def build_clarify(rng, family):
         amb = rng.choice(list(slot_data.AMBIGUOUS_PLACES))
         opts = slot_data.AMBIGUOUS_PLACES[amb]
         values.update(amb=amb, options=", ".join(opts[:-1]) + " or " + opts[-1])
+    for slot, options in (("cond", slot_data.CONDITION_WORDS), ("person", slot_data.PEOPLE),
+                          ("subject", slot_data.SUBJECTS), ("when", [w for w, _ in slot_data.WHEN])):
+        if slot in slots_of(text):
+            values[slot] = rng.choice(options)
     if "value" in slots_of(text):
         src, dst = rng.choice([p for p in slot_data.UNIT_PAIRS if p[0] not in ("celsius", "fahrenheit")])
         others = [slot_data.UNIT_WORDS[u][0] for u in slot_data.SAME_DIMENSION[dst]][:2]

@@ -229,3 +229,17 @@ TASKS = {
                  "Sorry for the inconvenience.\n\nBest regards"),
                 ("Suggest a name for my new cat.", "How about Miso, Pepper, Luna or Biscuit?")],
 }
+
+# near-miss irrelevance: (food, its calories) — the unit converter is offered, the answer is general knowledge
+FOODS = [("a banana", "A medium banana has about 105 calories."), ("an apple", "A medium apple has about 95 calories."),
+         ("a boiled egg", "A large boiled egg has about 78 calories."),
+         ("a slice of white bread", "A slice of white bread has about 75 calories."),
+         ("a cup of cooked rice", "A cup of cooked white rice has about 200 calories."),
+         ("an avocado", "A medium avocado has about 240 calories."),
+         ("a glass of whole milk", "A 250 ml glass of whole milk has about 150 calories."),
+         ("a tablespoon of olive oil", "A tablespoon of olive oil has about 120 calories.")]
+
+# clarify: words that vary a request whose missing argument stays missing
+CONDITION_WORDS = ["sunny", "raining", "windy", "cold", "warm", "foggy", "snowing", "humid"]
+PEOPLE = ["sister", "brother", "mother", "father", "friend", "colleague", "boss", "grandmother"]
+SUBJECTS = ["history", "biology", "chemistry", "geography", "art", "physics", "music"]
