@@ -33,7 +33,8 @@ from typing import Iterator
 
 from llamatune.chat import render, stop_strings
 from llamatune.chatformat import calls_message
-from llamatune.protocol import MODES, check_mode, neutralize, tool_result_message
+from llamatune.protocol import (MODES, check_mode, cut_tool_result, neutralize, tool_result_message,
+                                truncate_to_tokens)
 from llamatune.protocol import system_prompt as build_system_prompt
 from llamatune.toolcall import ToolCall, looks_like_call, parse_output, validate_call
 
@@ -52,20 +53,6 @@ class Event:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown event kind {self.kind!r}")
-
-
-def truncate_to_tokens(text: str, budget: int, count) -> str:
-    """The longest prefix of ``text`` with at most ``budget`` tokens (``count`` counts tokens)."""
-    if count(text) <= budget:
-        return text
-    lo, hi = 0, len(text)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if count(text[:mid]) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return text[:lo]
 
 
 def format_result(name: str, result) -> str:
@@ -178,12 +165,7 @@ class Agent:
     def _tool_message(self, name: str, result: dict | None, error: str | None, budget: int) -> tuple[dict, bool]:
         if error is not None:
             return tool_result_message(name, error=neutralize(error)), False
-        data = neutralize(result)
-        text = json.dumps(data, ensure_ascii=False)
-        truncated = self.model.count_tokens(text) > budget
-        if truncated:
-            data = truncate_to_tokens(text, budget, self.model.count_tokens) + " …[truncated]"
-        return tool_result_message(name, data, truncated=truncated), truncated
+        return cut_tool_result(name, result, budget, self.model.count_tokens)
 
     # --- one model call ------------------------------------------------------------------------------------
 
