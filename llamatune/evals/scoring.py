@@ -94,6 +94,10 @@ _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _FAILURE_WORDS = ("sorry", "could not", "couldn't", "cannot", "can't", "unable", "error", "failed", "not available")
 
 
+_QUOTED_VALUE = re.compile(r':\s*"([^"]{4,})"')
+_WORD = re.compile(r"\w+")
+
+
 def _leaves(x):
     if isinstance(x, dict):
         for k, v in x.items():
@@ -106,32 +110,56 @@ def _leaves(x):
         yield str(x)
 
 
-def grounding_reason(answer: str, context: list[dict]) -> str | None:
-    """``None`` when ``answer`` uses the last tool result of ``context``: it repeats a number or a value of the
-    result that the user did not say (a temperature, a title, a time), or, for an error result, says that it
-    failed. Otherwise the reason it counts as ungrounded. When ``context`` does not end with a tool turn: ``None``."""
-    tool = context[-1] if context else None
-    if tool is None or tool.get("role") not in ("tool", "ipython"):
-        return None
-    content = tool["content"]
+def _phrases(leaf: str):
+    """What of a text value an answer may repeat: the value, and for a long one (a result cut to the agent's token
+    budget, which is JSON text; a summary; a text with injected instructions) its quoted values and every run of
+    four words."""
+    yield leaf
+    if len(leaf) > 40:
+        yield from _QUOTED_VALUE.findall(leaf)
+        words = _WORD.findall(leaf)
+        yield from (" ".join(words[i:i + 4]) for i in range(len(words) - 3))
+
+
+def _one_result_reason(text: str, content, said: str) -> str | None:
     if isinstance(content, str):
         try:
             content = json.loads(content)
         except json.JSONDecodeError:
             content = {"result": content}
-    said = " ".join(str(m.get("content")) for m in context if m.get("role") == "user").casefold()
-    text = (answer or "").casefold()
     if isinstance(content, dict) and "error" in content and "result" not in content:
         ok = str(content["error"]).casefold() in text or any(w in text for w in _FAILURE_WORDS)
         return None if ok else "ungrounded: the tool failed, and the answer does not say so"
     numbers = {n.replace(",", ".") for v in _leaves(content) for n in _NUMBER.findall(v)}
     numbers -= {n.replace(",", ".") for n in _NUMBER.findall(said)}
-    words = {v.casefold() for v in _leaves(content) if len(v) >= 4 and not _NUMBER.fullmatch(v)}
+    words = {p.casefold() for v in _leaves(content) for p in _phrases(v) if len(p) >= 4 and not _NUMBER.fullmatch(p)}
     words = {w for w in words if w not in said}
     got = {n.replace(",", ".") for n in _NUMBER.findall(text)}
-    if numbers & got or any(w in text for w in words):
+    plain = " ".join(_WORD.findall(text))  # runs of words are matched on the answer's words, punctuation aside
+    if numbers & got or any(w in text or w in plain for w in words):
         return None
     return "ungrounded: the answer repeats no value of the tool result"
+
+
+def grounding_reason(answer: str, context: list[dict]) -> str | None:
+    """``None`` when ``answer`` uses the tool results that end ``context`` (several after a parallel call: each of
+    them): it repeats a number or a value of the result that the user did not say (a temperature, a title, a time,
+    a sentence of a long text), or, for an error result, says that it failed. Otherwise the reason it counts as
+    ungrounded. When ``context`` does not end with a tool turn: ``None``."""
+    results = []
+    for m in reversed(context or []):
+        if m.get("role") not in ("tool", "ipython"):
+            break
+        results.insert(0, m["content"])
+    if not results:
+        return None
+    said = " ".join(str(m.get("content")) for m in context if m.get("role") == "user").casefold()
+    text = (answer or "").casefold()
+    for i, content in enumerate(results):
+        reason = _one_result_reason(text, content, said)
+        if reason:
+            return reason + (f" (result {i + 1} of {len(results)})" if len(results) > 1 else "")
+    return None
 
 
 def expected_error(expected) -> str | None:
