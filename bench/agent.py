@@ -170,7 +170,8 @@ def ttft_pair(model, repeats, system_prompt=None, max_new_tokens=16):
     from llamatune.protocol import MODES
 
     rec = Recorder(model)
-    agent = Agent(rec, mode="weather", examples=icl_block(6, tools=MODES["weather"]), max_new_tokens=max_new_tokens, system_prompt=system_prompt)
+    examples = icl_block(6, tools=MODES["weather"], template=model.template)  # calls in the model's own syntax
+    agent = Agent(rec, mode="weather", examples=examples, max_new_tokens=max_new_tokens, system_prompt=system_prompt)
     firsts, seconds = [], []
     for _ in range(repeats):
         model.reset_cache()
