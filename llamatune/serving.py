@@ -325,11 +325,29 @@ MAX_HISTORY_MESSAGES = 40  # only the newest turns of a long chat reach the agen
 
 
 def respond(agent_factory, message: str, history: list[dict], model_name: str, mode: str, icl: bool | int,
-            ) -> Iterator[list[dict]]:
+            *, who: str | None = None, log: Callable[[dict], None] | None = None) -> Iterator[list[dict]]:
     """One chat turn for a UI: yields the reply so far as a list of message dicts (metadata messages for
     the busy state, notes, tool calls and results; then the streamed answer; then a one-line summary).
     Oversized input is cut before it reaches the model (:data:`MAX_MESSAGE_CHARS`, :data:`MAX_HISTORY_MESSAGES`),
-    with a note; a model busy for longer than the registry's ``wait_timeout`` ends the turn with a message."""
+    with a note; a model busy for longer than the registry's ``wait_timeout`` ends the turn with a message.
+    ``log`` (if given) receives one record per turn: ``who``, model, wall-clock times and the outcome."""
+    rec = {"who": who, "model": model_name, "t_enter": time.time(), "t_acquired": None, "outcome": "ended"}
+    try:
+        yield from _respond(agent_factory, message, history, model_name, mode, icl, rec)
+    except GeneratorExit:  # the UI stopped reading: the stop button, or a closed browser tab
+        if rec["outcome"] != "answered":
+            rec["outcome"] = "closed"
+        raise
+    except BaseException as exc:
+        rec["outcome"] = f"error: {type(exc).__name__}"
+        raise
+    finally:
+        rec["t_end"] = time.time()
+        if log is not None:
+            log(rec)
+
+
+def _respond(agent_factory, message, history, model_name, mode, icl, rec):
     reply: list[dict] = []
     message = message if isinstance(message, str) else str(message or "")
     if len(message) > MAX_MESSAGE_CHARS:
@@ -355,11 +373,13 @@ def respond(agent_factory, message: str, history: list[dict], model_name: str, m
         try:
             agent = held.enter_context(lease)
         except TimeoutError as exc:
+            rec["outcome"] = "timeout"
             if waiting is not None:
                 waiting["metadata"] = {**waiting["metadata"], "status": "done"}
             reply.append({"role": "assistant", "content": str(exc)})
             yield _snapshot(reply)
             return
+        rec["t_acquired"] = time.time()
         if waiting is not None:
             waiting["metadata"] = {**waiting["metadata"], "status": "done",
                                    "duration": round(time.perf_counter() - t_wait, 2)}
@@ -400,6 +420,7 @@ def respond(agent_factory, message: str, history: list[dict], model_name: str, m
                     reply.append({"role": "assistant", "content": d["text"]})
                 reply.append({"role": "assistant", "content": f"{model_name}, {mode} mode",
                               "metadata": {"title": summary, "status": "done"}})
+                rec["outcome"] = "answered"
             else:
                 continue
             yield _snapshot(reply)

@@ -28,7 +28,8 @@ EXAMPLES = {
 
 
 def build_demo(agent_factory, model_names: list[str], *, modes=tuple(MODES), default_model: str | None = None,
-               title: str | None = None, concurrency_limit: int | None = None, queue_size: int = 32):
+               title: str | None = None, concurrency_limit: int | None = None, queue_size: int = 32,
+               turn_log=None):
     """The UI. ``agent_factory(model_name, mode, icl)`` returns a lease (``busy``, ``needs_load``, and a
     context manager yielding an :class:`llamatune.agent.Agent`), e.g. ``ModelRegistry.agent_factory``.
     The title names the models served and the function-calling fine-tune is selected first, unless told."""
@@ -45,7 +46,10 @@ def build_demo(agent_factory, model_names: list[str], *, modes=tuple(MODES), def
 
     def respond(message: str, history: list, model_name: str, mode: str, icl: bool):
         """Answer one message with the chosen model and mode; yields the reply as it is produced."""
-        yield from respond_turn(agent_factory, message, history, model_name, mode, icl)
+        from gradio.context import LocalContext  # ChatInterface does not pass gr.Request to its function
+
+        who = getattr(LocalContext.request.get(None), "session_hash", None)
+        yield from respond_turn(agent_factory, message, history, model_name, mode, icl, who=who, log=turn_log)
 
     with gr.Blocks(title=title, fill_height=True) as demo:
         gr.Markdown(f"## {title}\n{DESCRIPTION}")
@@ -105,7 +109,26 @@ def parse_args(argv=None):
     p.add_argument("--n-ctx", type=int, default=None, help="context length (default: per model, 4096)")
     p.add_argument("--max-llm-calls", type=int, default=None, help="LLM calls per turn (default 2)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per LLM call (default 512)")
+    p.add_argument("--turn-log", default=None, help="append one JSON line per turn here (timings and outcome; "
+                                                    "no message text), e.g. for bench/space_load.py")
     return p.parse_args(argv)
+
+
+def turn_logger(path):
+    """A thread-safe appender of turn records to a JSONL file, or None without a path."""
+    if not path:
+        return None
+    import threading
+
+    from llamatune.jsonl import append_jsonl
+
+    lock = threading.Lock()
+
+    def log(record: dict) -> None:
+        with lock:
+            append_jsonl(path, record)
+
+    return log
 
 
 def launch(argv=None, **launch_kwargs):
@@ -115,7 +138,7 @@ def launch(argv=None, **launch_kwargs):
         registry = make_registry(args)
     except (FileNotFoundError, ValueError) as exc:  # fail at startup, loudly, not on the first request
         raise SystemExit(f"space/app.py: {exc}") from exc
-    demo = build_demo(registry.agent_factory, registry.names)
+    demo = build_demo(registry.agent_factory, registry.names, turn_log=turn_logger(args.turn_log))
     return demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs)
 
 
