@@ -277,7 +277,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sessions", type=int, default=16)
     p.add_argument("--models-dir", default="runs/demo/gguf")
-    p.add_argument("--build-smollm2", action="store_true", help="write two SmolLM2-135M GGUFs into an empty --models-dir")
+    p.add_argument("--build-smollm2", action="store_true",
+                   help="write two SmolLM2-135M GGUFs into an empty --models-dir")
     p.add_argument("--max-new-tokens", type=int, default=96, help="tokens per LLM call in the app (default 96)")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads in the app (default: its own)")
     p.add_argument("--turn-timeout", type=float, default=900.0, help="the client gives up on a turn after this")
@@ -363,6 +364,7 @@ def main(argv=None) -> int:
         "p95_s": pct([t["t_done"] - t["t_submit"] for t in answered], 0.95),
         "queue_wait_p50_s": pct(waits, 0.5), "queue_wait_p95_s": pct(waits, 0.95),
         "rss_start_mb": round(rss_start, 1), "rss_end_mb": round(rss_end, 1), "rss_peak_mb": round(peak[0], 1),
+        "rss_growth_mb": round(rss_end - rss_start, 1),
         "stuck_after_disconnect": stuck, "held_after_close": holds,
         "server_outcomes": {o: sum(1 for r in log if r["outcome"] == o) for o in sorted({r["outcome"] for r in log})},
         "max_new_tokens": a.max_new_tokens, "wall_s": round(wall, 1), "logs": str(log_dir),

@@ -146,7 +146,8 @@ def _stream(events, reply: list[dict], model_name: str, mode: str) -> Iterator[l
                 reply.append(answer)
             answer["content"] += d["text"]
         elif ev.kind == "note":
-            reply.append({"role": "assistant", "content": d["text"], "metadata": {"title": "ℹ️ Note", "status": "done"}})
+            reply.append({"role": "assistant", "content": d["text"],
+                          "metadata": {"title": "ℹ️ Note", "status": "done"}})
         elif ev.kind == "invalid_call":
             reply.append({"role": "assistant",
                           "content": f"Not executed ({d['action']}): {d['reason']}\n\n```\n{d['text'][:500]}\n```",
