@@ -25,9 +25,8 @@ from llamatune.space_models import (ServedModel, default_model, load_config, mod
 @dataclass
 class ServingLimits:
     """What a Space owner sets, in one place: ``settings:`` in ``space/models.yaml`` (the app's flags override it).
-    The defaults hold on Hugging Face's free ``cpu-basic`` hardware (2 vCPU, 16 GB) serving 3B Q4_K_M GGUFs, where
-    a turn takes ~0.5-2 minutes. ``space/README.md`` ("Limits") explains each; ``bench/space_load.py`` measures
-    what they give."""
+    The defaults hold on the free ``cpu-basic`` hardware (2 vCPU, 16 GB) serving 3B Q4_K_M GGUFs; ``space/README.md``
+    ("Limits") explains each, ``bench/space_load.py`` measures what they give."""
 
     max_resident: int = 1  # models in memory at once; switching unloads the least recently used idle one
     max_waiting: int = 20  # turns waiting in line for a model; one more is told "busy, try again in a minute"
@@ -116,9 +115,65 @@ class _Deadline:
                 self._check()
                 yield p
         finally:
-            close = getattr(pieces, "close", None)
-            if close:
-                close()
+            getattr(pieces, "close", lambda: None)()
+
+
+class _Pinned:
+    """A loaded model whose every call runs on one thread of its own, from loading to closing. llama.cpp keeps
+    state per calling thread (an OpenMP team, a malloc arena), so a model stepped from whichever Gradio worker was
+    free grew the server by ~10-20 MB per worker: +434 MB over 48 turns in bench/space_load.py. Pinned, it does
+    not. Calls made from the model's own thread (a wrapped method calling another) run directly."""
+
+    __slots__ = ("_model", "_pool", "_tid")
+
+    def __init__(self, load: Callable[[], object], name: str):
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
+        object.__setattr__(self, "_pool", pool)
+        object.__setattr__(self, "_tid", pool.submit(threading.get_ident).result())
+        try:
+            object.__setattr__(self, "_model", pool.submit(load).result())
+        except BaseException:
+            pool.shutdown(wait=False)
+            raise
+
+    def _run(self, fn, *args, **kwargs):
+        if threading.get_ident() == self._tid:
+            return fn(*args, **kwargs)
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def __getattr__(self, name):
+        if name in _Pinned.__slots__:
+            raise AttributeError(name)
+        return getattr(self._model, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._model, name, value)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._run(self._model.tokenize, text)
+
+    def count_tokens(self, text: str) -> int:
+        return self._run(self._model.count_tokens, text)
+
+    def complete(self, prompt: str, *, stream: bool = False, **kwargs):
+        pieces = self._run(self._model.complete, prompt, stream=stream, **kwargs)
+        return self._steps(pieces) if stream and not isinstance(pieces, str) else pieces
+
+    def _steps(self, pieces):
+        done = object()
+        try:
+            while (piece := self._run(next, pieces, done)) is not done:
+                yield piece
+        finally:
+            self._run(getattr(pieces, "close", lambda: None))
+
+    def close(self) -> None:
+        try:
+            self._run(getattr(self._model, "close", lambda: None))
+        finally:
+            self._pool.shutdown(wait=False)
 
 
 class _Ticket:
@@ -243,7 +298,7 @@ class ModelRegistry:
                 self._close(next(n for n in self._resident if n not in self._in_use))
         t = time.perf_counter()
         try:
-            model = self.loader(self.specs[name])
+            model = _Pinned(lambda: self.loader(self.specs[name]), name)
         except BaseException:
             self.release(name)
             raise
@@ -282,10 +337,7 @@ class ModelRegistry:
             self._cond.notify_all()
 
     def _close(self, name: str) -> None:
-        model = self._resident.pop(name)
-        close = getattr(model, "close", None)
-        if close:
-            close()
+        getattr(self._resident.pop(name), "close", lambda: None)()
 
     def close(self) -> None:
         with self._cond:
