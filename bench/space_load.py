@@ -24,9 +24,11 @@ happen between two real models. One JSON line:
   ``wrong_model``: answers whose summary line names another model than the one the session chose;
 * ``p50_s`` / ``p95_s``: seconds from submit to the last update, over answered turns; ``queue_wait_p50_s`` /
   ``queue_wait_p95_s``: from submit until the turn held its model (the server's turn log);
-* ``rss_start_mb`` (after the warm-up) / ``rss_end_mb`` (after the run) / ``rss_peak_mb`` of the server process;
+* ``rss_start_mb`` (after the warm-up) / ``rss_end_mb`` (after the run and one more turn on the warm-up's last
+  model, so that the same model is resident) / ``rss_peak_mb`` of the server process, ``rss_growth_mb``;
 * ``stuck_after_disconnect``: turns that waited while a model was held for a closed session, i.e. a hold that
-  began after its client had gone, or lasted more than ``GRACE_S`` past the close (target 0).
+  began after its client had gone, or lasted more than ``GRACE_S`` past the close (target 0);
+* ``model_switches``: turns served on another model than the turn before (each one reloads a model).
 
 Exit code 1 when a target is missed (the JSON line is printed either way).
 """
@@ -330,6 +332,9 @@ def main(argv=None) -> int:
             [t.start() for t in threads]
             [t.join() for t in threads]
             wall = time.time() - t0
+            settle = Client(url, verbose=False)  # the warm-up's last model resident again: compare like with like
+            settle.predict("Hello!", models[-1], "chat", False, api_name="/respond")
+            settle.close()
             time.sleep(2.0)
             stop.set()
             rss_end = rss_mb(proc.pid)
@@ -342,7 +347,7 @@ def main(argv=None) -> int:
     from llamatune.jsonl import read_jsonl
 
     log = read_jsonl(log_dir / "turns.jsonl") if (log_dir / "turns.jsonl").exists() else []
-    log = [r for r in log if r.get("t_enter", 0) >= t0 - 1]  # not the warm-up
+    log = [r for r in log if t0 - 1 <= r.get("t_enter", 0) <= t0 + wall]  # not the warm-up or the settling turn
     match_log(turns, log)
     by_outcome = {k: sum(1 for t in turns if t["outcome"] == k)
                   for k in ("answered", "told_to_wait", "closed", "completed_before_close", "failed")}
@@ -354,6 +359,7 @@ def main(argv=None) -> int:
     waits = [t["server"]["t_acquired"] - t["t_submit"] for t in turns
              if t.get("server", {}).get("t_acquired")]
     stuck, holds = stuck_after_disconnect(turns, log)
+    served = [r["model"] for r in sorted(log, key=lambda r: r["t_acquired"] or 0) if r.get("t_acquired")]
     ok_turns = by_outcome["answered"] + by_outcome["told_to_wait"] + by_outcome["completed_before_close"]
     result = {
         "bench": "space_load", "models": models, "sessions": a.sessions, "turns": len(turns),
@@ -367,6 +373,7 @@ def main(argv=None) -> int:
         "rss_growth_mb": round(rss_end - rss_start, 1),
         "stuck_after_disconnect": stuck, "held_after_close": holds,
         "server_outcomes": {o: sum(1 for r in log if r["outcome"] == o) for o in sorted({r["outcome"] for r in log})},
+        "model_switches": sum(1 for a_, b_ in zip(served, served[1:]) if a_ != b_),
         "max_new_tokens": a.max_new_tokens, "wall_s": round(wall, 1), "logs": str(log_dir),
         "loadavg": [round(x, 2) for x in os.getloadavg()],
     }

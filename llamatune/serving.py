@@ -14,54 +14,11 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 from llamatune.chat import model_template
-from llamatune.space_models import (ServedModel, default_model, load_config, models_from_dir,  # noqa: F401
-                                     resolve_all, space_title)
-
-
-@dataclass
-class ServingLimits:
-    """What a Space owner sets, in one place: ``settings:`` in ``space/models.yaml`` (the app's flags override it).
-    The defaults hold on the free ``cpu-basic`` hardware (2 vCPU, 16 GB) serving 3B Q4_K_M GGUFs; ``space/README.md``
-    ("Limits") explains each, ``bench/space_load.py`` measures what they give."""
-
-    max_resident: int = 1  # models in memory at once; switching unloads the least recently used idle one
-    max_waiting: int = 20  # turns waiting in line for a model; one more is told "busy, try again in a minute"
-    wait_timeout: float = 300.0  # seconds a turn may wait in line; a turn expected to wait longer is told at once
-    turn_deadline: float = 240.0  # seconds a turn may hold its model (prompts, tools, answers); then it is stopped
-    queue_size: int = 64  # Gradio's own queue, before the line (a browser sees its place); full: Gradio's "busy"
-    n_threads: int | None = None  # llama.cpp threads; None = physical cores
-    max_llm_calls: int = 2  # model calls per turn
-    max_new_tokens: int = 512  # tokens per model call
-
-    @property
-    def concurrency(self) -> int:
-        """Turns let into the app at once (Gradio's ``concurrency_limit``): those holding a model, those in line,
-        and room to answer "busy" at once. The rest wait in Gradio's queue."""
-        return self.max_resident + self.max_waiting + 2
-
-    @classmethod
-    def from_settings(cls, settings: dict, where: str = "settings", **overrides) -> "ServingLimits":
-        """Limits from a models YAML's ``settings`` (unknown keys and bad values name ``where`` and the key);
-        ``overrides`` that are not None win (command-line flags)."""
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values = {}
-        for key, value in {**settings, **{k: v for k, v in overrides.items() if v is not None}}.items():
-            if key not in fields:
-                raise ValueError(f"{where}: unknown setting {key!r}; known: {', '.join(fields)}")
-            if value is None:
-                continue
-            kind = float if fields[key].type in ("float", float) else int
-            try:
-                values[key] = kind(value)
-            except (TypeError, ValueError):
-                raise ValueError(f"{where}: setting {key!r} must be a number, not {value!r}") from None
-            if values[key] <= 0 and key != "n_threads":
-                raise ValueError(f"{where}: setting {key!r} must be positive, not {value!r}")
-        return cls(**values)
+from llamatune.space_models import (ServedModel, ServingLimits, default_model, load_config,  # noqa: F401
+                                     models_from_dir, resolve_all, space_title)
 
 
 def llama_cpp_loader(n_threads: int | None = None, **kwargs) -> Callable[[ServedModel], object]:
@@ -119,24 +76,17 @@ class _Deadline:
 
 
 class _Pinned:
-    """A loaded model whose every call runs on one thread of its own, from loading to closing. llama.cpp keeps
-    state per calling thread (an OpenMP team, a malloc arena), so a model stepped from whichever Gradio worker was
-    free grew the server by ~10-20 MB per worker: +434 MB over 48 turns in bench/space_load.py. Pinned, it does
-    not. Calls made from the model's own thread (a wrapped method calling another) run directly."""
+    """A loaded model whose every call, from loading to closing, runs on its model's own thread (one per model
+    name, kept for the next load). llama.cpp keeps state per calling thread (an OpenMP team, a malloc arena that
+    keeps what is freed), so a model stepped from whichever Gradio worker was free, or loaded on a new thread each
+    time, grew the server by hundreds of MB (bench/space_load.py). Calls from the model's own thread run directly."""
 
     __slots__ = ("_model", "_pool", "_tid")
 
-    def __init__(self, load: Callable[[], object], name: str):
-        from concurrent.futures import ThreadPoolExecutor
-
-        pool = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
+    def __init__(self, load: Callable[[], object], pool):
         object.__setattr__(self, "_pool", pool)
         object.__setattr__(self, "_tid", pool.submit(threading.get_ident).result())
-        try:
-            object.__setattr__(self, "_model", pool.submit(load).result())
-        except BaseException:
-            pool.shutdown(wait=False)
-            raise
+        object.__setattr__(self, "_model", pool.submit(load).result())
 
     def _run(self, fn, *args, **kwargs):
         if threading.get_ident() == self._tid:
@@ -170,10 +120,18 @@ class _Pinned:
             self._run(getattr(pieces, "close", lambda: None))
 
     def close(self) -> None:
-        try:
-            self._run(getattr(self._model, "close", lambda: None))
-        finally:
-            self._pool.shutdown(wait=False)
+        self._run(getattr(self._model, "close", lambda: None))
+        self._run(_trim_heap)
+
+
+def _trim_heap() -> None:
+    """Give the memory a closed model freed back to the system (glibc keeps freed blocks in its arenas)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 class _Ticket:
@@ -204,6 +162,7 @@ class ModelRegistry:
         self.agent_kwargs = dict(agent_kwargs or {})
         self._cond = threading.Condition()
         self._resident: dict[str, object] = {}  # insertion order = least recently used first
+        self._threads: dict = {}  # model name -> its one thread
         self._in_use: set[str] = set()  # generating, or being loaded
         self._line: list[_Ticket] = []  # waiting, in arrival order
         self._held_since: dict[str, float] = {}
@@ -298,7 +257,7 @@ class ModelRegistry:
                 self._close(next(n for n in self._resident if n not in self._in_use))
         t = time.perf_counter()
         try:
-            model = _Pinned(lambda: self.loader(self.specs[name]), name)
+            model = _Pinned(lambda: self.loader(self.specs[name]), self._thread(name))
         except BaseException:
             self.release(name)
             raise
@@ -339,10 +298,22 @@ class ModelRegistry:
     def _close(self, name: str) -> None:
         getattr(self._resident.pop(name), "close", lambda: None)()
 
+    def _thread(self, name: str):
+        """The one thread that runs every call into model ``name`` (see :class:`_Pinned`)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self._cond:
+            if name not in self._threads:
+                self._threads[name] = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
+            return self._threads[name]
+
     def close(self) -> None:
         with self._cond:
             for name in list(self._resident):
                 self._close(name)
+            for pool in self._threads.values():
+                pool.shutdown(wait=False)
+            self._threads.clear()
 
     def agent_factory(self, model_name: str, mode: str, icl: bool | int = False) -> "AgentLease":
         """What the Space calls per message: a lease that yields an :class:`llamatune.agent.Agent`."""

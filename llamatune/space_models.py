@@ -1,10 +1,12 @@
-"""The models a Space offers: ``space/models.yaml`` entries (a local GGUF, or a Hub repo + file resolved from the
-Hugging Face cache at startup) or every GGUF of a folder, which one a new visitor meets, and the title that names
-them. :mod:`llamatune.serving` serves them.
+"""The models a Space offers and the owner's limits: ``space/models.yaml`` entries (a local GGUF, or a Hub repo +
+file resolved from the Hugging Face cache at startup) or every GGUF of a folder, its ``settings`` (the
+:class:`ServingLimits`), which model a new visitor meets, and the title that names them. :mod:`llamatune.serving`
+serves them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +65,48 @@ def resolve_all(specs: list[ServedModel], cache_dir: str | Path | None = None) -
     if errors:
         raise FileNotFoundError("missing model(s):\n  " + "\n  ".join(errors))
     return paths
+
+
+@dataclass
+class ServingLimits:
+    """What a Space owner sets, in one place: ``settings:`` in ``space/models.yaml`` (the app's flags override it).
+    The defaults hold on the free ``cpu-basic`` hardware (2 vCPU, 16 GB) serving 3B Q4_K_M GGUFs; ``space/README.md``
+    ("Limits") explains each, ``bench/space_load.py`` measures what they give."""
+
+    max_resident: int = 1  # models in memory at once; switching unloads the least recently used idle one
+    max_waiting: int = 20  # turns waiting in line for a model; one more is told "busy, try again in a minute"
+    wait_timeout: float = 300.0  # seconds a turn may wait in line; a turn expected to wait longer is told at once
+    turn_deadline: float = 240.0  # seconds a turn may hold its model (prompts, tools, answers); then it is stopped
+    queue_size: int = 64  # Gradio's own queue, before the line (a browser sees its place); full: Gradio's "busy"
+    n_threads: int | None = None  # llama.cpp threads; None = physical cores
+    max_llm_calls: int = 2  # model calls per turn
+    max_new_tokens: int = 512  # tokens per model call
+
+    @property
+    def concurrency(self) -> int:
+        """Turns let into the app at once (Gradio's ``concurrency_limit``): those holding a model, those in line,
+        and room to answer "busy" at once. The rest wait in Gradio's queue."""
+        return self.max_resident + self.max_waiting + 2
+
+    @classmethod
+    def from_settings(cls, settings: dict, where: str = "settings", **overrides) -> "ServingLimits":
+        """Limits from a models YAML's ``settings`` (unknown keys and bad values name ``where`` and the key);
+        ``overrides`` that are not None win (command-line flags)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = {}
+        for key, value in {**settings, **{k: v for k, v in overrides.items() if v is not None}}.items():
+            if key not in fields:
+                raise ValueError(f"{where}: unknown setting {key!r}; known: {', '.join(fields)}")
+            if value is None:
+                continue
+            kind = float if fields[key].type in ("float", float) else int
+            try:
+                values[key] = kind(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: setting {key!r} must be a number, not {value!r}") from None
+            if values[key] <= 0 and key != "n_threads":
+                raise ValueError(f"{where}: setting {key!r} must be positive, not {value!r}")
+        return cls(**values)
 
 
 def load_config(path: str | Path) -> tuple[list[ServedModel], dict]:
