@@ -145,8 +145,8 @@ def test_a_turn_past_its_deadline_is_stopped_with_a_note_and_frees_the_model():
 
 def test_every_call_into_a_model_runs_on_its_own_thread_whichever_worker_steps_the_turn():
     """Gradio steps a turn from whichever worker thread is free. llama.cpp keeps state per calling thread (an
-    OpenMP team, a malloc arena): stepped from 20 threads, the server grew ~12 MB per thread. The registry runs
-    each loaded model's calls, from loading to closing, on one thread of its own."""
+    OpenMP team, a malloc arena): stepped from 20 threads, a process grew ~12 MB per thread. The registry runs
+    every call into a model, from loading to closing, on one thread kept for that model's name."""
     seen: dict[int, set] = {}
 
     class Recording(ScriptedModel):
@@ -182,6 +182,8 @@ def test_every_call_into_a_model_runs_on_its_own_thread_whichever_worker_steps_t
                 break
     reg.close()
     assert len(seen) == 4 and all(len(threads) == 1 for threads in seen.values()), seen
+    # and a model loaded again runs on the same thread as before: no new thread (and arena) per switch
+    assert seen[id(models[0])] == seen[id(models[2])] != seen[id(models[1])] == seen[id(models[3])]
 
 
 def test_limits_live_in_models_yaml_and_the_flags_override_them(tmp_path):
