@@ -122,10 +122,17 @@ def reply_text(reply) -> str:
     return " ".join(str(m.get("content", "")) for m in reply if isinstance(m, dict)) if isinstance(reply, list) else ""
 
 
+def answering(reply) -> bool:
+    """Whether a reply (a list of chat messages) has begun its answer: a message with text and no metadata title."""
+    return isinstance(reply, list) and any(isinstance(m, dict) and m.get("content")
+                                           and not (m.get("metadata") or {}).get("title") for m in reply)
+
+
 def closing_turn(client, message: str, args: tuple, when: str, timeout: float) -> dict:
     """Submit through the client's own session and URLs, read the event stream, and close the connection: at the
-    first update (``waiting``) or at the first update that is not about waiting (``streaming``)."""
+    first update (``waiting``) or once the answer has begun streaming (``streaming``)."""
     import httpx
+    from gradio_client.utils import apply_diff
 
     fn_index = client._infer_fn_index("/respond", None)
     endpoint = client.endpoints[fn_index]
@@ -135,7 +142,8 @@ def closing_turn(client, message: str, args: tuple, when: str, timeout: float) -
     t_submit = time.time()
     r = httpx.post(client.sse_data_url, json=body, timeout=30)
     r.raise_for_status()
-    rec = {"t_submit": t_submit, "outcome": "closed", "t_close": None}
+    rec = {"t_submit": t_submit, "outcome": "closed", "t_close": None, "closed_while": when}
+    outputs = None  # the first update is whole, the next ones are diffs against it
     with httpx.stream("GET", client.sse_url, params={"session_hash": client.session_hash},
                       timeout=httpx.Timeout(timeout)) as resp:
         for line in resp.iter_lines():
@@ -145,7 +153,12 @@ def closing_turn(client, message: str, args: tuple, when: str, timeout: float) -
             if msg.get("msg") == "process_completed":
                 rec["outcome"] = "completed_before_close"
                 break
-            if msg.get("msg") == "process_generating" and (when == "waiting" or "⏳" not in line):
+            if msg.get("msg") != "process_generating":
+                continue
+            data = (msg.get("output") or {}).get("data") or []
+            outputs = list(data) if outputs is None else [apply_diff(o, d) for o, d in zip(outputs, data)]
+            if when == "waiting" or answering(outputs[0] if outputs else None):
+                rec["closed_while"] = "streaming" if answering(outputs[0] if outputs else None) else "waiting"
                 break
         rec["t_close"] = time.time()  # leaving the with-block closes the connection
     return rec
@@ -373,6 +386,8 @@ def main(argv=None) -> int:
         "rss_growth_mb": round(rss_end - rss_start, 1),
         "stuck_after_disconnect": stuck, "held_after_close": holds,
         "server_outcomes": {o: sum(1 for r in log if r["outcome"] == o) for o in sorted({r["outcome"] for r in log})},
+        "closed_while_streaming": sum(1 for t in turns if t.get("closed_while") == "streaming"
+                                      and t["outcome"] == "closed"),
         "model_switches": sum(1 for a_, b_ in zip(served, served[1:]) if a_ != b_),
         "max_new_tokens": a.max_new_tokens, "wall_s": round(wall, 1), "logs": str(log_dir),
         "loadavg": [round(x, 2) for x in os.getloadavg()],

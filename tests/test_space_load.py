@@ -264,6 +264,30 @@ def test_a_browser_tab_closed_while_waiting_never_takes_the_model_through_gradio
         demo.close()
 
 
+@requires("gradio", "gradio_client", "httpx")
+def test_a_browser_tab_closed_mid_answer_gives_the_model_back_before_the_answer_ends():
+    from gradio_client import Client
+
+    bench = _bench()
+    app = load_app()
+    reg = scripted_registry(names=("base",), delay=0.1)  # ~17 words, one every 0.1 s
+    records = []
+    demo = app.build_demo(reg.agent_factory, reg.names, limits=reg.limits, turn_log=records.append)
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        closed = bench.closing_turn(client, "Hello there", ("base", "chat", False), "streaming", HANG_S)
+        assert closed["outcome"] == "closed" and closed["closed_while"] == "streaming"
+        for _ in range(200):
+            if records:
+                break
+            time.sleep(0.05)
+        assert records and records[0]["outcome"] == "closed" and records[0]["t_acquired"] is not None
+        assert not reg.busy("base")
+    finally:
+        demo.close()
+
+
 def test_bench_counts_a_hold_after_a_close_as_stuck():
     """bench/space_load.py's ``stuck_after_disconnect`` from hand-made records."""
     bench = _bench()
