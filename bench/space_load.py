@@ -28,7 +28,8 @@ happen between two real models. One JSON line:
   model, so that the same model is resident) / ``rss_peak_mb`` of the server process, ``rss_growth_mb``;
 * ``stuck_after_disconnect``: turns that waited while a model was held for a closed session, i.e. a hold that
   began after its client had gone, or lasted more than ``GRACE_S`` past the close (target 0);
-* ``model_switches``: turns served on another model than the turn before (each one reloads a model).
+* ``closed_while_streaming``: closing turns whose answer had begun when they closed (the others closed while
+  waiting); ``model_switches``: turns served on another model than the turn before (each one reloads a model).
 
 Exit code 1 when a target is missed (the JSON line is printed either way).
 """
