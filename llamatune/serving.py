@@ -79,7 +79,7 @@ class _Pinned:
     """A loaded model whose every call, from loading to closing, runs on its model's own thread (one per model
     name, kept for the next load). llama.cpp keeps state per calling thread (an OpenMP team, a malloc arena that
     keeps what is freed), so a model stepped from whichever Gradio worker was free, or loaded on a new thread each
-    time, grew the server by 100-400 MB in 48 turns (bench/space_load.py). Calls from the model's own thread run directly."""
+    time, grew the server by 100-400 MB in 48 turns (bench/space_load.py). Calls from its own thread run directly."""
 
     __slots__ = ("_model", "_pool", "_tid")
 
