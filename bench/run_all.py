@@ -57,6 +57,7 @@ def benches(cores: int, demo_recipe: str = DEMO_RECIPE) -> list[Bench]:
         Bench("arc_loglik", ["bench/arc_loglik.py"], ["--server-n", "4", "--repeats", "2"], 900,
               requires="bench/arc_loglik.py"),
         Bench("gemma_gguf", ["bench/gemma_gguf.py", "--threads", str(cores)], [], 1200, full_only=True),
+        Bench("space_load", ["bench/space_load.py"], ["--sessions", "4"], 2400, requires="runs/demo/gguf"),
     ]
 
 
@@ -180,6 +181,14 @@ METRICS = [
     ("arc_loglik", "speedup", "ARC loglik: in-process ÷ server requests/s", ("ge", 50)),
     ("arc_loglik", "max_abs_diff", "ARC loglik: max abs diff in-process vs server", ("le", 1e-3)),
     ("gemma_gguf", "convert_f16_s", "gemma-3-270m HF → GGUF f16 conversion (s)", None),
+    ("space_load", "sessions", "Space under load: concurrent sessions, 3 turns each", None),
+    ("space_load", "answered_fraction", "Space under load: turns answered or told to wait", ("ge", 1.0)),
+    ("space_load", "cross_talk", "Space under load: answers naming another session's subject", ("le", 0)),
+    ("space_load", "stuck_after_disconnect", "Space under load: turns stuck behind a closed session", ("le", 0)),
+    ("space_load", "p50_s", "Space under load: seconds per turn, p50", None),
+    ("space_load", "p95_s", "Space under load: seconds per turn, p95", None),
+    ("space_load", "queue_wait_p95_s", "Space under load: wait for the model, p95 (s)", None),
+    ("space_load", "rss_growth_mb", "Space under load: server RSS growth over the run (MB)", ("le", 100)),
 ]
 
 

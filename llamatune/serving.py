@@ -1,149 +1,24 @@
-"""Serving the agent to many users: a lazy model registry (one model resident at a time by default, one
-generation per model at a time, a visible busy state) and the translation of agent events into chat
-messages (tool calls and results as collapsible metadata messages, the answer streamed).
+"""Serving the agent to many users: the models offered (``space/models.yaml`` or a folder of GGUFs), the limits
+a Space owner sets (:class:`ServingLimits`, one place), and a lazy model registry: one model resident by default,
+one generation per model at a time, one first-come-first-served line, a busy answer when the line is full, a
+deadline per turn. :mod:`llamatune.chat_turn` turns a turn's agent events into chat messages.
 
-``space/app.py`` is a thin Gradio layer over this module; nothing here imports Gradio.
+``space/app.py`` is a thin Gradio layer over these modules; nothing here imports Gradio.
 
-    registry = ModelRegistry(load_config("space/models.yaml"))            # or models_from_dir("runs/demo/gguf")
-    for messages in respond(registry.agent_factory, "Weather in Oslo?", [], registry.names[0], "weather", False):
-        ...                                                                # each item: the reply so far
+    specs, settings = load_config("space/models.yaml")                    # or models_from_dir("runs/demo/gguf")
+    registry = ModelRegistry(specs, llama_cpp_loader(), limits=ServingLimits.from_settings(settings))
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import dataclasses
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 from llamatune.chat import model_template
-
-
-@dataclass
-class ServedModel:
-    """One selectable model: a local GGUF ``path``, or a hub ``repo`` + ``file`` (from the Hugging Face cache,
-    where a Space's ``preload_from_hub`` puts it at build time, else downloaded). ``origin`` names the config
-    entry it came from, for error messages."""
-
-    name: str
-    path: str | None = None
-    repo: str | None = None
-    file: str | None = None
-    template: str = "auto"
-    n_ctx: int = 4096
-    extra: dict = field(default_factory=dict)
-    origin: str = ""
-    resolved: str | None = field(default=None, repr=False)
-
-    def resolve(self, cache_dir: str | Path | None = None) -> str:
-        """The local GGUF path: ``path``, or the cached hub file (no network when it is cached), else a download.
-        Errors name the config entry and the file."""
-        where = self.origin or f"model {self.name!r}"
-        if self.resolved and Path(self.resolved).exists():
-            return self.resolved
-        if self.path:
-            if not Path(self.path).exists():
-                raise FileNotFoundError(f"{where}: no GGUF at {self.path}")
-            self.resolved = self.path
-            return self.path
-        if not (self.repo and self.file):
-            raise ValueError(f"{where}: give either 'path' or 'repo' and 'file'")
-        from huggingface_hub import hf_hub_download, try_to_load_from_cache
-
-        cached = try_to_load_from_cache(self.repo, self.file, cache_dir=cache_dir)
-        if isinstance(cached, str) and Path(cached).exists():
-            self.resolved = cached
-            return cached
-        try:
-            self.resolved = hf_hub_download(self.repo, self.file, cache_dir=cache_dir)
-        except Exception as exc:  # offline, no such repo or file, gated, network: all mean "cannot serve it"
-            raise FileNotFoundError(f"{where}: {self.file} from the Hub repo {self.repo} is not in the Hugging Face "
-                                    f"cache and could not be downloaded ({type(exc).__name__}: {exc})") from exc
-        return self.resolved
-
-
-def resolve_all(specs: list[ServedModel], cache_dir: str | Path | None = None) -> dict[str, str]:
-    """Resolve every model at startup (so no user request waits for a download and a missing model stops the app
-    before it serves): ``{name: local path}``. Raises FileNotFoundError listing every model that is missing."""
-    paths, errors = {}, []
-    for spec in specs:
-        try:
-            paths[spec.name] = spec.resolve(cache_dir)
-        except (FileNotFoundError, ValueError) as exc:
-            errors.append(str(exc))
-    if errors:
-        raise FileNotFoundError("missing model(s):\n  " + "\n  ".join(errors))
-    return paths
-
-
-def load_config(path: str | Path) -> tuple[list[ServedModel], dict]:
-    """``(specs, settings)`` from a models YAML: ``models: [{name, repo, file | path, template, n_ctx}]`` and
-    optional ``settings`` (``max_resident``, ``n_threads``, ``max_llm_calls``…). Errors name the file and entry.
-    ``{owner}`` in a ``repo`` is the project's owner (:func:`llamatune.hub.project_owner`)."""
-    import yaml
-
-    path = Path(path)
-    data = yaml.safe_load(path.read_text()) or {}
-    entries = data.get("models")
-    if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{path}: expected a non-empty 'models' list")
-    specs, seen = [], set()
-    for i, e in enumerate(entries):
-        if not isinstance(e, dict) or not e.get("name"):
-            raise ValueError(f"{path}: models[{i}] needs a 'name'")
-        if not (e.get("path") or (e.get("repo") and e.get("file"))):
-            raise ValueError(f"{path}: models[{i}] ({e['name']}) needs 'path', or 'repo' and 'file'")
-        if e["name"] in seen:
-            raise ValueError(f"{path}: models[{i}]: duplicate name {e['name']!r}")
-        seen.add(e["name"])
-        known = {"name", "path", "repo", "file", "template", "n_ctx"}
-        p, repo = e.get("path"), e.get("repo")
-        if p and not Path(p).is_absolute():
-            p = str((path.parent / p).resolve())
-        if repo and "{owner}" in repo:
-            from llamatune.hub import expand_owner
-
-            repo = expand_owner(repo)
-        specs.append(ServedModel(e["name"], p, repo, e.get("file"), e.get("template", "auto"),
-                               int(e.get("n_ctx", 4096)), {k: v for k, v in e.items() if k not in known},
-                               origin=f"{path}: models[{i}] ({e['name']})"))
-    return specs, dict(data.get("settings") or {})
-
-
-def models_from_dir(directory: str | Path, n_ctx: int = 4096) -> list[ServedModel]:
-    """One spec per ``*.gguf`` under ``directory`` (e.g. what ``llamatune export`` or ``make demo`` wrote)."""
-    directory = Path(directory)
-    files = sorted(directory.rglob("*.gguf"))
-    if not files:
-        raise FileNotFoundError(f"no .gguf files under {directory}")
-    return [ServedModel(f.stem if f.parent == directory else f"{f.parent.name}/{f.stem}", str(f), n_ctx=n_ctx)
-            for f in files]
-
-
-def default_model(names: list[str]) -> str:
-    """The model a new visitor meets: the first function-calling fine-tune (the one the Space exists to show),
-    else the first fine-tune, else the first model."""
-    for marks in (("funccall",), ("tuned", "finetome")):
-        hit = next((n for n in names if any(m in n.lower() for m in marks)), None)
-        if hit:
-            return hit
-    return names[0]
-
-
-def space_title(names: list[str]) -> str:
-    """A title that names what is served: the models' common stem, then what tells them apart."""
-    import os.path
-    import re
-
-    stem = os.path.commonprefix(list(names)) if len(names) > 1 else ""
-    if not all(len(n) > len(stem) and n[len(stem)] in "-_ /" for n in names):  # cut at a word boundary
-        stem = stem[: max((m.end() for m in re.finditer(r"[-_ /]", stem)), default=0)]
-    parts = [n[len(stem):].strip(" -_/") or n for n in names]
-    head = stem.strip(" -_/")
-    return f"{head + ': ' if head else ''}{' vs '.join(parts)}, as tool-using agents on CPU"
+from llamatune.space_models import (ServedModel, ServingLimits, default_model, load_config,  # noqa: F401
+                                     models_from_dir, resolve_all, space_title)
 
 
 def llama_cpp_loader(n_threads: int | None = None, **kwargs) -> Callable[[ServedModel], object]:
@@ -160,101 +35,285 @@ def llama_cpp_loader(n_threads: int | None = None, **kwargs) -> Callable[[Served
     return load
 
 
+class SpaceBusy(RuntimeError):
+    """The line for the models is full, or its expected wait is longer than the owner allows: the turn is
+    answered at once ("busy, try again in a minute") instead of waiting to time out."""
+
+
+class TurnDeadline(TimeoutError):
+    """A turn held its model longer than ``ServingLimits.turn_deadline``: its generation is stopped."""
+
+
+class _Deadline:
+    """A model whose every streamed piece checks the turn's deadline (:class:`TurnDeadline` past it), so a turn
+    cannot hold the model longer than the owner allows, wherever in the agent's loop it is."""
+
+    def __init__(self, model, seconds: float):
+        self._model, self._seconds = model, seconds
+        self._end = time.monotonic() + seconds
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def _check(self) -> None:
+        if time.monotonic() > self._end:
+            raise TurnDeadline(f"this turn reached the Space's limit of {self._seconds:g} s")
+
+    def complete(self, prompt: str, *, stream: bool = False, **kwargs):
+        self._check()
+        pieces = self._guard(self._model.complete(prompt, stream=True, **kwargs))
+        return pieces if stream else "".join(pieces)
+
+    def _guard(self, pieces):
+        if isinstance(pieces, str):
+            pieces = [pieces]
+        try:
+            for p in pieces:
+                self._check()
+                yield p
+        finally:
+            getattr(pieces, "close", lambda: None)()
+
+
+class _Pinned:
+    """A loaded model whose every call, from loading to closing, runs on its model's own thread (one per model
+    name, kept for the next load). llama.cpp keeps state per calling thread (an OpenMP team, a malloc arena that
+    keeps what is freed), so a model stepped from whichever Gradio worker was free, or loaded on a new thread each
+    time, grew the server by 100-400 MB in 48 turns (bench/space_load.py). Calls from its own thread run directly."""
+
+    __slots__ = ("_model", "_pool", "_tid")
+
+    def __init__(self, load: Callable[[], object], pool):
+        object.__setattr__(self, "_pool", pool)
+        object.__setattr__(self, "_tid", pool.submit(threading.get_ident).result())
+        object.__setattr__(self, "_model", pool.submit(load).result())
+
+    def _run(self, fn, *args, **kwargs):
+        if threading.get_ident() == self._tid:
+            return fn(*args, **kwargs)
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def __getattr__(self, name):
+        if name in _Pinned.__slots__:
+            raise AttributeError(name)
+        return getattr(self._model, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._model, name, value)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._run(self._model.tokenize, text)
+
+    def count_tokens(self, text: str) -> int:
+        return self._run(self._model.count_tokens, text)
+
+    def complete(self, prompt: str, *, stream: bool = False, **kwargs):
+        pieces = self._run(self._model.complete, prompt, stream=stream, **kwargs)
+        return self._steps(pieces) if stream and not isinstance(pieces, str) else pieces
+
+    def _steps(self, pieces):
+        done = object()
+        try:
+            while (piece := self._run(next, pieces, done)) is not done:
+                yield piece
+        finally:
+            self._run(getattr(pieces, "close", lambda: None))
+
+    def close(self) -> None:
+        self._run(getattr(self._model, "close", lambda: None))
+        self._run(_trim_heap)
+
+
+def _trim_heap() -> None:
+    """Give the memory a closed model freed back to the system (glibc keeps freed blocks in its arenas)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+class _Ticket:
+    """A place in the registry's line: the model wanted, and when it joined."""
+
+    __slots__ = ("name", "since")
+
+    def __init__(self, name: str):
+        self.name, self.since = name, time.monotonic()
+
+
 class ModelRegistry:
     """Models by name, loaded lazily; at most ``max_resident`` in memory (least recently used leaves first);
-    one generation per model at a time. A 16 GB CPU Space cannot hold three 3B models, hence 1 by default."""
+    one generation per model at a time; requests wait in one first-come-first-served line.
+
+    A request in the line goes ahead of an earlier one only when it wants another model that is free and the
+    earlier one does not need a model loaded: so a switch waits for the turn in progress (never interrupting it),
+    and then for nobody who came later. ``limits`` (:class:`ServingLimits`; keyword overrides such as
+    ``wait_timeout=`` or ``max_resident=`` are applied to it) bounds the line and the waits."""
 
     def __init__(self, specs: list[ServedModel], loader: Callable[[ServedModel], object] | None = None,
-                 max_resident: int = 1, agent_kwargs: dict | None = None, wait_timeout: float = 300.0):
+                 agent_kwargs: dict | None = None, limits: ServingLimits | None = None, **overrides):
         if not specs:
             raise ValueError("no models to serve")
         self.specs = {s.name: s for s in specs}
         self.loader = loader or llama_cpp_loader()
-        self.max_resident = max(1, max_resident)
+        self.limits = dataclasses.replace(limits or ServingLimits(), **overrides)
         self.agent_kwargs = dict(agent_kwargs or {})
-        self.wait_timeout = wait_timeout  # the longest a request waits for a busy model
         self._cond = threading.Condition()
         self._resident: dict[str, object] = {}  # insertion order = least recently used first
+        self._threads: dict = {}  # model name -> its one thread
         self._in_use: set[str] = set()  # generating, or being loaded
+        self._line: list[_Ticket] = []  # waiting, in arrival order
+        self._held_since: dict[str, float] = {}
+        self.mean_hold: float | None = None  # seconds a turn holds its model (moving average), for the wait estimate
         self.load_seconds: dict[str, float] = {}
 
     @property
     def names(self) -> list[str]:
         return list(self.specs)
 
+    @property
+    def max_resident(self) -> int:
+        return max(1, self.limits.max_resident)
+
+    @property
+    def wait_timeout(self) -> float:
+        return self.limits.wait_timeout
+
     def resident(self) -> list[str]:
         with self._cond:
             return list(self._resident)
 
-    def busy(self, name: str) -> bool:
-        """Whether a request for ``name`` would wait for another one to finish."""
+    def waiting(self) -> int:
         with self._cond:
-            if name in self._in_use:
-                return True
-            if name in self._resident or len(self._resident) < self.max_resident:
-                return False
-            return all(n in self._in_use for n in self._resident)
+            return len(self._line)
 
-    def acquire(self, name: str, timeout: float | None = None):
-        """Wait until ``name`` is free (loading it if needed) and return its model; pair with :meth:`release`.
-        ``TimeoutError`` after ``timeout`` seconds (default ``wait_timeout``) of waiting for other requests."""
+    def _ready(self, t: _Ticket, ahead: list[_Ticket]) -> bool:
+        """Whether ``t`` may take its model now (call with the lock held)."""
+        if any(e.name == t.name or e.name not in self._resident for e in ahead):
+            return False  # behind an earlier request for the same model, or one that must load a model
+        if t.name in self._in_use:
+            return False
+        if t.name in self._resident:
+            return True
+        loading = sum(1 for n in self._in_use if n not in self._resident)
+        return (len(self._resident) + loading < self.max_resident
+                or any(n not in self._in_use for n in self._resident))
+
+    def busy(self, name: str) -> bool:
+        """Whether a request for ``name`` made now would wait for others to finish."""
+        with self._cond:
+            return not self._ready(_Ticket(name), self._line)
+
+    def join(self, name: str) -> _Ticket:
+        """Take a place in line for ``name``; :meth:`wait` for the model with it, :meth:`leave` to give it up.
+        ``KeyError`` for an unknown model; :class:`SpaceBusy` when the line is full, or when the wait it expects
+        (requests ahead × the average time a turn holds its model) is longer than ``wait_timeout``."""
         if name not in self.specs:
             raise KeyError(f"unknown model {name!r}; known: {', '.join(self.specs)}")
-        limit = self.wait_timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
+        t = _Ticket(name)
+        with self._cond:
+            if not self._ready(t, self._line):
+                ahead = len(self._line) + len(self._in_use)
+                expected = ahead * (self.mean_hold or 0.0) / self.max_resident
+                if len(self._line) >= self.limits.max_waiting or expected > self.wait_timeout:
+                    raise SpaceBusy(f"The Space is busy ({len(self._line)} waiting for a model"
+                                    + (f", about {expected:.0f} s" if expected else "")
+                                    + "). Please try again in a minute.")
+            self._line.append(t)
+        return t
 
-        def wait():
-            left = deadline - time.monotonic()
-            if left <= 0 or not self._cond.wait(left) and time.monotonic() >= deadline:
-                raise TimeoutError(f"{name} was still busy with other requests after {limit:.0f} s; try again")
+    def ahead(self, ticket: _Ticket) -> int:
+        """Requests before ``ticket``: those in line before it and those holding a model now."""
+        with self._cond:
+            i = self._line.index(ticket) if ticket in self._line else 0
+            return i + len(self._in_use)
 
+    def wait(self, ticket: _Ticket, timeout: float):
+        """The model of ``ticket`` once it is its turn (loading it if needed; pair with :meth:`release`), or
+        ``None`` if that did not happen within ``timeout`` seconds (the ticket keeps its place)."""
+        end = time.monotonic() + timeout
         with self._cond:
             while True:
-                if name in self._in_use:
-                    wait()
-                    continue
-                if name in self._resident:
-                    model = self._resident.pop(name)
-                    self._resident[name] = model  # most recently used
-                    self._in_use.add(name)
-                    return model
-                loading = sum(1 for n in self._in_use if n not in self._resident)
-                if len(self._resident) + loading < self.max_resident:
+                i = self._line.index(ticket)
+                if self._ready(ticket, self._line[:i]):
                     break
-                idle = [n for n in self._resident if n not in self._in_use]
-                if idle:
-                    self._close(idle[0])
-                    continue
-                wait()
-            self._in_use.add(name)  # reserved while loading
+                left = end - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+            name = ticket.name
+            del self._line[i]
+            self._in_use.add(name)  # held (or reserved while loading)
+            self._held_since[name] = time.monotonic()
+            self._cond.notify_all()  # the line moved
+            if name in self._resident:
+                model = self._resident.pop(name)
+                self._resident[name] = model  # most recently used
+                return model
+            loading = sum(1 for n in self._in_use if n not in self._resident) - 1
+            if len(self._resident) + loading >= self.max_resident:
+                self._close(next(n for n in self._resident if n not in self._in_use))
         t = time.perf_counter()
         try:
-            model = self.loader(self.specs[name])
+            model = _Pinned(lambda: self.loader(self.specs[name]), self._thread(name))
         except BaseException:
-            with self._cond:
-                self._in_use.discard(name)
-                self._cond.notify_all()
+            self.release(name)
             raise
         with self._cond:
             self._resident[name] = model
             self.load_seconds[name] = time.perf_counter() - t
         return model
 
+    def leave(self, ticket: _Ticket) -> None:
+        """Give up a place in line (a closed browser tab, a timeout); no-op once the ticket was served."""
+        with self._cond:
+            if ticket in self._line:
+                self._line.remove(ticket)
+                self._cond.notify_all()
+
+    def acquire(self, name: str, timeout: float | None = None):
+        """Wait in line until ``name`` is free (loading it if needed) and return its model; pair with
+        :meth:`release`. ``TimeoutError`` after ``timeout`` seconds (default ``wait_timeout``) of waiting."""
+        limit = self.wait_timeout if timeout is None else timeout
+        ticket = self.join(name)
+        try:
+            model = self.wait(ticket, limit)
+        finally:
+            self.leave(ticket)
+        if model is None:
+            raise TimeoutError(f"{name} was still busy with other requests after {limit:.0f} s; try again")
+        return model
+
     def release(self, name: str) -> None:
         with self._cond:
             self._in_use.discard(name)
+            since = self._held_since.pop(name, None)
+            if since is not None:
+                held = time.monotonic() - since
+                self.mean_hold = held if self.mean_hold is None else 0.7 * self.mean_hold + 0.3 * held
             self._cond.notify_all()
 
     def _close(self, name: str) -> None:
-        model = self._resident.pop(name)
-        close = getattr(model, "close", None)
-        if close:
-            close()
+        getattr(self._resident.pop(name), "close", lambda: None)()
+
+    def _thread(self, name: str):
+        """The one thread that runs every call into model ``name`` (see :class:`_Pinned`)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with self._cond:
+            if name not in self._threads:
+                self._threads[name] = ThreadPoolExecutor(1, thread_name_prefix=f"model-{name}")
+            return self._threads[name]
 
     def close(self) -> None:
         with self._cond:
             for name in list(self._resident):
                 self._close(name)
+            for pool in self._threads.values():
+                pool.shutdown(wait=False)
+            self._threads.clear()
 
     def agent_factory(self, model_name: str, mode: str, icl: bool | int = False) -> "AgentLease":
         """What the Space calls per message: a lease that yields an :class:`llamatune.agent.Agent`."""
@@ -262,144 +321,62 @@ class ModelRegistry:
 
 
 class AgentLease:
-    """``with lease as agent:`` holds the model for one turn. ``busy`` and ``needs_load`` are known before."""
+    """One turn's hold on its model. ``busy`` and ``needs_load`` are known at once; :meth:`wait` waits in line
+    in steps (yielding the number of requests ahead, so a UI can show progress and drop a closed session);
+    ``with lease as agent:`` then runs the turn (waiting first if :meth:`wait` was not used) under the
+    registry's ``turn_deadline``. :meth:`close` gives everything back, whatever state the lease is in."""
 
     def __init__(self, registry: ModelRegistry, model_name: str, mode: str, icl: bool | int):
         self.registry, self.model_name, self.mode = registry, model_name, mode
         self.icl = (3 if icl is True else int(icl or 0))
         self.busy = registry.busy(model_name)
         self.needs_load = model_name not in registry.resident()
+        self._model = None
+        self._ticket = None
+
+    def wait(self, step: float = 1.0):
+        """A generator: yields the requests ahead every ``step`` seconds while waiting; returns when the model is
+        held. Raises :class:`SpaceBusy` at once when the line is full, ``TimeoutError`` after ``wait_timeout``."""
+        reg = self.registry
+        if self._model is not None:
+            return
+        self._ticket = reg.join(self.model_name)
+        end = time.monotonic() + reg.wait_timeout
+        try:
+            while self._model is None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{self.model_name} was still busy with other requests after "
+                                       f"{reg.wait_timeout:.0f} s; please try again in a minute")
+                self._model = reg.wait(self._ticket, min(step, left))
+                if self._model is None:
+                    yield reg.ahead(self._ticket)
+        finally:
+            reg.leave(self._ticket)
 
     def __enter__(self):
         from llamatune.agent import Agent
 
-        model = self.registry.acquire(self.model_name)
-        self._held = True
+        if self._model is None:
+            self._model = self.registry.acquire(self.model_name)
         try:
             from llamatune.data.icl import icl_block
             from llamatune.protocol import MODES
 
             examples = icl_block(self.icl, tools=MODES[self.mode]) if self.icl else ""
+            model = _Deadline(self._model, self.registry.limits.turn_deadline)
             return Agent(model, mode=self.mode, examples=examples, **self.registry.agent_kwargs)
         except BaseException:
-            self.__exit__(None, None, None)
+            self.close()
             raise
 
     def __exit__(self, *exc):
-        if getattr(self, "_held", False):
-            self._held = False
-            self.registry.release(self.model_name)
+        self.close()
         return False
 
-
-# --- chat UI messages ------------------------------------------------------------------------------------
-
-def history_from_chat(history: list[dict]) -> list[dict]:
-    """Gradio "messages" history → the agent's history: user/assistant text only (tool traces and notes, which
-    carry a metadata title, are left out). Content may be a string or a list of parts."""
-    out = []
-    for m in history or []:
-        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
-            continue
-        if (m.get("metadata") or {}).get("title"):
-            continue
-        content = m.get("content")
-        if isinstance(content, list):
-            content = "".join(c if isinstance(c, str) else c.get("text", "") for c in content
-                              if isinstance(c, str) or (isinstance(c, dict) and c.get("type", "text") == "text"))
-        if isinstance(content, str) and content.strip():
-            out.append({"role": m["role"], "content": content})
-    return out
-
-
-def _code(obj) -> str:
-    return "```json\n" + json.dumps(obj, ensure_ascii=False, indent=2) + "\n```"
-
-
-def _snapshot(reply: list[dict]) -> list[dict]:
-    return [{**m, "metadata": dict(m["metadata"])} if "metadata" in m else dict(m) for m in reply]
-
-
-MAX_MESSAGE_CHARS = 8_000  # a message longer than this is cut (the model's context holds ~4k tokens anyway)
-MAX_HISTORY_MESSAGES = 40  # only the newest turns of a long chat reach the agent (which fits them to the context)
-
-
-def respond(agent_factory, message: str, history: list[dict], model_name: str, mode: str, icl: bool | int,
-            ) -> Iterator[list[dict]]:
-    """One chat turn for a UI: yields the reply so far as a list of message dicts (metadata messages for
-    the busy state, notes, tool calls and results; then the streamed answer; then a one-line summary).
-    Oversized input is cut before it reaches the model (:data:`MAX_MESSAGE_CHARS`, :data:`MAX_HISTORY_MESSAGES`),
-    with a note; a model busy for longer than the registry's ``wait_timeout`` ends the turn with a message."""
-    reply: list[dict] = []
-    message = message if isinstance(message, str) else str(message or "")
-    if len(message) > MAX_MESSAGE_CHARS:
-        reply.append({"role": "assistant", "metadata": {"title": "ℹ️ Note", "status": "done"},
-                      "content": f"Your message has {len(message):,} characters; only the first "
-                                 f"{MAX_MESSAGE_CHARS:,} were used."})
-        message = message[:MAX_MESSAGE_CHARS]
-    history = history_from_chat(history)[-MAX_HISTORY_MESSAGES:]
-    lease = agent_factory(model_name, mode, icl)
-    waiting = None
-    if lease.busy:
-        waiting = {"role": "assistant", "content": f"{model_name} is answering another request; yours is next.",
-                   "metadata": {"title": "⏳ Busy: waiting for the model", "status": "pending"}}
-        reply.append(waiting)
-        yield _snapshot(reply)
-    elif lease.needs_load:
-        waiting = {"role": "assistant", "content": f"Loading {model_name} (first use; models are loaded one at a time).",
-                   "metadata": {"title": f"⏳ Loading {model_name}", "status": "pending"}}
-        reply.append(waiting)
-        yield _snapshot(reply)
-    t_wait = time.perf_counter()
-    with contextlib.ExitStack() as held:
-        try:
-            agent = held.enter_context(lease)
-        except TimeoutError as exc:
-            if waiting is not None:
-                waiting["metadata"] = {**waiting["metadata"], "status": "done"}
-            reply.append({"role": "assistant", "content": str(exc)})
-            yield _snapshot(reply)
-            return
-        if waiting is not None:
-            waiting["metadata"] = {**waiting["metadata"], "status": "done",
-                                   "duration": round(time.perf_counter() - t_wait, 2)}
-        answer = None
-        tool_msgs: dict[int, dict] = {}
-        n_tool = 0
-        for ev in agent.run(history, message):
-            d = ev.data
-            if ev.kind == "token":
-                if answer is None:
-                    answer = {"role": "assistant", "content": ""}
-                    reply.append(answer)
-                answer["content"] += d["text"]
-            elif ev.kind == "note":
-                reply.append({"role": "assistant", "content": d["text"], "metadata": {"title": "ℹ️ Note", "status": "done"}})
-            elif ev.kind == "invalid_call":
-                reply.append({"role": "assistant",
-                              "content": f"Not executed ({d['action']}): {d['reason']}\n\n```\n{d['text'][:500]}\n```",
-                              "metadata": {"title": "⚠️ Invalid tool call", "status": "done"}})
-            elif ev.kind == "tool_call":
-                n_tool += 1
-                msg = {"role": "assistant", "content": "Arguments:\n" + _code(d["arguments"]),
-                       "metadata": {"title": f"🛠️ {d['name']}", "status": "pending", "id": f"tool-{n_tool}"}}
-                tool_msgs[n_tool] = msg
-                reply.append(msg)
-            elif ev.kind == "tool_result":
-                msg = tool_msgs[n_tool]
-                shown = ("Error: " + d["error"]) if d["error"] is not None else "Result:\n" + _code(d["result"])
-                if d.get("truncated"):
-                    shown += "\n\n(truncated for the model's context)"
-                msg["content"] += "\n\n" + shown
-                msg["metadata"] = {**msg["metadata"], "status": "done", "duration": d["seconds"]}
-            elif ev.kind == "final":
-                calls = d["llm_calls"]
-                summary = (f"{calls} LLM call{'s' if calls != 1 else ''} · {d['tool_calls']} tool call"
-                           f"{'s' if d['tool_calls'] != 1 else ''} · {d['seconds']:.2f} s")
-                if answer is None:
-                    reply.append({"role": "assistant", "content": d["text"]})
-                reply.append({"role": "assistant", "content": f"{model_name}, {mode} mode",
-                              "metadata": {"title": summary, "status": "done"}})
-            else:
-                continue
-            yield _snapshot(reply)
+    def close(self) -> None:
+        if self._ticket is not None:
+            self.registry.leave(self._ticket)
+        if self._model is not None:
+            self._model = None
+            self.registry.release(self.model_name)

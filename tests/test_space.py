@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from llamatune.serving import (ModelRegistry, ServedModel, history_from_chat, load_config, models_from_dir,
-                               respond)
+from llamatune.chat_turn import history_from_chat, respond
+from llamatune.serving import ModelRegistry, ServedModel, load_config, models_from_dir
 from llamatune.tools import http
 from llamatune.tools.fakes import FakeServices
 from tests.conftest import REPO, requires
@@ -334,7 +334,7 @@ def test_a_model_busy_past_the_wait_timeout_ends_the_turn_with_a_message():
 def test_oversized_message_and_history_are_cut_before_the_model(monkeypatch):
     """Concurrent users sending a megabyte message and a 500-turn history: each turn is answered, the model
     sees at most MAX_MESSAGE_CHARS of the message and the newest MAX_HISTORY_MESSAGES of the history."""
-    from llamatune import serving
+    from llamatune import chat_turn
 
     reg = scripted_registry(names=("base",), n_ctx=4096)
     seen = []
@@ -356,7 +356,7 @@ def test_oversized_message_and_history_are_cut_before_the_model(monkeypatch):
     [th.start() for th in threads]
     [th.join(30) for th in threads]
     assert len(results) == 3 and all(any("only the first 8,000" in m["content"] for m in r) for r in results)
-    assert len(seen) == 3 and all(p.count("é") <= serving.MAX_MESSAGE_CHARS for p in seen)
+    assert len(seen) == 3 and all(p.count("é") <= chat_turn.MAX_MESSAGE_CHARS for p in seen)
     assert all("user 249" in p and "user 229" not in p for p in seen)  # 40 newest messages = turns 230..249
 
 

@@ -4,6 +4,7 @@ agent, and distractors in the function-calling data (so that tool *selection* is
 from __future__ import annotations
 
 import ast
+import math
 import operator
 from datetime import datetime, timezone
 from typing import Literal
@@ -60,16 +61,52 @@ def get_local_time(timezone_name: str) -> dict:
 
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.Pow: operator.pow, ast.Mod: operator.mod, ast.USub: operator.neg, ast.UAdd: operator.pos}
+# A model's arguments are untrusted: every intermediate integer is bounded *before* it is computed, so no
+# expression can run for long or build a number Python cannot print (its int-to-string limit is 4,300 digits).
+MAX_EXPRESSION_CHARS = 500  # longer input is refused before it is parsed
+MAX_OPERATIONS = 100  # operators in one expression (also bounds the nesting depth of the recursion below)
+MAX_RESULT_DIGITS = 1000  # every integer, intermediate or final, stays under 10**1000 (3,322 bits)
+_MAX_BITS = int(MAX_RESULT_DIGITS * 3.3219280948873626)  # log2(10)
+_TOO_BIG = f"The result would have more than {MAX_RESULT_DIGITS:,} digits; I only compute smaller numbers."
+
+
+def _int_bits(x) -> int:
+    return x.bit_length() if isinstance(x, int) else 0
+
+
+def _check_int(x):
+    if isinstance(x, int) and x.bit_length() > _MAX_BITS:
+        raise ToolError(_TOO_BIG)
+    return x
+
+
+def _pow(base, exp):
+    """``base ** exp`` with its size bounded first: an integer power has at most ``exp * bits(base)`` bits."""
+    if isinstance(base, int) and isinstance(exp, int) and exp > 0 and abs(base) > 1:
+        if exp > _MAX_BITS or (exp * (base.bit_length() - 1)) > _MAX_BITS:  # base >= 2**(bits-1)
+            raise ToolError(_TOO_BIG)
+    result = base ** exp
+    if isinstance(result, complex):
+        raise ToolError("That power has no real value (a negative number to a fractional power).")
+    return _check_int(result)
+
+
+def _bounded(op: type, left, right):
+    """One binary operation, refused before it runs when its integer result could exceed the digit limit."""
+    if op is ast.Pow:
+        return _pow(left, right)
+    if op is ast.Mult and _int_bits(left) + _int_bits(right) > _MAX_BITS + 1:
+        raise ToolError(_TOO_BIG)
+    return _check_int(_OPS[op](left, right))  # + - % // of bounded ints stay within a bit of their operands
 
 
 def _eval(node):
-    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
-        return node.value
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):  # not bool, not complex
+        if isinstance(node.value, float) and not math.isfinite(node.value):
+            raise ToolError("That number is too large for a decimal number.")
+        return _check_int(node.value)
     if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-        left, right = _eval(node.left), _eval(node.right)
-        if isinstance(node.op, ast.Pow) and abs(right) > 100:
-            raise ToolError("That exponent is too large.")
-        return _OPS[type(node.op)](left, right)
+        return _bounded(type(node.op), _eval(node.left), _eval(node.right))
     if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
         return _OPS[type(node.op)](_eval(node.operand))
     raise ToolError("I can only evaluate numbers with + - * / % ** and parentheses.")
@@ -82,10 +119,24 @@ def calculate(expression: str) -> dict:
     Args:
         expression: The arithmetic expression, using numbers, + - * / % ** and parentheses.
     """
+    if not isinstance(expression, str):
+        raise ToolError("The expression must be a string, e.g. \"(17 * 23) / 4\".")
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise ToolError(f"That expression has {len(expression):,} characters; I evaluate at most "
+                        f"{MAX_EXPRESSION_CHARS}.")
     try:
-        result = _eval(ast.parse(expression, mode="eval").body)
-    except SyntaxError:
-        raise ToolError(f"{expression!r} is not an arithmetic expression.") from None
+        tree = ast.parse(expression, mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        # ValueError: a literal over Python's int-to-string limit; MemoryError/RecursionError: absurd nesting
+        raise ToolError(f"{expression!r} is not an arithmetic expression I can evaluate.") from None
+    if sum(isinstance(n, (ast.BinOp, ast.UnaryOp)) for n in ast.walk(tree)) > MAX_OPERATIONS:
+        raise ToolError(f"That expression has more than {MAX_OPERATIONS} operations; please split it up.")
+    try:
+        result = _eval(tree.body)
     except ZeroDivisionError:
         raise ToolError("Division by zero.") from None
+    except OverflowError:  # a float out of range, or an integer too large to divide as a float
+        raise ToolError("The numbers are too large to compute with decimals.") from None
+    if isinstance(result, float) and not math.isfinite(result):
+        raise ToolError("The result is too large for a decimal number.")
     return {"expression": expression, "result": result}
