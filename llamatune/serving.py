@@ -363,7 +363,8 @@ class AgentLease:
             from llamatune.data.icl import icl_block
             from llamatune.protocol import MODES
 
-            examples = icl_block(self.icl, tools=MODES[self.mode]) if self.icl else ""
+            template = getattr(self._model, "template", None)  # the examples write calls in the model's own syntax
+            examples = icl_block(self.icl, tools=MODES[self.mode], template=template) if self.icl else ""
             model = _Deadline(self._model, self.registry.limits.turn_deadline)
             return Agent(model, mode=self.mode, examples=examples, **self.registry.agent_kwargs)
         except BaseException:
