@@ -54,8 +54,10 @@ def benches(cores: int, demo_recipe: str = DEMO_RECIPE) -> list[Bench]:
         Bench("gguf_decode", ["bench/gguf_decode.py"], ["--tokens", "64", "--repeats", "2"], 900),
         Bench("eval_order", ["bench/eval_order.py"], ["--limit", "20"], 900, requires="runs/demo/data/val.jsonl"),
         Bench("agent", ["bench/agent.py"], ["--repeats", "2", "--prefix-tokens", "1024"], 1800),
-        Bench("arc_loglik", ["bench/arc_loglik.py"], ["--server-n", "4", "--repeats", "2"], 900,
+        Bench("arc_loglik", ["bench/arc_loglik.py", "--threads", str(cores)], ["--server-n", "4", "--repeats", "2"], 900,
               requires="bench/arc_loglik.py"),
+        Bench("decode_batch", ["bench/decode_batch.py", "--threads", str(cores)], ["--limit", "40", "--no-share-run"],
+              2400),
         Bench("gemma_gguf", ["bench/gemma_gguf.py", "--threads", str(cores)], [], 1200, full_only=True),
     ]
 
@@ -177,8 +179,17 @@ METRICS = [
     ("agent", "ttft_ratio", "agent: 2nd-turn ÷ 1st-turn time to first token (long prefix)", ("le", 0.2)),
     ("agent", "ttft_ratio_space_prefix", "agent: same, with the Space's own prefix", None),
     ("arc_loglik", "gguf", "ARC loglik: model", None),
+    ("arc_loglik", "batch_speedup", "ARC loglik: items/s, shared-KV batch ÷ one request at a time", ("ge", 2.0)),
+    ("arc_loglik", "same_accuracy", "ARC loglik: same accuracy (acc, acc_norm) both ways", None),
     ("arc_loglik", "speedup", "ARC loglik: in-process ÷ server requests/s", ("ge", 50)),
     ("arc_loglik", "max_abs_diff", "ARC loglik: max abs diff in-process vs server", ("le", 1e-3)),
+    ("decode_batch", "model", "decode batch: model", None),
+    ("decode_batch", "batch", "decode batch: sequences decoded together", None),
+    ("decode_batch", "speedup_vs_sequential", "decode batch: tool-call eval items/s, batched ÷ one at a time",
+     ("ge", 4.0)),
+    ("decode_batch", "identical_fraction", "decode batch: greedy outputs identical to one at a time", ("ge", 0.99)),
+    ("decode_batch", "verdicts_changed", "decode batch: items whose verdict changed", ("le", 0)),
+    ("decode_batch", "prefix_sharing_speedup", "decode batch: with ÷ without prompt-prefix sharing", None),
     ("gemma_gguf", "convert_f16_s", "gemma-3-270m HF → GGUF f16 conversion (s)", None),
 ]
 

@@ -2,7 +2,8 @@
 
 A model spec (:mod:`llamatune.model_spec`) is
 
-* ``path/to/model.gguf`` — llama-cpp-python, in process (the artifact that is actually deployed);
+* ``path/to/model.gguf`` — llama-cpp-python, in process (the artifact that is actually deployed), ``batch`` prompts
+  decoded together on the one decoding loop (:mod:`llamatune.decode`: continuous batching, shared prompt prefixes);
 * ``DIR_OR_HF_ID`` — transformers; ``DIR+peft=ADAPTER_DIR`` (or ``peft=`` to ``load_generator``) adds a LoRA adapter.
   ``backend="vllm"`` (``pip install 'llamatune[vllm]'``, CUDA) serves it with vLLM instead; ``"auto"`` (the default)
   picks vLLM when it is installed and a GPU is present, else transformers (batched left-padded on a GPU).
@@ -10,8 +11,9 @@ A model spec (:mod:`llamatune.model_spec`) is
 Prompts are rendered with :func:`llamatune.chat.render` (the one template) at a fixed date, and decoded greedily
 by default. ``Generator.generate`` answers a conversation (special tokens stripped); ``Generator.complete``
 continues an already rendered prompt and keeps special tokens such as ``<|python_tag|>`` (the tool-call
-evaluation scores that raw text). ``generate_cached`` appends every answer to a JSONL cache keyed by (model fingerprint, prompt id,
-prompt hash, settings), so an interrupted run resumes where it stopped::
+evaluation scores that raw text); ``generate_each``/``complete_each`` yield each answer as soon as it is ready.
+``generate_cached`` appends every answer to a JSONL cache keyed by (model fingerprint, prompt id,
+prompt hash, settings) as it comes, so an interrupted run resumes where it stopped::
 
     from llamatune.generate import load_generator, generate_cached
     gen = load_generator("runs/ft/gguf/model-q4_k_m.gguf")
@@ -111,25 +113,28 @@ class LlamaCppGenerator(Generator):
         return ids, min(max_tokens, room)
 
     def requests(self, texts, max_tokens: int, *, special: bool, strict: bool = False, temperature: float = 0.0,
-                 stop_when=None, stop=()):
+                 stop_when=None, stop=(), sampler=None):
         """:class:`llamatune.decode.Request` s continuing the rendered ``texts`` (a generator: tokenised as the
-        decoder pulls them), ending at the template's end-of-turn tokens."""
+        decoder pulls them), ending at the template's end-of-turn tokens. ``sampler``: a sampler factory for all, or
+        a list of them (one per text, e.g. a grammar from each item's tools); default greedy (or ``temperature``)."""
         from llamatune.decode import Request, sampler_factory
 
-        sampler = sampler_factory(temperature) if temperature else None
+        default = sampler_factory(temperature) if temperature else None
         for i, text in enumerate(texts):
             ids, n = self._ids(text, max_tokens, strict)
+            own = sampler[i] if isinstance(sampler, (list, tuple)) else sampler
             yield Request(ids, max_tokens=n, stop_ids=frozenset(self.stop_ids), stop=tuple(stop), stop_when=stop_when,
-                          sampler=sampler, special=special, tag=i)
+                          sampler=own or default, special=special, tag=i)
 
-    def generate_each(self, conversations, max_tokens=512, temperature=0.0, stop_when=None):
-        """Answers (special tokens dropped, stripped) as they finish; ``stop_when(text so far)`` ends one early."""
+    def generate_each(self, conversations, max_tokens=512, temperature=0.0, stop_when=None, sampler=None):
+        """Answers (special tokens dropped, stripped) as they finish; ``stop_when(text so far)`` ends one early;
+        ``sampler`` as in :meth:`requests`."""
         from llamatune.chat import render
 
         texts = (render(m, t, template=self.template, add_generation_prompt=True, date_string=DEFAULT_DATE)
                  for m, t in conversations)
         reqs = self.requests(texts, max_tokens, special=False, temperature=temperature, stop_when=stop_when,
-                             stop=ALL_STOPS)
+                             stop=ALL_STOPS, sampler=sampler)
         for ev in self.decoder.run(reqs):
             if ev.done:
                 yield ev.seq.request.tag, ev.seq.text.strip()
@@ -141,9 +146,9 @@ class LlamaCppGenerator(Generator):
     def generate(self, messages, max_tokens=512, temperature=0.0, tools=None):
         return self.generate_batch([(messages, tools)], max_tokens=max_tokens, temperature=temperature)[0]
 
-    def complete_each(self, prompts, max_tokens=128):
+    def complete_each(self, prompts, max_tokens=128, sampler=None):
         """Greedy raw continuations (special tokens kept, cut at the end of the turn) as they finish."""
-        for ev in self.decoder.run(self.requests(prompts, max_tokens, special=True, strict=True)):
+        for ev in self.decoder.run(self.requests(prompts, max_tokens, special=True, strict=True, sampler=sampler)):
             if ev.done:
                 yield ev.seq.request.tag, ev.seq.text
 

@@ -154,11 +154,14 @@ class LlamaCppModel:
         self._llm.reset()
 
     def complete(self, prompt: str, *, max_tokens: int = 512, stop: list[str] | None = None,
-                 stream: bool = False) -> Iterator[str] | str:
-        it = self._generate(prompt, max_tokens, stop_strings(self.template) if stop is None else stop)
+                 stream: bool = False, sampler=None) -> Iterator[str] | str:
+        """The continuation of ``prompt`` (a stream of text pieces with ``stream``), cut at the template's stop
+        strings (or ``stop``); ``sampler``: a factory for this call's sampler chain (see
+        :class:`llamatune.decode.Request`), else the model's (greedy, or its temperature)."""
+        it = self._generate(prompt, max_tokens, stop_strings(self.template) if stop is None else stop, sampler)
         return it if stream else "".join(it)
 
-    def _generate(self, prompt: str, max_tokens: int, stop: list[str]) -> Iterator[str]:
+    def _generate(self, prompt: str, max_tokens: int, stop: list[str], sampler=None) -> Iterator[str]:
         from llamatune.decode import Request
 
         t0 = time.perf_counter()
@@ -169,7 +172,7 @@ class LlamaCppModel:
         cached = next((i for i, (a, b) in enumerate(zip(held, tokens)) if a != b), min(len(held), len(tokens)))
         stats = self.stats = {"prompt_tokens": len(tokens), "cached_tokens": cached, "generated": 0,
                               "t_start": t0, "ttft": None, "decode_s": 0.0, "finish": "length"}
-        for ev in self._decoder.run([Request(tokens, max_tokens=max(1, max_tokens), stop=tuple(stop))]):
+        for ev in self._decoder.run([Request(tokens, max_tokens=max(1, max_tokens), stop=tuple(stop), sampler=sampler)]):
             seq = ev.seq
             stats.update(generated=seq.generated, decode_s=seq.decode_s, finish=seq.finish or "length",
                          ttft=None if seq.ttft is None else seq.ttft + seq.t_submit - t0)

@@ -274,6 +274,42 @@ def test_generator_batches_and_yields_each_answer_when_ready(gguf, one):
     assert outs[1] == outs[4] and sorted(outs[4]) == list(range(len(prompts)))
 
 
+def test_toolcall_eval_batched_writes_each_item_as_it_finishes(gguf, tmp_path, monkeypatch):
+    """``eval toolcall --batch 3``: the outputs of batch 1, the batch in the results, and every finished item in the
+    cache at once, so a run killed half way resumes with the rest only."""
+    from llamatune.evals import toolcall
+    from tests.test_toolcall_eval import _short_test_set
+
+    _short_test_set(tmp_path / "data", 5)
+    data = tmp_path / "data" / "eval.jsonl"
+    one = toolcall.evaluate(gguf, data, tmp_path / "one" / "r.json", max_tokens=5, n_threads=1, batch=1)
+    real_load, made = toolcall._load, []
+
+    def load_then_die_after_two(*a, **k):
+        gen = real_load(*a, **k)
+        real_each = gen.complete_each
+
+        def each(prompts, max_tokens):
+            for n, item in enumerate(real_each(prompts, max_tokens)):
+                if n == 2:
+                    raise KeyboardInterrupt  # a kill: two items decoded and written
+                yield item
+        made.append(gen.batch_size)
+        gen.complete_each = each
+        return gen
+
+    monkeypatch.setattr(toolcall, "_load", load_then_die_after_two)
+    out = tmp_path / "three" / "r.json"
+    with pytest.raises(KeyboardInterrupt):
+        toolcall.evaluate(gguf, data, out, max_tokens=5, n_threads=1, batch=3)
+    assert made == [3] and len(out.with_suffix(".generations.jsonl").read_text().splitlines()) == 2
+    monkeypatch.setattr(toolcall, "_load", real_load)
+    res = toolcall.evaluate(gguf, data, out, max_tokens=5, n_threads=1, batch=3)
+    assert [i["output"] for i in res["items"]] == [i["output"] for i in one["items"]]
+    assert (res["decode_batch"], one["decode_batch"]) == (3, 1)
+    assert len(out.with_suffix(".generations.jsonl").read_text().splitlines()) == 5
+
+
 @pytest.mark.slow
 def test_smollm2_batched_equals_sequential():
     """On a real model (SmolLM2-135M-Instruct, f16): the tool-call eval's prompts decoded 8 at a time give the
