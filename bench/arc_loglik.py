@@ -144,7 +144,7 @@ def main() -> None:
     p.add_argument("--server-n", type=int, default=8, help="requests sent to the (slow) server; 0: none")
     p.add_argument("--n-ctx", type=int, default=1024)
     p.add_argument("--threads", type=int, default=None, help="default: $LLAMATUNE_THREADS, else the physical cores")
-    p.add_argument("--repeats", type=int, default=3, help="passes per path (the best one is reported)")
+    p.add_argument("--repeats", type=int, default=5, help="passes per path (the best one is reported)")
     a = p.parse_args()
     from llamatune.evals.llamacpp_lm import LlamaCppLM
     from llamatune.runtime import threads
