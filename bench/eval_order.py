@@ -45,15 +45,16 @@ def main(argv=None) -> int:
     result = {"bench": "eval_order", "model": str(model), "items": len(rows), "threads": a.threads}
     outputs = {}
     for name, order in orders.items():
-        gen = load_generator(str(model), n_ctx=4096, n_threads=a.threads, template=template)
-        evaluated = 0
+        gen = load_generator(str(model), n_ctx=4096, n_threads=a.threads, template=template, batch=1)
         try:
             gen.complete(prompts[order[0]][:20], 1)  # warm up (weights paged in) outside the timing
+            gen.decoder.clear()
             t0 = time.perf_counter()
-            for i in order:
-                shared = _common_prefix(gen.llm, prompts[i])
-                outputs.setdefault(name, {})[i] = gen.complete(prompts[i], a.max_tokens)
-                evaluated += len(gen.llm.tokenize(prompts[i].encode(), add_bos=False, special=True)) - shared
+            evaluated = 0
+            for i in order:  # what gen.complete does, keeping the sequence (its prompt tokens from the cache)
+                (seq,) = gen.decoder.generate(gen.requests([prompts[i]], a.max_tokens, special=True, strict=True))
+                outputs.setdefault(name, {})[i] = seq.text
+                evaluated += seq.prompt_tokens - seq.cached_tokens
             seconds = time.perf_counter() - t0
         finally:
             gen.close()
@@ -63,18 +64,6 @@ def main(argv=None) -> int:
     result["same_outputs"] = outputs["file"] == outputs["sorted"]
     print(json.dumps(result))
     return 0 if result["same_outputs"] else 1
-
-
-def _common_prefix(llm, prompt: str) -> int:
-    """Tokens of ``prompt`` that llama.cpp already holds in its KV cache (the prefix it will not evaluate again)."""
-    ids = llm.tokenize(prompt.encode(), add_bos=False, special=True)
-    held = list(llm._input_ids[: llm.n_tokens])
-    n = 0
-    for x, y in zip(held, ids[:-1]):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 if __name__ == "__main__":

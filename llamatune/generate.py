@@ -2,7 +2,8 @@
 
 A model spec (:mod:`llamatune.model_spec`) is
 
-* ``path/to/model.gguf`` — llama-cpp-python, in process (the artifact that is actually deployed);
+* ``path/to/model.gguf`` — llama-cpp-python, in process (the artifact that is actually deployed), ``batch`` prompts
+  decoded together on the one decoding loop (:mod:`llamatune.decode`: continuous batching, shared prompt prefixes);
 * ``DIR_OR_HF_ID`` — transformers; ``DIR+peft=ADAPTER_DIR`` (or ``peft=`` to ``load_generator``) adds a LoRA adapter.
   ``backend="vllm"`` (``pip install 'llamatune[vllm]'``, CUDA) serves it with vLLM instead; ``"auto"`` (the default)
   picks vLLM when it is installed and a GPU is present, else transformers (batched left-padded on a GPU).
@@ -10,8 +11,9 @@ A model spec (:mod:`llamatune.model_spec`) is
 Prompts are rendered with :func:`llamatune.chat.render` (the one template) at a fixed date, and decoded greedily
 by default. ``Generator.generate`` answers a conversation (special tokens stripped); ``Generator.complete``
 continues an already rendered prompt and keeps special tokens such as ``<|python_tag|>`` (the tool-call
-evaluation scores that raw text). ``generate_cached`` appends every answer to a JSONL cache keyed by (model fingerprint, prompt id,
-prompt hash, settings), so an interrupted run resumes where it stopped::
+evaluation scores that raw text); ``generate_each``/``complete_each`` yield each answer as soon as it is ready.
+``generate_cached`` appends every answer to a JSONL cache keyed by (model fingerprint, prompt id,
+prompt hash, settings) as it comes, so an interrupted run resumes where it stopped::
 
     from llamatune.generate import load_generator, generate_cached
     gen = load_generator("runs/ft/gguf/model-q4_k_m.gguf")
@@ -52,6 +54,20 @@ class Generator:
         """:meth:`complete` of each rendered prompt, in order; one call each unless a backend batches them."""
         return [self.complete(p, max_tokens=max_tokens) for p in prompts]
 
+    def generate_each(self, conversations, max_tokens: int = 512, temperature: float = 0.0):
+        """``(index, answer)`` of each of ``[(messages, tools), ...]`` as soon as it is ready (a cache writes it
+        then): :meth:`generate_batch` ``batch_size`` at a time, unless the backend decodes continuously."""
+        step = max(1, self.batch_size)
+        for i in range(0, len(conversations), step):
+            outs = self.generate_batch(conversations[i:i + step], max_tokens=max_tokens, temperature=temperature)
+            yield from enumerate(outs, start=i)
+
+    def complete_each(self, prompts: list[str], max_tokens: int = 128):
+        """``(index, continuation)`` of each rendered prompt as soon as it is ready (see :meth:`generate_each`)."""
+        step = max(1, self.batch_size)
+        for i in range(0, len(prompts), step):
+            yield from enumerate(self.complete_batch(prompts[i:i + step], max_tokens=max_tokens), start=i)
+
     def close(self) -> None:
         pass
 
@@ -62,55 +78,102 @@ class Generator:
         self.close()
 
 
+# Sequences a llama.cpp generator decodes together (``--batch``): on the 2-core Xeon (AMX) the tool-call eval's items/s
+# grow with the batch up to 8-16 and flatten beyond (bench/decode_batch.py); 8 keeps the KV cache small.
+DECODE_BATCH = 8
+
+
 class LlamaCppGenerator(Generator):
+    """A GGUF on the one decoding loop (:class:`llamatune.decode.Decoder`): ``batch`` sequences decoded together,
+    continuously, a new one starting from a copy of the prompt prefix another holds. ``n_ctx`` bounds one prompt and
+    its answer; each sequence has a KV stream of ``n_ctx`` cells (memory: ``batch × n_ctx`` tokens of KV)."""
+
     backend = "llamacpp"
 
-    def __init__(self, spec: ModelSpec, n_ctx: int = 4096, n_threads: int | None = None, template: str = "llama-3.2"):
-        from llamatune.runtime import open_llama
+    def __init__(self, spec: ModelSpec, n_ctx: int = 4096, n_threads: int | None = None, template: str = "llama-3.2",
+                 batch: int | None = None):
+        from llamatune.runtime import open_decoder
 
-        self.spec, self.template = spec, template
-        self.llm = open_llama(spec.path, n_ctx=n_ctx, n_threads=n_threads)
+        self.spec, self.template, self.n_ctx = spec, template, n_ctx
+        self.batch_size = max(1, int(batch or DECODE_BATCH))
+        self.decoder = open_decoder(spec.path, n_seq=self.batch_size, n_ctx=n_ctx, n_threads=n_threads)
+        self.llm = self.decoder.llm
         self.stop_ids = {self.llm.token_eos()}
         for text in ALL_STOPS:
             ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
             if len(ids) == 1:
                 self.stop_ids.add(ids[0])
 
-    def generate(self, messages, max_tokens=512, temperature=0.0, tools=None):
+    def _ids(self, text: str, max_tokens: int, strict: bool) -> tuple[list[int], int]:
+        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        room = self.n_ctx - len(ids)
+        if room < 1 or (strict and max_tokens > room):
+            raise ValueError(f"prompt of {len(ids)} tokens + {max_tokens} new does not fit n_ctx={self.n_ctx}"
+                             " (pass --n-ctx)")
+        return ids, min(max_tokens, room)
+
+    def requests(self, texts, max_tokens: int, *, special: bool, strict: bool = False, temperature: float = 0.0,
+                 stop_when=None, stop=(), sampler=None):
+        """:class:`llamatune.decode.Request` s continuing the rendered ``texts`` (a generator: tokenised as the
+        decoder pulls them), ending at the template's end-of-turn tokens. ``sampler``: a sampler factory for all, or
+        a list of them (one per text, e.g. a grammar from each item's tools); default greedy (or ``temperature``)."""
+        from llamatune.decode import Request, sampler_factory
+
+        default = sampler_factory(temperature) if temperature else None
+        for i, text in enumerate(texts):
+            ids, n = self._ids(text, max_tokens, strict)
+            own = sampler[i] if isinstance(sampler, (list, tuple)) else sampler
+            yield Request(ids, max_tokens=n, stop_ids=frozenset(self.stop_ids), stop=tuple(stop), stop_when=stop_when,
+                          sampler=own or default, special=special, tag=i)
+
+    def generate_each(self, conversations, max_tokens=512, temperature=0.0, stop_when=None, sampler=None):
+        """Answers (special tokens dropped, stripped) as they finish; ``stop_when(text so far)`` ends one early;
+        ``sampler`` as in :meth:`requests`."""
         from llamatune.chat import render
 
-        text = render(messages, tools, template=self.template, add_generation_prompt=True, date_string=DEFAULT_DATE)
-        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-        room = self.llm.n_ctx() - len(ids)
-        if room < 1:
-            raise ValueError(f"prompt of {len(ids)} tokens does not fit n_ctx={self.llm.n_ctx()}")
-        out = self.llm.create_completion(prompt=ids, max_tokens=min(max_tokens, room), temperature=temperature,
-                                         top_k=1 if temperature == 0 else 40, stop=ALL_STOPS, seed=0)
-        return out["choices"][0]["text"].strip()
+        texts = (render(m, t, template=self.template, add_generation_prompt=True, date_string=DEFAULT_DATE)
+                 for m, t in conversations)
+        reqs = self.requests(texts, max_tokens, special=False, temperature=temperature, stop_when=stop_when,
+                             stop=ALL_STOPS, sampler=sampler)
+        for ev in self.decoder.run(reqs):
+            if ev.done:
+                yield ev.seq.request.tag, ev.seq.text.strip()
+
+    def generate_batch(self, conversations, max_tokens=512, temperature=0.0) -> list[str]:
+        out = dict(self.generate_each(list(conversations), max_tokens=max_tokens, temperature=temperature))
+        return [out[i] for i in range(len(out))]
+
+    def generate(self, messages, max_tokens=512, temperature=0.0, tools=None):
+        return self.generate_batch([(messages, tools)], max_tokens=max_tokens, temperature=temperature)[0]
+
+    def complete_each(self, prompts, max_tokens=128, sampler=None):
+        """Greedy raw continuations (special tokens kept, cut at the end of the turn) as they finish."""
+        for ev in self.decoder.run(self.requests(prompts, max_tokens, special=True, strict=True, sampler=sampler)):
+            if ev.done:
+                yield ev.seq.request.tag, ev.seq.text
+
+    def complete_batch(self, prompts, max_tokens=128) -> list[str]:
+        out = dict(self.complete_each(list(prompts), max_tokens=max_tokens))
+        return [out[i] for i in range(len(out))]
 
     def complete(self, prompt, max_tokens=128):
-        ids = self.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
-        if len(ids) + max_tokens > self.llm.n_ctx():
-            raise ValueError(f"prompt of {len(ids)} tokens + {max_tokens} new does not fit n_ctx={self.llm.n_ctx()}"
-                             " (pass --n-ctx)")
-        return self.llm.detokenize(self.greedy(ids, max_tokens), special=True).decode("utf-8", errors="replace")
+        return self.complete_batch([prompt], max_tokens)[0]
 
     def greedy(self, ids: list[int], max_tokens: int, stop_when=None) -> list[int]:
         """Greedy continuation ids of ``ids``, up to an end-of-turn token or ``max_tokens``; with ``stop_when``
-        (a predicate on the text so far, special tokens dropped, asked every 4 tokens) also as soon as it is true."""
-        out: list[int] = []
+        (a predicate on the text so far, special tokens dropped) also as soon as it is true."""
+        from llamatune.decode import Request
+
         if max_tokens < 1:
-            return out
-        for t in self.llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
-            if t in self.stop_ids:
-                break
-            out.append(t)
-            if len(out) >= max_tokens or (stop_when is not None and len(out) % 4 == 0 and stop_when(
-                    self.llm.detokenize(out).decode("utf-8", errors="ignore"))):
-                break
-        return out
+            return []
+        req = Request(list(ids), max_tokens=max_tokens, stop_ids=frozenset(self.stop_ids), stop_when=stop_when,
+                      special=False)
+        return self.decoder.generate([req])[0].ids
 
     def close(self):
+        if getattr(self, "decoder", None) is not None:
+            self.decoder.close()
+            self.decoder = None
         if getattr(self, "llm", None) is not None:
             self.llm.close()
             self.llm = None
@@ -303,8 +366,9 @@ def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, ma
     ``cache_path``.
 
     ``gen_or_spec`` is a ``Generator``, a ``ModelSpec`` or a spec string; a spec is loaded (on ``backend``, see
-    :func:`load_generator`) only if something is missing. Missing answers go ``gen.batch_size`` at a time through
-    ``generate_batch``; the backend is recorded in each row but is not part of the key.
+    :func:`load_generator`) only if something is missing. Missing answers go through ``generate_each`` (llama.cpp:
+    decoded continuously, ``batch_size`` at a time; others: ``generate_batch`` per ``batch_size``) and each is
+    appended as soon as it is ready; the backend is recorded in each row but is not part of the key.
     """
     from tqdm import tqdm
 
@@ -327,16 +391,13 @@ def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, ma
     if todo:
         gen = gen_or_spec if isinstance(gen_or_spec, Generator) else load_generator(spec, backend=backend)
         try:
-            batch = max(1, gen.batch_size)
             bar = tqdm(total=len(todo), desc=f"answers {spec.label}", disable=not progress)
-            for i in range(0, len(todo), batch):
-                chunk = todo[i:i + batch]
-                outs = gen.generate_batch([(p["messages"], p.get("tools")) for p in chunk], max_tokens=max_tokens,
-                                          temperature=temperature)
-                for p, out in zip(chunk, outs):
-                    cache.add({"key": key(p), "model": spec.label, "fingerprint": fp, "id": p["id"], **settings,
-                               "backend": gen.backend, "output": out})
-                bar.update(len(chunk))
+            convs = [(p["messages"], p.get("tools")) for p in todo]
+            for i, out in gen.generate_each(convs, max_tokens=max_tokens, temperature=temperature):
+                p = todo[i]  # written as soon as it is ready: a killed run loses only what was in flight
+                cache.add({"key": key(p), "model": spec.label, "fingerprint": fp, "id": p["id"], **settings,
+                           "backend": gen.backend, "output": out})
+                bar.update(1)
             bar.close()
         finally:
             if gen is not gen_or_spec:

@@ -57,8 +57,8 @@ def test_arc_gguf_inprocess(tiny_gguf, tmp_path, monkeypatch):
 
     cls = llamacpp_lm_class()
     scored = []
-    real_score = cls.score
-    monkeypatch.setattr(cls, "score", lambda self, c, x: scored.append(1) or real_score(self, c, x))
+    real_score = cls.score_many
+    monkeypatch.setattr(cls, "score_many", lambda self, pairs: scored.extend(pairs) or real_score(self, pairs))
     first = arc.run_arc(str(tiny_gguf["f16"]), tmp_path / "gguf", data_dir=ARC, limit=3)
     n_first = len(scored)
     assert n_first == sum(len(it["loglik"]) for it in first["items"])
@@ -136,7 +136,7 @@ def test_kv_reuse_gives_identical_scores(tiny_gguf):
         reused = lm.n_evaluated
         fresh = []
         for q in reqs:
-            lm.llm.n_tokens, lm._last_ctx = 0, None  # forget the caches: evaluate from scratch
+            lm.decoder.clear()  # forget the cache: evaluate from scratch
             fresh.append(lm.loglikelihood([q], disable_tqdm=True)[0])
         assert [s[0] for s in shared] == pytest.approx([f[0] for f in fresh], abs=1e-4)
         assert reused < lm.n_evaluated - reused  # the shared question was evaluated once

@@ -44,7 +44,7 @@ from llamatune.evals.bfcl_data import (
 )
 from llamatune.evals.bfcl_score import score_output
 from llamatune.evals.stats import proportion
-from llamatune.generate import Generator, generate_cached
+from llamatune.generate import Generator, LlamaCppGenerator, generate_cached
 from llamatune.model_spec import parse_spec
 from llamatune.jsonl import read_json, write_json, write_text
 from llamatune.report import bfcl_table, comparison_table
@@ -61,37 +61,35 @@ SUMMARIES = (("non_live_ast", NON_LIVE_AST, "unweighted"), ("live_ast", LIVE_AST
 class _LazyGenerator(Generator):
     """Loads the real generator only when a prompt is not in the cache (a rescoring run loads no model)."""
 
-    def __init__(self, model_spec, template: str, n_ctx: int, n_threads: int | None):
+    def __init__(self, model_spec, template: str, n_ctx: int, n_threads: int | None, batch: int | None = None):
         self.spec, self.template = parse_spec(str(model_spec)), template
         self._args, self._gen = (model_spec, n_ctx, n_threads, template), None
+        self._batch = batch
 
     def _real(self) -> Generator:
         if self._gen is None:
-            self._gen = toolcall._load(*self._args)
+            self._gen = toolcall._load(*self._args, batch=self._batch)
         return self._gen
 
     @property
     def batch_size(self) -> int:
         return self._real().batch_size
 
-    def generate_batch(self, conversations, max_tokens=512, temperature=0.0):
+    @property
+    def backend(self) -> str:
+        return getattr(self._real(), "backend", "")
+
+    def generate_each(self, conversations, max_tokens=512, temperature=0.0):
+        """A llama.cpp generator's greedy answers end as soon as they are prose that can no longer open a call
+        (:func:`cannot_be_a_call`): the verdict is the same, the time is not."""
         gen = self._real()
-        if getattr(gen, "llm", None) is None or temperature:
-            return gen.generate_batch(conversations, max_tokens=max_tokens, temperature=temperature)
-        return [self._greedy_llama(gen, m, t, max_tokens) for m, t in conversations]
+        if isinstance(gen, LlamaCppGenerator) and not temperature:
+            return gen.generate_each(conversations, max_tokens=max_tokens, stop_when=cannot_be_a_call)
+        return gen.generate_each(conversations, max_tokens=max_tokens, temperature=temperature)
 
-    def _greedy_llama(self, gen, messages, tools, max_tokens: int) -> str:
-        """The greedy answer of a llama.cpp generator (its model, template and stop tokens), cut as soon as it is
-        prose that can no longer open a call (:func:`cannot_be_a_call`): the verdict is the same, the time is not."""
-        from llamatune.chat import DEFAULT_DATE, render
-
-        text = render(messages, tools, template=self.template, add_generation_prompt=True, date_string=DEFAULT_DATE)
-        ids = gen.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-        room = gen.llm.n_ctx() - len(ids)
-        if room < 1:
-            raise ValueError(f"prompt of {len(ids)} tokens does not fit n_ctx={gen.llm.n_ctx()} (pass --n-ctx)")
-        out = gen.greedy(ids, min(max_tokens, room), stop_when=cannot_be_a_call)
-        return gen.llm.detokenize(out).decode("utf-8", errors="replace").strip()
+    def generate_batch(self, conversations, max_tokens=512, temperature=0.0):
+        out = dict(self.generate_each(conversations, max_tokens=max_tokens, temperature=temperature))
+        return [out[i] for i in range(len(conversations))]
 
     def close(self):
         if self._gen is not None:
@@ -172,8 +170,9 @@ def summarize(items: list[dict], sizes: dict[str, int]) -> dict:
 
 def evaluate(model_spec, out, categories=DEFAULT_CATEGORIES, limit: int | None = None, seed: int = 0, icl: int = 0,
              max_tokens: int = MAX_TOKENS, n_ctx: int = 8192, n_threads: int | None = None,
-             template: str | None = None, wheel=None) -> dict:
-    """Run ``model_spec`` greedily on the BFCL items of ``categories`` and write ``out`` (see module docstring)."""
+             template: str | None = None, wheel=None, batch: int | None = None) -> dict:
+    """Run ``model_spec`` greedily on the BFCL items of ``categories`` and write ``out`` (see module docstring);
+    a GGUF decodes ``batch`` items together (default :data:`llamatune.generate.DECODE_BATCH`)."""
     t0 = time.perf_counter()
     template = template or model_template(model_spec)
     rows = load_rows(categories, limit, seed, wheel)
@@ -185,7 +184,7 @@ def evaluate(model_spec, out, categories=DEFAULT_CATEGORIES, limit: int | None =
                                                            add_generation_prompt=True))
     cache = Path(out).with_suffix(".generations.jsonl")
     budget = {r["id"]: max_tokens * (PARALLEL_FACTOR if "parallel" in r["category"] else 1) for r in rows}
-    gen = _LazyGenerator(model_spec, template, n_ctx, n_threads)
+    gen = _LazyGenerator(model_spec, template, n_ctx, n_threads, batch)
     outputs = {}
     try:
         for n_new in sorted(set(budget.values())):
@@ -197,6 +196,7 @@ def evaluate(model_spec, out, categories=DEFAULT_CATEGORIES, limit: int | None =
     return write_results(items, out, model=str(model_spec), icl=icl, categories=list(categories), limit=limit,
                          seed=seed, max_tokens=max_tokens,
                          max_tokens_parallel=max_tokens * PARALLEL_FACTOR, template=template,
+                         decode_batch=toolcall.decode_batch(model_spec, batch),
                          seconds=round(time.perf_counter() - t0, 1), sizes=category_sizes(categories, wheel))
 
 
@@ -247,6 +247,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-ctx", type=int, default=8192, help="llama.cpp context size")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: $LLAMATUNE_THREADS)")
     parser.add_argument("--template", default=None, help="chat template of the prompts (default: the model's own)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="GGUF: sequences decoded together (default: eval toolcall's); HF: prompts per call")
 
 
 def default_out(model, icl: int = 0) -> Path:
@@ -278,5 +280,5 @@ def main(args) -> int:
     out = args.out or default_out(args.model, args.icl)
     cats = [c.strip() for c in args.categories.split(",") if c.strip()]
     evaluate(args.model, out, cats, limit=args.limit, seed=args.seed, icl=args.icl, max_tokens=args.max_tokens,
-             n_ctx=args.n_ctx, n_threads=args.threads, template=args.template)
+             n_ctx=args.n_ctx, n_threads=args.threads, template=args.template, batch=args.batch)
     return 0

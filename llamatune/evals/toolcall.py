@@ -128,21 +128,35 @@ def build_prompt(row: dict, icl: int = 0, template: str = "llama-3.2") -> str:
                   date_string=DEFAULT_DATE)
 
 
-def _load(model_spec, n_ctx: int, n_threads: int | None, template: str, backend: str = "auto"):
-    """The generator whose ``complete_batch`` continues the rendered prompts (a seam the tests replace)."""
+def _load(model_spec, n_ctx: int, n_threads: int | None, template: str, backend: str = "auto",
+          batch: int | None = None):
+    """The generator whose ``complete_each`` continues the rendered prompts (a seam the tests replace); ``batch``:
+    sequences a GGUF decodes together (default :data:`llamatune.generate.DECODE_BATCH`), prompts per call of an HF
+    model (default: its placement's)."""
     if model_kind(model_spec) == "gguf":
-        return load_generator(str(model_spec), n_ctx=n_ctx, n_threads=n_threads, template=template, backend=backend)
-    return load_generator(str(model_spec), template=template, backend=backend)
+        return load_generator(str(model_spec), n_ctx=n_ctx, n_threads=n_threads, template=template, backend=backend,
+                              batch=batch)
+    return load_generator(str(model_spec), template=template, backend=backend,
+                          **({"batch_size": batch} if batch else {}))
+
+
+def decode_batch(model_spec, batch: int | None) -> int | None:
+    """The decode batch a run of ``model_spec`` uses (recorded in the results; outputs should not depend on it, and
+    ``bench/decode_batch.py`` measures how far they do)."""
+    from llamatune.generate import DECODE_BATCH
+
+    return batch or (DECODE_BATCH if str(model_spec).endswith(".gguf") else None)
 
 
 def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None, max_tokens: int = 128,
              n_ctx: int = 4096, n_threads: int | None = None, template: str | None = None,
-             backend: str = "auto") -> dict:
+             backend: str = "auto", batch: int | None = None) -> dict:
     """Run ``model_spec`` greedily on every row of ``data_path`` (the generator's ``eval.jsonl``) and score.
     Prompts use ``template`` (default: the model's own, see :func:`model_template`). Outputs are cached per
-    item in ``<out>.generations.jsonl`` (keyed by model, prompt and settings). An HF model runs on ``backend``
-    (:func:`llamatune.generate.load_generator`: transformers, batched on a GPU, or vLLM); missing items go to the
-    generator ``batch_size`` prompts at a time (one at a time on llama.cpp and on a CPU)."""
+    item in ``<out>.generations.jsonl`` (keyed by model, prompt and settings), each written as soon as it is
+    decoded, so a killed run resumes losing only what was in flight. A GGUF decodes ``batch`` items together
+    (:class:`llamatune.generate.LlamaCppGenerator`, continuous batching); an HF model runs on ``backend``
+    (:func:`llamatune.generate.load_generator`: transformers, batched on a GPU, or vLLM), ``batch`` prompts a call."""
     from tqdm import tqdm
 
     from llamatune.progress import tqdm_disable
@@ -160,24 +174,23 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
         prompts = [build_prompt(row, icl, template) for row in rows]
         keys = [hashlib.sha256(json.dumps([fp, p, max_tokens]).encode()).hexdigest() for p in prompts]
         # Prompts in sorted order, so that consecutive ones share their longest prefix (system text, tool
-        # schemas): llama.cpp keeps the KV cache of the common prefix and evaluates only the rest.
+        # schemas): llama.cpp evaluates the shared prefix once and shares its KV cache.
         order = sorted(range(len(rows)), key=prompts.__getitem__)
         first: dict[str, int] = {}
         for i in order:
             first.setdefault(keys[i], i)  # a prompt that repeats is generated once
         todo = [i for k, i in first.items() if k not in cache]
-        bar = tqdm(total=len(todo), desc=f"toolcall {Path(str(model_spec)).name}", disable=tqdm_disable())
-        while todo:
-            runner = runner or _load(model_spec, n_ctx, n_threads, template, backend)
-            chunk, todo = todo[:max(1, runner.batch_size)], todo[max(1, runner.batch_size):]
+        if todo:
+            runner = _load(model_spec, n_ctx, n_threads, template, backend, batch)
+            bar = tqdm(total=len(todo), desc=f"toolcall {Path(str(model_spec)).name}", disable=tqdm_disable())
             t0 = time.perf_counter()
-            outs = runner.complete_batch([prompts[i] for i in chunk], max_tokens)
-            seconds = round((time.perf_counter() - t0) / len(chunk), 3)  # per item (a batch's time shared)
-            for i, output in zip(chunk, outs, strict=True):
+            for n, (j, output) in enumerate(runner.complete_each([prompts[i] for i in todo], max_tokens), start=1):
+                i = todo[j]
+                seconds = round((time.perf_counter() - t0) / n, 3)  # per item so far (the batch's time shared)
                 cache.add({"id": rows[i]["id"], "key": keys[i], "output": output, "seconds": seconds,
                            "backend": getattr(runner, "backend", "")})
-            bar.update(len(chunk))
-        bar.close()
+                bar.update(1)
+            bar.close()
         for row, key in zip(rows, keys):
             row["output"] = cache.get(key)["output"]
     finally:
@@ -185,7 +198,7 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
             runner.close()
     return _write_results(_score_rows(rows), out, model=str(model_spec), icl=icl, data=str(data_path),
                           max_tokens=max_tokens, template=template, fingerprint=fp, data_sha256=sha256_file(data_path),
-                          limit=limit)
+                          limit=limit, decode_batch=decode_batch(model_spec, batch))
 
 
 # --- comparison -------------------------------------------------------------------------------------------
@@ -220,6 +233,12 @@ def compare(a_json, b_json) -> dict:
     return res
 
 
+def _default_batch() -> int:
+    from llamatune.generate import DECODE_BATCH
+
+    return DECODE_BATCH
+
+
 def add_arguments(parser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", help="a .gguf file (llama-cpp-python) or an HF model directory")
@@ -233,6 +252,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-ctx", type=int, default=4096, help="llama.cpp context size")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: $LLAMATUNE_THREADS, else the physical cores)")
     parser.add_argument("--template", default=None, help="chat template of the prompts (default: the model's own)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="GGUF: sequences decoded together (default %d, measured by bench/decode_batch.py); "
+                             "HF: prompts per generate() call" % _default_batch())
     parser.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"),
                         help="HF models: transformers (batched on a GPU) or vLLM; auto = vLLM when installed and a GPU "
                              "is present")
@@ -253,5 +275,5 @@ def main(args) -> int:
     if not args.data:
         raise ValueError("--data is required with --model")
     evaluate(args.model, args.data, args.out, icl=args.icl, limit=args.limit, max_tokens=args.max_tokens,
-             n_ctx=args.n_ctx, n_threads=args.threads, template=args.template, backend=args.backend)
+             n_ctx=args.n_ctx, n_threads=args.threads, template=args.template, backend=args.backend, batch=args.batch)
     return 0
