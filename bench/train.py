@@ -38,12 +38,13 @@ class CountingCollator:
     """Wraps a data collator and counts real tokens, positions and labelled tokens of every batch."""
 
     def __init__(self, inner):
-        self.inner, self.real, self.positions, self.labelled, self.batches = inner, 0, 0, 0, 0
+        self.inner, self.real, self.positions, self.labelled, self.batches, self.rows = inner, 0, 0, 0, 0, 0
 
     def __call__(self, examples):
         out = self.inner(examples)
         self.batches += 1
         self.real += sum(len(ex["input_ids"]) for ex in examples)
+        self.rows += sum(len(ex.get("seq_lengths") or [0]) for ex in examples)
         self.positions += out["input_ids"].numel()
         self.labelled += int((out["labels"] != -100).sum())
         return out

@@ -1,0 +1,107 @@
+"""Training speed: the precision a run computes in, attention row by row inside packs, bf16 compute without casts.
+
+**Precision** (:func:`resolve_precision`): the device rule (:func:`llamatune.device.train_precision`) unless the
+recipe sets ``bf16``/``fp16``; run.json records the choice, who made it, the rule's reason and the CPU.
+
+**Packed attention** (``attn_implementation: packed``, the default on a CPU). With ``packing: true`` TRL concatenates
+the rows of a batch into one padding-free sequence whose ``position_ids`` restart at every row, and hands the model
+the row boundaries (``cu_seq_lens_q``). transformers' mask utilities read the restarts and build a block-diagonal
+causal mask, so no row attends to another (``tests/test_packing.py`` checks that a pack's loss and gradients equal
+those of its rows one at a time), but ``sdpa`` and ``eager`` then compute the whole L × L score matrix of the pack,
+most of it masked: quadratic in the pack, not in the rows. :func:`packed_attention` runs transformers' own eager
+attention on each row's diagonal block of that mask, so the matmuls of the projections see the whole pack (large
+GEMMs) while attention costs what the rows cost. Without row boundaries (unpacked batches, generation) it is
+transformers' eager attention. Eager, not ``sdpa``: on a 2-core AMX Xeon with bf16, torch 2.13's CPU flash attention
+backward took 22 ms a layer for a 351-token row, its share of a SmolLM2 step 27%; the eager matmuls run on AMX.
+
+**bf16 without casts** (:func:`prepare_bf16_lora`): the frozen base weights are loaded in bf16 once (``dtype``),
+PEFT keeps the LoRA weights in fp32 (``autocast_adapter_dtype``), the trainer's bf16 autocast casts the small LoRA
+weights per forward (cached) and their gradients come back in fp32 for an fp32 AdamW; PEFT's own cast of the layer
+input to the LoRA weight's dtype (fp32) is switched off, so activations stay bf16 from layer to layer.
+"""
+
+from __future__ import annotations
+
+PACKED = "packed"  # the attn_implementation name this module registers with transformers
+
+
+def resolve_precision(extra: dict, sft: dict, notes: list[str], precision=None) -> tuple[str, dict]:
+    """``(model dtype, record)``, and the bf16/fp16 flags in ``sft`` when the recipe leaves them unset, from the
+    device rule (:func:`llamatune.device.train_precision`: bf16 from compute capability 8.0 and on CPUs with
+    AMX-BF16/AVX512-BF16, fp16 on a T4, fp32 elsewhere). On a CPU the weights follow the compute dtype
+    (``bf16: false`` in a recipe means fp32 weights too); ``record`` is what run.json keeps."""
+    from llamatune.device import importable, this_train_precision
+
+    rule = precision or this_train_precision()
+    chosen_by = "recipe" if "bf16" in sft or "fp16" in sft else "device rule"
+    if chosen_by == "device rule":
+        sft["bf16"], sft["fp16"] = rule.dtype == "bfloat16", rule.dtype == "float16"
+    sft.setdefault("bf16", False)
+    sft.setdefault("fp16", False)
+    dtype = extra["dtype"]
+    if dtype == "auto":
+        dtype = rule.dtype if rule.device == "cuda" else "bfloat16" if sft["bf16"] else "float32"
+    if "8bit" in str(sft.get("optim", "")) and not importable("bitsandbytes"):
+        notes.append(f"optim {sft['optim']} needs bitsandbytes, which is not installed: using adamw_torch")
+        sft["optim"] = "adamw_torch"
+    compute = "bfloat16" if sft["bf16"] else "float16" if sft["fp16"] else dtype
+    record = {"compute": compute, "weights": dtype, "chosen_by": chosen_by, "device_rule": rule.dtype,
+              "reason": rule.reason, "cpu_flags": list(rule.cpu_flags)}
+    if rule.device == "cpu":
+        from llamatune.provenance import cpu_info
+
+        record["cpu"] = cpu_info()["model"]
+    return dtype, record
+
+
+def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The model family's own eager attention (``eager_attention_forward`` of the module's modeling file: Llama's,
+    Gemma 3's with its softcapping), on each row's diagonal block of a padding-free pack (``cu_seq_lens_q`` from
+    TRL's collator); the whole sequence at once otherwise. Returns ``(output [B, L, H, D], None)``."""
+    import sys
+
+    import torch
+
+    eager_attention_forward = sys.modules[type(module).__module__].eager_attention_forward
+    extra = {"scaling": scaling, "dropout": dropout}
+    extra.update({k: kwargs[k] for k in ("softcap", "sliding_window") if k in kwargs})
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or query.shape[0] != 1 or cu.numel() <= 2 or int(cu[-1]) != query.shape[2]:
+        out, _ = eager_attention_forward(module, query, key, value, attention_mask, **extra)
+        return out, None
+    bounds = cu.tolist()
+    outs = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        mask = None if attention_mask is None else attention_mask[:, :, start:end, start:end]
+        out, _ = eager_attention_forward(module, query[:, :, start:end], key[:, :, start:end],
+                                         value[:, :, start:end], mask, **extra)
+        outs.append(out)
+    return torch.cat(outs, dim=1), None
+
+
+def register_packed_attention() -> str:
+    """Register :func:`packed_attention` (and transformers' eager mask for it) under the name ``packed``."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    AttentionInterface.register(PACKED, packed_attention)
+    AttentionMaskInterface.register(PACKED, eager_mask)
+    return PACKED
+
+
+def prepare_bf16_lora(model) -> dict:
+    """Keep a PEFT model's LoRA layers from casting their bf16 input to fp32, and check the precision layout:
+    every trainable parameter fp32, every frozen floating-point weight bf16. Returns counts for ``run.json``."""
+    import torch
+
+    layers = 0
+    for m in model.modules():
+        if hasattr(m, "cast_input_dtype_enabled") and hasattr(m, "lora_A"):
+            m.cast_input_dtype_enabled = False
+            layers += 1
+    trainable = {str(p.dtype) for p in model.parameters() if p.requires_grad}
+    frozen = {str(p.dtype) for p in model.parameters() if not p.requires_grad and p.is_floating_point()}
+    if trainable != {str(torch.float32)} or frozen != {str(torch.bfloat16)}:
+        raise RuntimeError(f"bf16 LoRA training expects fp32 trainable and bf16 frozen weights; got trainable "
+                           f"{sorted(trainable)}, frozen {sorted(frozen)}")
+    return {"lora_layers": layers, "trainable_dtype": "float32", "frozen_dtype": "bfloat16"}
