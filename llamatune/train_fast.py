@@ -45,6 +45,8 @@ def resolve_precision(extra: dict, sft: dict, notes: list[str], precision=None) 
         notes.append(f"optim {sft['optim']} needs bitsandbytes, which is not installed: using adamw_torch")
         sft["optim"] = "adamw_torch"
     compute = "bfloat16" if sft["bf16"] else "float16" if sft["fp16"] else dtype
+    if rule.device == "cpu" and sft["bf16"]:
+        sft.setdefault("use_cpu", True)  # transformers refuses bf16 without a GPU unless told it trains on the CPU
     record = {"compute": compute, "weights": dtype, "chosen_by": chosen_by, "device_rule": rule.dtype,
               "reason": rule.reason, "cpu_flags": list(rule.cpu_flags)}
     if rule.device == "cpu":
