@@ -41,7 +41,7 @@ from llamatune.device import importable
 from llamatune.distributed import dist_state, is_final, last_checkpoint, restore_final
 from llamatune.jsonl import iter_jsonl, read_json, sha256_file, write_json, write_text
 from llamatune.provenance import git_info, package_versions
-from llamatune.train_fast import resolve_precision
+from llamatune.train_fast import apply_fast_path, resolve_precision
 
 # Recipe keys that are neither SFTConfig nor LoraConfig fields, with their defaults (None = required).
 RECIPE_KEYS: dict[str, Any] = {
@@ -55,6 +55,7 @@ RECIPE_KEYS: dict[str, Any] = {
     "backend": "auto",  # auto | trl | unsloth
     "fast_lm_head": True,  # head + loss at labelled positions only (llamatune.label_head); false = TRL's stock path
     "attn_implementation": "auto",  # auto: "packed" on a CPU (llamatune.train_fast), transformers' choice on a GPU
+    "compile": "auto",  # torch.compile of the MLPs and norms (llamatune.train_fast); auto: with bf16 on a CPU
 }
 
 
@@ -277,17 +278,15 @@ def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: li
         from llamatune.label_head import add_label_only_head
 
         add_label_only_head(trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model)
-    if backend == "trl" and dtype == "bfloat16" and precision["compute"] == "bfloat16" and peft_config is not None:
-        from llamatune.train_fast import prepare_bf16_lora
-
-        precision.update(prepare_bf16_lora(trainer.model))  # fp32 LoRA, bf16 frozen weights, no input casts
+    compiled = apply_fast_path(trainer, extra["compile"], dtype, precision, backend == "trl" and peft_config is not None,
+                               notes)
     data = {"dataset_path": str(data_dir), "train_rows": len(train_ds), "eval_rows_used": len(eval_ds or [])}
     for name in ("train.jsonl", "eval.jsonl", "manifest.json"):
         if (data_dir / name).exists():
             data[f"{name}_sha256"] = sha256_file(data_dir / name)
     attn_impl = getattr(trainer.model.config, "_attn_implementation", None)
     info = {"backend": backend, "dtype": dtype, "bf16": args.bf16, "fp16": args.fp16, "precision": precision,
-            "attn_implementation": attn_impl,
+            "attn_implementation": attn_impl, "compiled_modules": compiled,
             "optim": getattr(args.optim, "value", str(args.optim)), "model_path": extra["model_path"],
             "padding_free": bool(trainer.padding_free), "fast_lm_head": fast_head, "data": data,
             "notes": notes, "device": str(args.device)}

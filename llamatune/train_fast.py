@@ -57,9 +57,11 @@ def resolve_precision(extra: dict, sft: dict, notes: list[str], precision=None) 
 
 
 def packed_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """The model family's own eager attention (``eager_attention_forward`` of the module's modeling file: Llama's,
-    Gemma 3's with its softcapping), on each row's diagonal block of a padding-free pack (``cu_seq_lens_q`` from
-    TRL's collator); the whole sequence at once otherwise. Returns ``(output [B, L, H, D], None)``."""
+    """Attention on each row's diagonal block of a padding-free pack (``cu_seq_lens_q`` from TRL's collator):
+    ``sdpa`` with ``is_causal`` where a row's block is plain causal attention (no sliding window, no softcapping,
+    no dropout), else the model family's own eager attention (``eager_attention_forward`` of the module's modeling
+    file: Gemma 3's with its sliding window and softcapping) on that block of the mask. Without row bounds, eager
+    attention on the whole sequence. Returns ``(output [B, L, H, D], None)``."""
     import sys
 
     import torch
@@ -71,12 +73,18 @@ def packed_attention(module, query, key, value, attention_mask, scaling=None, dr
     if cu is None or query.shape[0] != 1 or cu.numel() <= 2 or int(cu[-1]) != query.shape[2]:
         out, _ = eager_attention_forward(module, query, key, value, attention_mask, **extra)
         return out, None
+    causal = (not extra.get("softcap") and not extra.get("sliding_window") and not dropout
+              and getattr(module, "is_causal", True))
     bounds = cu.tolist()
     outs = []
     for start, end in zip(bounds[:-1], bounds[1:]):
-        mask = None if attention_mask is None else attention_mask[:, :, start:end, start:end]
-        out, _ = eager_attention_forward(module, query[:, :, start:end], key[:, :, start:end],
-                                         value[:, :, start:end], mask, **extra)
+        q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
+        if causal:
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=scaling, enable_gqa=q.shape[1] != k.shape[1]).transpose(1, 2)
+        else:
+            mask = None if attention_mask is None else attention_mask[:, :, start:end, start:end]
+            out, _ = eager_attention_forward(module, q, k, v, mask, **extra)
         outs.append(out)
     return torch.cat(outs, dim=1), None
 
@@ -107,3 +115,53 @@ def prepare_bf16_lora(model) -> dict:
         raise RuntimeError(f"bf16 LoRA training expects fp32 trainable and bf16 frozen weights; got trainable "
                            f"{sorted(trainable)}, frozen {sorted(frozen)}")
     return {"lora_layers": layers, "trainable_dtype": "float32", "frozen_dtype": "bfloat16"}
+
+
+def compile_elementwise(model) -> int:
+    """``torch.compile`` (inductor, dynamic shapes) of every decoder layer's MLP and RMSNorms, in place: the LoRA
+    scaling and additions, SiLU × up projection, the norms' casts and reductions become a few fused kernels. Only
+    these parts: the attention reads the rows' bounds as Python integers, and the layer's keyword arguments carry
+    the pack's longest row (``max_length_q``), both of which would recompile the graph for every new pack. Returns
+    the number of modules compiled; the first step pays the compilation (~10-20 s on 2 cores)."""
+    n = 0
+    for layer in model.modules():
+        if not type(layer).__name__.endswith("DecoderLayer"):
+            continue
+        for name, child in layer.named_children():
+            if name == "mlp" or type(child).__name__.endswith("RMSNorm"):
+                child.compile(dynamic=True)
+                n += 1
+    return n
+
+
+def compiler_works() -> str | None:
+    """``None`` when ``torch.compile`` (inductor, which builds C++ on a CPU) compiles and runs a small function
+    here, else why not (no C++ compiler, no Python headers...)."""
+    import torch
+
+    try:
+        fn = torch.compile(lambda x: torch.nn.functional.silu(x) * 2.0 + 1.0, dynamic=True)
+        ok = torch.allclose(fn(torch.ones(3)), torch.nn.functional.silu(torch.ones(3)) * 2.0 + 1.0)
+        return None if ok else "a compiled function gave other values"
+    except Exception as e:  # noqa: BLE001  (any failure means: do not compile)
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
+
+
+def apply_fast_path(trainer, compile_: bool | str, dtype: str, precision: dict, lora: bool, notes: list[str]) -> int:
+    """After the trainer is built: :func:`prepare_bf16_lora` when a LoRA run (``lora``: TRL + PEFT) holds bf16
+    weights and computes in bf16 (``precision`` gains its counts), and :func:`compile_elementwise` when the recipe's
+    ``compile`` is true, or ``auto`` on that path on a CPU where :func:`compiler_works` (else a note says why not).
+    Returns the number of compiled modules."""
+    fast = lora and dtype == "bfloat16" and precision["compute"] == "bfloat16"
+    if fast:
+        precision.update(prepare_bf16_lora(trainer.model))
+    if compile_ not in (True, False, "auto"):
+        raise ValueError(f"recipe: compile must be true, false or auto, got {compile_!r}")
+    if compile_ == "auto" and fast and str(trainer.args.device) == "cpu":
+        why = compiler_works()
+        if why:
+            notes.append(f"compile: auto: torch.compile does not work here ({why}); training uncompiled")
+            return 0
+    if compile_ is True or (compile_ == "auto" and fast and str(trainer.args.device) == "cpu"):
+        return compile_elementwise(trainer.model)
+    return 0

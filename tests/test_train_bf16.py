@@ -84,7 +84,23 @@ def test_bf16_follows_the_fp32_loss_curve_on_the_tiny_model(few_rows, tmp_path):
     assert {p.dtype for p in trainer.model.parameters() if not p.requires_grad and p.is_floating_point()} == \
         {torch.bfloat16}
     assert all(not m.cast_input_dtype_enabled for m in trainer.model.modules() if hasattr(m, "lora_A"))
+    from llamatune.train_fast import compiler_works
+
+    # compile: auto compiles the MLPs and norms on the bf16 CPU path (2 layers × MLP + 2 norms), not in fp32
+    assert info32["compiled_modules"] == 0 and info16["compiled_modules"] == (6 if compiler_works() is None else 0)
     assert_follows(fp32, bf16, rel=0.01, steps=24)
+
+
+def test_compile_auto_steps_aside_where_torch_compile_fails(monkeypatch):
+    import torch
+
+    from llamatune.train_fast import compiler_works
+
+    def broken(*a, **k):
+        raise RuntimeError("no C++ compiler found\nmore text")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    assert compiler_works() == "RuntimeError: no C++ compiler found"
 
 
 @pytest.mark.slow
