@@ -8,16 +8,18 @@ the rows of a batch into one padding-free sequence whose ``position_ids`` restar
 the row boundaries (``cu_seq_lens_q``). transformers' mask utilities read the restarts and build a block-diagonal
 causal mask, so no row attends to another (``tests/test_packing.py`` checks that a pack's loss and gradients equal
 those of its rows one at a time), but ``sdpa`` and ``eager`` then compute the whole L × L score matrix of the pack,
-most of it masked: quadratic in the pack, not in the rows. :func:`packed_attention` runs transformers' own eager
-attention on each row's diagonal block of that mask, so the matmuls of the projections see the whole pack (large
-GEMMs) while attention costs what the rows cost. Without row boundaries (unpacked batches, generation) it is
-transformers' eager attention. Eager, not ``sdpa``: on a 2-core AMX Xeon with bf16, torch 2.13's CPU flash attention
-backward took 22 ms a layer for a 351-token row, its share of a SmolLM2 step 27%; the eager matmuls run on AMX.
+most of it masked: quadratic in the pack, not in the rows. :func:`packed_attention` attends row by row (``sdpa``,
+causal, per row), so the projections' matmuls see the whole pack (large GEMMs) while attention costs what the rows
+cost. Without row bounds (unpacked batches, generation) it is transformers' eager attention.
 
 **bf16 without casts** (:func:`prepare_bf16_lora`): the frozen base weights are loaded in bf16 once (``dtype``),
 PEFT keeps the LoRA weights in fp32 (``autocast_adapter_dtype``), the trainer's bf16 autocast casts the small LoRA
 weights per forward (cached) and their gradients come back in fp32 for an fp32 AdamW; PEFT's own cast of the layer
 input to the LoRA weight's dtype (fp32) is switched off, so activations stay bf16 from layer to layer.
+
+**Fused elementwise ops** (``compile: auto``, :func:`compile_elementwise`): on the bf16 CPU path the MLPs and
+RMSNorms are compiled by inductor (dynamic shapes, one compilation for every pack length), which fuses the norms'
+casts and reductions, SiLU × up and the LoRA scaling and additions; the first step pays the compilation.
 """
 
 from __future__ import annotations
