@@ -41,6 +41,7 @@ from llamatune.device import importable
 from llamatune.distributed import dist_state, is_final, last_checkpoint, restore_final
 from llamatune.jsonl import iter_jsonl, read_json, sha256_file, write_json, write_text
 from llamatune.provenance import git_info, package_versions
+from llamatune.train_fast import apply_fast_path, resolve_precision
 
 # Recipe keys that are neither SFTConfig nor LoraConfig fields, with their defaults (None = required).
 RECIPE_KEYS: dict[str, Any] = {
@@ -53,6 +54,8 @@ RECIPE_KEYS: dict[str, Any] = {
     "load_in_4bit": False,  # QLoRA (bitsandbytes, CUDA only)
     "backend": "auto",  # auto | trl | unsloth
     "fast_lm_head": True,  # head + loss at labelled positions only (llamatune.label_head); false = TRL's stock path
+    "attn_implementation": "auto",  # auto: "packed" on a CPU (llamatune.train_fast), transformers' choice on a GPU
+    "compile": "auto",  # torch.compile of the MLPs and norms (llamatune.train_fast); auto: with bf16 on a CPU
 }
 
 
@@ -181,24 +184,6 @@ def _choose_backend(want: str) -> str:
     return "unsloth" if want == "unsloth" or (want == "auto" and auto) else "trl"
 
 
-def _resolve_precision(extra: dict, sft: dict, notes: list[str]) -> str:
-    """Model dtype name, and bf16/fp16 flags in ``sft`` when the recipe leaves them unset."""
-    from llamatune.device import device_dtype
-
-    best = device_dtype()  # bfloat16 from compute capability 8.0, float16 on a T4 (7.5), float32 on a CPU
-    if "bf16" not in sft and "fp16" not in sft:
-        sft["bf16"], sft["fp16"] = best == "bfloat16", best == "float16"
-    sft.setdefault("bf16", False)
-    sft.setdefault("fp16", False)
-    dtype = extra["dtype"]
-    if dtype == "auto":
-        dtype = best
-    if "8bit" in str(sft.get("optim", "")) and not importable("bitsandbytes"):
-        notes.append(f"optim {sft['optim']} needs bitsandbytes, which is not installed: using adamw_torch")
-        sft["optim"] = "adamw_torch"
-    return dtype
-
-
 def _load_model(extra: dict, sft: dict, lora: dict, backend: str, dtype: str):
     """``(model, tokenizer, peft_config)``; with unsloth the model already carries the LoRA adapter."""
     import torch
@@ -227,6 +212,15 @@ def _load_model(extra: dict, sft: dict, lora: dict, backend: str, dtype: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
+    attn = extra["attn_implementation"]
+    if attn == "auto":
+        attn = None if torch.cuda.is_available() else "packed"
+    if attn == "packed":
+        from llamatune.train_fast import register_packed_attention
+
+        register_packed_attention()
+    if attn is not None:
+        kwargs["attn_implementation"] = attn
     if extra["load_in_4bit"]:
         from transformers import BitsAndBytesConfig
 
@@ -250,7 +244,7 @@ def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: li
     sft["output_dir"] = str(run_dir)
     sft.setdefault("report_to", "none")
     sft.setdefault("assistant_only_loss", True)
-    dtype = _resolve_precision(extra, sft, notes)
+    dtype, precision = resolve_precision(extra, sft, notes)
     model, tok, peft_config = _load_model(extra, sft, lora, backend, dtype)
 
     # The one chat template (with {% generation %} markers) and a pad token distinct from <|eot_id|>.
@@ -284,11 +278,15 @@ def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: li
         from llamatune.label_head import add_label_only_head
 
         add_label_only_head(trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model)
+    compiled = apply_fast_path(trainer, extra["compile"], dtype, precision, backend == "trl" and peft_config is not None,
+                               notes)
     data = {"dataset_path": str(data_dir), "train_rows": len(train_ds), "eval_rows_used": len(eval_ds or [])}
     for name in ("train.jsonl", "eval.jsonl", "manifest.json"):
         if (data_dir / name).exists():
             data[f"{name}_sha256"] = sha256_file(data_dir / name)
-    info = {"backend": backend, "dtype": dtype, "bf16": args.bf16, "fp16": args.fp16,
+    attn_impl = getattr(trainer.model.config, "_attn_implementation", None)
+    info = {"backend": backend, "dtype": dtype, "bf16": args.bf16, "fp16": args.fp16, "precision": precision,
+            "attn_implementation": attn_impl, "compiled_modules": compiled,
             "optim": getattr(args.optim, "value", str(args.optim)), "model_path": extra["model_path"],
             "padding_free": bool(trainer.padding_free), "fast_lm_head": fast_head, "data": data,
             "notes": notes, "device": str(args.device)}

@@ -51,18 +51,65 @@ def fake_cuda(monkeypatch, gpu):
     (T4, "float16", False, True),
     (A100, "bfloat16", True, False),
     (H100, "bfloat16", True, False),
-    (None, "float32", False, False),
+    (None, "float32", False, False),  # a CPU without native bf16 (the flags below)
 ])
 def test_training_precision_follows_the_compute_capability(monkeypatch, gpu, dtype, bf16, fp16):
-    from llamatune.train import _resolve_precision
+    from llamatune.train_fast import resolve_precision
 
     fake_cuda(monkeypatch, gpu)
-    assert device.this_placement().dtype == device.device_dtype() == dtype
+    monkeypatch.setattr(device, "cpu_flags", lambda *a: AVX2)
+    assert device.this_placement().dtype == device.device_dtype() == device.this_train_precision().dtype == dtype
     sft: dict = {}
-    assert _resolve_precision({"dtype": "auto"}, sft, []) == dtype
+    assert resolve_precision({"dtype": "auto"}, sft, [])[0] == dtype
     assert (sft["bf16"], sft["fp16"]) == (bf16, fp16)
     sft = {"bf16": False}  # a recipe's own choice stands
-    assert _resolve_precision({"dtype": "float32"}, sft, []) == "float32" and sft == {"bf16": False, "fp16": False}
+    got, record = resolve_precision({"dtype": "float32"}, sft, [])
+    assert got == "float32" and sft == {"bf16": False, "fp16": False} and record["chosen_by"] == "recipe"
+
+
+# /proc/cpuinfo flags of the three kinds of CPU these sessions get (trimmed to what matters)
+AMX = frozenset("fpu sse4_2 avx avx2 fma f16c avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8".split())
+AVX512_BF16 = frozenset("fpu sse4_2 avx avx2 fma f16c avx512f avx512_vnni avx512_bf16".split())  # e.g. AMD Zen 4
+AVX2 = frozenset("fpu sse4_2 avx avx2 fma f16c".split())  # e.g. AMD EPYC Zen 2/3: bf16 only emulated
+
+
+@pytest.mark.parametrize("flags, dtype, deciding", [
+    (AMX, "bfloat16", ["amx_bf16", "avx512_bf16"]),
+    (AVX512_BF16, "bfloat16", ["avx512_bf16"]),
+    (AVX2, "float32", []),
+    (frozenset(), "float32", []),  # no flags known (not Linux)
+])
+def test_cpu_training_precision_by_the_cpu_flags(flags, dtype, deciding):
+    rule = device.train_precision(None, flags)
+    assert (rule.dtype, rule.device, list(rule.cpu_flags)) == (dtype, "cpu", deciding)
+    assert all(f in rule.reason for f in deciding)
+    assert device.placement_for(None).dtype == "float32"  # inference on a CPU stays fp32 (fidelity, ARC, HF gen)
+
+
+@pytest.mark.parametrize("flags, recipe, weights, compute, chosen_by", [
+    (AMX, {}, "bfloat16", "bfloat16", "device rule"),
+    (AVX512_BF16, {}, "bfloat16", "bfloat16", "device rule"),
+    (AVX2, {}, "float32", "float32", "device rule"),
+    (AMX, {"bf16": False}, "float32", "float32", "recipe"),  # the recipe overrides: fp32 weights and compute
+    (AVX2, {"bf16": True}, "bfloat16", "bfloat16", "recipe"),
+])
+def test_cpu_training_run_follows_the_rule_unless_the_recipe_says(flags, recipe, weights, compute, chosen_by):
+    from llamatune.train_fast import resolve_precision
+
+    sft = dict(recipe)
+    got, record = resolve_precision({"dtype": "auto"}, sft, [], precision=device.train_precision(None, flags))
+    assert got == weights and sft["bf16"] == (compute == "bfloat16") and not sft["fp16"]
+    assert (record["weights"], record["compute"], record["chosen_by"]) == (weights, compute, chosen_by)
+    assert record["device_rule"] == ("bfloat16" if flags != AVX2 else "float32") and record["cpu"]
+
+
+def test_cpu_flags_come_from_cpuinfo(monkeypatch):
+    text = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 amx_bf16 avx512_bf16\n\nprocessor\t: 1\n"
+    assert device.cpu_flags(text) == {"fpu", "avx2", "amx_bf16", "avx512_bf16"}
+    assert device.cpu_flags("processor : 0\nFeatures : fp asimd bf16\n") == {"fp", "asimd", "bf16"}  # arm64
+    assert device.cpu_flags("") == frozenset()
+    assert device.train_precision(None, device.cpu_flags("Features : fp asimd bf16\n")).dtype == "float32"
+    assert isinstance(device.cpu_flags(), frozenset)  # this machine's, whatever it is
 
 
 def test_llama_cpp_offloads_every_layer_only_with_a_gpu_build_and_a_gpu(monkeypatch):

@@ -1,8 +1,10 @@
 """``fast_lm_head`` (llamatune.label_head): the head and loss at labelled positions only give the stock TRL
 loss, LoRA gradients and logged metrics, on the tiny Llama (fast) and on both embedded models (slow).
 
-Tolerance: fp32 throughout; loss to 1e-5 relative, every LoRA gradient to ``atol 1e-6 + rtol 1e-4`` (the two
-paths sum the same products over tiles of different heights, so the last bits may differ).
+Tolerance: loss to 1e-5 relative, every LoRA gradient to ``atol 1e-6 + rtol 1e-4`` (the two paths sum the same
+products over tiles of different heights, so the last bits may differ); in fp32, and in bf16 (the CPU fast path of
+:mod:`llamatune.train_fast`) with the same tolerance: the decoder's bf16 arithmetic is the same on both paths, only
+the rows the head sees differ.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def _loss_grads_metrics(trainer, n_rows: int):
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(n_rows)])
     trainer.model.train()
     trainer.model.zero_grad()
-    loss = trainer.compute_loss(trainer.model, dict(batch))
+    with trainer.accelerator.autocast():  # bf16 autocast when the recipe computes in bf16, as trainer.train() does
+        loss = trainer.compute_loss(trainer.model, dict(batch))
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k in ("entropy", "mean_token_accuracy")}
@@ -125,3 +128,9 @@ def test_models_that_scale_logits_are_refused():
     assert _logit_transform(Cfg(model_type="gemma3_text", final_logit_softcapping=30.0)) == (30.0, 1.0)
     with pytest.raises(NotImplementedError, match="fast_lm_head: false"):
         _logit_transform(Cfg(model_type="granite", logits_scaling=8.0))
+
+
+def test_tiny_bf16_packed(funccall_data, tmp_path):
+    """bf16 weights and compute (the CPU fast path): the label-only head still gives the stock loss and gradients."""
+    assert_same_as_stock(funccall_data, tmp_path, ["--packing=true", "--max_length=1024", "--bf16=true",
+                                                   "--dtype=auto"], n_rows=1)

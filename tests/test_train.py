@@ -222,6 +222,11 @@ def test_run_directory_records(full_run, data_dir):
     assert "commit" in run["git"]
     assert run["data"]["train.jsonl_sha256"] == sha256_file(data_dir / "train.jsonl")
     assert run["data"]["eval_rows_used"] == 4 and run["backend"] == "trl"
+    # the precision: what the device rule says here, and that the recipe's bf16: false chose fp32
+    prec = run["precision"]
+    assert (prec["compute"], prec["weights"], prec["chosen_by"]) == ("float32", "float32", "recipe")
+    assert prec["device_rule"] in ("bfloat16", "float32") and prec["reason"] and prec["cpu"]
+    assert run["attn_implementation"] == "packed" and run["padding_free"]
     assert "eval_loss" in run["metrics"]
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run_dir / "adapter" / "adapter_config.json").exists()
