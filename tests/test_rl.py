@@ -241,3 +241,29 @@ def test_recipe_keys_are_checked():
         split_rl_recipe({**recipe, "num_generation": 4})
     with pytest.raises(ValueError, match="'exclude' is required"):
         split_rl_recipe({k: v for k, v in recipe.items() if k != "exclude"})
+
+
+def test_the_completion_only_head_gives_trls_log_probs(sft_run, tmp_path):
+    """``fast_lm_head`` changes the work, not the numbers: the per-token log-probs and entropies GRPO's loss uses
+    equal TRL's stock head's (which scores every prompt position too) on a padded batch of two sequences."""
+    import torch
+
+    from llamatune.rl import RECIPE, build_trainer
+    from llamatune.train import load_recipe
+
+    prompts = [_pieces_row(0, "Tell me some word endings."), _pieces_row(1, "What suffixes are common?")]
+    got = {}
+    for fast in (False, True):
+        recipe = load_recipe(RECIPE, [f"--sft_run={sft_run}", "--exclude=[]", f"--fast_lm_head={str(fast).lower()}"])
+        trainer, info = build_trainer(recipe, prompts, tmp_path / str(fast))
+        assert info["fast_lm_head"] is fast
+        tok = trainer.processing_class
+        ids = [tok(p)["input_ids"] + [11, 22, 33, 44, 55][: 3 + 2 * i] for i, p in enumerate(trainer.train_dataset["prompt"])]
+        width = max(map(len, ids))
+        input_ids = torch.tensor([[tok.pad_token_id] * (width - len(x)) + x for x in ids])  # left-padded, as GRPO
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
+        with torch.no_grad():
+            got[fast] = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, mask, 5, compute_entropy=True)
+    assert got[False][0].shape == (2, 5) and bool((got[False][0] < 0).all()) and bool((got[False][1] > 0).all())
+    for stock, fast in zip(got[False][:2], got[True][:2]):
+        torch.testing.assert_close(fast, stock, atol=1e-5, rtol=1e-4)
