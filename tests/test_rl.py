@@ -159,7 +159,7 @@ def grpo_run(sft_run, tmp_path_factory):
     prompts = [_pieces_row(0, "Tell me some word endings."), _pieces_row(1, "What suffixes are common?")]
     out = tmp_path_factory.mktemp("rl") / "grpo"
     kw = dict(exclude=[], steps=2, num_generations=4, prompts_per_step=2,
-              overrides=["--max_completion_length", "24", "--save_steps", "1", "--learning_rate", "1e-3"])
+              overrides=["--max_completion_length", "16", "--save_steps", "1", "--learning_rate", "1e-3"])
     grpo(sft_run, prompts, out, callbacks=[_stop_at(1)], **kw)
     first = json.loads((out / "run.json").read_text())
     assert first["global_step"] == 1 and (out / "checkpoint-1").exists()
@@ -219,7 +219,7 @@ def test_a_finished_run_is_not_trained_again_nor_overwritten(grpo_run, sft_run):
     before = (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
     prompts = [_pieces_row(0, "Tell me some word endings."), _pieces_row(1, "What suffixes are common?")]
     kw = dict(exclude=[], steps=2, num_generations=4, prompts_per_step=2,
-              overrides=["--max_completion_length", "24", "--save_steps", "1", "--learning_rate", "1e-3"])
+              overrides=["--max_completion_length", "16", "--save_steps", "1", "--learning_rate", "1e-3"])
     with pytest.raises(FileExistsError, match="--resume"):
         grpo(sft_run, prompts, run_dir, resume=False, **kw)
     with pytest.raises(ValueError, match="another recipe or data"):
