@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-completion-length", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--heads", default="stock,fast", help="which heads to time: stock, fast or both")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="recipe overrides for every run (e.g. bf16=true prompt_style=train)")
     a = p.parse_args(argv)
 
     import torch
@@ -36,16 +38,19 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(a.threads)
     load = os.getloadavg()
-    prompts = prompt_rows(a.steps + 1, seed=0, exclude=exclusion_rows(a.exclude))
+    extra = [f"--{kv}" for kv in a.set]
+    style = next((kv.split("=", 1)[1] for kv in a.set if kv.startswith("prompt_style=")), "eval")
+    prompts = prompt_rows(a.steps + 1, seed=0, exclude=exclusion_rows(a.exclude), style=style)
     out = {"bench": "grpo_step", "sft_run": a.sft_run, "num_generations": a.num_generations,
-           "max_completion_length": a.max_completion_length, "prompts_per_step": 1, "threads": a.threads,
+           "max_completion_length": a.max_completion_length, "prompts_per_step": 1, "set": a.set, "threads": a.threads,
            "cpu": cpu_info().get("model"), "load_before": [round(x, 2) for x in load]}
     with tempfile.TemporaryDirectory() as tmp:
         for head in a.heads.split(","):
             run = grpo(a.sft_run, prompts, Path(tmp) / head, exclude=a.exclude, steps=a.steps + 1,
                        num_generations=a.num_generations, resume=False,
                        overrides=[f"--max_completion_length={a.max_completion_length}", "--save_strategy=no",
-                                  f"--fast_lm_head={'true' if head == 'fast' else 'false'}", "--shuffle_dataset=false"])
+                                  f"--fast_lm_head={'true' if head == 'fast' else 'false'}", "--shuffle_dataset=false",
+                                  *extra])
             logged = [h for h in json.loads((run / "trainer_state.json").read_text())["log_history"] if "step_time" in h]
             times = [h["step_time"] for h in logged[1:]]
             out[f"{head}_s_per_step"] = round(statistics.median(times), 2)
