@@ -71,3 +71,17 @@ def test_one_expected_call_keeps_its_old_shape_and_a_list_of_one_is_the_same():
 def test_expected_shapes_are_checked(expected, error):
     got = expected_error(expected)
     assert (got is None) if error is None else (error in got)
+
+
+def test_eval_toolcall_reads_items_of_parallel_calls_and_names_a_bad_one(tmp_path):
+    import json
+
+    from llamatune.evals.toolcall import read_items
+
+    msgs = [{"role": "user", "content": "Weather in Oslo and Rome?"}, {"role": "assistant", "content": "x"}]
+    row = {"id": "p", "messages": msgs, "tools": TOOLS, "expected": [OSLO, ROME], "category": "parallel"}
+    (tmp_path / "val.jsonl").write_text(json.dumps(row) + "\n" + json.dumps({**row, "expected": []}) + "\n")
+    with pytest.raises(ValueError, match=r"val.jsonl:2: field 'expected' must be null or .*empty list"):
+        read_items(tmp_path / "val.jsonl", ("id", "messages", "tools", "expected", "category"))
+    (tmp_path / "val.jsonl").write_text(json.dumps(row) + "\n")
+    assert read_items(tmp_path / "val.jsonl", ("id", "expected"))[0]["expected"] == [OSLO, ROME]

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from llamatune.chat import DEFAULT_DATE, model_template
-from llamatune.evals.scoring import score_output
+from llamatune.evals.scoring import expected_error, score_output
 from llamatune.evals.stats import mean_metric, paired_comparison, proportion
 from llamatune.generate import load_generator
 from llamatune.model_spec import fingerprint, model_kind, parse_spec
@@ -85,8 +85,9 @@ def read_items(path, required: tuple[str, ...]) -> list[dict]:
             raise ValueError(f"{path}:{n}: field 'output' must be a string (the model's raw text)")
         if not isinstance(row["tools"], list):
             raise ValueError(f"{path}:{n}: field 'tools' must be a list of tool schemas")
-        if row["expected"] is not None and not (isinstance(row["expected"], dict) and "name" in row["expected"]):
-            raise ValueError(f"{path}:{n}: field 'expected' must be null or {{\"name\", \"arguments\"}}")
+        if (why := expected_error(row["expected"])) is not None:  # parallel calls: a list of calls
+            raise ValueError(f"{path}:{n}: field 'expected' must be null or {{\"name\", \"arguments\"}} (or a list of "
+                             f"those): {why}")
         rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no rows")
