@@ -11,7 +11,9 @@ model calls a tool when it should) are in the README's tables, not in these pict
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -102,13 +104,33 @@ def open_tool_steps(page) -> list[str]:
     return titles
 
 
-def test_weather_conversation_shows_its_tool_trace(served, browser, out_dir):
+def final_answer(page, question: str) -> str:
+    """The turn's answer as the visitor reads it: the chat's text with its tool steps still collapsed, after the
+    question, without the steps' titles and the summary line."""
+    text = page.locator("#chatbot").inner_text().split(question, 1)[-1]
+    for title in page.locator("#chatbot").get_by_text("🛠️", exact=False).all_inner_texts():
+        text = text.replace(title, "")
+    return re.sub(r"\s*\n\s*\d+\s*$", "", text.rsplit("LLM call", 1)[0])  # "…answer\n2 LLM calls · …"
+
+
+def test_weather_conversation_shows_its_tool_trace_and_a_grounded_answer(served, browser, out_dir):
+    from llamatune.evals.scoring import grounding_reason
+    from llamatune.tools import all_tools
+
     url, tuned, _ = served
     page = conversation(browser, url, tuned, "weather", WEATHER)
+    answer = final_answer(page, WEATHER)
     titles = open_tool_steps(page)
-    assert any("get_current_weather" in t or "get_weather_forecast" in t for t in titles), titles
+    called = [n for n in ("get_current_weather", "get_weather_forecast") if any(n in t for t in titles)]
+    assert called, titles
     chat = page.locator("#chatbot").inner_text()
     assert "1 tool call" in chat or "2 tool calls" in chat, chat[-600:]
+    # the answer is prose from the fake Open-Meteo result: no broken call, no result pasted as the answer
+    assert "Invalid tool call" not in chat, chat[-800:]
+    assert "{" not in answer and "<tool" not in answer, answer
+    result = json.dumps(all_tools()[called[0]](location="Oslo"))  # what the fake served for Oslo
+    context = [{"role": "user", "content": WEATHER}, {"role": "tool", "content": result}]
+    assert grounding_reason(answer, context) is None, (answer, result)
     page.screenshot(path=str(out_dir / "space-weather.png"), full_page=True)
     page.close()
 
