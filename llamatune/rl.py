@@ -56,6 +56,7 @@ from typing import Any
 import yaml
 
 from llamatune.jsonl import read_json, read_jsonl, sha256_file, write_json, write_jsonl, write_text
+from llamatune.plots import plot_rewards
 
 # Recipe keys that are not GRPOConfig fields, with their defaults (None = required).
 RL_KEYS: dict[str, Any] = {
@@ -262,33 +263,6 @@ def reward_summary(log_history: list[dict]) -> dict:
             out[f"{key}_first"] = round(sum(vals[:k]) / len(vals[:k]), 4)
             out[f"{key}_last"] = round(sum(vals[-k:]) / len(vals[-k:]), 4)
     return out
-
-
-def plot_rewards(trainer_state_path: str | Path, out_png: str | Path, title: str | None = None) -> Path:
-    """Mean reward and share correct per logged step (and their running means over 10 steps) to ``out_png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    logged = [h for h in read_json(trainer_state_path, expect=dict).get("log_history", []) if "reward" in h]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    for key, label in (("reward", "mean reward"), ("correct", "share correct (scorer)")):
-        pts = [(h["step"], h[key]) for h in logged if key in h]
-        if pts:
-            steps, vals = zip(*pts)
-            line, = ax.plot(steps, vals, lw=0.8, alpha=0.45)
-            run = [sum(vals[max(0, i - 9):i + 1]) / len(vals[max(0, i - 9):i + 1]) for i in range(len(vals))]
-            ax.plot(steps, run, lw=1.8, color=line.get_color(), label=f"{label}, running mean")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("reward / share")
-    ax.set_title(title or Path(trainer_state_path).parent.name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png)
-    plt.close(fig)
-    return Path(out_png)
 
 
 def train_grpo(recipe: dict, prompts: list[dict] | None = None, run_dir: str | Path | None = None,

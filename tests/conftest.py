@@ -59,6 +59,31 @@ def tiny_gguf(tiny_model_dir) -> dict[str, Path]:
     return {"f16": f16, "q8_0": q8}
 
 
+@pytest.fixture(scope="module")
+def funccall_data(tmp_path_factory) -> Path:
+    """24 generated function-calling rows (``llamatune.data.funccall``), the training data of the tiny-model tests."""
+    from llamatune.data.funccall import build_dataset
+
+    out = tmp_path_factory.mktemp("funccall")
+    build_dataset(out, 24, seed=0)
+    return out
+
+
+class Capture:
+    """A TrainerCallback that keeps the trained model object (to inspect base and LoRA weights)."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class _Capture(TrainerCallback):
+            model = None
+
+            def on_train_end(self, args, state, control, model=None, **kwargs):
+                type(self).model = model
+
+        return _Capture()
+
+
 def assert_thin_notebook(path: Path, *, gated: bool = False) -> None:
     """A notebook is a thin driver that a new user runs top to bottom on a fresh Colab runtime:
 

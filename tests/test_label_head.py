@@ -23,15 +23,6 @@ pytest.importorskip("peft")
 TINY = REPO / "FuncCall" / "recipes" / "tiny-cpu.yaml"
 
 
-@pytest.fixture(scope="module")
-def funccall_data(tmp_path_factory) -> Path:
-    from llamatune.data.funccall import build_dataset
-
-    out = tmp_path_factory.mktemp("funccall")
-    build_dataset(out, 24, seed=0)
-    return out
-
-
 def _trainer(data: Path, out: Path, fast: bool, extra: list[str]):
     from llamatune.train import build_trainer, load_recipe
 

@@ -11,7 +11,6 @@ then see their neighbours and the gradients move by over 1e-2, so the comparison
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -21,15 +20,6 @@ pytest.importorskip("trl")
 pytest.importorskip("peft")
 
 TINY = REPO / "FuncCall" / "recipes" / "tiny-cpu.yaml"
-
-
-@pytest.fixture(scope="module")
-def funccall_data(tmp_path_factory) -> Path:
-    from llamatune.data.funccall import build_dataset
-
-    out = tmp_path_factory.mktemp("funccall")
-    build_dataset(out, 24, seed=0)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, Capture
 from llamatune.chatformat import render_calls
 from llamatune.data.funccall import DEFAULT_PROPORTIONS, build_split, strip_private, train_style
 from llamatune.jsonl import write_jsonl
@@ -127,17 +127,6 @@ def sft_run(tmp_path_factory):
         "2", "--eval_samples", "0", "--packing", "false", "--max_length", "1024"]))
 
 
-class Capture:
-    def __new__(cls):
-        from transformers import TrainerCallback
-
-        class _Capture(TrainerCallback):
-            model = None
-
-            def on_train_end(self, args, state, control, model=None, **kwargs):
-                type(self).model = model
-
-        return _Capture()
 
 
 def _stop_at(step: int):

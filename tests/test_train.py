@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIXTURES, REPO
+from tests.conftest import FIXTURES, REPO, Capture
 from llamatune.data.finetome import prepare
 from llamatune.data.io import write_jsonl
 
@@ -104,19 +104,6 @@ def tiny_recipe(data_dir: Path, run_dir: Path, *extra: str) -> dict:
     return load_recipe(TINY, [*FAST, "--dataset_path", str(data_dir), "--output_dir", str(run_dir), *extra])
 
 
-class Capture:
-    """A TrainerCallback that keeps the trained model object (to inspect base and LoRA weights)."""
-
-    def __new__(cls):
-        from transformers import TrainerCallback
-
-        class _Capture(TrainerCallback):
-            model = None
-
-            def on_train_end(self, args, state, control, model=None, **kwargs):
-                type(self).model = model
-
-        return _Capture()
 
 
 @pytest.fixture(scope="module")
