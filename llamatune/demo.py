@@ -1,4 +1,5 @@
-"""The offline end-to-end demo on the embedded gemma-3-270m: data → LoRA SFT → GGUF → tool-call eval → report.
+"""The offline end-to-end demo on an embedded small model (SmolLM2-135M-Instruct by default): data → LoRA SFT → GGUF →
+tool-call eval → report.
 
     llamatune demo                       # writes runs/demo/ (report.md, report.json, report.png)
     llamatune demo --smoke               # a handful of steps and items (the slow test runs this)
@@ -12,14 +13,17 @@ Stages (each prints one status line and is skipped when its outputs exist, so a 
    ``--n-test`` subset of the held-out test split's original categories (test template families only; the same
    items as before the new categories), ``data/eval_new.jsonl`` a stratified subset of its new categories
    (parallel calls, near-miss tools, injected instructions); it prints rows generated, kept and mean tokens per
-   category;
+   category, and the packs of ≤ ``--max-length`` tokens the kept rows make (the trainer's best-fit-decreasing);
 2. ``base``: the embedded model's fp32 HF directory (dequantized once, cached in $LLAMATUNE_CACHE);
-3. ``train``: LoRA SFT with ``FuncCall/recipes/gemma-270m-demo.yaml`` into ``tuned/`` (resumes from the last
+3. ``train``: LoRA SFT with the model's demo recipe (``FuncCall/recipes/smollm2-135m-demo.yaml``: packed rows, the
+   device rule's precision, bf16 on CPUs with AMX-BF16/AVX512-BF16) into ``tuned/`` (resumes from the last
    checkpoint when interrupted);
 4. ``export``: base and tuned to GGUF Q8_0 (``base/gguf``, ``tuned/gguf``) with their ``fidelity.json``;
-5. ``eval``: ``eval toolcall`` on the same test items, greedy, same threads: ``base``, ``icl`` (base with
-   ``--icl`` few-shot examples) and ``tuned`` into ``results/``; generations are cached per item;
-6. ``report``: ``report.md``, ``report.json`` and ``report.png`` (see :mod:`llamatune.demo_report`).
+5. ``eval``: ``eval toolcall`` on the same test items, greedy, same threads, ``--batch`` sequences decoded together:
+   ``base``, ``icl`` (base with ``--icl`` few-shot examples) and ``tuned`` into ``results/``, then the same three on
+   ``eval_new.jsonl`` into ``results/new_*.json``; generations are cached per item;
+6. ``report``: ``report.md``, ``report.json``, ``report.png`` and the demo's data card ``data/card.md`` (see
+   :mod:`llamatune.demo_report`).
 
 ``gguf/`` links the two Q8_0 files for the Space: ``python space/app.py --models-dir runs/demo/gguf``.
 """
@@ -56,7 +60,7 @@ N_TEST_NEW = 60  # test items of the new categories (data/eval_new.jsonl), besid
 DEFAULTS = {"model": "smollm2-135m", "n": 1500, "n_test": 120, "n_val": 240, "steps": 80, "max_length": 1024, "icl": 2,
             "max_tokens": 64, "threads": 2, "n_test_new": N_TEST_NEW, "batch": None}
 DATA_FORMAT = 3  # bump when make_data's rows change, so a cached data stage is rebuilt
-SMOKE = {"n": 200, "n_test": 5, "n_val": 5, "steps": 4, "max_length": 384, "icl": 1, "max_tokens": 24, "n_test_new": 3}
+SMOKE = {"n": 200, "n_test": 5, "n_val": 5, "steps": 4, "max_length": 384, "icl": 1, "max_tokens": 24, "n_test_new": 4}
 CRASH_ENV = "LLAMATUNE_DEMO_EXIT_AFTER_SAVE"  # tests: hard-exit after the first checkpoint is saved
 
 
@@ -377,7 +381,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help=f"new tokens per test item (default {DEFAULTS['max_tokens']})")
     parser.add_argument("--threads", type=int, default=None, help=f"CPU threads (default {DEFAULTS['threads']})")
     parser.add_argument("--n-test-new", type=int, default=None,
-                        help=f"test items of the new categories, data/eval_new.jsonl (default {DEFAULTS['n_test_new']})")
+                        help="test items of the new categories, data/eval_new.jsonl "
+                        f"(default {DEFAULTS['n_test_new']})")
     parser.add_argument("--batch", type=int, default=None,
                         help="sequences the evaluations decode together (default: llamatune.generate.DECODE_BATCH)")
 

@@ -225,6 +225,15 @@ def test_demo_refuses_to_mix_models_in_one_directory(tmp_path):
         demo.run_demo(tmp_path / "x", **{**demo.DEFAULTS, "model": "gpt-5"})
 
 
+def test_the_successive_halving_sweep_file_searches_the_demo_recipe_on_validation():
+    from llamatune import sweep
+
+    spec = sweep.load_sweep(ROOT / "FuncCall" / "recipes" / "demo-sha.yaml")
+    assert spec["search"]["rungs"][-1] == demo.DEFAULTS["steps"] and len(spec["search"]["rungs"]) >= 2
+    assert spec["base"]["max_length"] == demo.DEFAULTS["max_length"] and spec["base"]["n_val"] >= 200
+    assert {r["model"] for r in spec["runs"]} == {demo.DEFAULTS["model"]} and len(spec["runs"]) >= 4
+
+
 def test_sweep_file_is_checked_and_tabled(tmp_path):
     from llamatune import sweep
 
