@@ -1,4 +1,5 @@
-"""The offline end-to-end demo on the embedded gemma-3-270m: data → LoRA SFT → GGUF → tool-call eval → report.
+"""The offline end-to-end demo on an embedded small model (SmolLM2-135M-Instruct by default): data → LoRA SFT → GGUF →
+tool-call eval → report.
 
     llamatune demo                       # writes runs/demo/ (report.md, report.json, report.png)
     llamatune demo --smoke               # a handful of steps and items (the slow test runs this)
@@ -12,14 +13,17 @@ Stages (each prints one status line and is skipped when its outputs exist, so a 
    ``--n-test`` subset of the held-out test split's original categories (test template families only; the same
    items as before the new categories), ``data/eval_new.jsonl`` a stratified subset of its new categories
    (parallel calls, near-miss tools, injected instructions); it prints rows generated, kept and mean tokens per
-   category;
+   category, and the packs of ≤ ``--max-length`` tokens the kept rows make (the trainer's best-fit-decreasing);
 2. ``base``: the embedded model's fp32 HF directory (dequantized once, cached in $LLAMATUNE_CACHE);
-3. ``train``: LoRA SFT with ``FuncCall/recipes/gemma-270m-demo.yaml`` into ``tuned/`` (resumes from the last
+3. ``train``: LoRA SFT with the model's demo recipe (``FuncCall/recipes/smollm2-135m-demo.yaml``: packed rows, the
+   device rule's precision, bf16 on CPUs with AMX-BF16/AVX512-BF16) into ``tuned/`` (resumes from the last
    checkpoint when interrupted);
 4. ``export``: base and tuned to GGUF Q8_0 (``base/gguf``, ``tuned/gguf``) with their ``fidelity.json``;
-5. ``eval``: ``eval toolcall`` on the same test items, greedy, same threads: ``base``, ``icl`` (base with
-   ``--icl`` few-shot examples) and ``tuned`` into ``results/``; generations are cached per item;
-6. ``report``: ``report.md``, ``report.json`` and ``report.png`` (see :mod:`llamatune.demo_report`).
+5. ``eval``: ``eval toolcall`` on the same test items, greedy, same threads, ``--batch`` sequences decoded together:
+   ``base``, ``icl`` (base with ``--icl`` few-shot examples) and ``tuned`` into ``results/``, then the same three on
+   ``eval_new.jsonl`` into ``results/new_*.json``; generations are cached per item;
+6. ``report``: ``report.md``, ``report.json``, ``report.png`` and the demo's data card ``data/card.md`` (see
+   :mod:`llamatune.demo_report`).
 
 ``gguf/`` links the two Q8_0 files for the Space: ``python space/app.py --models-dir runs/demo/gguf``.
 """
@@ -48,11 +52,15 @@ MODELS = {
     "gemma-3-270m": {"template": "gemma-3", "recipe": RECIPES / "gemma-270m-demo.yaml", "label": "gemma-3-270m (base)",
                      "serve": "q8_0"},
 }
-DEFAULTS = {"model": "smollm2-135m", "n": 1500, "n_test": 120, "n_val": 240, "steps": 150, "max_length": 512, "icl": 2,
-            "max_tokens": 64, "threads": 2}
 N_TEST_NEW = 60  # test items of the new categories (data/eval_new.jsonl), beside the n_test of the original ones
-DATA_FORMAT = 2  # bump when make_data's rows change, so a cached data stage is rebuilt
-SMOKE = {"n": 200, "n_test": 5, "n_val": 5, "steps": 4, "max_length": 384, "icl": 1, "max_tokens": 24}
+# max_length 1024: with the smollm2 template every category keeps >= 95% of its rows (at 512 several keep < 50%);
+# the rows are packed (the recipe), so the longer limit costs no padding. steps: the demo's fine-tune covers every
+# kept row at least once (steps × rows per step >= kept rows; the report measures both). batch: sequences decoded
+# together by the evaluations (None: llamatune.generate.DECODE_BATCH).
+DEFAULTS = {"model": "smollm2-135m", "n": 1500, "n_test": 120, "n_val": 240, "steps": 80, "max_length": 1024, "icl": 2,
+            "max_tokens": 64, "threads": 2, "n_test_new": N_TEST_NEW, "batch": None}
+DATA_FORMAT = 3  # bump when make_data's rows change, so a cached data stage is rebuilt
+SMOKE = {"n": 200, "n_test": 5, "n_val": 5, "steps": 4, "max_length": 384, "icl": 1, "max_tokens": 24, "n_test_new": 4}
 CRASH_ENV = "LLAMATUNE_DEMO_EXIT_AFTER_SAVE"  # tests: hard-exit after the first checkpoint is saved
 
 
@@ -147,7 +155,7 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
     from transformers import AutoTokenizer
 
     from llamatune.data.funccall import NEW_CATEGORIES, build_dataset, build_split, strip_private, train_style
-    from llamatune.data.lengths import LIMITS, by_category, row_tokens, table_markdown
+    from llamatune.data.lengths import LIMITS, by_category, pack_count, row_tokens, table_markdown
     from llamatune.jsonl import read_jsonl, write_jsonl
 
     full = out / "full"
@@ -162,6 +170,7 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
     tokens = [row_tokens(r, tok, template) for r in train]
     kept = [r for r, t in zip(train, tokens) if t is not None and t <= max_length]
     table = by_category(train, tokens, sorted({*LIMITS, max_length}))
+    n_packs = pack_count([t for t in tokens if t is not None and t <= max_length], max_length)
     seen = generated_keys | ({prompt_key(r) for r in train} if mix else set())  # without a mix, train ⊂ generated
     items = read_jsonl(full / "eval.jsonl", ("id", "messages", "tools", "expected", "category"))
     pool = distinct([r for r in items if r["category"] not in NEW_CATEGORIES], seen)
@@ -175,11 +184,12 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
     for name, rows in (("train.jsonl", kept), ("val.jsonl", val), ("eval.jsonl", test), ("eval_new.jsonl", test_new)):
         write_jsonl(out / name, rows)
     print(f"[demo] training rows by category ({template} template, limit {max_length} tokens):\n"
-          + table_markdown(table), flush=True)
+          + table_markdown(table) + f"\n{len(kept)} rows kept make {n_packs} packs of ≤ {max_length} tokens "
+          f"({len(kept) / max(1, n_packs):.2f} rows a pack)", flush=True)
     info = {"data_format": DATA_FORMAT, "n": n, "n_train_generated": len(train), "n_train": len(kept),
             "max_length": max_length, "template": template, "mix": mix, "n_test_requested": n_test,
             "n_test": len(test), "n_test_distinct_pool": len(pool), "n_val_requested": n_val, "n_val": len(val),
-            "n_test_new_requested": n_test_new, "n_test_new": len(test_new), "by_category": table,
+            "n_test_new_requested": n_test_new, "n_test_new": len(test_new), "by_category": table, "n_packs": n_packs,
             "test_ids": [r["id"] for r in test], "test_new_ids": [r["id"] for r in test_new],
             "val_ids": [r["id"] for r in val]}
     write_json((out / "demo_data.json"), info, indent=1)
@@ -303,10 +313,11 @@ def link_ggufs(out: Path, ggufs: dict[str, Path]) -> Path:
 # --- the pipeline ----------------------------------------------------------------------------------------
 
 def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, n_val: int, steps: int,
-             max_length: int, icl: int, max_tokens: int, threads: int) -> dict:
+             max_length: int, icl: int, max_tokens: int, threads: int, n_test_new: int = N_TEST_NEW,
+             batch: int | None = None) -> dict:
     """Run (or resume) every stage; returns the report dict also written to ``out/report.json``."""
     from llamatune import demo_report
-    from llamatune.evals.toolcall import evaluate, is_current
+    from llamatune.evals.toolcall import decode_batch, evaluate, is_current
     from llamatune.models import resolve_model
     from llamatune.provenance import cpu_info
 
@@ -324,8 +335,8 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     st.run("base", "base" in st.seconds, resolve_model, model)
     hf_dir = resolve_model(model)  # built by the stage above (or before): a cache lookup
     data = out / "data"
-    st.run("data", _data_done(data, n, n_test, n_val, max_length, template), make_data, data, n, n_test, n_val,
-           max_length, hf_dir, template)
+    st.run("data", _data_done(data, n, n_test, n_val, max_length, template, n_test_new=n_test_new), make_data, data, n,
+           n_test, n_val, max_length, hf_dir, template, n_test_new=n_test_new)
     run_dir = out / "tuned"
     st.run("train", train_done(run_dir), run_training, data, run_dir, steps, max_length, threads, model)
     serve = MODELS[model]["serve"]
@@ -336,15 +347,20 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     ggufs = {"base": gguf_of(out / "base", serve), "tuned": gguf_of(run_dir, serve)}
     link_ggufs(out, {f"{model}-base-{serve}": ggufs["base"], f"{model}-funccall-{serve}": ggufs["tuned"]})
     res = out / "results"
-    for label, gguf, k in (("base", ggufs["base"], 0), ("icl", ggufs["base"], icl), ("tuned", ggufs["tuned"], 0)):
-        done = is_current(res / f"{label}.json", gguf, data / "eval.jsonl", icl=k, max_tokens=max_tokens,
-                          template=template, limit=None)
-        st.run(f"eval_{label}", done, evaluate, gguf, data / "eval.jsonl", res / f"{label}.json", icl=k,
-               max_tokens=max_tokens, n_threads=threads, template=template)
+    batch = decode_batch(ggufs["base"], batch)  # sequences decoded together, the same for every evaluation
+    # the original categories (results/{label}.json), then the new ones (results/new_{label}.json)
+    sets = [("", "eval.jsonl")] + ([("new_", "eval_new.jsonl")] if n_test_new else [])
+    for prefix, items in sets:
+        for label, gguf, k in (("base", ggufs["base"], 0), ("icl", ggufs["base"], icl), ("tuned", ggufs["tuned"], 0)):
+            path = res / f"{prefix}{label}.json"
+            done = is_current(path, gguf, data / items, icl=k, max_tokens=max_tokens, template=template, limit=None,
+                              decode_batch=batch)
+            st.run(f"eval_{prefix}{label}", done, evaluate, gguf, data / items, path, icl=k, max_tokens=max_tokens,
+                   n_threads=threads, template=template, batch=batch)
     report = st.run("report", False, demo_report.write_report, out,
                     meta={"model": model, "model_label": MODELS[model]["label"], "quant": serve, "n": n, "n_test": n_test,
-                          "steps": steps, "max_length": max_length, "icl": icl, "max_tokens": max_tokens,
-                          "threads": threads, "cpu": cpu_info(),
+                          "n_test_new": n_test_new, "steps": steps, "max_length": max_length, "icl": icl,
+                          "max_tokens": max_tokens, "threads": threads, "decode_batch": batch, "cpu": cpu_info(),
                           "wall_seconds_this_run": round(time.perf_counter() - t_all, 1)})
     return report
 
@@ -364,6 +380,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--icl", type=int, default=None, help=f"few-shot examples for base+ICL (default {DEFAULTS['icl']})")
     parser.add_argument("--max-tokens", type=int, default=None, help=f"new tokens per test item (default {DEFAULTS['max_tokens']})")
     parser.add_argument("--threads", type=int, default=None, help=f"CPU threads (default {DEFAULTS['threads']})")
+    parser.add_argument("--n-test-new", type=int, default=None,
+                        help="test items of the new categories, data/eval_new.jsonl "
+                        f"(default {DEFAULTS['n_test_new']})")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="sequences the evaluations decode together (default: llamatune.generate.DECODE_BATCH)")
 
 
 def main(args) -> int:

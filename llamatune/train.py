@@ -280,7 +280,10 @@ def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: li
         add_label_only_head(trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model)
     compiled = apply_fast_path(trainer, extra["compile"], dtype, precision, backend == "trl" and peft_config is not None,
                                notes)
-    data = {"dataset_path": str(data_dir), "train_rows": len(train_ds), "eval_rows_used": len(eval_ds or [])}
+    # train_sequences: what one epoch feeds the model (packs when packing), so rows/step = train_rows ÷
+    # train_sequences × per_device_train_batch_size × gradient_accumulation_steps (× devices)
+    data = {"dataset_path": str(data_dir), "train_rows": len(train_ds), "eval_rows_used": len(eval_ds or []),
+            "train_sequences": len(trainer.train_dataset)}
     for name in ("train.jsonl", "eval.jsonl", "manifest.json"):
         if (data_dir / name).exists():
             data[f"{name}_sha256"] = sha256_file(data_dir / name)

@@ -62,6 +62,38 @@ def test_report_from_results(tmp_path):
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_report_tables_the_new_categories_grounding_and_the_rows_training_saw(tmp_path):
+    out = _fake_demo(tmp_path)
+    res = out / "results"
+    result = ("tool_result", "It is 21 degrees in Paris.", None)
+    _results(res / "tuned.json", [("single_call", GOOD_CALL, CALL), result, ("tool_result", GOOD_CALL, None)])
+    for s, outs in (("base", ["It is sunny.", "Hello"]), ("icl", [GOOD_CALL, "Hello"]), ("tuned", [GOOD_CALL, "Hi!"])):
+        _results(res / f"new_{s}.json", [("parallel", outs[0], CALL), ("near_miss", outs[1], None)])
+    table = {c: {"generated": g, "unrenderable": 0, "mean_tokens": 400.0, "kept": {"1024": k},
+                 "kept_tokens": {"1024": 400 * k}} for c, g, k in (("single_call", 10, 10), ("tool_result", 6, 5),
+                                                                  ("all", 16, 15))}
+    (out / "data").mkdir()
+    (out / "data" / "demo_data.json").write_text(json.dumps({"by_category": table, "max_length": 1024, "n_packs": 6,
+                                                             "val_ids": ["v1"]}))
+    (out / "tuned").mkdir()
+    (out / "tuned" / "run.json").write_text(json.dumps({
+        "precision": {"compute": "bfloat16", "reason": "CPU with native bf16 (amx_bf16): bfloat16"},
+        "data": {"train_rows": 15, "train_sequences": 5}, "effective_batch_size": 2, "global_step": 3}))
+    report = demo_report.write_report(out, meta={"n_test_new": 2, "decode_batch": 8, "steps": 3})
+    assert report["tuned"]["grounded"]["k"] == 1 and report["tuned"]["grounded"]["n"] == 2  # the tool_result items
+    new = report["new"]["systems"]
+    assert new["base"]["accuracy"]["value"] == 0.5 and new["tuned"]["accuracy"]["value"] == 1.0
+    assert "tuned vs base" in report["new"]["comparisons"]
+    tr = report["training"]  # 15 rows in 5 packs (the trainer's count), 2 packs a step, 3 steps: 18 rows, 15 distinct
+    assert tr["rows_per_step"] == 6.0 and tr["epochs"] == 1.2 and tr["measured_by"].startswith("tuned/run.json")
+    assert tr["seen"]["all"] == {"seen": 18, "distinct": 15} and tr["seen"]["tool_result"]["distinct"] == 5
+    md = (out / "report.md").read_text()
+    assert "## New categories" in md and "| near_miss |" in md and "grounded answers after a tool result" in md
+    assert "bfloat16" in md and "Decode batch: 8" in md and "**15 distinct rows seen**" in md
+    card = (out / "data" / "card.md").read_text()
+    assert "seen by training" in card and "| tool_result | 6 |" in card and "val_ids" not in json.dumps(report["meta"])
+
+
 def test_report_without_results_names_the_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="results"):
         demo_report.build(tmp_path)
@@ -102,7 +134,12 @@ def test_demo_smoke_interrupted_in_training_resumes(tmp_path):
     for system in ("base", "icl", "tuned"):
         assert {"tool_accuracy", "irrelevance_accuracy", "calls_per_turn", "by_category"} <= set(report[system])
         assert report[system]["n"] == demo.SMOKE["n_test"]
-    assert {"data", "train", "export_base", "export_tuned", "eval_base", "eval_icl", "eval_tuned"} <= set(report["stage_seconds"])
+    assert {"data", "train", "export_base", "export_tuned", "eval_base", "eval_icl", "eval_tuned", "eval_new_base",
+            "eval_new_icl", "eval_new_tuned"} <= set(report["stage_seconds"])
+    for system in ("base", "icl", "tuned"):  # the new categories' test items, evaluated like the others
+        assert report["new"]["systems"][system]["n"] == demo.SMOKE["n_test_new"]
+        assert report[system]["decode_batch"] == report["meta"]["decode_batch"] > 1  # batched decoding
+    assert report["training"]["rows_per_step"] > 0 and report["training"]["precision"]["compute"]
     quant = demo.MODELS[demo.DEFAULTS["model"]]["serve"]
     for name in ("base", "tuned"):  # the GGUF that is evaluated and served passes every fidelity check
         assert report["fidelity"][name]["served"] == quant and report["fidelity"][name]["served_pass"], report["fidelity"]
@@ -186,6 +223,15 @@ def test_demo_refuses_to_mix_models_in_one_directory(tmp_path):
         demo.run_demo(tmp_path, **{**demo.DEFAULTS, "model": "smollm2-135m"})
     with pytest.raises(ValueError, match="tunes one of"):
         demo.run_demo(tmp_path / "x", **{**demo.DEFAULTS, "model": "gpt-5"})
+
+
+def test_the_successive_halving_sweep_file_searches_the_demo_recipe_on_validation():
+    from llamatune import sweep
+
+    spec = sweep.load_sweep(ROOT / "FuncCall" / "recipes" / "demo-sha.yaml")
+    assert spec["search"]["rungs"][-1] == demo.DEFAULTS["steps"] and len(spec["search"]["rungs"]) >= 2
+    assert spec["base"]["max_length"] == demo.DEFAULTS["max_length"] and spec["base"]["n_val"] >= 200
+    assert {r["model"] for r in spec["runs"]} == {demo.DEFAULTS["model"]} and len(spec["runs"]) >= 4
 
 
 def test_sweep_file_is_checked_and_tabled(tmp_path):

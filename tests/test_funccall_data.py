@@ -314,6 +314,18 @@ def test_rows_seen_by_training():
     assert seen["a"] == {"seen": 4, "distinct": 4} and seen["b"] == {"seen": 2, "distinct": 2}
     packed = seen_by_training(table, 512, steps=3, batch=2, packed=True)  # 512 / (1500 / 9) rows a sequence
     assert packed["all"]["seen"] == round(6 * 512 * 9 / 1500) and packed["a"]["distinct"] == 6
+    measured = seen_by_training(table, 512, steps=1, batch=2, packed=True, sequences=4)  # 9 rows in 4 packs
+    assert measured["all"] == {"seen": round(2 * 9 / 4), "distinct": round(2 * 9 / 4)}
+    assert seen_by_training(table, 512, steps=2, batch=2, packed=True, sequences=4)["all"]["distinct"] == 9
+
+
+@requires("trl")
+def test_pack_count_is_the_trainers_best_fit_decreasing():
+    from llamatune.data.lengths import pack_count
+
+    assert pack_count([600, 500, 400, 100], 1024) == 2  # 600+400, 500+100
+    assert pack_count([1024, 1, 1], 1024) == 2 and pack_count([], 1024) == 0
+    assert pack_count([300] * 10, 1024) == 4  # three rows a pack
 
 
 class _FakeOpenAI(BaseHTTPRequestHandler):

@@ -209,6 +209,8 @@ def test_run_directory_records(full_run, data_dir):
     assert "commit" in run["git"]
     assert run["data"]["train.jsonl_sha256"] == sha256_file(data_dir / "train.jsonl")
     assert run["data"]["eval_rows_used"] == 4 and run["backend"] == "trl"
+    # what one epoch feeds the model (packs: the tiny recipe packs), for rows per step in the demo report
+    assert 0 < run["data"]["train_sequences"] <= run["data"]["train_rows"]
     # the precision: what the device rule says here, and that the recipe's bf16: false chose fp32
     prec = run["precision"]
     assert (prec["compute"], prec["weights"], prec["chosen_by"]) == ("float32", "float32", "recipe")

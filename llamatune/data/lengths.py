@@ -55,16 +55,34 @@ def measure(rows: list[dict], tokenizer, template: str, limits=LIMITS) -> dict:
     return by_category(rows, [row_tokens(r, tokenizer, template) for r in rows], limits)
 
 
-def seen_by_training(table: dict, max_length: int, steps: int, batch: int, packed: bool = False) -> dict:
+def pack_count(lengths: list[int], max_length: int) -> int:
+    """Packs of at most ``max_length`` tokens that TRL's best-fit-decreasing packing (``packing_strategy: bfd``, what
+    the trainer runs) makes of rows of these token ``lengths``: the training sequences of one epoch."""
+    from datasets import Dataset
+    from trl.data_utils import pack_dataset
+
+    if not lengths:
+        return 0
+    ds = Dataset.from_dict({"input_ids": [[0] * min(int(n), max_length) for n in lengths]})
+    return len(pack_dataset(ds, max_length, strategy="bfd"))
+
+
+def seen_by_training(table: dict, max_length: int, steps: int, batch: int, packed: bool = False,
+                     sequences: int | None = None) -> dict:
     """Rows of each category one training run sees, expected: ``steps × batch`` sequences drawn from the rows kept at
     ``max_length`` (shuffled, epoch after epoch, so each category in its kept share); packed, a sequence holds
-    ``max_length`` / mean kept tokens rows. ``{category: {"seen", "distinct"}}`` (row presentations, and distinct
-    rows among them) and ``"all"``, from a :func:`by_category` table that has ``max_length`` among its limits."""
+    kept rows ÷ ``sequences`` rows (the packs of one epoch, :func:`pack_count` or the trainer's count), else
+    ``max_length`` / mean kept tokens rows (a full pack). ``{category: {"seen", "distinct"}}`` (row presentations,
+    and distinct rows among them: all kept rows once ``steps × batch`` covers an epoch) and ``"all"``, from a
+    :func:`by_category` table that has ``max_length`` among its limits."""
     lim = str(max_length)
     total = table["all"]["kept"][lim]
     if total == 0:
         return {c: {"seen": 0, "distinct": 0} for c in table}
-    per_seq = max_length * total / table["all"]["kept_tokens"][lim] if packed else 1.0
+    if packed:
+        per_seq = total / sequences if sequences else max_length * total / table["all"]["kept_tokens"][lim]
+    else:
+        per_seq = 1.0
     rows_seen = steps * batch * per_seq
     out = {}
     for cat, t in table.items():
