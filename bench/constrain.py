@@ -16,6 +16,7 @@ machine favours neither. ``constrained`` decodes each item under the lazy gramma
   evaluation steps, so sampling and the grammar count; median of the pairs); target ≥ 0.9;
 * ``invalid_calls``: outputs that attempt a call which is not a well-formed call of an offered tool with arguments
   of its schema (:func:`llamatune.toolcall.parse_output` + ``validate_call``), raw and constrained; target 0 constrained;
+  ``invalid_calls_at_budget``: those of them cut by ``--max-tokens`` (a grammar cannot finish a call the budget cuts);
 * ``irrelevance``: of the items that want no call, the fraction answered without attempting one, raw and constrained
   (the grammar must not push towards calling: within ±2 pp); ``accuracy`` (the eval's verdicts), raw and constrained;
 * ``constrained_tokens``: tokens the grammar changed; ``outputs_changed``: items whose output differs from raw.
@@ -58,19 +59,21 @@ def invalid(output: str, tools: list) -> bool:
 
 
 def run(gen, prompts, grammars, max_tokens):
-    """``(outputs, decode tok/s, generated tokens, tokens the grammar changed)`` of one pass over ``prompts``."""
+    """``(outputs, decode tok/s, generated tokens, tokens the grammar changed, finishes)`` of one pass over
+    ``prompts``."""
     dec = gen.decoder
     dec.clear()
     dec.seconds = dict.fromkeys(dec.seconds, 0.0)
-    generated, changed, out = 0, 0, {}
+    generated, changed, out, finish = 0, 0, {}, {}
     t0 = time.perf_counter()
     for ev in dec.run(gen.requests(prompts, max_tokens, special=True, strict=True, grammar=grammars)):
         if ev.done:
-            out[ev.seq.request.tag] = ev.seq.text
+            out[ev.seq.request.tag], finish[ev.seq.request.tag] = ev.seq.text, ev.seq.finish
             generated += ev.seq.generated
             changed += ev.seq.constrained
     wall = time.perf_counter() - t0
-    return [out[i] for i in range(len(prompts))], generated / (wall - dec.seconds["prompt"]), generated, changed
+    return ([out[i] for i in range(len(prompts))], generated / (wall - dec.seconds["prompt"]), generated, changed,
+            [finish[i] for i in range(len(prompts))])
 
 
 def main(argv=None) -> int:
@@ -109,9 +112,10 @@ def main(argv=None) -> int:
         ratios, rates, outs = [], {"raw": [], "constrained": []}, {}
         for r in range(a.repeats):
             for mode in (("raw", "constrained") if r % 2 == 0 else ("constrained", "raw")):
-                out, tps, n_gen, changed = run(gen, prompts, grammars if mode == "constrained" else None, a.max_tokens)
+                out, tps, n_gen, changed, finish = run(gen, prompts, grammars if mode == "constrained" else None,
+                                                       a.max_tokens)
                 rates[mode].append(tps)
-                outs[mode] = (out, n_gen, changed)
+                outs[mode] = (out, n_gen, changed, finish)
             ratios.append(rates["constrained"][-1] / rates["raw"][-1])
     finally:
         gen.close()
@@ -121,7 +125,9 @@ def main(argv=None) -> int:
         verdicts = [score_output(o, r["expected"], r["tools"], r["category"], prompt_messages(r))
                     for r, o in zip(rows, out)]
         none = [v for v in verdicts if not v["expects_call"]]
-        return {"invalid_calls": sum(invalid(o, r["tools"]) for r, o in zip(rows, out)),
+        bad = [invalid(o, r["tools"]) for r, o in zip(rows, out)]
+        return {"invalid_calls": sum(bad),
+                "invalid_calls_at_budget": sum(b and f == "length" for b, f in zip(bad, outs[mode][3])),
                 "attempted": sum(v["attempted"] for v in verdicts),
                 "irrelevance": round(sum(not v["attempted"] for v in none) / len(none), 4) if none else None,
                 "accuracy": round(sum(v["correct"] for v in verdicts) / len(rows), 4)}
@@ -136,7 +142,8 @@ def main(argv=None) -> int:
            "constrained_tokens": outs["constrained"][2],
            "outputs_changed": sum(x != y for x, y in zip(outs["raw"][0], outs["constrained"][0])),
            "no_call_items": sum(r["expected"] is None for r in rows),
-           **{f"{k}_{mode}": v[k] for k in ("invalid_calls", "attempted", "irrelevance", "accuracy")
+           **{f"{k}_{mode}": v[k] for k in ("invalid_calls", "invalid_calls_at_budget", "attempted", "irrelevance",
+                                            "accuracy")
               for mode, v in (("raw", raw), ("constrained", con))}}
     print(json.dumps(res))
     return 0

@@ -197,6 +197,7 @@ METRICS = [
      ("ge", 0.9)),
     ("constrain", "invalid_calls_raw", "constrained calls: invalid calls, raw", None),
     ("constrain", "invalid_calls_constrained", "constrained calls: invalid calls, constrained", ("le", 0)),
+    ("constrain", "invalid_calls_at_budget_constrained", "constrained calls: of those, cut by the token budget", None),
     ("constrain", "irrelevance_raw", "constrained calls: irrelevance (no call where none is wanted), raw", None),
     ("constrain", "irrelevance_constrained", "constrained calls: irrelevance, constrained", None),
     ("gemma_gguf", "convert_f16_s", "gemma-3-270m HF → GGUF f16 conversion (s)", None),
