@@ -1,6 +1,6 @@
 """Agent benchmark: LLM calls per turn, streaming overhead, and KV reuse of the shared prompt prefix.
 
-    python bench/agent.py [--model X.gguf] [--threads N] [--repeats 3]
+    python bench/agent.py [--model X.gguf] [--threads N] [--repeats 3] [--constrain]
 
 Default model: the tuned demo GGUF when ``runs/demo/`` has one, else the tiny test model (random weights: its
 call counts say nothing about tool use, only that the machinery works). Tools answer from local fake
@@ -9,6 +9,8 @@ Open-Meteo/Wikipedia servers, so the bench is offline and repeatable. Prints one
 * ``calls_no_tool`` / ``calls_tool``: mean LLM calls per turn over held-out prompts that need no tool / need
   one, with the mode's tools offered (the original study's agent always made 2);
 * ``tool_called_frac`` / ``false_call_frac``: how often a tool was called on tool / no-tool prompts;
+  ``invalid_calls``: turns that reported an invalid call. ``--constrain``: the agent decodes calls under its tools'
+  lazy grammar, as the Space and ``llamatune chat`` do by default (off here, so the numbers are the raw model's);
 * ``decode_ratio``: the agent's decode tok/s (first token to the final event, streaming through the agent)
   ÷ raw ``Llama.generate`` tok/s on the same prompt, threads and token count (target ≥ 0.95);
 * ``ttft_ratio``: second-turn time to first token ÷ first-turn, with a long shared prefix (``--prefix-tokens``:
@@ -84,23 +86,32 @@ class Recorder:
     def count_tokens(self, text):
         return self.m.count_tokens(text)
 
-    def complete(self, prompt, *, max_tokens, stop, stream):
+    @property
+    def supports_grammar(self):
+        return getattr(self.m, "supports_grammar", False)
+
+    def complete(self, prompt, *, max_tokens, stop, stream, **kw):
         def gen():
-            yield from self.m.complete(prompt, max_tokens=max_tokens, stop=stop, stream=True)
+            yield from self.m.complete(prompt, max_tokens=max_tokens, stop=stop, stream=True, **kw)
             self.calls.append(dict(self.m.stats))
 
         return gen()
 
 
+CONSTRAIN = False  # --constrain
+
+
 def calls_per_turn(model, prompts, max_new_tokens):
     from llamatune.agent import Agent
 
-    calls, tooled = [], 0
+    calls, tooled, invalid = [], 0, 0
     for mode, q in prompts:
-        final = list(Agent(model, mode=mode, max_new_tokens=max_new_tokens).run([], q))[-1].data
+        events = list(Agent(model, mode=mode, max_new_tokens=max_new_tokens, constrain=CONSTRAIN).run([], q))
+        final = events[-1].data
         calls.append(final["llm_calls"])
         tooled += final["tool_calls"] > 0
-    return statistics.mean(calls), tooled / len(prompts)
+        invalid += any(e.kind == "invalid_call" for e in events)
+    return statistics.mean(calls), tooled / len(prompts), invalid
 
 
 def decode_rates(model, max_new_tokens, repeats):
@@ -110,7 +121,7 @@ def decode_rates(model, max_new_tokens, repeats):
 
     from llamatune.agent import Agent
 
-    agent = Agent(model, mode="chat", max_new_tokens=max_new_tokens)
+    agent = Agent(model, mode="chat", max_new_tokens=max_new_tokens, constrain=CONSTRAIN)
     prompt = agent.render([{"role": "system", "content": agent.system_prompt}, {"role": "user", "content": LONG_ANSWER}])
     tokens = model.tokenize(prompt)
     llm = model.llama
@@ -171,7 +182,8 @@ def ttft_pair(model, repeats, system_prompt=None, max_new_tokens=16):
 
     rec = Recorder(model)
     examples = icl_block(6, tools=MODES["weather"], template=model.template)  # calls in the model's own syntax
-    agent = Agent(rec, mode="weather", examples=examples, max_new_tokens=max_new_tokens, system_prompt=system_prompt)
+    agent = Agent(rec, mode="weather", examples=examples, max_new_tokens=max_new_tokens, system_prompt=system_prompt,
+                  constrain=CONSTRAIN)
     firsts, seconds = [], []
     for _ in range(repeats):
         model.reset_cache()
@@ -199,7 +211,10 @@ def main(argv=None) -> int:
     p.add_argument("--decode-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--prefix-tokens", type=int, default=2048, help="length of the long shared prefix for ttft_ratio")
+    p.add_argument("--constrain", action="store_true", help="decode calls under the tools' lazy grammar")
     args = p.parse_args(argv)
+    global CONSTRAIN
+    CONSTRAIN = args.constrain
 
     from llamatune.runtime import LlamaCppModel, physical_cores
     from llamatune.chat import model_template
@@ -214,15 +229,16 @@ def main(argv=None) -> int:
     try:
         with FakeServices():
             model.complete("Hello", max_tokens=4, stop=[], stream=False)  # warm-up
-            calls_no_tool, false_call = calls_per_turn(model, NO_TOOL, args.max_new_tokens)
-            calls_tool, called = calls_per_turn(model, TOOL, args.max_new_tokens)
+            calls_no_tool, false_call, invalid_no_tool = calls_per_turn(model, NO_TOOL, args.max_new_tokens)
+            calls_tool, called, invalid_tool = calls_per_turn(model, TOOL, args.max_new_tokens)
             decode_ratio, agent_tps, raw_tps, n_dec = decode_rates(model, args.decode_tokens, args.repeats)
             ttft1, ttft2, prefix = ttft_pair(model, args.repeats, long_system_prompt(model, args.prefix_tokens))
             s1, s2, space_prefix = ttft_pair(model, args.repeats)  # the Space's own prefix: tools + 6 examples
     finally:
         model.close()
     out = {
-        "model": str(path), "template": template, "threads": threads,
+        "model": str(path), "template": template, "threads": threads, "constrained": args.constrain,
+        "invalid_calls": invalid_no_tool + invalid_tool,
         "calls_no_tool": round(calls_no_tool, 3), "calls_tool": round(calls_tool, 3),
         "tool_called_frac": round(called, 3), "false_call_frac": round(false_call, 3),
         "n_no_tool": len(NO_TOOL), "n_tool": len(TOOL),

@@ -22,6 +22,10 @@ Protocol for one user turn (``Agent.run``):
 
 The serving contract (modes, system prompts, the tool-result envelope, neutralising) is :mod:`llamatune.protocol`;
 the terminal front end is :mod:`llamatune.terminal` (``llamatune chat``), the web one ``space/app.py``.
+
+With ``constrain`` (the default) and a model that takes a grammar (:class:`llamatune.runtime.LlamaCppModel`), every
+call is decoded under the lazy call grammar of the offered tools in the model's template
+(:func:`llamatune.grammar.grammar_for`): text answers stay the model's own, a call, once opened, is well-formed.
 """
 
 from __future__ import annotations
@@ -75,11 +79,13 @@ class Agent:
     ``tools``: tool names or :class:`llamatune.tools.Tool` objects (default: the mode's,
     :data:`llamatune.protocol.MODES`). ``examples``: worked tool-use examples for the system prompt (the caller
     draws them, e.g. :func:`llamatune.data.icl.icl_block`). ``tool_token_budget``: the most tokens a tool result
-    may take in the prompt.
+    may take in the prompt. ``constrain``: decode calls under the tools' lazy grammar when the model takes one
+    (``supports_grammar``); the ``final`` event's ``constrained_tokens`` counts the tokens it changed in the turn.
     """
 
     def __init__(self, model, mode: str = "weather", tools=None, max_llm_calls: int = 2, examples: str = "",
-                 tool_token_budget: int = 512, system_prompt: str | None = None, max_new_tokens: int = 512):
+                 tool_token_budget: int = 512, system_prompt: str | None = None, max_new_tokens: int = 512,
+                 constrain: bool = True):
         from llamatune.tools import all_tools
 
         check_mode(mode)
@@ -97,6 +103,11 @@ class Agent:
         self.template = getattr(model, "template", "llama-3.2")
         self.stop = stop_strings(self.template)
         self.system_prompt = build_system_prompt(mode, list(self.tools), examples, base=system_prompt)
+        self.grammar = None
+        if constrain and self.schemas and getattr(model, "supports_grammar", False):
+            from llamatune.grammar import grammar_for
+
+            self.grammar = grammar_for(self.schemas, self.template)  # cached per tool set and template
 
     # --- prompt building ---------------------------------------------------------------------------------
 
@@ -171,7 +182,8 @@ class Agent:
 
     def _call(self, prompt: str, max_tokens: int) -> Iterator[Event]:
         """Stream one completion; prose is emitted as ``token`` events at once. Returns (text, streamed)."""
-        pieces = self.model.complete(prompt, max_tokens=max_tokens, stop=self.stop, stream=True)
+        kw = {"grammar": self.grammar} if self.grammar is not None else {}
+        pieces = self.model.complete(prompt, max_tokens=max_tokens, stop=self.stop, stream=True, **kw)
         if isinstance(pieces, str):
             pieces = [pieces]
         buf: list[str] = []
@@ -190,6 +202,8 @@ class Agent:
                 if p:
                     started = True
                     yield Event("token", {"text": p})
+        if self.grammar is not None:
+            self._constrained += (getattr(self.model, "stats", None) or {}).get("constrained", 0)
         return "".join(buf).strip(), decided is False
 
     # --- the turn ------------------------------------------------------------------------------------------
@@ -197,10 +211,10 @@ class Agent:
     def run(self, history: list[dict], user_msg: str) -> Iterator[Event]:
         """Answer ``user_msg`` after ``history`` (chat-template messages), yielding :class:`Event` s.
 
-        The ``final`` event carries ``text``, ``llm_calls``, ``tool_calls`` and ``messages`` (the turns to append
-        to the history: the user message, tool calls and results, and the answer).
+        The ``final`` event carries ``text``, ``llm_calls``, ``tool_calls``, ``constrained_tokens`` and ``messages``
+        (the turns to append to the history: the user message, tool calls and results, and the answer).
         """
-        t0 = time.perf_counter()
+        t0, self._constrained = time.perf_counter(), 0
         user_msg = neutralize(user_msg)
         try:
             msgs, notes = self._fit(self._clean_history(history), user_msg)
@@ -329,7 +343,8 @@ class Agent:
         text = text or EMPTY
         messages = list(new) + [{"role": "assistant", "content": text}]
         return Event("final", {"text": text, "llm_calls": calls, "tool_calls": n_tools, "messages": messages,
-                               "seconds": round(time.perf_counter() - t0, 3)})
+                               "seconds": round(time.perf_counter() - t0, 3),
+                               "constrained_tokens": getattr(self, "_constrained", 0)})
 
 
 class ContextError(ValueError):

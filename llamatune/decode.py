@@ -5,8 +5,9 @@ little more than one. :class:`Decoder` runs :class:`Request` s on ``n_seq`` slot
 open_decoder`): continuous batching (a finished sequence's slot takes the next request in the same step), prefix
 reuse (a sequence starts from the longest prefix of its tokens any slot holds, via ``llama_memory_seq_rm`` /
 ``seq_cp``; sorted prompts evaluate shared system text and tool schemas once), and per request a budget, a stop
-rule (end-of-generation tokens, ``stop_ids``, ``stop`` strings, a ``stop_when`` predicate) and its own sampler (a
-factory called once per sequence, e.g. a lazy grammar; greedy by default) sampled with ``llama_sampler_sample``.
+rule (end-of-generation tokens, ``stop_ids``, ``stop`` strings, a ``stop_when`` predicate), its own sampler chain (a
+factory called once per sequence; greedy by default) and optionally a call grammar (:mod:`llamatune.grammar`), sampled
+by :func:`llamatune.sampling.sample`.
 Text is detokenised token by token (stop strings held back until they cannot start): streaming costs nothing. A
 full KV cache evicts idle slots' prefixes, then pauses the newest sequence (re-evaluated on resumption: exact).
 Finished sequences' cells stay only as their slot's prefix cache (the previous turn :class:`llamatune.runtime.
@@ -24,6 +25,8 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
+from llamatune.sampling import Candidates, greedy, sample, sampler_factory  # noqa: F401 (re-exported)
+
 
 @dataclass
 class Request:
@@ -34,8 +37,10 @@ class Request:
     true (the text kept whole), or at the budget (finish ``"length"``). ``sampler`` is a factory
     ``sampler(decoder) -> chain`` (a ``llama_cpp._internals.LlamaSampler`` or any object with the ``llama_sampler``
     pointer as ``.sampler``; closed with ``.close()`` when the sequence ends), called once when the sequence starts;
-    ``None`` takes the decoder's default (greedy). ``special``: special tokens are detokenised as text. ``tag`` is
-    the caller's, handed back on the sequence."""
+    ``None`` takes the decoder's default (greedy). ``grammar``: anything with ``.sampler(vocab, lazy=)`` returning a
+    llama.cpp grammar sampler (a :class:`llamatune.grammar.CallGrammar`), ``lazy`` (free until its trigger) or active
+    from the first token; ``None``: free. ``special``: special tokens are detokenised as text. ``tag`` is the caller's,
+    handed back on the sequence."""
 
     ids: list[int]
     max_tokens: int = 128
@@ -43,6 +48,8 @@ class Request:
     stop_ids: frozenset[int] | set[int] = frozenset()
     stop_when: Callable[[str], bool] | None = None
     sampler: Callable[[Decoder], object] | None = None
+    grammar: object = None
+    lazy: bool = True
     special: bool = True
     tag: object = None
 
@@ -52,7 +59,7 @@ class Sequence:
     """A request in flight and, once ``finish`` is set, its result: ``text`` (cut at a stop string), ``ids`` (the
     generated tokens, the end-of-generation one excluded), ``generated`` (tokens sampled, that one included),
     ``prompt_tokens``, ``cached_tokens`` (prompt tokens the KV cache already held), ``ttft`` (submit → first token,
-    s) and ``decode_s`` (first → last token, s)."""
+    s), ``decode_s`` (first → last token, s) and ``constrained`` (tokens the grammar changed)."""
 
     request: Request
     index: int
@@ -65,10 +72,12 @@ class Sequence:
     t_submit: float = 0.0
     ttft: float | None = None
     decode_s: float = 0.0
+    constrained: int = 0
     slot: int | None = None
     _pending: list[int] = field(default_factory=list)  # tokens still to evaluate (prompt, or the last sampled one)
     _emitted: int = 0  # characters of text handed out in events
     _chain: object = None
+    _grammar: object = None  # the llama.cpp grammar sampler (kept across a pause)
     _utf8: object = None
     _budget: int = 0  # max_tokens, within the context
 
@@ -100,25 +109,6 @@ def common_prefix(a, b) -> int:
     return int(diff[0]) if len(diff) else n
 
 
-def sampler_factory(temperature: float = 0.0, *, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-                    seed: int = 0) -> Callable[[Decoder], object]:
-    """A sampler factory: greedy at ``temperature`` 0, else top-k → top-p → min-p → temperature → a seeded draw."""
-
-    def make(decoder: Decoder):
-        from llama_cpp._internals import LlamaSampler
-
-        chain = LlamaSampler()
-        if temperature <= 0:
-            chain.add_greedy()
-            return chain
-        chain.add_top_k(top_k), chain.add_top_p(top_p, 1), chain.add_min_p(min_p, 1), chain.add_temp(temperature)
-        chain.add_dist(seed)
-        return chain
-
-    return make
-
-
-greedy = sampler_factory(0.0)
 MIN_COPY = 32  # with a KV stream per slot, a prefix is copied (a whole stream) only when it saves this many tokens
 
 
@@ -154,6 +144,7 @@ class Decoder:
         self._pieces: dict[bool, dict[int, bytes]] = {True: {}, False: {}}
         self._kv_full = False
         self.max_active: int | None = None  # sequences running at once (None: n_seq)
+        self._candidates = Candidates(self.n_vocab)  # the full candidate array a grammar's refusal needs
 
     def piece(self, token: int, special: bool = True) -> bytes:
         """The bytes of one token (cached)."""
@@ -260,8 +251,9 @@ class Decoder:
             seq._pending = seq._pending[take:]
             self.n_evaluated += take
             if idx is not None:
-                token = self._lib.llama_sampler_sample(seq._chain.sampler, self.ctx, idx)
-                events.append(self._accept(seq, int(token)))
+                token, changed = sample(self.ctx, idx, seq._chain.sampler, seq._grammar, self._candidates)
+                seq.constrained += changed
+                events.append(self._accept(seq, token))
         return events
 
     def _admit(self) -> None:
@@ -284,6 +276,8 @@ class Decoder:
             if seq._chain is None:  # a paused sequence keeps its chain
                 seq.cached_tokens = keep
                 seq._chain = (seq.request.sampler or self.default_sampler)(self)
+                if seq.request.grammar is not None:
+                    seq._grammar = seq.request.grammar.sampler(self.vocab, lazy=seq.request.lazy)
                 seq._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
                 seq._budget = max(1, min(seq.request.max_tokens, self.n_ctx - len(ids)))
             seq._pending = ids[keep:]
@@ -376,9 +370,11 @@ class Decoder:
     def _end(self, seq: Sequence, finish: str) -> None:
         seq.finish, seq._pending = finish, []
         self._kv_full = False
-        chain, seq._chain = seq._chain, None
+        chain, seq._chain, grammar, seq._grammar = seq._chain, None, seq._grammar, None
         if chain is not None and hasattr(chain, "close"):
             chain.close()
+        if grammar is not None:
+            self._lib.llama_sampler_free(grammar)
 
     def _evict_idle(self) -> bool:
         """Free the cached prefixes of idle slots (least recently used first); False if there were none."""

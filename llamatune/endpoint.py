@@ -18,9 +18,11 @@ OpenAI error bodies, one generation at a time). This module adds:
   message answering no call…) gets an OpenAI-style 400 naming the field (:mod:`llamatune.endpoint_request`)
   before llama-cpp-python's own request model sees it; the server keeps serving.
 
-``tool_choice``: ``auto``; ``none`` (no tool shown, the output is text); ``required`` or a named function (only that
-tool shown). A required call is asked for, not enforced: output without a call comes back as text until a call
-grammar constrains decoding (:meth:`ChatHandler.decode` is where it will apply).
+``tool_choice`` (:meth:`ChatHandler.decode`, with the call grammar of :func:`llamatune.grammar.grammar_for`):
+``auto``, calls decoded under the tools' lazy grammar (free until the template's call opener: whether to call stays
+the model's; ``--no-constrain``: free); ``none``, no tool shown, no grammar, the output is text; ``required``, the
+grammar of every offered tool active from the first token (the reply is a call); a named function, only that tool
+shown and its grammar active from the first token (the reply is a call to it).
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ class ChatHandler:
     ``complete(prompt, max_tokens=, stop=, stream=)``, ``count_tokens``, ``n_ctx`` and ``template``
     (:class:`llamatune.runtime.LlamaCppModel`; tests swap in a :class:`llamatune.llm.ScriptedModel`)."""
 
-    def __init__(self, model, name: str | None = None):
+    def __init__(self, model, name: str | None = None, constrain: bool = True):
         self.model = model
         self.name = name or getattr(model, "name", "model")
+        self.constrain = constrain  # tool_choice auto: the lazy call grammar (required/named always use theirs)
 
     def prompt(self, messages: list[dict], tools: list[dict] | None) -> str:
         try:
@@ -78,14 +81,25 @@ class ChatHandler:
                 "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": self._finish(calls)}],
                 "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}}
 
+    def grammar(self, plan) -> dict:
+        """The ``complete`` arguments that constrain this request's calls: ``plan.required`` (``required`` or a named
+        function: ``plan.tools`` is then that one tool) makes the grammar active from the first token; ``auto`` makes
+        it lazy (unless ``constrain`` is off); ``none``, or a model without grammars, gives none."""
+        if not plan.read_calls or not plan.tools or not getattr(self.model, "supports_grammar", False):
+            return {}
+        if not plan.required and not self.constrain:
+            return {}
+        from llamatune.grammar import grammar_for
+
+        return {"grammar": grammar_for(plan.tools, self.model.template), "lazy": not plan.required}
+
     def decode(self, prompt: str, plan, stops: list[str], max_tokens: int | None) -> Iterator[str]:
-        """The model's output pieces, streamed by the project's runtime. ``plan.required``/``plan.name``: where a
-        call grammar will constrain decoding when the runtime has one (issue 27); today the call is only asked for."""
+        """The model's output pieces, streamed by the project's runtime, calls under :meth:`grammar`."""
         n = self.model.count_tokens(prompt)
         if n >= self.model.n_ctx:  # the server's own wording: its error handler turns it into a 400
             raise ValueError(f"Requested tokens ({n}) exceed context window of {self.model.n_ctx}")
         budget = max(1, min(max_tokens or self.model.n_ctx, self.model.n_ctx - n))
-        pieces = self.model.complete(prompt, max_tokens=budget, stop=stops, stream=True)
+        pieces = self.model.complete(prompt, max_tokens=budget, stop=stops, stream=True, **self.grammar(plan))
         return iter([pieces]) if isinstance(pieces, str) else pieces
 
     def _calls(self, text: str, plan) -> list[tuple[str, dict]]:
@@ -228,7 +242,7 @@ def _project_opens_the_model():
             os.environ["CONFIG_FILE"] = config
 
 
-def build_app(model, *, name: str | None = None, api_key: str | None = None):
+def build_app(model, *, name: str | None = None, api_key: str | None = None, constrain: bool = True):
     """llama-cpp-python's FastAPI app serving ``model`` (a :class:`llamatune.runtime.LlamaCppModel`) with a
     :class:`ChatHandler` as its chat handler. Like llama-cpp-python's server, one app per process. The settings are
     built from the arguments only: ``llama_cpp.server`` would read stray ``N_CTX``/``CACHE``/``SEED``… variables
@@ -237,7 +251,7 @@ def build_app(model, *, name: str | None = None, api_key: str | None = None):
     from starlette.middleware import Middleware
 
     name = name or model.name
-    handler = ChatHandler(model, name)
+    handler = ChatHandler(model, name, constrain=constrain)
     llama = model.llama
     llama.chat_handler, llama.chat_format = handler, f"llamatune-{model.template}"
     settings = ServerSettings.model_construct(api_key=api_key)  # model_construct: defaults, no environment read
@@ -276,6 +290,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--template", default="auto", help="chat template name, or 'auto' (from the GGUF)")
     parser.add_argument("--name", default=None, help="the model id clients see (default: the file name)")
     parser.add_argument("--api-key", default=None, help="require this bearer key (default: none)")
+    parser.add_argument("--no-constrain", dest="constrain", action="store_false",
+                        help="tool_choice auto: decode calls freely (default: under the tools' lazy grammar)")
 
 
 def main(args) -> int:
@@ -293,7 +309,7 @@ def main(args) -> int:
     model = LlamaCppModel(str(path), n_ctx=args.n_ctx, n_threads=args.threads, chat_template=template,
                           name=args.name or path.stem)
     try:
-        app = build_app(model, api_key=args.api_key)
+        app = build_app(model, api_key=args.api_key, constrain=args.constrain)
         print(f"serving {path} ({template} template, {model.n_threads} threads) as {model.name!r} on "
               f"http://{args.host}:{args.port}/v1", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

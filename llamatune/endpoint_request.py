@@ -229,7 +229,8 @@ def template_messages(messages: list[dict]) -> list[dict]:
 @dataclass(frozen=True)
 class ToolPlan:
     """What ``tool_choice`` asks: the tools the prompt shows (``None``: none), whether calls are read from the
-    output, and the one function a call must name (``required``: a call is asked for; no grammar enforces it yet)."""
+    output, whether the reply must be a call (``required``: the endpoint's call grammar is active from the first
+    token) and the one function it must name."""
 
     tools: list[dict] | None
     read_calls: bool

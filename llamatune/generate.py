@@ -98,6 +98,7 @@ class LlamaCppGenerator(Generator):
         self.batch_size = max(1, int(batch or DECODE_BATCH))
         self.decoder = open_decoder(spec.path, n_seq=self.batch_size, n_ctx=n_ctx, n_threads=n_threads)
         self.llm = self.decoder.llm
+        self.constrained: dict[int, int] = {}  # the last run's tokens changed by a grammar, per request index
         self.stop_ids = {self.llm.token_eos()}
         for text in ALL_STOPS:
             ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
@@ -113,31 +114,44 @@ class LlamaCppGenerator(Generator):
         return ids, min(max_tokens, room)
 
     def requests(self, texts, max_tokens: int, *, special: bool, strict: bool = False, temperature: float = 0.0,
-                 stop_when=None, stop=(), sampler=None):
+                 stop_when=None, stop=(), sampler=None, grammar=None):
         """:class:`llamatune.decode.Request` s continuing the rendered ``texts`` (a generator: tokenised as the
         decoder pulls them), ending at the template's end-of-turn tokens. ``sampler``: a sampler factory for all, or
-        a list of them (one per text, e.g. a grammar from each item's tools); default greedy (or ``temperature``)."""
+        a list of them (one per text); default greedy (or ``temperature``). ``grammar``: a lazy call grammar for
+        all, or a list (one per text: :func:`llamatune.grammar.grammar_for` each item's tools; ``None`` = free)."""
         from llamatune.decode import Request, sampler_factory
 
         default = sampler_factory(temperature) if temperature else None
         for i, text in enumerate(texts):
             ids, n = self._ids(text, max_tokens, strict)
             own = sampler[i] if isinstance(sampler, (list, tuple)) else sampler
+            g = grammar[i] if isinstance(grammar, (list, tuple)) else grammar
             yield Request(ids, max_tokens=n, stop_ids=frozenset(self.stop_ids), stop=tuple(stop), stop_when=stop_when,
-                          sampler=own or default, special=special, tag=i)
+                          sampler=own or default, grammar=g, special=special, tag=i)
 
-    def generate_each(self, conversations, max_tokens=512, temperature=0.0, stop_when=None, sampler=None):
-        """Answers (special tokens dropped, stripped) as they finish; ``stop_when(text so far)`` ends one early;
-        ``sampler`` as in :meth:`requests`."""
-        from llamatune.chat import render
-
-        texts = (render(m, t, template=self.template, add_generation_prompt=True, date_string=DEFAULT_DATE)
-                 for m, t in conversations)
-        reqs = self.requests(texts, max_tokens, special=False, temperature=temperature, stop_when=stop_when,
-                             stop=ALL_STOPS, sampler=sampler)
+    def _run(self, reqs, strip: bool):
+        """``(tag, text)`` of each finished request; the tokens its grammar changed go to ``constrained[tag]``."""
+        self.constrained = {}
         for ev in self.decoder.run(reqs):
             if ev.done:
-                yield ev.seq.request.tag, ev.seq.text.strip()
+                self.constrained[ev.seq.request.tag] = ev.seq.constrained
+                yield ev.seq.request.tag, ev.seq.text.strip() if strip else ev.seq.text
+
+    def generate_each(self, conversations, max_tokens=512, temperature=0.0, stop_when=None, sampler=None,
+                      constrain: bool = False):
+        """Answers (special tokens dropped, stripped) as they finish; ``stop_when(text so far)`` ends one early;
+        ``sampler`` as in :meth:`requests`; ``constrain``: each call decoded under the lazy grammar of its
+        conversation's tools (``self.constrained[index]``: the tokens it changed)."""
+        from llamatune.chat import render
+        from llamatune.grammar import grammar_for
+
+        conversations = list(conversations)
+        texts = (render(m, t, template=self.template, add_generation_prompt=True, date_string=DEFAULT_DATE)
+                 for m, t in conversations)
+        grammars = [grammar_for(t, self.template) for _, t in conversations] if constrain else None
+        reqs = self.requests(texts, max_tokens, special=False, temperature=temperature, stop_when=stop_when,
+                             stop=ALL_STOPS, sampler=sampler, grammar=grammars)
+        yield from self._run(reqs, strip=True)
 
     def generate_batch(self, conversations, max_tokens=512, temperature=0.0) -> list[str]:
         out = dict(self.generate_each(list(conversations), max_tokens=max_tokens, temperature=temperature))
@@ -146,11 +160,11 @@ class LlamaCppGenerator(Generator):
     def generate(self, messages, max_tokens=512, temperature=0.0, tools=None):
         return self.generate_batch([(messages, tools)], max_tokens=max_tokens, temperature=temperature)[0]
 
-    def complete_each(self, prompts, max_tokens=128, sampler=None):
-        """Greedy raw continuations (special tokens kept, cut at the end of the turn) as they finish."""
-        for ev in self.decoder.run(self.requests(prompts, max_tokens, special=True, strict=True, sampler=sampler)):
-            if ev.done:
-                yield ev.seq.request.tag, ev.seq.text
+    def complete_each(self, prompts, max_tokens=128, sampler=None, grammar=None):
+        """Greedy raw continuations (special tokens kept, cut at the end of the turn) as they finish; ``grammar`` as
+        in :meth:`requests` (``self.constrained[index]``: the tokens it changed)."""
+        yield from self._run(self.requests(prompts, max_tokens, special=True, strict=True, sampler=sampler,
+                                           grammar=grammar), strip=False)
 
     def complete_batch(self, prompts, max_tokens=128) -> list[str]:
         out = dict(self.complete_each(list(prompts), max_tokens=max_tokens))
@@ -158,17 +172,6 @@ class LlamaCppGenerator(Generator):
 
     def complete(self, prompt, max_tokens=128):
         return self.complete_batch([prompt], max_tokens)[0]
-
-    def greedy(self, ids: list[int], max_tokens: int, stop_when=None) -> list[int]:
-        """Greedy continuation ids of ``ids``, up to an end-of-turn token or ``max_tokens``; with ``stop_when``
-        (a predicate on the text so far, special tokens dropped) also as soon as it is true."""
-        from llamatune.decode import Request
-
-        if max_tokens < 1:
-            return []
-        req = Request(list(ids), max_tokens=max_tokens, stop_ids=frozenset(self.stop_ids), stop_when=stop_when,
-                      special=False)
-        return self.decoder.generate([req])[0].ids
 
     def close(self):
         if getattr(self, "decoder", None) is not None:
@@ -361,14 +364,17 @@ def prompt_hash(messages: list[dict], tools: list[dict] | None = None) -> str:
 
 
 def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, max_tokens: int = 512,
-                    temperature: float = 0.0, progress: bool = True, backend: str = "auto") -> dict[str, str]:
+                    temperature: float = 0.0, progress: bool = True, backend: str = "auto", constrain: bool = False,
+                    records: dict | None = None) -> dict[str, str]:
     """``{prompt id: answer}`` for ``prompts`` (``{"id", "messages"[, "tools"]}``), reusing and appending to
     ``cache_path``.
 
     ``gen_or_spec`` is a ``Generator``, a ``ModelSpec`` or a spec string; a spec is loaded (on ``backend``, see
     :func:`load_generator`) only if something is missing. Missing answers go through ``generate_each`` (llama.cpp:
     decoded continuously, ``batch_size`` at a time; others: ``generate_batch`` per ``batch_size``) and each is
-    appended as soon as it is ready; the backend is recorded in each row but is not part of the key.
+    appended as soon as it is ready; the backend is recorded in each row but is not part of the key. ``constrain``
+    (llama.cpp only): calls decoded under each prompt's lazy call grammar, a setting of the key, each row recording
+    ``constrained_tokens``. ``records``, if given, receives ``{prompt id: cache row}``.
     """
     from tqdm import tqdm
 
@@ -377,14 +383,14 @@ def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, ma
     else:
         spec = gen_or_spec if isinstance(gen_or_spec, ModelSpec) else parse_spec(gen_or_spec)
     fp = fingerprint(spec)
-    settings = {"max_tokens": max_tokens, "temperature": temperature}
+    settings = {"max_tokens": max_tokens, "temperature": temperature, **({"constrained": True} if constrain else {})}
 
     # the template and the date change the rendered prompt, so they are part of the key
     template = getattr(gen_or_spec, "template", "llama-3.2")
 
     def key(p):
         return (f"{fp}|{template}|{DEFAULT_DATE}|{p['id']}|{prompt_hash(p['messages'], p.get('tools'))}|{max_tokens}"
-                f"|{temperature}")
+                f"|{temperature}" + ("|constrained" if constrain else ""))
 
     cache = JsonlCache(cache_path)
     todo = [p for p in prompts if key(p) not in cache]
@@ -393,13 +399,17 @@ def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, ma
         try:
             bar = tqdm(total=len(todo), desc=f"answers {spec.label}", disable=not progress)
             convs = [(p["messages"], p.get("tools")) for p in todo]
-            for i, out in gen.generate_each(convs, max_tokens=max_tokens, temperature=temperature):
+            kw = {"constrain": True} if constrain else {}
+            for i, out in gen.generate_each(convs, max_tokens=max_tokens, temperature=temperature, **kw):
                 p = todo[i]  # written as soon as it is ready: a killed run loses only what was in flight
+                extra = {"constrained_tokens": gen.constrained.get(i, 0)} if constrain else {}
                 cache.add({"key": key(p), "model": spec.label, "fingerprint": fp, "id": p["id"], **settings,
-                           "backend": gen.backend, "output": out})
+                           "backend": gen.backend, "output": out, **extra})
                 bar.update(1)
             bar.close()
         finally:
             if gen is not gen_or_spec:
                 gen.close()
+    if records is not None:
+        records.update({p["id"]: cache.get(key(p)) for p in prompts})
     return {p["id"]: cache.get(key(p))["output"] for p in prompts}

@@ -319,6 +319,12 @@ def triggers(syntax: CallSyntax) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(patterns), tuple(words)
 
 
+def grammar_for(tools: list[dict] | None, template: str) -> CallGrammar | None:
+    """The call grammar of ``tools`` in the syntax of chat template ``template`` (cached); ``None`` without tools.
+    What the agent, the endpoint and the evals' ``--constrain`` hand the decoding loop (``Request.grammar``)."""
+    return call_grammar(tools, syntax_of(template)) if tools else None
+
+
 def call_grammar(tools: list[dict], syntax: CallSyntax) -> CallGrammar:
     """The grammar of a call (or calls) of ``tools`` in ``syntax``, with its lazy triggers; built once per tool
     set and syntax (descriptions and tool order do not matter). ``ValueError`` names a malformed tool."""

@@ -153,15 +153,21 @@ class LlamaCppModel:
         self._decoder.clear()
         self._llm.reset()
 
+    supports_grammar = True  # complete() takes a call grammar (the agent and the endpoint ask for one)
+
     def complete(self, prompt: str, *, max_tokens: int = 512, stop: list[str] | None = None,
-                 stream: bool = False, sampler=None) -> Iterator[str] | str:
+                 stream: bool = False, sampler=None, grammar=None, lazy: bool = True) -> Iterator[str] | str:
         """The continuation of ``prompt`` (a stream of text pieces with ``stream``), cut at the template's stop
         strings (or ``stop``); ``sampler``: a factory for this call's sampler chain (see
-        :class:`llamatune.decode.Request`), else the model's (greedy, or its temperature)."""
-        it = self._generate(prompt, max_tokens, stop_strings(self.template) if stop is None else stop, sampler)
+        :class:`llamatune.decode.Request`), else the model's (greedy, or its temperature); ``grammar``: a call
+        grammar (:class:`llamatune.grammar.CallGrammar`), ``lazy`` (free until the call opener) or active from the
+        first token. ``stats["constrained"]``: the tokens the grammar changed."""
+        it = self._generate(prompt, max_tokens, stop_strings(self.template) if stop is None else stop, sampler,
+                            grammar, lazy)
         return it if stream else "".join(it)
 
-    def _generate(self, prompt: str, max_tokens: int, stop: list[str], sampler=None) -> Iterator[str]:
+    def _generate(self, prompt: str, max_tokens: int, stop: list[str], sampler=None, grammar=None,
+                  lazy: bool = True) -> Iterator[str]:
         from llamatune.decode import Request
 
         t0 = time.perf_counter()
@@ -171,10 +177,13 @@ class LlamaCppModel:
         held = self._decoder.slots[0].tokens
         cached = next((i for i, (a, b) in enumerate(zip(held, tokens)) if a != b), min(len(held), len(tokens)))
         stats = self.stats = {"prompt_tokens": len(tokens), "cached_tokens": cached, "generated": 0,
-                              "t_start": t0, "ttft": None, "decode_s": 0.0, "finish": "length"}
-        for ev in self._decoder.run([Request(tokens, max_tokens=max(1, max_tokens), stop=tuple(stop), sampler=sampler)]):
+                              "t_start": t0, "ttft": None, "decode_s": 0.0, "finish": "length", "constrained": 0}
+        req = Request(tokens, max_tokens=max(1, max_tokens), stop=tuple(stop), sampler=sampler, grammar=grammar,
+                      lazy=lazy)
+        for ev in self._decoder.run([req]):
             seq = ev.seq
             stats.update(generated=seq.generated, decode_s=seq.decode_s, finish=seq.finish or "length",
+                         constrained=seq.constrained,
                          ttft=None if seq.ttft is None else seq.ttft + seq.t_submit - t0)
             if ev.text:
                 yield ev.text

@@ -81,6 +81,7 @@ class ServingLimits:
     n_threads: int | None = None  # llama.cpp threads; None = physical cores
     max_llm_calls: int = 2  # model calls per turn
     max_new_tokens: int = 512  # tokens per model call
+    constrain: bool = True  # calls decoded under the offered tools' lazy grammar (text answers stay the model's)
 
     @property
     def concurrency(self) -> int:
@@ -98,6 +99,11 @@ class ServingLimits:
             if key not in fields:
                 raise ValueError(f"{where}: unknown setting {key!r}; known: {', '.join(fields)}")
             if value is None:
+                continue
+            if fields[key].type in ("bool", bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"{where}: setting {key!r} must be true or false, not {value!r}")
+                values[key] = value
                 continue
             kind = float if fields[key].type in ("float", float) else int
             try:

@@ -22,6 +22,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=None, help="default: physical cores")
     parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--no-constrain", dest="constrain", action="store_false",
+                        help="decode calls freely (default: under the lazy grammar of the offered tools)")
     parser.add_argument("--prompt", action="append", help="answer these messages and exit (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="do not print the trace")
 
@@ -58,7 +60,7 @@ def main(args) -> int:
                           temperature=args.temperature)
     examples = icl_block(args.icl, tools=MODES[args.mode], template=template) if args.icl else ""
     agent = Agent(model, mode=args.mode, max_llm_calls=args.max_llm_calls, examples=examples,
-                  max_new_tokens=args.max_new_tokens)
+                  max_new_tokens=args.max_new_tokens, constrain=args.constrain)
     null = open("/dev/null", "w") if args.quiet else sys.stderr
     history: list[dict] = []
     try:

@@ -96,9 +96,10 @@ def make_registry(args):
     resolve_all(specs)
     limits = ServingLimits.from_settings(settings, f"{args.config}: settings", **{
         k: getattr(args, k) for k in ("max_resident", "max_waiting", "wait_timeout", "turn_deadline", "queue_size",
-                                      "max_llm_calls", "max_new_tokens")}, n_threads=args.threads)
+                                      "max_llm_calls", "max_new_tokens", "constrain")}, n_threads=args.threads)
     return ModelRegistry(specs, llama_cpp_loader(n_threads=limits.n_threads), limits=limits,
-                         agent_kwargs={"max_llm_calls": limits.max_llm_calls, "max_new_tokens": limits.max_new_tokens})
+                         agent_kwargs={"max_llm_calls": limits.max_llm_calls, "max_new_tokens": limits.max_new_tokens,
+                                       "constrain": limits.constrain})
 
 
 def parse_args(argv=None):
@@ -116,6 +117,8 @@ def parse_args(argv=None):
     p.add_argument("--n-ctx", type=int, default=None, help="context length (default: per model, 4096)")
     p.add_argument("--max-llm-calls", type=int, default=None, help="LLM calls per turn (default 2)")
     p.add_argument("--max-new-tokens", type=int, default=None, help="tokens per LLM call (default 512)")
+    p.add_argument("--no-constrain", dest="constrain", action="store_const", const=False, default=None,
+                   help="decode tool calls freely (default: settings' constrain, true: under the tools' lazy grammar)")
     p.add_argument("--turn-log", default=None, help="append one JSON line per turn here (timings and outcome; "
                                                     "no message text), e.g. for bench/space_load.py")
     return p.parse_args(argv)

@@ -201,7 +201,9 @@ def test_limits_live_in_models_yaml_and_the_flags_override_them(tmp_path):
     reg = app.make_registry(app.parse_args(["--models-dir", str(tmp_path), "--max-waiting", "5",
                                             "--turn-deadline", "30", "--max-new-tokens", "64"]))
     assert (reg.limits.max_waiting, reg.limits.turn_deadline, reg.limits.wait_timeout) == (5, 30.0, 300.0)
-    assert reg.agent_kwargs == {"max_llm_calls": 2, "max_new_tokens": 64}
+    assert reg.agent_kwargs == {"max_llm_calls": 2, "max_new_tokens": 64, "constrain": True}
+    reg = app.make_registry(app.parse_args(["--models-dir", str(tmp_path), "--no-constrain"]))
+    assert reg.agent_kwargs["constrain"] is False
 
 
 @requires("gradio", "gradio_client")

@@ -79,12 +79,20 @@ class _LazyGenerator(Generator):
     def backend(self) -> str:
         return getattr(self._real(), "backend", "")
 
-    def generate_each(self, conversations, max_tokens=512, temperature=0.0):
+    @property
+    def constrained(self) -> dict:
+        return self._real().constrained
+
+    def generate_each(self, conversations, max_tokens=512, temperature=0.0, constrain: bool = False):
         """A llama.cpp generator's greedy answers end as soon as they are prose that can no longer open a call
-        (:func:`cannot_be_a_call`): the verdict is the same, the time is not."""
+        (:func:`cannot_be_a_call`): the verdict is the same, the time is not. ``constrain``: calls decoded under
+        each conversation's lazy call grammar (llama.cpp only)."""
         gen = self._real()
         if isinstance(gen, LlamaCppGenerator) and not temperature:
-            return gen.generate_each(conversations, max_tokens=max_tokens, stop_when=cannot_be_a_call)
+            return gen.generate_each(conversations, max_tokens=max_tokens, stop_when=cannot_be_a_call,
+                                     constrain=constrain)
+        if constrain:
+            raise ValueError("constrained decoding (--constrain) runs on llama.cpp: give a .gguf")
         return gen.generate_each(conversations, max_tokens=max_tokens, temperature=temperature)
 
     def generate_batch(self, conversations, max_tokens=512, temperature=0.0):
@@ -170,9 +178,11 @@ def summarize(items: list[dict], sizes: dict[str, int]) -> dict:
 
 def evaluate(model_spec, out, categories=DEFAULT_CATEGORIES, limit: int | None = None, seed: int = 0, icl: int = 0,
              max_tokens: int = MAX_TOKENS, n_ctx: int = 8192, n_threads: int | None = None,
-             template: str | None = None, wheel=None, batch: int | None = None) -> dict:
+             template: str | None = None, wheel=None, batch: int | None = None, constrain: bool = False) -> dict:
     """Run ``model_spec`` greedily on the BFCL items of ``categories`` and write ``out`` (see module docstring);
-    a GGUF decodes ``batch`` items together (default :data:`llamatune.generate.DECODE_BATCH`)."""
+    a GGUF decodes ``batch`` items together (default :data:`llamatune.generate.DECODE_BATCH`). ``constrain`` (GGUF
+    only): calls decoded under the lazy grammar of each item's tools, a serving feature (BFCL's leaderboard scores
+    raw generation); a setting of the cache key; the results record ``constrained`` and ``constrained_tokens``."""
     t0 = time.perf_counter()
     template = template or model_template(model_spec)
     rows = load_rows(categories, limit, seed, wheel)
@@ -185,19 +195,25 @@ def evaluate(model_spec, out, categories=DEFAULT_CATEGORIES, limit: int | None =
     cache = Path(out).with_suffix(".generations.jsonl")
     budget = {r["id"]: max_tokens * (PARALLEL_FACTOR if "parallel" in r["category"] else 1) for r in rows}
     gen = _LazyGenerator(model_spec, template, n_ctx, n_threads, batch)
-    outputs = {}
+    outputs, records = {}, {}
     try:
         for n_new in sorted(set(budget.values())):
             outputs.update(generate_cached(gen, [p for p in order if budget[p["id"]] == n_new], cache,
-                                           max_tokens=n_new, progress=_show_progress()))
+                                           max_tokens=n_new, progress=_show_progress(), constrain=constrain,
+                                           records=records))
     finally:
         gen.close()
     items = score_rows(rows, outputs)
+    meta = {}
+    if constrain:
+        for item in items:
+            item["constrained_tokens"] = records[item["id"]].get("constrained_tokens", 0)
+        meta = {"constrained": True, "constrained_tokens": sum(i["constrained_tokens"] for i in items)}
     return write_results(items, out, model=str(model_spec), icl=icl, categories=list(categories), limit=limit,
                          seed=seed, max_tokens=max_tokens,
                          max_tokens_parallel=max_tokens * PARALLEL_FACTOR, template=template,
                          decode_batch=toolcall.decode_batch(model_spec, batch),
-                         seconds=round(time.perf_counter() - t0, 1), sizes=category_sizes(categories, wheel))
+                         seconds=round(time.perf_counter() - t0, 1), sizes=category_sizes(categories, wheel), **meta)
 
 
 def write_results(items: list[dict], out, sizes: dict[str, int], **meta) -> dict:
@@ -249,12 +265,16 @@ def add_arguments(parser) -> None:
     parser.add_argument("--template", default=None, help="chat template of the prompts (default: the model's own)")
     parser.add_argument("--batch", type=int, default=None,
                         help="GGUF: sequences decoded together (default: eval toolcall's); HF: prompts per call")
+    parser.add_argument("--constrain", action="store_true",
+                        help="GGUF: decode calls under a lazy grammar of each item's tools (a serving feature; BFCL's "
+                             "leaderboard scores raw generation); default out name gets -constrained")
 
 
-def default_out(model, icl: int = 0) -> Path:
-    """``results/bfcl/<model file or directory name>[-icl<K>].json``."""
+def default_out(model, icl: int = 0, constrain: bool = False) -> Path:
+    """``results/bfcl/<model file or directory name>[-icl<K>][-constrained].json``."""
     name = Path(str(model).split("+peft=")[0].rstrip("/")).name.removesuffix(".gguf")
-    return Path("results") / "bfcl" / (name + (f"-icl{icl}" if icl else "") + ".json")
+    return Path("results") / "bfcl" / (name + (f"-icl{icl}" if icl else "") + ("-constrained" if constrain else "")
+                                       + ".json")
 
 
 def main(args) -> int:
@@ -277,8 +297,9 @@ def main(args) -> int:
             write_block(args.readme, text)
         print(text)
         return 0
-    out = args.out or default_out(args.model, args.icl)
+    out = args.out or default_out(args.model, args.icl, args.constrain)
     cats = [c.strip() for c in args.categories.split(",") if c.strip()]
     evaluate(args.model, out, cats, limit=args.limit, seed=args.seed, icl=args.icl, max_tokens=args.max_tokens,
-             n_ctx=args.n_ctx, n_threads=args.threads, template=args.template, batch=args.batch)
+             n_ctx=args.n_ctx, n_threads=args.threads, template=args.template, batch=args.batch,
+             constrain=args.constrain)
     return 0

@@ -24,6 +24,7 @@ from llamatune.chat import DEFAULT_DATE, model_template
 from llamatune.evals.scoring import expected_error, score_output
 from llamatune.evals.stats import mean_metric, paired_comparison, proportion
 from llamatune.generate import load_generator
+from llamatune.grammar import grammar_for
 from llamatune.model_spec import fingerprint, model_kind, parse_spec
 from llamatune.jsonl import JsonlCache, iter_jsonl, read_json, sha256_file, write_json
 from llamatune.report import comparison_table, toolcall_table
@@ -151,18 +152,22 @@ def decode_batch(model_spec, batch: int | None) -> int | None:
 
 def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None, max_tokens: int = 128,
              n_ctx: int = 4096, n_threads: int | None = None, template: str | None = None,
-             backend: str = "auto", batch: int | None = None) -> dict:
+             backend: str = "auto", batch: int | None = None, constrain: bool = False) -> dict:
     """Run ``model_spec`` greedily on every row of ``data_path`` (the generator's ``eval.jsonl``) and score.
     Prompts use ``template`` (default: the model's own, see :func:`model_template`). Outputs are cached per
     item in ``<out>.generations.jsonl`` (keyed by model, prompt and settings), each written as soon as it is
     decoded, so a killed run resumes losing only what was in flight. A GGUF decodes ``batch`` items together
     (:class:`llamatune.generate.LlamaCppGenerator`, continuous batching); an HF model runs on ``backend``
-    (:func:`llamatune.generate.load_generator`: transformers, batched on a GPU, or vLLM), ``batch`` prompts a call."""
+    (:func:`llamatune.generate.load_generator`: transformers, batched on a GPU, or vLLM), ``batch`` prompts a call.
+    ``constrain`` (GGUF only): each item's calls decoded under the lazy grammar of its tools
+    (:func:`llamatune.grammar.grammar_for`), a serving feature, not the raw model; a setting of the cache key, and the
+    results record ``constrained: true`` and ``constrained_tokens`` (tokens the grammar changed)."""
     from tqdm import tqdm
 
     from llamatune.progress import tqdm_disable
 
-    model_kind(model_spec)
+    if model_kind(model_spec) != "gguf" and constrain:
+        raise ValueError(f"{model_spec}: constrained decoding (--constrain) runs on llama.cpp: give a .gguf")
     template = template or model_template(model_spec)
     rows = read_items(data_path, ("id", "messages", "tools", "expected", "category"))[: limit or None]
     cache_path = Path(out).with_suffix(".generations.jsonl")
@@ -173,7 +178,8 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
     runner = None
     try:
         prompts = [build_prompt(row, icl, template) for row in rows]
-        keys = [hashlib.sha256(json.dumps([fp, p, max_tokens]).encode()).hexdigest() for p in prompts]
+        setting = [max_tokens] + (["constrained"] if constrain else [])  # raw runs keep their earlier keys
+        keys = [hashlib.sha256(json.dumps([fp, p, *setting]).encode()).hexdigest() for p in prompts]
         # Prompts in sorted order, so that consecutive ones share their longest prefix (system text, tool
         # schemas): llama.cpp evaluates the shared prefix once and shares its KV cache.
         order = sorted(range(len(rows)), key=prompts.__getitem__)
@@ -185,21 +191,30 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
             runner = _load(model_spec, n_ctx, n_threads, template, backend, batch)
             bar = tqdm(total=len(todo), desc=f"toolcall {Path(str(model_spec)).name}", disable=tqdm_disable())
             t0 = time.perf_counter()
-            for n, (j, output) in enumerate(runner.complete_each([prompts[i] for i in todo], max_tokens), start=1):
+            kw = {"grammar": [grammar_for(rows[i]["tools"], template) for i in todo]} if constrain else {}
+            for n, (j, output) in enumerate(runner.complete_each([prompts[i] for i in todo], max_tokens, **kw),
+                                            start=1):
                 i = todo[j]
                 seconds = round((time.perf_counter() - t0) / n, 3)  # per item so far (the batch's time shared)
+                extra = {"constrained_tokens": runner.constrained.get(j, 0)} if constrain else {}
                 cache.add({"id": rows[i]["id"], "key": keys[i], "output": output, "seconds": seconds,
-                           "backend": getattr(runner, "backend", "")})
+                           "backend": getattr(runner, "backend", ""), **extra})
                 bar.update(1)
             bar.close()
+        changed = [cache.get(key).get("constrained_tokens", 0) for key in keys]
         for row, key in zip(rows, keys):
             row["output"] = cache.get(key)["output"]
     finally:
         if runner is not None:
             runner.close()
-    return _write_results(_score_rows(rows), out, model=str(model_spec), icl=icl, data=str(data_path),
+    items = _score_rows(rows)
+    if constrain:
+        for item, n in zip(items, changed):
+            item["constrained_tokens"] = n
+    return _write_results(items, out, model=str(model_spec), icl=icl, data=str(data_path),
                           max_tokens=max_tokens, template=template, fingerprint=fp, data_sha256=sha256_file(data_path),
-                          limit=limit, decode_batch=decode_batch(model_spec, batch))
+                          limit=limit, decode_batch=decode_batch(model_spec, batch),
+                          **({"constrained": True, "constrained_tokens": sum(changed)} if constrain else {}))
 
 
 # --- comparison -------------------------------------------------------------------------------------------
@@ -259,6 +274,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--backend", default="auto", choices=("auto", "hf", "vllm"),
                         help="HF models: transformers (batched on a GPU) or vLLM; auto = vLLM when installed and a GPU "
                              "is present")
+    parser.add_argument("--constrain", action="store_true",
+                        help="GGUF: decode calls under a lazy grammar of each item's tools (a serving feature; "
+                             "off by default: raw model quality is what is reported first)")
 
 
 def main(args) -> int:
@@ -276,5 +294,6 @@ def main(args) -> int:
     if not args.data:
         raise ValueError("--data is required with --model")
     evaluate(args.model, args.data, args.out, icl=args.icl, limit=args.limit, max_tokens=args.max_tokens,
-             n_ctx=args.n_ctx, n_threads=args.threads, template=args.template, backend=args.backend, batch=args.batch)
+             n_ctx=args.n_ctx, n_threads=args.threads, template=args.template, backend=args.backend, batch=args.batch,
+             constrain=args.constrain)
     return 0

@@ -1,0 +1,94 @@
+"""Per-sequence sampling for the decoding loop (:mod:`llamatune.decode`): sampler chains, and a call grammar applied
+to them.
+
+A grammar is applied as llama.cpp's ``common_sampler`` does (``grammar_first=false``): the token is sampled by the
+sequence's own chain (``llama_sampler_sample``); if the grammar allows it (one candidate; a lazy grammar before its
+trigger allows everything) it is accepted into the grammar; only when refused is the full candidate array built from
+the logits, the grammar applied, then the chain, and its pick taken (``Sequence.constrained`` counts these). For a
+greedy chain that is the best allowed token; for a sampled chain it is rejection sampling from the chain's distribution
+renormalised over the allowed tokens: P(t) = q(t) + (1 − q(A))·q(t)/q(A) = q(t)/q(A) for an allowed t (exact for a
+chain that only reweights, such as temperature; top-k/top-p/min-p cut the redraw among the allowed tokens, as
+llama.cpp's server does). A text answer the grammar never refused is the unconstrained one, token for token.
+
+llama.cpp aborts the process when a grammar is made to accept a token it refuses, so a token is accepted into the
+grammar only after the grammar's ``apply`` allowed it. The chain has already accepted its first draw (inside
+``llama_sampler_sample``); the project's chains (greedy; top-k → top-p → min-p → temperature → draw) keep no state
+that depends on it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Callable
+
+import numpy as np
+
+_NEG_INF = float("-inf")
+
+
+def sampler_factory(temperature: float = 0.0, *, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                    seed: int = 0) -> Callable[..., object]:
+    """A sampler factory: greedy at ``temperature`` 0, else top-k → top-p → min-p → temperature → a seeded draw."""
+
+    def make(decoder):
+        from llama_cpp._internals import LlamaSampler
+
+        chain = LlamaSampler()
+        if temperature <= 0:
+            chain.add_greedy()
+            return chain
+        chain.add_top_k(top_k), chain.add_top_p(top_p, 1), chain.add_min_p(min_p, 1), chain.add_temp(temperature)
+        chain.add_dist(seed)
+        return chain
+
+    return make
+
+
+greedy = sampler_factory(0.0)
+
+
+class Candidates:
+    """The full candidate array (one ``llama_token_data`` per vocabulary entry) a grammar's refusal needs, allocated
+    once per decoder, filled from the logits with numpy."""
+
+    def __init__(self, n_vocab: int):
+        self.n_vocab, self._buf = n_vocab, None
+
+    def fill(self, ctx, idx: int):
+        """A ``llama_token_data_array`` over the logits of batch entry ``idx`` (ids in vocabulary order)."""
+        import llama_cpp as lib
+
+        if self._buf is None:
+            self._buf = np.zeros(self.n_vocab, dtype=[("id", "<i4"), ("logit", "<f4"), ("p", "<f4")])
+            self._ids = np.arange(self.n_vocab, dtype=np.int32)
+        buf = self._buf
+        buf["id"] = self._ids  # a chain may have sorted the last array in place
+        buf["logit"] = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, idx), shape=(self.n_vocab,))
+        buf["p"] = 0.0
+        return lib.llama_token_data_array(buf.ctypes.data_as(lib.llama_token_data_p), self.n_vocab, -1, False)
+
+
+def sample(ctx, idx: int, chain, grammar=None, candidates: Candidates | None = None) -> tuple[int, bool]:
+    """``(token, changed)`` for batch entry ``idx``: the chain's draw (``llama_sampler_sample``), or, when
+    ``grammar`` (a llama.cpp grammar sampler) refuses it, the chain's pick among the tokens the grammar allows
+    (``changed``). The token is accepted into the grammar. ``candidates``: a reusable :class:`Candidates`."""
+    import llama_cpp as lib
+
+    token = int(lib.llama_sampler_sample(chain, ctx, idx))
+    if grammar is None:
+        return token, False
+    one = (lib.llama_token_data * 1)(lib.llama_token_data(token, 0.0, 0.0))
+    lib.llama_sampler_apply(grammar, ctypes.byref(lib.llama_token_data_array(one, 1, -1, False)))
+    changed = one[0].logit == _NEG_INF
+    if changed:
+        if candidates is None:
+            candidates = Candidates(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(lib.llama_get_model(ctx))))
+        arr = candidates.fill(ctx, idx)
+        lib.llama_sampler_apply(grammar, ctypes.byref(arr))
+        lib.llama_sampler_apply(chain, ctypes.byref(arr))
+        picked = arr.data[arr.selected] if 0 <= arr.selected < arr.size else None
+        if picked is None or picked.logit == _NEG_INF:
+            raise RuntimeError("the call grammar allows no token here")
+        token = int(picked.id)
+    lib.llama_sampler_accept(grammar, token)
+    return token, changed
