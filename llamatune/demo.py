@@ -314,8 +314,8 @@ def link_ggufs(out: Path, ggufs: dict[str, Path]) -> Path:
 
 def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, n_val: int, steps: int,
              max_length: int, icl: int, max_tokens: int, threads: int, n_test_new: int = N_TEST_NEW,
-             batch: int | None = None) -> dict:
-    """Run (or resume) every stage; returns the report dict also written to ``out/report.json``."""
+             batch: int | None = None, constrained: bool = True) -> dict:
+    """Run (or resume) every stage (``constrained``: also base and tuned with grammar-constrained calls); returns the report dict also written to ``out/report.json``."""
     from llamatune import demo_report
     from llamatune.evals.toolcall import decode_batch, evaluate, is_current
     from llamatune.models import resolve_model
@@ -350,17 +350,21 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     batch = decode_batch(ggufs["base"], batch)  # sequences decoded together, the same for every evaluation
     # the original categories (results/{label}.json), then the new ones (results/new_{label}.json)
     sets = [("", "eval.jsonl")] + ([("new_", "eval_new.jsonl")] if n_test_new else [])
+    # and the calls decoded under the offered tools' lazy grammar (a serving feature; raw quality is reported first)
+    systems = [("base", ggufs["base"], 0, False), ("icl", ggufs["base"], icl, False), ("tuned", ggufs["tuned"], 0, False)]
     for prefix, items in sets:
-        for label, gguf, k in (("base", ggufs["base"], 0), ("icl", ggufs["base"], icl), ("tuned", ggufs["tuned"], 0)):
+        for label, gguf, k, constrain in systems + ([("base_constrained", ggufs["base"], 0, True),
+                                                      ("tuned_constrained", ggufs["tuned"], 0, True)] if constrained else []):
             path = res / f"{prefix}{label}.json"
             done = is_current(path, gguf, data / items, icl=k, max_tokens=max_tokens, template=template, limit=None,
-                              decode_batch=batch)
+                              decode_batch=batch, **({"constrained": True} if constrain else {}))
             st.run(f"eval_{prefix}{label}", done, evaluate, gguf, data / items, path, icl=k, max_tokens=max_tokens,
-                   n_threads=threads, template=template, batch=batch)
+                   n_threads=threads, template=template, batch=batch, constrain=constrain)
     report = st.run("report", False, demo_report.write_report, out,
                     meta={"model": model, "model_label": MODELS[model]["label"], "quant": serve, "n": n, "n_test": n_test,
                           "n_test_new": n_test_new, "steps": steps, "max_length": max_length, "icl": icl,
                           "max_tokens": max_tokens, "threads": threads, "decode_batch": batch, "cpu": cpu_info(),
+                          "constrained": constrained,
                           "wall_seconds_this_run": round(time.perf_counter() - t_all, 1)})
     return report
 
@@ -383,6 +387,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-test-new", type=int, default=None,
                         help="test items of the new categories, data/eval_new.jsonl "
                         f"(default {DEFAULTS['n_test_new']})")
+    parser.add_argument("--no-constrained", dest="constrained", action="store_false",
+                        help="skip the evaluations with grammar-constrained calls (base/tuned + constrained)")
     parser.add_argument("--batch", type=int, default=None,
                         help="sequences the evaluations decode together (default: llamatune.generate.DECODE_BATCH)")
 
@@ -397,7 +403,7 @@ def main(args) -> int:
     for key in DEFAULTS:
         if getattr(args, key, None) is not None:
             cfg[key] = getattr(args, key)
-    report = run_demo(args.out, **cfg)
+    report = run_demo(args.out, **cfg, constrained=getattr(args, "constrained", True))
     out = Path(args.out)
     print(f"\n{(out / 'report.md').read_text(encoding='utf-8')}")
     print(f"[demo] report: {out / 'report.md'} ({out / 'report.json'}, {out / 'report.png'}); "

@@ -24,10 +24,12 @@ from pathlib import Path
 from llamatune.jsonl import read_json, write_json, write_text
 from llamatune.report import COMPARISON_HEADER, comparison_rows, num_cell, pct_cell, table
 
-SYSTEMS = ("base", "icl", "tuned")
-LABELS = {"base": "base", "icl": "base + ICL", "tuned": "tuned (LoRA)"}
-METRICS = ("accuracy", "tool_accuracy", "irrelevance_accuracy", "calls_per_turn")
-PAIRS = (("base", "tuned"), ("icl", "tuned"), ("base", "icl"))
+SYSTEMS = ("base", "icl", "tuned", "base_constrained", "tuned_constrained")
+LABELS = {"base": "base", "icl": "base + ICL", "tuned": "tuned (LoRA)", "base_constrained": "base + constrained",
+          "tuned_constrained": "tuned + constrained"}
+METRICS = ("accuracy", "tool_accuracy", "irrelevance_accuracy", "format_valid_rate", "calls_per_turn")
+PAIRS = (("base", "tuned"), ("icl", "tuned"), ("base", "icl"), ("tuned", "tuned_constrained"),
+         ("base", "base_constrained"))
 GROUNDED = "tool_result"  # the category whose target is an answer grounded in the tool result just returned
 
 
@@ -113,12 +115,16 @@ def markdown(report: dict) -> str:
              "repeat exactly on one machine; another CPU runs other kernels (AVX2 vs AVX-512/AMX), and a 135M-270M "
              "model can flip a few items on that rounding.", "",
              table(["system", "accuracy", "tool-call accuracy", "irrelevance accuracy",
-                    "grounded answers after a tool result", "LLM calls / turn"],
+                    "grounded answers after a tool result", "well-formed outputs", "LLM calls / turn"],
                    [[LABELS[s], _pct(report[s]["accuracy"]), _pct(report[s]["tool_accuracy"]),
                      _pct(report[s]["irrelevance_accuracy"]), _pct(report[s].get("grounded") or None),
+                     _pct(report[s].get("format_valid_rate") or None),
                      num_cell(report[s]["calls_per_turn"])] for s in systems]),
              "", "Irrelevance accuracy: no call where none is needed (after a tool result included); grounded: "
-             f"the `{GROUNDED}` items, a text answer that repeats a value of the tool result."]
+             f"the `{GROUNDED}` items, a text answer that repeats a value of the tool result; well-formed: text, or "
+             "calls that parse. \"+ constrained\": the same model with its calls "
+             "decoded under the offered tools' lazy grammar (free text until the call opener; a serving feature, so "
+             "the raw rows are the model's quality)."]
     ideal = next((report[s]["calls_per_turn"].get("ideal") for s in systems if report[s]["calls_per_turn"].get("ideal")), None)
     if ideal:
         lines += ["", f"A perfect model would spend {ideal:.2f} LLM calls per turn on these items (1 per text answer, 2 per call)."]
