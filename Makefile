@@ -109,9 +109,15 @@ bfcl-demo:
 	$(BFCL_EVAL) --model $(BFCL_BASE) --out results/bfcl/base.json
 	$(BFCL_EVAL) --model $(BFCL_BASE) --icl $(BFCL_ICL) --limit $(BFCL_ICL_LIMIT) --out results/bfcl/base-icl.json
 	$(BFCL_EVAL) --model $(BFCL_TUNED) --out results/bfcl/tuned.json
+	$(BFCL_EVAL) --model $(BFCL_BASE) --constrain --out results/bfcl/base-constrained.json
+	$(BFCL_EVAL) --model $(BFCL_TUNED) --constrain --out results/bfcl/tuned-constrained.json
 	$(VENV)/bin/llamatune eval bfcl --compare results/bfcl/base.json results/bfcl/tuned.json --out results/bfcl/compare.json
+	$(VENV)/bin/llamatune eval bfcl --compare results/bfcl/tuned.json results/bfcl/tuned-constrained.json \
+	  --out results/bfcl/compare-constrained.json
 	$(VENV)/bin/llamatune eval bfcl --table results/bfcl/base.json results/bfcl/base-icl.json results/bfcl/tuned.json \
-	  --names "base,base + $(BFCL_ICL)-shot ICL,tuned" --out assets/bfcl_table.md --readme README.md
+	  results/bfcl/base-constrained.json results/bfcl/tuned-constrained.json \
+	  --names "base,base + $(BFCL_ICL)-shot ICL,tuned,base + constrained,tuned + constrained" \
+	  --out assets/bfcl_table.md --readme README.md
 
 bfcl-agreement: $(BFCL_STAMP)
 	@test -x $(PY) || { echo "no $(VENV): run make install first"; exit 1; }
