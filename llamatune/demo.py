@@ -352,9 +352,10 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     sets = [("", "eval.jsonl")] + ([("new_", "eval_new.jsonl")] if n_test_new else [])
     # and the calls decoded under the offered tools' lazy grammar (a serving feature; raw quality is reported first)
     systems = [("base", ggufs["base"], 0, False), ("icl", ggufs["base"], icl, False), ("tuned", ggufs["tuned"], 0, False)]
+    if constrained:
+        systems += [("base_constrained", ggufs["base"], 0, True), ("tuned_constrained", ggufs["tuned"], 0, True)]
     for prefix, items in sets:
-        for label, gguf, k, constrain in systems + ([("base_constrained", ggufs["base"], 0, True),
-                                                      ("tuned_constrained", ggufs["tuned"], 0, True)] if constrained else []):
+        for label, gguf, k, constrain in systems:
             path = res / f"{prefix}{label}.json"
             done = is_current(path, gguf, data / items, icl=k, max_tokens=max_tokens, template=template, limit=None,
                               decode_batch=batch, **({"constrained": True} if constrain else {}))
