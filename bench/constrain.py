@@ -77,13 +77,10 @@ def run(gen, prompts, grammars, max_tokens):
 
 
 def main(argv=None) -> int:
+    from decode_batch import add_item_arguments
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None)
-    p.add_argument("--data", default=None, help="test items (default: the demo's)")
-    p.add_argument("--limit", type=int, default=120)
-    p.add_argument("--batch", type=int, default=None, help="default: eval toolcall's (llamatune.generate.DECODE_BATCH)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--max-tokens", type=int, default=64, help="new tokens per item (the demo's)")
+    add_item_arguments(p)
     p.add_argument("--repeats", type=int, default=2, help="raw/constrained pairs (order alternating)")
     a = p.parse_args(argv)
 

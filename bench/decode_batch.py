@@ -96,14 +96,19 @@ def timed_run(model, prompts, batch, threads, max_tokens, share=True):
         gen.close()
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_item_arguments(p) -> None:
+    """The options of the benchmarks that decode the tool-call eval's items (this one and constrain.py)."""
     p.add_argument("--model", default=None)
     p.add_argument("--data", default=None, help="test items (default: the demo's)")
     p.add_argument("--limit", type=int, default=120)
     p.add_argument("--batch", type=int, default=None, help="default: eval toolcall's (llamatune.generate.DECODE_BATCH)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=64, help="new tokens per item (the demo's)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_item_arguments(p)
     p.add_argument("--sweep", default="", help="comma-separated other batch sizes to time")
     p.add_argument("--no-share-run", action="store_true", help="skip the run without prefix sharing")
     a = p.parse_args(argv)
