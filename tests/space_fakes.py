@@ -45,6 +45,24 @@ def scripted_registry(names=("base", "finetome", "funccall"), delay: float = 0.0
                                                                delay=delay, n_ctx=s.n_ctx), **kw)
 
 
+def recording_registry(names=("a", "b")):
+    """A registry of plain stand-in models that records the names it loads and closes: ``(registry, loaded,
+    closed)``."""
+    from llamatune.serving import ModelRegistry, ServedModel
+
+    loaded, closed = [], []
+
+    class M:
+        def __init__(self, name):
+            self.name = name
+
+        def close(self):
+            closed.append(self.name)
+
+    reg = ModelRegistry([ServedModel(n, path=n) for n in names], loader=lambda s: loaded.append(s.name) or M(s.name))
+    return reg, loaded, closed
+
+
 def load_app():
     spec = importlib.util.spec_from_file_location("space_app", REPO / "space" / "app.py")
     mod = importlib.util.module_from_spec(spec)

@@ -11,7 +11,7 @@ from llamatune.serving import ModelRegistry, ServedModel, load_config, models_fr
 from llamatune.tools import http
 from llamatune.tools.fakes import FakeServices
 from tests.conftest import REPO, requires
-from tests.space_fakes import free_port, load_app, scripted_registry
+from tests.space_fakes import free_port, load_app, recording_registry, scripted_registry
 
 
 @pytest.fixture
@@ -31,17 +31,7 @@ def last(it):
 
 
 def test_registry_loads_lazily_and_keeps_one_resident():
-    loaded, closed = [], []
-
-    class M:
-        def __init__(self, name):
-            self.name = name
-
-        def close(self):
-            closed.append(self.name)
-
-    reg = ModelRegistry([ServedModel("a", path="a"), ServedModel("b", path="b")],
-                        loader=lambda s: loaded.append(s.name) or M(s.name))
+    reg, loaded, closed = recording_registry()
     assert loaded == [] and reg.resident() == []
     lease = reg.agent_factory("a", "chat", False)
     assert lease.needs_load and not lease.busy

@@ -20,7 +20,7 @@ from llamatune.chat_turn import respond
 from llamatune.llm import ScriptedModel
 from llamatune.serving import ModelRegistry, ServedModel, ServingLimits, SpaceBusy, load_config
 from tests.conftest import REPO, requires
-from tests.space_fakes import free_port, load_app, scripted_registry
+from tests.space_fakes import free_port, load_app, recording_registry, scripted_registry
 
 HANG_S = 20  # a generous guard against a hang, never a speed claim
 
@@ -85,17 +85,7 @@ def test_a_line_whose_expected_wait_is_past_the_timeout_refuses_at_once():
 def test_a_switch_waits_for_the_turn_in_progress_then_goes_before_later_requests():
     """One model resident: a request for the other model neither interrupts the turn in progress nor is
     overtaken by requests for the resident model that came after it (first come, first served)."""
-    loaded, closed = [], []
-
-    class M:
-        def __init__(self, name):
-            self.name = name
-
-        def close(self):
-            closed.append(self.name)
-
-    reg = ModelRegistry([ServedModel("a", path="a"), ServedModel("b", path="b")],
-                        loader=lambda s: loaded.append(s.name) or M(s.name))
+    reg, loaded, closed = recording_registry()
     reg.acquire("a")  # user 1's turn on a
     switcher, got = _in_thread(lambda: reg.acquire("b", timeout=HANG_S))
     time.sleep(0.3)
