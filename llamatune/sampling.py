@@ -23,6 +23,8 @@ from typing import Callable
 
 import numpy as np
 
+from llamatune.grammar import allowed
+
 _NEG_INF = float("-inf")
 
 
@@ -77,9 +79,7 @@ def sample(ctx, idx: int, chain, grammar=None, candidates: Candidates | None = N
     token = int(lib.llama_sampler_sample(chain, ctx, idx))
     if grammar is None:
         return token, False
-    one = (lib.llama_token_data * 1)(lib.llama_token_data(token, 0.0, 0.0))
-    lib.llama_sampler_apply(grammar, ctypes.byref(lib.llama_token_data_array(one, 1, -1, False)))
-    changed = one[0].logit == _NEG_INF
+    changed = not allowed(grammar, token)
     if changed:
         if candidates is None:
             candidates = Candidates(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(lib.llama_get_model(ctx))))
