@@ -93,3 +93,55 @@ def test_a_rung_starts_from_the_previous_rungs_checkpoint(tmp_path):
     assert (cur / "checkpoint-100" / "adapter_model.safetensors").read_bytes() == b"weights"
     with pytest.raises(FileNotFoundError, match="checkpoint-50"):
         sweep._seed_checkpoint(prev, tmp_path / "b", 50)
+
+
+def _bench_precision_val():
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench_precision_val", REPO / "bench" / "precision_val.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _toolcall_result(correct):
+    return {"items": [{"id": f"i{k}", "category": "single_call", "correct": c} for k, c in enumerate(correct)]}
+
+
+def test_precision_val_trains_both_arms_through_the_same_rungs_and_compares_them_paired(tmp_path, monkeypatch, capsys):
+    """bench/precision_val.py: the bf16 arm is the sweep's own setting, the fp32 arm the same with ``bf16: false``,
+    each trained rung by rung as the sweep does; the comparison is fp32 − bf16 on the same validation items."""
+    runs = [{"name": "a", "model": "smollm2-135m", "steps": 80, "set": {"learning_rate": 1e-3}}]
+    f = _spec_file(tmp_path, runs, {"method": "successive_halving", "eta": 2, "min_steps": 20})
+    calls = []
+    correct = {"a": [True] * 6 + [False] * 4, "a-fp32": [True] * 5 + [False] * 5}
+
+    def fake_run(out, base, run, stop_at=None, prev=None, compute=None):
+        calls.append((run["name"], run["set"], stop_at, prev))
+        d = out / run["name"] / f"steps-{stop_at}"
+        d.mkdir(parents=True, exist_ok=True)
+        dtype = compute or ("bfloat16" if run["set"]["bf16"] else "float32")
+        (d / "run.json").write_text(json.dumps({"precision": {"compute": dtype}}))
+        (d / "val.json").write_text(json.dumps(_toolcall_result(correct[run["name"]])))
+        return {"score": 0.5, "train_seconds": 1.0, "val": _val(0.6, 0.4)}
+
+    monkeypatch.setattr(sweep, "run_setting", fake_run)
+    bench = _bench_precision_val()
+    assert bench.main([str(f), "--out", str(tmp_path / "o"), "--setting", "a", "--steps", "40"]) == 0
+    assert calls == [("a", {"learning_rate": 1e-3, "bf16": True}, 20, None),
+                     ("a", {"learning_rate": 1e-3, "bf16": True}, 40, 20),
+                     ("a-fp32", {"learning_rate": 1e-3, "bf16": False}, 20, None),
+                     ("a-fp32", {"learning_rate": 1e-3, "bf16": False}, 40, 20)]
+    line = json.loads(capsys.readouterr().out)
+    assert line["fp32_minus_bf16"]["a"]["k"] == 6 and line["fp32_minus_bf16"]["b"]["k"] == 5
+    assert line["fp32_minus_bf16"]["diff"]["value"] == pytest.approx(-0.1)
+
+    with pytest.raises(SystemExit, match="not a rung"):
+        bench.main([str(f), "--out", str(tmp_path / "o"), "--setting", "a", "--steps", "30"])
+    with pytest.raises(SystemExit, match="no setting named"):
+        bench.main([str(f), "--out", str(tmp_path / "o"), "--setting", "zz", "--steps", "20"])
+    monkeypatch.setattr(sweep, "run_setting", lambda *a, **k: fake_run(*a, **k, compute="bfloat16"))
+    with pytest.raises(SystemExit, match="trained in bfloat16, expected fp32"):
+        bench.main([str(f), "--out", str(tmp_path / "o2"), "--setting", "a", "--steps", "20"])
