@@ -29,6 +29,14 @@ WEATHER = {
 }
 
 
+def load_script(relpath: str, name: str):
+    """A repo script that is not in a package (``bench/X.py``, ``space/app.py``), imported as module ``name``."""
+    spec = importlib.util.spec_from_file_location(name, REPO / relpath)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def requires(*modules: str):
     """Skip marker for optional dependencies (e.g. ``@requires("llama_cpp")``)."""
     missing = [m for m in modules if importlib.util.find_spec(m) is None]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import socket
 
-from tests.conftest import REPO
+from tests.conftest import load_script
 
 USER = "<|start_header_id|>user<|end_header_id|>\n\n"
 IPY = "<|start_header_id|>ipython<|end_header_id|>\n\n"
@@ -64,10 +63,7 @@ def recording_registry(names=("a", "b")):
 
 
 def load_app():
-    spec = importlib.util.spec_from_file_location("space_app", REPO / "space" / "app.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("space/app.py", "space_app")
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ The fast tests drive :func:`llamatune.chat_turn.respond` the way Gradio does (on
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 from llamatune.chat_turn import respond
 from llamatune.llm import ScriptedModel
 from llamatune.serving import ModelRegistry, ServedModel, ServingLimits, SpaceBusy, load_config
-from tests.conftest import REPO, requires
+from tests.conftest import REPO, load_script, requires
 from tests.space_fakes import free_port, load_app, recording_registry, scripted_registry
 
 HANG_S = 20  # a generous guard against a hang, never a speed claim
@@ -33,10 +32,7 @@ def last(it):
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_space_load", REPO / "bench" / "space_load.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/space_load.py", "bench_space_load")
 
 
 def _in_thread(fn):

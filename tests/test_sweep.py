@@ -5,6 +5,7 @@ import json
 import pytest
 
 from llamatune import sweep
+from tests.conftest import load_script
 
 
 def _metric(v, n=100):
@@ -95,17 +96,6 @@ def test_a_rung_starts_from_the_previous_rungs_checkpoint(tmp_path):
         sweep._seed_checkpoint(prev, tmp_path / "b", 50)
 
 
-def _bench_precision_val():
-    import importlib.util
-
-    from tests.conftest import REPO
-
-    spec = importlib.util.spec_from_file_location("bench_precision_val", REPO / "bench" / "precision_val.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def _toolcall_result(correct):
     return {"items": [{"id": f"i{k}", "category": "single_call", "correct": c} for k, c in enumerate(correct)]}
 
@@ -128,7 +118,7 @@ def test_precision_val_trains_both_arms_through_the_same_rungs_and_compares_them
         return {"score": 0.5, "train_seconds": 1.0, "val": _val(0.6, 0.4)}
 
     monkeypatch.setattr(sweep, "run_setting", fake_run)
-    bench = _bench_precision_val()
+    bench = load_script("bench/precision_val.py", "bench_precision_val")
     assert bench.main([str(f), "--out", str(tmp_path / "o"), "--setting", "a", "--steps", "40"]) == 0
     assert calls == [("a", {"learning_rate": 1e-3, "bf16": True}, 20, None),
                      ("a", {"learning_rate": 1e-3, "bf16": True}, 40, 20),
