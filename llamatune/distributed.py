@@ -178,15 +178,33 @@ RESUME_FREE = {"output_dir", "logging_steps", "report_to", "save_total_limit", "
                "per_device_train_batch_size", "gradient_accumulation_steps", "per_device_eval_batch_size"}
 
 
-def check_resumable(before: dict, recipe: dict, data: dict, scale: dict, run_dir) -> None:
-    """``ValueError`` naming every difference when a resume would continue ``before`` (the run's ``run.json``)
-    with another recipe, other data or another effective batch: the result would be neither run."""
+DATA_FILES = ("train.jsonl", "eval.jsonl", "manifest.json")  # the data files a run records the hashes of
+
+
+def data_hashes(data_dir: str | Path) -> dict:
+    """``{"<file>_sha256": hash}`` of the :data:`DATA_FILES` present in ``data_dir`` (recorded in ``run.json``)."""
+    from llamatune.jsonl import sha256_file
+
+    return {f"{name}_sha256": sha256_file(Path(data_dir) / name) for name in DATA_FILES
+            if (Path(data_dir) / name).exists()}
+
+
+def run_differences(before: dict, recipe: dict, data: dict) -> list[str]:
+    """Every difference between a run's ``run.json`` (``before``) and a new ``recipe`` and ``data`` hashes, in
+    words (``learning_rate: 0.0005 → 0.001``); the keys of :data:`RESUME_FREE` do not count."""
     old = before.get("recipe") or {}
     diffs = [f"{k}: {old.get(k)!r} → {recipe.get(k)!r}" for k in sorted(set(old) | set(recipe))
              if k not in RESUME_FREE and old.get(k) != recipe.get(k)]
     old_data = before.get("data") or {}
     diffs += [f"{k}: {old_data[k][:12]}… → {str(data.get(k))[:12]}…" for k in sorted(old_data)
               if k.endswith("_sha256") and old_data[k] != data.get(k)]
+    return diffs
+
+
+def check_resumable(before: dict, recipe: dict, data: dict, scale: dict, run_dir) -> None:
+    """``ValueError`` naming every difference when a resume would continue ``before`` (the run's ``run.json``)
+    with another recipe, other data or another effective batch: the result would be neither run."""
+    diffs = run_differences(before, recipe, data)
     if before.get("effective_batch_size") not in (None, scale.get("effective_batch_size")):
         diffs.append(f"effective_batch_size: {before['effective_batch_size']} → {scale.get('effective_batch_size')}")
     if diffs:

@@ -38,8 +38,8 @@ import yaml
 
 from llamatune.chat import DEFAULT_DATE, template_text, validate_messages
 from llamatune.device import importable
-from llamatune.distributed import dist_state, is_final, last_checkpoint, restore_final
-from llamatune.jsonl import iter_jsonl, read_json, sha256_file, write_json, write_text
+from llamatune.distributed import data_hashes, dist_state, is_final, last_checkpoint, restore_final
+from llamatune.jsonl import iter_jsonl, read_json, write_json, write_text
 from llamatune.provenance import git_info, package_versions
 from llamatune.train_fast import apply_fast_path, resolve_precision
 
@@ -284,9 +284,7 @@ def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: li
     # train_sequences × per_device_train_batch_size × gradient_accumulation_steps (× devices)
     data = {"dataset_path": str(data_dir), "train_rows": len(train_ds), "eval_rows_used": len(eval_ds or []),
             "train_sequences": len(trainer.train_dataset)}
-    for name in ("train.jsonl", "eval.jsonl", "manifest.json"):
-        if (data_dir / name).exists():
-            data[f"{name}_sha256"] = sha256_file(data_dir / name)
+    data.update(data_hashes(data_dir))
     attn_impl = getattr(trainer.model.config, "_attn_implementation", None)
     info = {"backend": backend, "dtype": dtype, "bf16": args.bf16, "fp16": args.fp16, "precision": precision,
             "attn_implementation": attn_impl, "compiled_modules": compiled,

@@ -172,6 +172,33 @@ def test_demo_smoke_interrupted_in_training_resumes(tmp_path):
             llm.close()
 
 
+def test_a_tuned_run_of_another_recipe_or_data_is_set_aside_not_reused(tmp_path):
+    """An edited recipe (or new rows) after a finished demo: the old run is moved aside and kept, so the train stage
+    trains again instead of reporting the old adapter under the new recipe (or failing to resume it)."""
+    data, run = tmp_path / "data", tmp_path / "tuned"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"messages": []}\n')
+    model = demo.DEFAULTS["model"]
+    recipe = demo.demo_recipe(data, run, 80, 1024, model)
+    from llamatune.distributed import data_hashes
+
+    def finished(recipe):
+        run.mkdir()
+        (run / "run.json").write_text(json.dumps({"status": "done", "recipe": recipe, "data": data_hashes(data)}))
+
+    assert demo.set_aside_stale(run, recipe, data) is None  # nothing there yet
+    finished(recipe)
+    assert demo.set_aside_stale(run, demo.demo_recipe(data, run, 80, 1024, model), data) is None and run.exists()
+
+    edited = demo.demo_recipe(data, run, 80, 1024, model, ["--learning_rate=0.001"])
+    aside = demo.set_aside_stale(run, edited, data)
+    assert aside is not None and not run.exists() and json.loads((aside / "run.json").read_text())["recipe"] == recipe
+
+    finished(recipe)
+    (data / "train.jsonl").write_text('{"messages": [1]}\n')  # new rows, same recipe
+    assert demo.set_aside_stale(run, recipe, data) is not None and not run.exists()
+
+
 @requires("transformers")
 def test_demo_data_prompts_are_distinct_and_unseen(tmp_path, tiny_model_dir):
     from llamatune.data.funccall import CATEGORIES, NEW_CATEGORIES, ORIGINAL_CATEGORIES
