@@ -249,24 +249,6 @@ def demo_recipe(data_dir: Path, run_dir: Path, steps: int, max_length: int, mode
         f"--max_length={max_length}", f"--warmup_steps={min(5, steps // 4)}", *overrides])
 
 
-def set_aside_stale(run_dir: Path, recipe: dict, data_dir: Path) -> Path | None:
-    """A run in ``run_dir`` made with another recipe or other data (an edited recipe file, new rows) is moved to
-    ``run_dir.stale-<time>`` (kept, not deleted), so the stage trains again instead of reusing or resuming it;
-    returns where it went (``None``: nothing there, or the same recipe and data)."""
-    from llamatune.distributed import data_hashes, run_differences
-
-    before = read_json(run_dir / "run.json", None)
-    if before is None or not (diffs := run_differences(before, recipe, data_hashes(data_dir))):
-        return None
-    stamp, k = time.strftime("%Y%m%d-%H%M%S"), 1
-    while (aside := run_dir.with_name(f"{run_dir.name}.stale-{stamp}" + (f"-{k}" if k > 1 else ""))).exists():
-        k += 1
-    run_dir.rename(aside)
-    print(f"[demo] {run_dir} was trained with another recipe or data ({'; '.join(diffs)}): moved to {aside}",
-          flush=True)
-    return aside
-
-
 def run_training(data_dir: Path, run_dir: Path, steps: int, max_length: int, threads: int, model: str,
                  overrides: list[str] = (), stop_at: int | None = None) -> Path:
     """LoRA SFT with the model's demo recipe for ``steps`` steps (the schedule); with ``stop_at`` (successive
@@ -274,12 +256,9 @@ def run_training(data_dir: Path, run_dir: Path, steps: int, max_length: int, thr
     from llamatune.train import train
 
     recipe = demo_recipe(data_dir, run_dir, steps, max_length, model, overrides)
-    try:
-        import torch
+    import torch  # a training dependency (train.py needs it too)
 
-        torch.set_num_threads(threads)
-    except ImportError:
-        pass
+    torch.set_num_threads(threads)
     callbacks = [_exit_after_save_callback()] if os.environ.get(CRASH_ENV) else []
     if stop_at is not None and stop_at < steps:
         callbacks.append(_stop_at_callback(stop_at))
@@ -343,6 +322,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
              batch: int | None = None, constrained: bool = True) -> dict:
     """Run (or resume) every stage (``constrained``: also base and tuned with grammar-constrained calls); returns the report dict also written to ``out/report.json``."""
     from llamatune import demo_report
+    from llamatune.distributed import set_aside_stale
     from llamatune.evals.toolcall import decode_batch, evaluate, is_current
     from llamatune.models import resolve_model
     from llamatune.provenance import cpu_info
@@ -364,7 +344,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     st.run("data", _data_done(data, n, n_test, n_val, max_length, template, n_test_new=n_test_new), make_data, data, n,
            n_test, n_val, max_length, hf_dir, template, n_test_new=n_test_new)
     run_dir = out / "tuned"
-    set_aside_stale(run_dir, demo_recipe(data, run_dir, steps, max_length, model), data)
+    set_aside_stale(run_dir, demo_recipe(data, run_dir, steps, max_length, model), data)  # an edited recipe: train again
     st.run("train", train_done(run_dir), run_training, data, run_dir, steps, max_length, threads, model)
     serve = MODELS[model]["serve"]
     st.run("export_base", export_done(out / "base", serve), run_export, Path(hf_dir), out / "base", f"{model}-base", True,

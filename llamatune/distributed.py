@@ -211,3 +211,21 @@ def check_resumable(before: dict, recipe: dict, data: dict, scale: dict, run_dir
         raise ValueError(f"{run_dir}: --resume would continue this run with another recipe or data ("
                          + "; ".join(diffs) + "). Resume with the recipe and data it was started with, or train "
                          "into another output_dir")
+
+
+def set_aside_stale(run_dir: Path, recipe: dict, data_dir: Path) -> Path | None:
+    """A run in ``run_dir`` made with another recipe or other data (an edited recipe file, new rows) is moved to
+    ``run_dir.stale-<time>`` (kept, not deleted), so the stage trains again instead of reusing or resuming it;
+    returns where it went (``None``: nothing there, or the same recipe and data)."""
+    import time
+
+    before = read_json(run_dir / "run.json", None)
+    if before is None or not (diffs := run_differences(before, recipe, data_hashes(data_dir))):
+        return None
+    stamp, k = time.strftime("%Y%m%d-%H%M%S"), 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.stale-{stamp}" + (f"-{k}" if k > 1 else ""))).exists():
+        k += 1
+    run_dir.rename(aside)
+    print(f"[llamatune] {run_dir} was trained with another recipe or data ({'; '.join(diffs)}): moved to {aside}",
+          flush=True)
+    return aside

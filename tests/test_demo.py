@@ -180,23 +180,23 @@ def test_a_tuned_run_of_another_recipe_or_data_is_set_aside_not_reused(tmp_path)
     (data / "train.jsonl").write_text('{"messages": []}\n')
     model = demo.DEFAULTS["model"]
     recipe = demo.demo_recipe(data, run, 80, 1024, model)
-    from llamatune.distributed import data_hashes
+    from llamatune.distributed import data_hashes, set_aside_stale
 
     def finished(recipe):
         run.mkdir()
         (run / "run.json").write_text(json.dumps({"status": "done", "recipe": recipe, "data": data_hashes(data)}))
 
-    assert demo.set_aside_stale(run, recipe, data) is None  # nothing there yet
+    assert set_aside_stale(run, recipe, data) is None  # nothing there yet
     finished(recipe)
-    assert demo.set_aside_stale(run, demo.demo_recipe(data, run, 80, 1024, model), data) is None and run.exists()
+    assert set_aside_stale(run, demo.demo_recipe(data, run, 80, 1024, model), data) is None and run.exists()
 
     edited = demo.demo_recipe(data, run, 80, 1024, model, ["--learning_rate=0.001"])
-    aside = demo.set_aside_stale(run, edited, data)
+    aside = set_aside_stale(run, edited, data)
     assert aside is not None and not run.exists() and json.loads((aside / "run.json").read_text())["recipe"] == recipe
 
     finished(recipe)
     (data / "train.jsonl").write_text('{"messages": [1]}\n')  # new rows, same recipe
-    assert demo.set_aside_stale(run, recipe, data) is not None and not run.exists()
+    assert set_aside_stale(run, recipe, data) is not None and not run.exists()
 
 
 @requires("transformers")
