@@ -42,11 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.steps not in rungs:
         raise SystemExit(f"--steps {a.steps}: not a rung of {a.sweep_file} ({rungs})")
     out, t0 = Path(a.out), time.time()
-    rows = {}
+    rows, names = {}, {"bf16": run["name"], "fp32": f"{run['name']}-fp32"}
     for precision, flag in (("bf16", True), ("fp32", False)):
-        arm = {**run, "set": {**(run.get("set") or {}), "bf16": flag}}
-        if precision == "fp32":
-            arm["name"] = f"{run['name']}-fp32"
+        arm = {**run, "name": names[precision], "set": {**(run.get("set") or {}), "bf16": flag}}
         prev = None
         for rung in rungs[: rungs.index(a.steps) + 1]:  # each rung continues from the one before, as in the sweep
             row = sweep.run_setting(out, spec["base"], arm, stop_at=rung, prev=prev)
@@ -55,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         got = read_json(out / arm["name"] / f"steps-{a.steps}" / "run.json")["precision"]["compute"]
         if got != ("bfloat16" if flag else "float32"):
             raise SystemExit(f"{out / arm['name']}: trained in {got}, expected {precision}")
-    cmp = compare(*(out / name / f"steps-{a.steps}" / "val.json" for name in (run["name"], f"{run['name']}-fp32")))
+    cmp = compare(*(out / names[precision] / f"steps-{a.steps}" / "val.json" for precision in ("bf16", "fp32")))
     res = {"bench": "precision_val", "sweep_file": a.sweep_file, "setting": a.setting, "steps": a.steps,
            "cpu": cpu_info().get("model"), "cpu_default": this_train_precision().dtype,
            "load_before": [round(x, 2) for x in os.getloadavg()]}
