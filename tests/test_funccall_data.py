@@ -103,6 +103,24 @@ def test_split_by_template_family(rows):
     assert {r["category"] for r in test} == set(CATEGORIES)
 
 
+def test_every_test_concept_has_a_training_family():
+    """A held-out family tests new *phrasing* of something training shows: a clarify family's reason and a follow-up
+    family's kind each have a training family too (the 2026-12-05 split had held out the only family of an ambiguous
+    place, a missing unit and another-unit follow-ups). Near-miss families are held out whole by design: reading a
+    same-domain tool's description to decline it is the transfer that test measures. Families added after the split
+    was frozen are training families and leave the test families as they were."""
+    from llamatune.data import funccall_templates as book
+
+    split = split_families()
+    concept = {**book.CLARIFY_REASONS, **{f: spec[1] for f, spec in book.FOLLOW_UPS.items()}}
+    assert set(book.CLARIFY_REASONS) == set(book.CLARIFY)
+    for f in concept:
+        if split[f] == "test":
+            assert any(split[g] == "train" and concept[g] == concept[f] for g in concept), f
+    assert all(split[f] == "train" for f in book.TRAIN_ONLY)
+    assert {f for f, s in split.items() if s == "test"} >= {"cl-ambiguous", "cl-nounit", "fu-convert"}
+
+
 def _expected_list(r):
     return r["expected"] if isinstance(r["expected"], list) else [r["expected"]] if r["expected"] else []
 

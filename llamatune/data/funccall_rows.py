@@ -83,13 +83,15 @@ def family_groups() -> dict[str, str]:
 
 def split_families(test_fraction: float = 0.2) -> dict[str, str]:
     """Family id → ``"train"`` or ``"test"``: ~``test_fraction`` of each group (at least one, never all) goes
-    to test. Fixed by the family ids alone, so every seed (and the ICL prompt) sees the same split."""
+    to test; families added after the split was frozen (:data:`~llamatune.data.funccall_templates.TRAIN_ONLY`) are
+    always training families. Fixed by the family ids alone, so every seed (and the ICL prompt) sees the same split."""
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     by_group = defaultdict(list)
     for fam, group in family_groups().items():
-        by_group[group].append(fam)
-    split = {}
+        if fam not in phrasebook.TRAIN_ONLY:
+            by_group[group].append(fam)
+    split = dict.fromkeys(phrasebook.TRAIN_ONLY, "train")
     for fams in by_group.values():
         fams.sort(key=lambda f: hashlib.sha256(f.encode()).hexdigest())
         k = 0 if test_fraction == 0 else min(len(fams) - 1, max(1, round(len(fams) * test_fraction)))

@@ -115,12 +115,34 @@ CLARIFY = {
     "cl-nounit": ("clarify-other", "convert_units", ["Convert {value} to {dst}.", "How much is {value} in "
                   "{dst}?"], ["What unit is {value} in? For example {examples}?",
                               "Could you tell me the unit of {value} ({examples})?"]),
+    # the two below: training-only second phrasings of a reason whose only family the split had held out (TRAIN_ONLY)
+    "cl-ambiguous-b": ("clarify-weather", "weather", ["Is it raining in {amb} right now?", "Temperature in {amb}?",
+                       "I'm flying to {amb} tomorrow. Will I need a coat?", "Check the weather in {amb} for me."],
+                       ["There are several places called {amb}. Which one do you mean: {options}?",
+                        "Do you mean {options}? Several places are called {amb}."]),
+    "cl-nounit-b": ("clarify-other", "convert_units", ["I have {value}. What is that in {dst}?",
+                    "Can you turn {value} into {dst}?", "{value} to {dst}, please."],
+                    ["What unit is {value} in? For example {examples}?",
+                     "Could you tell me the unit of {value} ({examples})?"]),
     "cl-notopic": ("clarify-other", "research", ["Can you look something up on Wikipedia for me?",
                    "Search Wikipedia, please.", "I want a Wikipedia summary.",
                    "Look up the Wikipedia article my {person} mentioned.",
                    "Can you get me a Wikipedia summary for my {subject} homework?"],
                    ["Of course! What would you like me to look up?", "Sure. Which topic or article?"]),
 }
+
+# Why a clarify family asks: families of one reason differ only in phrasing. The split holds out a family per group;
+# a test family whose reason no training family has would ask for a concept training never shows (the check is
+# tests/test_funccall_data.py::test_every_test_concept_has_a_training_family).
+CLARIFY_REASONS = {"cl-noplace-now": "place", "cl-noplace-later": "place", "cl-notime": "place",
+                   "cl-ambiguous": "ambiguous place", "cl-ambiguous-b": "ambiguous place", "cl-nounit": "unit",
+                   "cl-nounit-b": "unit", "cl-notopic": "topic"}
+
+# Families added after the test split was frozen: always training families (the split never sees them), so the test
+# rows stay the same. The 2026-12-05 split had held out the only family of two clarify reasons (an ambiguous place, a
+# missing unit) and of one follow-up kind (another unit): the tuned model asked 0/13 times on those test items while
+# validation, drawn from the training families, showed 12/12 (README, "The tuned model that stops, part 4").
+TRAIN_ONLY = ("cl-ambiguous-b", "cl-nounit-b", "fu-convert-b")
 
 # No tool needed although tools are offered. family -> (group, kind, key, tools that must NOT be offered).
 # kind: fact (FACTS[key] pairs through the phrasings below), qa (FACTS[key] (question, answer) pairs, split
@@ -167,6 +189,8 @@ FOLLOW_UPS = {
                 ["Can you give me that in Fahrenheit?", "In Fahrenheit, please.", "What's that in °F?"]),
     "fu-time": (["get_local_time"], "othercity", ["And in {city}?", "What about {city}?"]),
     "fu-convert": (["convert_units"], "otherunit", ["And in {dst}?", "What about in {dst}?"]),
+    "fu-convert-b": (["convert_units"], "otherunit", ["Now give it in {dst}, please.", "How many {dst} is that?",
+                     "Convert that to {dst} too."]),  # training only (TRAIN_ONLY)
     "fu-wiki": (["get_wikipedia_summary"], "othertopic", ["Now tell me about {topic}.", "And {topic}?"]),
     "fu-thanks": (["get_current_weather", "get_weather_forecast", "get_local_time", "convert_units",
                    "get_wikipedia_summary", "search_wikipedia", "calculate"], "thanks",
