@@ -16,6 +16,7 @@ from llamatune.chat import render, validate_messages
 from llamatune.data.funccall import (CATEGORIES, DEFAULT_PROPORTIONS, NEW_CATEGORIES, ORIGINAL_CATEGORIES,
                                      ORIGINAL_PROPORTIONS, build_dataset, category_counts, generate, parse_proportions,
                                      split_families)
+from llamatune.data.funccall_foreign import FOREIGN, schemas as foreign_schemas
 from llamatune.data.funccall_more import mask_row, unmask
 from llamatune.toolcall import ToolCall, parse_output, validate_call
 from llamatune.tools import all_tools
@@ -121,12 +122,39 @@ def test_every_test_concept_has_a_training_family():
     assert {f for f, s in split.items() if s == "test"} >= {"cl-ambiguous", "cl-nounit", "fu-convert"}
 
 
+def test_foreign_tools_in_training_rows_only(rows):
+    """Training rows meet tools the project does not have: as distractors in about half of the rows that have
+    distractors (not beside an agent mode's own set, never in near-miss or injection rows), and as the needed tool of about a fifth of the single calls;
+    test rows never do, and no foreign tool's description is about a domain a request of the generator needs or a
+    near-miss row declines."""
+    train, test = rows
+    is_foreign = lambda r: {t["function"]["name"] for t in unmask(r)["tools"]} & set(FOREIGN)  # noqa: E731
+    assert not any(is_foreign(r) for r in test)
+    singles = [unmask(r) for r in train if r["category"] == "single_call"]
+    called = [r for r in singles if r["expected"]["name"] in FOREIGN]
+    assert 0.1 < len(called) / len(singles) < 0.3
+    for r in called:
+        assert r["template_id"] == "xf-" + r["expected"]["name"] and len(r["tools"]) == 2
+        assert validate_call(ToolCall(r["expected"]["name"], r["expected"]["arguments"]), r["tools"]) is None
+        assert all(str(v) in r["messages"][0]["content"] for v in r["expected"]["arguments"].values())
+    beside = [r for r in train if r["category"] in ("no_tool", "clarify", "tool_result", "multi_turn")
+              and r not in called]
+    assert 0.1 < sum(bool(is_foreign(r)) for r in beside) / len(beside) < 0.6  # an agent mode's set has none
+    assert {"no_tool", "tool_result", "multi_turn"} <= {r["category"] for r in beside if is_foreign(r)}
+    assert not any(is_foreign(r) for r in train if r["category"] in ("near_miss", "injection"))
+    words = re.compile(r"weather|forecast|rain|local time|time zone|convert|unit|wikipedia|article|calculat|"
+                       r"currenc|exchange|flight|alarm|news|recipe|translat|calorie|sunrise", re.I)
+    for schema in foreign_schemas().values():
+        fn = schema["function"]
+        assert not words.search(fn["name"] + " " + fn["description"]), fn["name"]
+
+
 def _expected_list(r):
     return r["expected"] if isinstance(r["expected"], list) else [r["expected"]] if r["expected"] else []
 
 
 def test_every_call_is_valid_against_its_tool_schema(rows):
-    names = set(all_tools())
+    names = set(all_tools()) | set(FOREIGN)
     n_calls = 0
     for masked in rows[0] + rows[1]:
         for r in (masked, unmask(masked)):  # valid against the neutral schemas, and against the real ones
@@ -222,9 +250,10 @@ def test_masking_renames_consistently_and_keeps_the_calls_up_to_renaming(rows):
         for t in r["tools"]:
             assert all(re.fullmatch(r"arg_\d+", a) for a in t["function"]["parameters"]["properties"])
         real = unmask(r)
-        assert "masked" not in real and {t["function"]["name"] for t in real["tools"]} <= set(all_tools())
+        real_schemas = {**{n: t.schema for n, t in all_tools().items()}, **foreign_schemas()}
+        assert "masked" not in real and {t["function"]["name"] for t in real["tools"]} <= set(real_schemas)
         for t in real["tools"]:  # descriptions kept: the real schema, bar the names
-            assert t == all_tools()[t["function"]["name"]].schema
+            assert t == real_schemas[t["function"]["name"]]
     # masking a row and mapping it back gives the row: calls, results, expected (and its accepted spellings)
     originals = [r for r in generate(200, seed=5, masking=0.0)[0] if r["expected"]]
     assert any(isinstance(r["expected"], list) for r in originals)

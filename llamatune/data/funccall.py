@@ -33,7 +33,8 @@ wrapped as the agent wraps them, so the fine-tune sees what it will be served. T
 (Meta's official format, where the base model over-calls), all distractors and whole results: the test split is the
 rows of the five original categories in their original shares (the same rows as before the new categories, for
 the same seed and ``n``), then rows of the new categories (ids ``fc-test-new-…``). Train and test never share a
-template family. ``--paraphrase-endpoint`` paraphrases *training* user turns with any OpenAI-compatible server
+template family; a held-out family is new phrasing of a concept training shows (a clarify reason, a follow-up kind
+has a training family too), except near-miss families, held out whole by design. ``--paraphrase-endpoint`` paraphrases *training* user turns with any OpenAI-compatible server
 (cached in ``DIR/paraphrase_cache.jsonl``); a paraphrase that drops a slot value (a city, a number) is rejected and
 the template text kept. The test split is never paraphrased.
 """

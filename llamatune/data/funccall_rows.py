@@ -18,6 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 
 from llamatune.data import funccall_build as builders
+from llamatune.data import funccall_foreign as foreign
 from llamatune.data import funccall_more as more
 from llamatune.data import funccall_templates as phrasebook
 
@@ -41,22 +42,30 @@ class Style:
     approximate tokens are cut the way the agent cuts them (``None``: whole); ``masking``: share of the rows offered
     tools that get neutral tool and argument names (:func:`~llamatune.data.funccall_more.mask_row`); ``row_budget``:
     distractors are left out of a row whose conversation and schemas would pass this many approximate tokens
-    (:func:`~llamatune.data.funccall_build.approx_tokens`); an agent mode's tools and system prompt never are."""
+    (:func:`~llamatune.data.funccall_build.approx_tokens`); an agent mode's tools and system prompt never are;
+    ``foreign_share``: share of the rows with distractors (near-miss and injection rows excepted) whose distractors
+    are foreign tools (:mod:`~llamatune.data.funccall_foreign`); ``foreign_calls``: share of the single-call rows that
+    ask for a foreign tool."""
     system_share: float = 0.0
     max_distractors: int = 3
     max_distractors_several: int = 3
     result_budget: int | None = None
     masking: float = 0.0
     row_budget: int | None = None
+    foreign_share: float = 0.0
+    foreign_calls: float = 0.0
 
 
 EVAL_STYLE = Style()  # test and validation rows, as the test rows always were
 ORIGINAL_TRAIN_STYLE = Style(system_share=0.5)  # the training rows before lean rows (the ICL examples use these)
 # lean training rows: one distractor at most (none beside two needed tools: the choice is there already, nor where
-# it would make the row long), results cut at 160 approximate tokens (~130 of SmolLM2's), 30% of the rows masked
+# it would make the row long), results cut at 160 approximate tokens (~130 of SmolLM2's), 30% of the rows masked;
+# half the distractors foreign tools and a fifth of the single calls for one (set before any run, not chosen on a score)
 TRAIN_STYLE = Style(system_share=0.5, max_distractors=1, max_distractors_several=0, result_budget=160, masking=0.3,
-                    row_budget=620)
+                    row_budget=620, foreign_share=0.5, foreign_calls=0.2)
 AGENT_SYSTEM_SHARE = TRAIN_STYLE.system_share
+# families that are always training families: those added after the split was frozen, and the foreign tools'
+TRAIN_ONLY = (*phrasebook.TRAIN_ONLY, *foreign.families())
 
 
 def train_style(masking: float | None = None) -> Style:
@@ -76,6 +85,7 @@ def family_groups() -> dict[str, str]:
     groups.update({f: spec[0] for f, spec in phrasebook.CLARIFY.items()})
     groups.update({f: spec[0] for f, spec in phrasebook.NO_TOOL.items()})
     groups.update({f: "follow-up" for f in phrasebook.FOLLOW_UPS})
+    groups.update({f: "foreign" for f in foreign.families()})
     for book in (phrasebook.NEAR_MISS, phrasebook.PARALLEL, phrasebook.INJECTIONS):
         groups.update({f: spec[0] for f, spec in book.items()})
     return groups
@@ -89,9 +99,9 @@ def split_families(test_fraction: float = 0.2) -> dict[str, str]:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     by_group = defaultdict(list)
     for fam, group in family_groups().items():
-        if fam not in phrasebook.TRAIN_ONLY:
+        if fam not in TRAIN_ONLY:
             by_group[group].append(fam)
-    split = dict.fromkeys(phrasebook.TRAIN_ONLY, "train")
+    split = dict.fromkeys(TRAIN_ONLY, "train")
     for fams in by_group.values():
         fams.sort(key=lambda f: hashlib.sha256(f.encode()).hexdigest())
         k = 0 if test_fraction == 0 else min(len(fams) - 1, max(1, round(len(fams) * test_fraction)))
@@ -124,9 +134,11 @@ def _size(messages: list[dict], schemas: list[dict]) -> int:
 
 
 def _toolset(rng: random.Random, must: list[str], exclude=(), style: Style = EVAL_STYLE,
-             messages: list[dict] = ()) -> list[dict]:
+             messages: list[dict] = (), frng: random.Random | None = None) -> list[dict]:
     """The offered schemas: ``must`` + distractors (≥1 tool in all), or an agent mode's set, shuffled; with the
-    style's ``row_budget``, distractors that would make the row (``messages`` + schemas) pass it are left out."""
+    style's ``row_budget``, distractors that would make the row (``messages`` + schemas) pass it are left out. With
+    ``frng`` (a row's own stream), a ``foreign_share`` of the rows get foreign distractors instead of the project's
+    (at least one); ``rng`` draws as it would without them, so the other rows stay the same."""
     from llamatune.protocol import MODES
     from llamatune.tools import all_tools
 
@@ -140,11 +152,33 @@ def _toolset(rng: random.Random, must: list[str], exclude=(), style: Style = EVA
         most = style.max_distractors if len(set(must)) < 2 else style.max_distractors_several
         names = list(dict.fromkeys(must)) + rng.sample(pool, rng.randint(0 if must else 1, max(0 if must else 1,
                                                                                                 min(most, len(pool)))))
+        k = max(1 if most else 0, len(names) - len(set(must)))  # none beside several needed tools if most is 0
+        if frng is not None and style.foreign_share and k and frng.random() < style.foreign_share:
+            names = list(dict.fromkeys(must))
+            schemas.update({f["function"]["name"]: f for f in foreign.distractors(frng, k)})
+            names += [n for n in schemas if n in foreign.FOREIGN]
     keep = set(must) or {names[0]}
     while style.row_budget and set(names) - keep and _size(messages, [schemas[n] for n in names]) > style.row_budget:
         names.remove([n for n in names if n not in keep][-1])
     rng.shuffle(names)
     return [schemas[n] for n in names]
+
+
+def _foreign_call(frng: random.Random, style: Style) -> tuple[list[dict], list[dict], dict, list[str]]:
+    """A single-call row that needs a foreign tool, beside one of the project's tools (or, in a ``foreign_share``
+    of the rows, another foreign one): ``(messages, tools, expected, families)``."""
+    from llamatune.tools import all_tools
+
+    name = frng.choice(sorted(foreign.FOREIGN))
+    text, args = foreign.request(frng, name)
+    messages = [builders.user(text, [str(v) for v in args.values()]), builders.call(name, args)]
+    if frng.random() < style.foreign_share:
+        other = foreign.schema(frng.choice([n for n in sorted(foreign.FOREIGN) if n != name]))
+    else:
+        other = all_tools()[frng.choice(sorted(all_tools()))].schema
+    tools = [foreign.schema(name), other]
+    frng.shuffle(tools)
+    return messages, tools, builders.expected(name, args, {}), [foreign.family(name)]
 
 
 def _pick(rng: random.Random, by_group: dict[str, list[str]]) -> str:
@@ -166,9 +200,16 @@ def _single(rng, fams, weights=SINGLE_WEIGHTS):
     return tool, rng.choice(fams["single"][tool])
 
 
-def _row(rng: random.Random, category: str, fams: dict, style: Style = EVAL_STYLE) -> dict:
+def _row(rng: random.Random, category: str, fams: dict, style: Style = EVAL_STYLE,
+         frng: random.Random | None = None) -> dict:
     exclude: list[str] = []
     budget = style.result_budget
+    if category in ("near_miss", "injection"):
+        frng = None  # a foreign tool could serve what a near-miss row declines; injections keep their own tools
+    if category == "single_call" and frng is not None and style.foreign_calls and frng.random() < style.foreign_calls:
+        messages, tools, exp, used = _foreign_call(frng, style)
+        return {"messages": messages, "tools": tools, "category": category, "template_id": used[-1],
+                "expected": exp, "families": used}
     if category in ("single_call", "tool_result"):
         tool, family = _single(rng, fams)
         if category == "single_call":
@@ -208,7 +249,7 @@ def _row(rng: random.Random, category: str, fams: dict, style: Style = EVAL_STYL
         else:
             messages, must, exp = more.build_parallel_result(rng, family, budget)
         used = [family]
-    tools = _toolset(rng, must, exclude, style, messages)
+    tools = _toolset(rng, must, exclude, style, messages, frng)
     system = agent_system_prompt([t["function"]["name"] for t in tools])
     if system and rng.random() < style.system_share:  # the agent's own prompt, so training matches serving
         messages = [{"role": "system", "content": system}, *messages]
@@ -252,7 +293,9 @@ def build_split(split: str, n: int, seed: int, proportions: dict | None = None, 
     rng.shuffle(order)
     rows = []
     for i, category in enumerate(order):
-        row = {"id": f"fc-{name}-{i:05d}", **_row(rng, category, fams, style)}
+        frng = random.Random(f"funccall:{seed}:{name}:foreign:{i}") if style.foreign_share or style.foreign_calls \
+            else None  # its own stream, as the masking's
+        row = {"id": f"fc-{name}-{i:05d}", **_row(rng, category, fams, style, frng)}
         mask_rng = random.Random(f"funccall:{seed}:{name}:mask:{i}")  # its own stream: the share changes no other row
         if style.masking and category != "injection" and mask_rng.random() < style.masking:
             row = more.mask_row(row, mask_rng)
