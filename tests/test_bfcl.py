@@ -347,3 +347,20 @@ def test_summary_interval_contains_its_estimate_at_zero_and_one():
     assert (s["value"], s["low"]) == (0.0, 0.0) and 0 < s["high"] < 0.2
     s = bfcl.summarize([{**i, "correct": True} for i in none], {})["non_live_ast"]
     assert (s["value"], s["high"]) == (1.0, 1.0) and 0.8 < s["low"] < 1
+
+
+def test_constrained_outputs_that_do_not_parse_are_counted_by_cause():
+    """A call opened where no function is offered has no grammar (the model's decision, left visible); one whose
+    closer never came was cut by the token budget; the rest are 'other'. Text answers and parsed calls are none."""
+    tool = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    tools = {"none": [], "cut": tool, "odd": tool, "text": tool, "good": tool}
+    outputs = {"none": '<tool_call>[\n{"name": "arguments": {}}\n]</tool_call>',
+               "cut": '<tool_call>[\n{"name": "f", "arguments": {"x": [1, 1, 1, 1',
+               "odd": '<tool_call>[\n{"name": "f" "arguments": {}}\n]</tool_call>',
+               "text": "No function here can do that.",
+               "good": '<tool_call>[\n{"name": "f", "arguments": {}}\n]</tool_call>'}
+    want = [{"name": "f", "possible": {}}]
+    items = [{"id": k, "output": v, **bfcl_score.score_output(v, want, tools[k], "simple_python")}
+             for k, v in outputs.items()]
+    assert [i["id"] for i in items if i["attempted"] and not i["format_valid"]] == ["none", "cut", "odd"]
+    assert bfcl.malformed_causes(items, tools, "smollm2") == {"no_tools_offered": 1, "unclosed": 1, "other": 1}

@@ -131,6 +131,26 @@ def prompt_of(row: dict, icl: int = 0, seed: int = 0) -> dict:
             "tools": row["tools"]}
 
 
+def malformed_causes(items: list[dict], tools: dict[str, list], template: str) -> dict[str, int]:
+    """Why constrained outputs that attempt a call still do not parse: ``no_tools_offered`` (the item offers no
+    function, so there is no grammar: the decision to call is the model's error, left visible), ``unclosed`` (the
+    template's call closer never came: the token budget cut the call, which a grammar cannot finish), ``other``."""
+    from llamatune.grammar import syntax_of
+
+    closer = syntax_of(template).closer
+    out = {"no_tools_offered": 0, "unclosed": 0, "other": 0}
+    for item in items:
+        if not item.get("attempted") or item.get("format_valid"):
+            continue
+        if not tools.get(item["id"]):
+            out["no_tools_offered"] += 1
+        elif closer and not item["output"].rstrip().endswith(closer):
+            out["unclosed"] += 1
+        else:
+            out["other"] += 1
+    return out
+
+
 def score_rows(rows: list[dict], outputs: dict[str, str]) -> list[dict]:
     return [{"id": r["id"], "category": r["category"],
              **score_output(outputs[r["id"]], r["expected"], r["tools"], r["category"]), "output": outputs[r["id"]]}
@@ -208,7 +228,8 @@ def evaluate(model_spec, out, categories=DEFAULT_CATEGORIES, limit: int | None =
     if constrain:
         for item in items:
             item["constrained_tokens"] = records[item["id"]].get("constrained_tokens", 0)
-        meta = {"constrained": True, "constrained_tokens": sum(i["constrained_tokens"] for i in items)}
+        meta = {"constrained": True, "constrained_tokens": sum(i["constrained_tokens"] for i in items),
+                "not_well_formed": malformed_causes(items, {r["id"]: r["tools"] for r in rows}, template)}
     return write_results(items, out, model=str(model_spec), icl=icl, categories=list(categories), limit=limit,
                          seed=seed, max_tokens=max_tokens,
                          max_tokens_parallel=max_tokens * PARALLEL_FACTOR, template=template,
