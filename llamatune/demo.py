@@ -59,7 +59,7 @@ N_TEST_NEW = 60  # test items of the new categories (data/eval_new.jsonl), besid
 # together by the evaluations (None: llamatune.generate.DECODE_BATCH).
 DEFAULTS = {"model": "smollm2-135m", "n": 1500, "n_test": 120, "n_val": 240, "steps": 80, "max_length": 1024, "icl": 2,
             "max_tokens": 64, "threads": 2, "n_test_new": N_TEST_NEW, "batch": None}
-DATA_FORMAT = 4  # bump when make_data's rows change, so a cached data stage is rebuilt
+DATA_FORMAT = 5  # bump when make_data's rows change, so a cached data stage is rebuilt
 SMOKE = {"n": 200, "n_test": 5, "n_val": 5, "steps": 4, "max_length": 384, "icl": 1, "max_tokens": 24, "n_test_new": 4}
 CRASH_ENV = "LLAMATUNE_DEMO_EXIT_AFTER_SAVE"  # tests: hard-exit after the first checkpoint is saved
 

@@ -123,11 +123,13 @@ def test_every_test_concept_has_a_training_family():
 
 
 def test_foreign_tools_in_training_rows_only(rows):
-    """Training rows meet tools the project does not have: as distractors in about half of the rows that have
-    distractors (not beside an agent mode's own set, never in near-miss or injection rows), and as the needed tool of about a fifth of the single calls;
-    test rows never do, and no foreign tool's description is about a domain a request of the generator needs or a
+    """With ``foreign=0.5`` training rows meet tools the project does not have: as distractors in about half of the
+    rows that have distractors (not beside an agent mode's own set, never in near-miss or injection rows), and as the
+    needed tool of about a fifth of the single calls; test rows never do, nor do the default training rows (off since
+    the 2026-12-05 run); no foreign tool's description is about a domain a request of the generator needs or a
     near-miss row declines."""
-    train, test = rows
+    assert not any(set(FOREIGN) & {t["function"]["name"] for t in unmask(r)["tools"]} for r in rows[0])
+    train, test = generate(N, seed=3, foreign=0.5)
     is_foreign = lambda r: {t["function"]["name"] for t in unmask(r)["tools"]} & set(FOREIGN)  # noqa: E731
     assert not any(is_foreign(r) for r in test)
     singles = [unmask(r) for r in train if r["category"] == "single_call"]

@@ -86,23 +86,24 @@ def held_out_parts(n_test: int, proportions: dict | None) -> tuple[dict, int, di
 
 def generate(n: int, seed: int, proportions: dict | None = None, test_fraction: float = 0.2,
              paraphrase_endpoint: str | None = None, paraphrase_model: str | None = None,
-             cache_path: str | Path | None = None, masking: float | None = None) -> tuple[list[dict], list[dict]]:
+             cache_path: str | Path | None = None, masking: float | None = None,
+             foreign: float | None = None) -> tuple[list[dict], list[dict]]:
     """``(train_rows, test_rows)``: ``n - round(n * test_fraction)`` training rows in ``proportions`` (default
-    :data:`DEFAULT_PROPORTIONS`), lean and ``masking``-masked; ``round(n * test_fraction)`` test rows of the original
-    categories plus the new categories' test rows (:func:`held_out_parts`). With ``paraphrase_endpoint``, training user
+    :data:`DEFAULT_PROPORTIONS`), lean and ``masking``-masked (``foreign``: see :func:`train_style`);
+    ``round(n * test_fraction)`` test rows of the original categories plus the new categories' test rows (:func:`held_out_parts`). With ``paraphrase_endpoint``, training user
     turns are paraphrased (cached)."""
     train, test, _ = _generate(n, seed, proportions, test_fraction, paraphrase_endpoint, paraphrase_model, cache_path,
-                               masking)
+                               masking, foreign)
     return train, test
 
 
-def _generate(n, seed, proportions, test_fraction, endpoint, model, cache_path, masking=None):
+def _generate(n, seed, proportions, test_fraction, endpoint, model, cache_path, masking=None, foreign=None):
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     n_test = round(n * test_fraction)
     old, n_new, new = held_out_parts(n_test, proportions)
     train = build_split("train", n - n_test, seed, DEFAULT_PROPORTIONS if proportions is None else proportions,
-                        test_fraction, train_style(masking))
+                        test_fraction, train_style(masking, foreign))
     test = build_split("test", n_test, seed, old, test_fraction) if old and n_test else []
     if n_new:
         test += build_split("test", n_new, seed, new, test_fraction, stream="test-new")
@@ -197,7 +198,7 @@ def _card_notes(train: list[dict], test: list[dict], meta: dict) -> str:
 def build_dataset(out: str | Path, n: int, seed: int = 0, proportions: dict | None = None,
                   test_fraction: float = 0.2, paraphrase_endpoint: str | None = None,
                   paraphrase_model: str | None = None, masking: float | None = None, tokenizer=None,
-                  template: str | None = None, max_length: int | None = None) -> dict:
+                  template: str | None = None, max_length: int | None = None, foreign: float | None = None) -> dict:
     """Generate and write ``train.jsonl``, ``eval.jsonl``, ``card.md``, ``manifest.json`` under ``out``. With
     ``tokenizer`` and ``template``, the card and the manifest (``lengths``) add the training rows' tokens per
     category and the rows kept at 512, 768, 1024 (and ``max_length``) tokens."""
@@ -207,7 +208,7 @@ def build_dataset(out: str | Path, n: int, seed: int = 0, proportions: dict | No
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train, test, para = _generate(n, seed, proportions, test_fraction, paraphrase_endpoint, paraphrase_model,
-                                  out / "paraphrase_cache.jsonl", masking)
+                                  out / "paraphrase_cache.jsonl", masking, foreign)
     for r in train + test:
         r["hash"] = content_hash(r["messages"], r["tools"])
     split = split_families(test_fraction)
@@ -220,7 +221,7 @@ def build_dataset(out: str | Path, n: int, seed: int = 0, proportions: dict | No
     meta = {"source": "llamatune.data.funccall (synthetic, offline)", "n": n, "seed": seed,
             "test_fraction": test_fraction,
             "proportions": dict(DEFAULT_PROPORTIONS if proportions is None else proportions),
-            "masking": train_style(masking).masking,
+            "masking": train_style(masking).masking, "foreign": train_style(foreign=foreign).foreign_share,
             "counts": {"train": dict(Counter(r["category"] for r in train)),
                        "test": dict(Counter(r["category"] for r in test))},
             "test_parts": {"original": sum(not r["id"].startswith("fc-test-new-") for r in test),
@@ -248,6 +249,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--masking", type=float, default=None,
                         help=f"share of training rows with neutral tool names (default {TRAIN_STYLE.masking:g})")
+    parser.add_argument("--foreign", type=float, default=None,
+                        help="share of training rows with distractors that get foreign tools (tools the project does "
+                             "not have; 0.4 × it of the single calls ask for one); default 0: tried, worse (README)")
     parser.add_argument("--paraphrase-endpoint", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     parser.add_argument("--paraphrase-model", default=None)
     parser.add_argument("--tokenizer", default=None,
@@ -269,7 +273,7 @@ def main(args) -> int:
         tok = AutoTokenizer.from_pretrained(path)
         args.template = args.template or model_template(path)
     meta = build_dataset(args.out, args.n, args.seed, props, args.test_fraction, args.paraphrase_endpoint,
-                         args.paraphrase_model, args.masking, tok, args.template, args.max_length)
+                         args.paraphrase_model, args.masking, tok, args.template, args.max_length, args.foreign)
     print((Path(args.out) / "card.md").read_text(encoding="utf-8"))
     print(f"wrote {len(meta['ids']['train'])} train and {len(meta['ids']['test'])} test rows to {args.out}")
     return 0

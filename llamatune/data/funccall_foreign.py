@@ -3,8 +3,9 @@ with a few phrasings each, for *training* rows only.
 
 Every tool the generator offered before was one of the project's seven, so the fine-tune met the same seven
 descriptions in every row (masking renames them, it keeps their descriptions). BFCL offers functions the model has
-never seen, and there the tuned model over-called (irrelevance 0.64 against 1.00 for the base). Training rows of
-:data:`~llamatune.data.funccall_rows.TRAIN_STYLE` now meet these schemas two ways:
+never seen, and there the tuned model over-called (irrelevance 0.64 against 1.00 for the base). With
+``llamatune data funccall --foreign SHARE`` (:func:`~llamatune.data.funccall_rows.train_style`), training rows meet
+these schemas two ways:
 
 * as **distractors** (:func:`distractors`): beside the needed tool of a call, or offered alone where no tool serves
   the request, so the model reads what a tool does before calling it;
@@ -15,6 +16,10 @@ None of these domains is one a request of the generator needs or a near-miss row
 arithmetic, encyclopaedia, news, flights, alarms, currencies, recipes, translation), so a foreign distractor never
 serves the request it sits beside. Written for this project (not taken from BFCL). Their families are training-only
 (:data:`~llamatune.data.funccall_templates.TRAIN_ONLY`): the test and validation rows never offer them.
+
+Tried on 2026-12-05 at ``--foreign 0.5`` (README, "The tuned model that stops, part 4") and **off by default**: the
+model learned "an unfamiliar function is to be called" (BFCL irrelevance 0.57 → 0.34, tuned − base −12 pp) and
+"a familiar one offered beside a question too" (demo no_tool items 14/14 → 6/14).
 """
 
 from __future__ import annotations

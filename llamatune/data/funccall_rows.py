@@ -59,22 +59,29 @@ class Style:
 EVAL_STYLE = Style()  # test and validation rows, as the test rows always were
 ORIGINAL_TRAIN_STYLE = Style(system_share=0.5)  # the training rows before lean rows (the ICL examples use these)
 # lean training rows: one distractor at most (none beside two needed tools: the choice is there already, nor where
-# it would make the row long), results cut at 160 approximate tokens (~130 of SmolLM2's), 30% of the rows masked;
-# half the distractors foreign tools and a fifth of the single calls for one (set before any run, not chosen on a score)
+# it would make the row long), results cut at 160 approximate tokens (~130 of SmolLM2's), 30% of the rows masked; no
+# foreign tools (train_style(foreign=0.5), tried 2026-12-05: validation and BFCL both worse, README part 4)
 TRAIN_STYLE = Style(system_share=0.5, max_distractors=1, max_distractors_several=0, result_budget=160, masking=0.3,
-                    row_budget=620, foreign_share=0.5, foreign_calls=0.2)
+                    row_budget=620)
+FOREIGN_CALLS_PER_SHARE = 0.4  # train_style(foreign=s): s of the distractor rows, 0.4 s of the single calls
 AGENT_SYSTEM_SHARE = TRAIN_STYLE.system_share
 # families that are always training families: those added after the split was frozen, and the foreign tools'
 TRAIN_ONLY = (*phrasebook.TRAIN_ONLY, *foreign.families())
 
 
-def train_style(masking: float | None = None) -> Style:
-    """:data:`TRAIN_STYLE`, with another masking share when given."""
-    if masking is None:
-        return TRAIN_STYLE
-    if not 0 <= masking <= 1:
-        raise ValueError(f"masking must be a share in [0, 1], got {masking!r}")
-    return replace(TRAIN_STYLE, masking=masking)
+def train_style(masking: float | None = None, foreign: float | None = None) -> Style:
+    """:data:`TRAIN_STYLE`, with another masking share, or foreign tools (``foreign``: the share of the rows with
+    distractors whose distractors are foreign; :data:`FOREIGN_CALLS_PER_SHARE` × that share of the single calls ask
+    for a foreign tool), when given."""
+    style = TRAIN_STYLE
+    for name, value in (("masking", masking), ("foreign", foreign)):
+        if value is not None and not 0 <= value <= 1:
+            raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
+    if masking is not None:
+        style = replace(style, masking=masking)
+    if foreign is not None:
+        style = replace(style, foreign_share=foreign, foreign_calls=FOREIGN_CALLS_PER_SHARE * foreign)
+    return style
 
 
 # --- template families and the split ---------------------------------------------------------------------
