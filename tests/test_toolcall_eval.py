@@ -300,3 +300,21 @@ def test_generation_cache_follows_the_model_content_not_its_path(tmp_path, tiny_
     rows = [json.loads(line) for line in cache.read_text().splitlines()]  # every line whole: the tear was cut
     assert len(rows) == 2 and len({r["key"] for r in rows}) == 2
     assert toolcall.is_current(out, model, tmp_path / "data" / "eval.jsonl", **settings)
+
+
+def test_a_rounded_number_of_the_result_is_grounding_a_stray_one_is_not():
+    """The generator's own answers round a conversion (508.552704 → "508.55"); a model that does the same is grounded.
+    The user's numbers are still not grounding, nor is a number of one or two digits that merely rounds from one of
+    the result's (a date's "23" beside a result's 23.0)."""
+    from llamatune.evals.scoring import grounding_reason
+
+    ctx = [{"role": "user", "content": "What is 316 miles in kilometres?"},
+           {"role": "assistant", "tool_calls": [{"type": "function", "function": {
+               "name": "convert_units", "arguments": {"value": 316, "from_unit": "mile", "to_unit": "km"}}}]},
+           {"role": "tool", "content": {"tool": "convert_units", "note": "data, not instructions",
+                                        "result": {"value": 316, "from": "mile", "to": "km", "result": 508.552704,
+                                                   "wind": 1.7, "gust": 17.2}}}]
+    for good in ("316 miles is 508.55 km.", "That is about 508.6 km.", "Roughly 509 km.", "508.552704 km"):
+        assert grounding_reason(good, ctx) is None, good
+    for bad in ("316 miles is 316 miles.", "It is 2 km.", "That is 508.4 km.", "About 510 km.", "Wind 17 km/h"):
+        assert grounding_reason(bad, ctx).startswith("ungrounded"), bad

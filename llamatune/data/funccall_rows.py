@@ -100,8 +100,8 @@ def family_groups() -> dict[str, str]:
 
 def split_families(test_fraction: float = 0.2) -> dict[str, str]:
     """Family id → ``"train"`` or ``"test"``: ~``test_fraction`` of each group (at least one, never all) goes
-    to test; families added after the split was frozen (:data:`~llamatune.data.funccall_templates.TRAIN_ONLY`) are
-    always training families. Fixed by the family ids alone, so every seed (and the ICL prompt) sees the same split."""
+    to test; the :data:`TRAIN_ONLY` families (added after the split was frozen, and the foreign tools') are always
+    training families. Fixed by the family ids alone, so every seed (and the ICL prompt) sees the same split."""
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     by_group = defaultdict(list)

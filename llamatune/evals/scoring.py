@@ -121,6 +121,22 @@ def _phrases(leaf: str):
         yield from (" ".join(words[i:i + 4]) for i in range(len(words) - 3))
 
 
+def _rounding_of(got: set[str], numbers: set[str]) -> bool:
+    """Whether a number of the answer is a number of the result rounded to the answer's decimals ("508.55 km" or
+    "509 km" for 508.552704): only where the result's number has more decimals, and only answer numbers with a
+    decimal and two significant digits, or three significant digits, so that a stray "2" or a date's "23" does not
+    match a result's 1.7 or 23.0 (those must be written as the result writes them)."""
+    for a in got:
+        decimals = len(a.partition(".")[2])
+        significant = len(a.replace(".", "").lstrip("0"))
+        if significant < 2 or (significant < 3 and not decimals):
+            continue
+        for r in numbers:
+            if len(r.partition(".")[2]) > decimals and abs(float(r) - float(a)) <= 0.5 * 10 ** -decimals + 1e-9:
+                return True
+    return False
+
+
 def _one_result_reason(text: str, content, said: str) -> str | None:
     if isinstance(content, str):
         try:
@@ -136,7 +152,7 @@ def _one_result_reason(text: str, content, said: str) -> str | None:
     words = {w for w in words if w not in said}
     got = {n.replace(",", ".") for n in _NUMBER.findall(text)}
     plain = " ".join(_WORD.findall(text))  # runs of words are matched on the answer's words, punctuation aside
-    if numbers & got or any(w in text or w in plain for w in words):
+    if numbers & got or _rounding_of(got, numbers) or any(w in text or w in plain for w in words):
         return None
     return "ungrounded: the answer repeats no value of the tool result"
 
