@@ -34,9 +34,10 @@ wrapped as the agent wraps them, so the fine-tune sees what it will be served. T
 rows of the five original categories in their original shares (the same rows as before the new categories, for
 the same seed and ``n``), then rows of the new categories (ids ``fc-test-new-…``). Train and test never share a
 template family; a held-out family is new phrasing of a concept training shows (a clarify reason, a follow-up kind
-has a training family too), except near-miss families, held out whole by design. ``--paraphrase-endpoint`` paraphrases *training* user turns with any OpenAI-compatible server
-(cached in ``DIR/paraphrase_cache.jsonl``); a paraphrase that drops a slot value (a city, a number) is rejected and
-the template text kept. The test split is never paraphrased.
+has a training family too), except near-miss families, held out whole by design. ``--paraphrase-endpoint``
+paraphrases *training* user turns with any OpenAI-compatible server (cached in ``DIR/paraphrase_cache.jsonl``); a
+paraphrase that drops a slot value (a city, a number) is rejected and the template text kept. The test split is never
+paraphrased.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ def generate(n: int, seed: int, proportions: dict | None = None, test_fraction: 
              foreign: float | None = None) -> tuple[list[dict], list[dict]]:
     """``(train_rows, test_rows)``: ``n - round(n * test_fraction)`` training rows in ``proportions`` (default
     :data:`DEFAULT_PROPORTIONS`), lean and ``masking``-masked (``foreign``: see :func:`train_style`);
-    ``round(n * test_fraction)`` test rows of the original categories plus the new categories' test rows (:func:`held_out_parts`). With ``paraphrase_endpoint``, training user
-    turns are paraphrased (cached)."""
+    ``round(n * test_fraction)`` test rows of the original categories plus the new categories' test rows
+    (:func:`held_out_parts`). With ``paraphrase_endpoint``, training user turns are paraphrased (cached)."""
     train, test, _ = _generate(n, seed, proportions, test_fraction, paraphrase_endpoint, paraphrase_model, cache_path,
                                masking, foreign)
     return train, test
