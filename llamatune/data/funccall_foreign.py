@@ -124,10 +124,9 @@ def distractors(rng: random.Random, k: int) -> list[dict]:
 
 def request(rng: random.Random, name: str) -> tuple[str, dict]:
     """``(user text, arguments)``: a request that needs ``name``, its arguments those the text states."""
-    import string
+    from llamatune.data.funccall_build import fill, slots_of
 
     _, params, _, phrasings, values = FOREIGN[name]
     text = rng.choice(phrasings)
-    slots = {f for _, f, _, _ in string.Formatter().parse(text) if f}
-    args = {k: rng.choice(values[k]) for k in params if k in slots}
-    return text.format(**args), args
+    args = {k: rng.choice(values[k]) for k in params if k in slots_of(text)}
+    return fill(text, args), args

@@ -161,9 +161,9 @@ def _toolset(rng: random.Random, must: list[str], exclude=(), style: Style = EVA
                                                                                                 min(most, len(pool)))))
         k = max(1 if most else 0, len(names) - len(set(must)))  # none beside several needed tools if most is 0
         if frng is not None and style.foreign_share and k and frng.random() < style.foreign_share:
-            names = list(dict.fromkeys(must))
-            schemas.update({f["function"]["name"]: f for f in foreign.distractors(frng, k)})
-            names += [n for n in schemas if n in foreign.FOREIGN]
+            drawn = {f["function"]["name"]: f for f in foreign.distractors(frng, k)}
+            schemas.update(drawn)
+            names = [*dict.fromkeys(must), *drawn]
     keep = set(must) or {names[0]}
     while style.row_budget and set(names) - keep and _size(messages, [schemas[n] for n in names]) > style.row_budget:
         names.remove([n for n in names if n not in keep][-1])
