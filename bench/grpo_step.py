@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         out["speedup"] = round(out["stock_s_per_step"] / out["fast_s_per_step"], 2)
     from transformers import AutoTokenizer
 
-    from llamatune.rl import prompt_text, sft_record
+    from llamatune.rl import sft_record
+    from llamatune.rl_reward import prompt_text
 
     rec = sft_record(a.sft_run)
     tok = AutoTokenizer.from_pretrained(Path(a.sft_run) / "adapter")

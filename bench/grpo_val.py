@@ -10,6 +10,10 @@ its output exists. The test items are never touched. Prints one JSON line.
 
     PYTHONPATH=. python bench/grpo_val.py --demo /tmp/grpo-demo --steps 60
     PYTHONPATH=. python bench/grpo_val.py --demo /tmp/grpo-demo --sft-steps 160 --steps 0   # an SFT-only control
+    PYTHONPATH=. python bench/grpo_val.py --demo runs/demo --steps 60 --select 4   # only prompts the SFT is unsure of
+
+``--select K`` keeps the drawn prompts whose K samples from the SFT model's GGUF differ in reward
+(:mod:`llamatune.rl_select`: DAPO's dynamic sampling, up front), so no GRPO step sees a group of equal rewards there.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-prompts", type=int, default=256)
     p.add_argument("--num-generations", type=int, default=4)
     p.add_argument("--prompts-per-step", type=int, default=1)
+    p.add_argument("--select", type=int, default=0, metavar="K",
+                   help="keep the drawn prompts whose K samples of the SFT GGUF differ in reward (llamatune.rl_select; "
+                        "0: every drawn prompt)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=64, help="new tokens per validation item (the demo's)")
     p.add_argument("overrides", nargs="*", help="--key=value GRPO recipe overrides (after --)")
@@ -61,16 +68,29 @@ def main(argv: list[str] | None = None) -> int:
                                "smollm2")
         pipeline.run_training(data, sft, a.sft_steps, d["max_length"], a.threads, d["model"])
     template = read_json(sft / "run.json")["recipe"]["chat_template"]
-    tag = f"grpo-{a.steps}" + ("-" + "-".join(o.lstrip("-").replace("=", "") for o in a.overrides) if a.overrides else "")
+    tag = f"grpo-{a.steps}" + (f"-select{a.select}" if a.select else "") + (
+        "-" + "-".join(o.lstrip("-").replace("=", "") for o in a.overrides) if a.overrides else "")
     out = {"bench": "grpo_val", "demo": str(demo), "sft_run": str(sft),
            "sft_wall_s": read_json(sft / "run.json").get("wall_seconds"), "steps": a.steps, "n_prompts": a.n_prompts,
            "num_generations": a.num_generations, "prompts_per_step": a.prompts_per_step, "overrides": a.overrides,
            "cpu": cpu_info().get("model"), "load_before": [round(x, 2) for x in os.getloadavg()]}
     exclude = [data]
     runs = {"sft": sft}
+
+    def gguf_of(name: str, run_dir: Path) -> Path:
+        gguf = next(iter(sorted((run_dir / "gguf").glob("*-f16.gguf"))), None)
+        return gguf or Path(export(run_dir, ("f16",), name=name, template=template, strict=False)["gguf"]["f16"])
+
     if a.steps:
         t1 = time.time()
         prompts = prompt_rows(a.n_prompts, seed=0, exclude=exclusion_rows(exclude))
+        if a.select:
+            from llamatune.rl_select import uncertain
+
+            prompts, out["selection"] = uncertain(prompts, gguf_of("sft", sft), template, k=a.select,
+                                                  max_tokens=64, threads=a.threads,
+                                                  cache=demo / f"{sft.name}-{tag}-select.jsonl")
+            out["selection_s"] = round(time.time() - t1, 1)
         run = grpo(sft, prompts, demo / f"{sft.name}-{tag}", exclude=exclude, steps=a.steps,
                    num_generations=a.num_generations, prompts_per_step=a.prompts_per_step, overrides=list(a.overrides))
         rec = read_json(run / "run.json")
@@ -79,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         runs["grpo"] = run
     results = {}
     for name, run_dir in runs.items():
-        gguf = next(iter(sorted((run_dir / "gguf").glob("*-f16.gguf"))), None)
-        if gguf is None:
-            gguf = Path(export(run_dir, ("f16",), name=f"{name}", template=template, strict=False)["gguf"]["f16"])
+        gguf = gguf_of(name, run_dir)
         res_path = demo / "results" / f"val-{run_dir.name}.json"
         if not is_current(res_path, gguf, data / "val.jsonl", max_tokens=a.max_tokens, template=template, limit=None):
             evaluate(gguf, data / "val.jsonl", res_path, max_tokens=a.max_tokens, n_threads=a.threads,

@@ -20,7 +20,7 @@ build_prompt`, the project template), passed to TRL as text: TRL's conversationa
 trainer's one tool list, not each row's own tools, and decodes completions without the special tokens some templates
 call with. When the tokenizer adds BOS itself the rendered BOS is left out, so the prompt ids equal the eval's.
 
-Reward (:func:`reward`): the completion is cut at its first end-of-turn marker, as the eval cuts, and scored against
+Reward (:func:`llamatune.rl_reward.reward`): the completion is cut at its first end-of-turn marker, as the eval cuts, and scored against
 the row's expected call(s), tools, category and conversation: 1.0 when the scorer counts it correct (the right call
 with the right arguments, parallel calls in any order, no call where none is needed, a question where an argument is
 missing, an answer grounded in the tool results), ``-invalid_penalty`` for an attempted call that does not parse,
@@ -57,6 +57,7 @@ import yaml
 
 from llamatune.jsonl import read_json, read_jsonl, sha256_file, write_json, write_jsonl, write_text
 from llamatune.plots import plot_rewards
+from llamatune.rl_reward import prompt_text, reward_function
 
 # Recipe keys that are not GRPOConfig fields, with their defaults (None = required).
 RL_KEYS: dict[str, Any] = {
@@ -68,6 +69,8 @@ RL_KEYS: dict[str, Any] = {
     "invalid_penalty": 0.5,  # reward of an attempted call that does not parse: -invalid_penalty
     "dtype": "auto",  # policy weights: auto (llamatune.device's rule), float32, bfloat16, float16
     "fast_lm_head": True,  # the head at completion positions only (llamatune.label_head); false = TRL's stock path
+    "select_samples": 0,  # k >= 2: keep the drawn prompts whose k samples of select_gguf differ in reward (rl_select)
+    "select_gguf": "",  # the SFT run's GGUF that select_samples samples (llamatune export <sft_run>)
 }
 INHERITED = ("model_name_or_path", "chat_template")  # taken from the SFT run; recorded in this run's recipe
 RECIPE = Path(__file__).resolve().parent.parent / "FuncCall" / "recipes" / "grpo-cpu.yaml"
@@ -96,6 +99,8 @@ def split_rl_recipe(recipe: dict) -> tuple[dict, dict]:
         if default is None and extra[key] is None:
             raise ValueError(f"recipe: {key!r} is required" + (" (the validation and test files whose prompts GRPO "
                                                               "must never use; [] for none)" if key == "exclude" else ""))
+    if int(extra["select_samples"] or 0) and not extra["select_gguf"]:
+        raise ValueError("recipe: select_samples needs select_gguf (the SFT run's GGUF: llamatune export <sft_run>)")
     if extra["prompt_style"] not in ("eval", "train"):
         raise ValueError(f"recipe: prompt_style must be eval or train, got {extra['prompt_style']!r}")
     return extra, cfg
@@ -155,48 +160,6 @@ def _check_excluded(rows: list[dict], exclude: list[dict]) -> None:
     bad = [r.get("id") for r in rows if prompt_key(r) in banned]
     if bad:
         raise ValueError(f"{len(bad)} GRPO prompt(s) equal an excluded (validation or test) prompt: {bad[:5]}")
-
-
-def prompt_text(row: dict, template: str, tok=None) -> str:
-    """The prompt the eval renders for ``row`` (up to the generation prompt), without a leading BOS when ``tok``
-    adds one itself (so ``tok(text)`` gives the eval's ids)."""
-    from llamatune.evals.toolcall import build_prompt
-
-    text = build_prompt(row, template=template)
-    bos = getattr(tok, "bos_token", None)
-    if tok is not None and bos and text.startswith(bos) and tok("")["input_ids"][:1] == [tok.bos_token_id]:
-        text = text[len(bos):]
-    return text
-
-
-# --- reward ----------------------------------------------------------------------------------------------
-
-def reward(completion: str, row: dict, invalid_penalty: float = 0.5) -> tuple[float, dict]:
-    """``(reward, score)`` of one raw completion (special tokens kept) for ``row``: see the module docstring."""
-    from llamatune.evals.scoring import score_output
-    from llamatune.evals.toolcall import prompt_messages
-    from llamatune.generate import cut_at_stop
-
-    score = score_output(cut_at_stop(completion), row["expected"], row.get("tools") or [], row["category"],
-                         prompt_messages(row))
-    if score["correct"]:
-        return 1.0, score
-    return (-float(invalid_penalty) if score["attempted"] and not score["format_valid"] else 0.0), score
-
-
-def reward_function(rows: list[dict], tok, invalid_penalty: float = 0.5):
-    """The TRL reward function over the dataset's ``item`` column (an index into ``rows``); it decodes the completion
-    ids itself, keeping special tokens, and logs the share correct and the share of malformed calls."""
-
-    def tool_call_reward(prompts, completions, completion_ids, item, log_metric=None, **_):
-        scored = [reward(tok.decode(ids, skip_special_tokens=False), rows[i], invalid_penalty)
-                  for ids, i in zip(completion_ids, item)]
-        if log_metric is not None and scored:
-            log_metric("correct", sum(s["correct"] for _, s in scored) / len(scored))
-            log_metric("format_invalid", sum(s["attempted"] and not s["format_valid"] for _, s in scored) / len(scored))
-        return [r for r, _ in scored]
-
-    return tool_call_reward
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -288,9 +251,17 @@ def train_grpo(recipe: dict, prompts: list[dict] | None = None, run_dir: str | P
     if last is not None and not resume:
         raise FileExistsError(f"{run_dir} already holds checkpoints (last: {last.name}); pass --resume to "
                               "continue it, or choose another output_dir/run_name")
+    selection = None  # what select_samples kept, for run.json
     if prompts is None:
         prompts = prompt_rows(int(extra["n_prompts"]), int(extra["prompt_seed"]), exclusion_rows(extra["exclude"]),
                               extra["prompt_style"])
+        if int(extra["select_samples"] or 0):
+            from llamatune.rl_select import uncertain
+
+            prompts, selection = uncertain(prompts, extra["select_gguf"], sft["recipe"].get("chat_template") or "llama-3.2",
+                                   k=int(extra["select_samples"]), temperature=float(recipe.get("temperature", 1.0)),
+                                   max_tokens=int(recipe.get("max_completion_length", 64)),
+                                   cache=run_dir / "select.jsonl")
     else:
         _check_excluded(prompts, exclusion_rows(extra["exclude"]))
     if not prompts:
@@ -304,7 +275,8 @@ def train_grpo(recipe: dict, prompts: list[dict] | None = None, run_dir: str | P
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     record = {"recipe": recipe, **info, **scale, "versions": package_versions(), "git": git_info(),
               "status": "running", "resumed_from": last.name if last else None, "started": before.get("started", now),
-              "resumes": before.get("resumes", []) + ([{"at": now, "from": last.name}] if last else [])}
+              "resumes": before.get("resumes", []) + ([{"at": now, "from": last.name}] if last else []),
+              **({"selection": selection} if selection else {})}
     write_jsonl(run_dir / "prompts.jsonl", prompts)
     write_json(run_dir / "run.json", record, indent=2, sort_keys=True, default=str)
     write_text(run_dir / "config.yaml", yaml.safe_dump(recipe, sort_keys=False))

@@ -28,7 +28,7 @@ def _first(rows: list[dict], category: str) -> dict:
 
 
 def test_the_reward_is_the_scorers_verdict():
-    from llamatune.rl import reward
+    from llamatune.rl_reward import reward
 
     rows = _rows()
     call = _first(rows, "single_call")
@@ -87,7 +87,7 @@ def test_prompt_text_is_the_evals_prompt_token_for_token(tiny_model_dir):
     from transformers import AutoTokenizer
 
     from llamatune.evals.toolcall import build_prompt
-    from llamatune.rl import prompt_text
+    from llamatune.rl_reward import prompt_text
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     row = _first(_rows(), "tool_result")
@@ -230,6 +230,8 @@ def test_recipe_keys_are_checked():
         split_rl_recipe({**recipe, "num_generation": 4})
     with pytest.raises(ValueError, match="'exclude' is required"):
         split_rl_recipe({k: v for k, v in recipe.items() if k != "exclude"})
+    with pytest.raises(ValueError, match="select_samples needs select_gguf"):
+        split_rl_recipe({**recipe, "select_samples": 4})
 
 
 def test_the_completion_only_head_gives_trls_log_probs(sft_run, tmp_path):
