@@ -11,7 +11,9 @@ through ``eval toolcall``'s generator (:class:`llamatune.generate.LlamaCppGenera
 the eval sorts them, greedy, ``--max-tokens`` new tokens), each on a fresh model after a warm-up. Batched matmuls can
 round differently from one-row ones, so the outputs are compared, not assumed equal: ``identical_fraction``, the ids of
 the items that differ and whether their verdict (the eval's score) changed. ``prefix_sharing_speedup``: the batched
-run ÷ the same without sharing prompt prefixes between sequences (``Decoder.share_prefixes``). ``--sweep`` adds
+run ÷ the same without sharing prompt prefixes between sequences (``Decoder.share_prefixes``).
+``ceiling_if_generation_free``: the sequential run's seconds ÷ its seconds of prompt evaluation, the most any decode
+batch can give on these items (Amdahl: batching shares the weight reads of generated tokens, not of prompt tokens). ``--sweep`` adds
 items/s at other batch sizes. One JSON line; targets: ``speedup_vs_sequential`` ≥ 4 (2 threads),
 ``identical_fraction`` ≥ 0.99 with 0 verdicts changed.
 """
@@ -145,7 +147,10 @@ def main(argv=None) -> int:
            "accuracy_sequential": round(sum(verdict(r, o) for r, o in zip(rows, seq_out)) / n, 4),
            "accuracy_batched": round(sum(verdict(r, o) for r, o in zip(rows, bat_out)) / n, 4),
            "prompt_tokens_evaluated": {"sequential": seq_eval, "batched": bat_eval},
-           "llama_decode": {"sequential": seq_steps, "batched": bat_steps}}
+           "llama_decode": {"sequential": seq_steps, "batched": bat_steps},
+           # what batching can buy at most on these items: every generated token free, prompts evaluated as fast
+           # as one at a time (they already are: a prompt's tokens go through llama_decode together)
+           "ceiling_if_generation_free": round(seq_s / max(seq_steps["prompt_s"], 1e-9), 2)}
     if not a.no_share_run:
         _, plain_s, plain_eval, _ = timed_run(model, prompts, batch, a.threads, a.max_tokens, share=False)
         res["prefix_sharing_speedup"] = round(plain_s / bat_s, 2)
