@@ -13,10 +13,9 @@ round differently from one-row ones, so the outputs are compared, not assumed eq
 the items that differ and whether their verdict (the eval's score) changed. ``prefix_sharing_speedup``: the batched
 run ÷ the same without sharing prompt prefixes between sequences (``Decoder.share_prefixes``).
 ``ceiling_if_generation_free``: the sequential run's seconds ÷ its seconds of prompt evaluation, the most any decode
-batch can give on these items (Amdahl: batching shares the weight reads of generated tokens, not of prompt tokens). ``--sweep`` adds
-items/s at other batch sizes. One JSON line; targets: ``speedup_vs_sequential`` ≥ 4 (2 threads),
-``identical_fraction`` ≥ 0.99 with 0 verdicts changed.
-"""
+batch can give on these items (Amdahl: batching shares the weight reads of generated tokens, not of prompt tokens).
+``--sweep`` adds items/s at other batch sizes. One JSON line; targets: ``speedup_vs_sequential`` ≥ 4 (2 threads),
+``identical_fraction`` ≥ 0.99 with 0 verdicts changed."""
 
 from __future__ import annotations
 

@@ -20,14 +20,14 @@ build_prompt`, the project template), passed to TRL as text: TRL's conversationa
 trainer's one tool list, not each row's own tools, and decodes completions without the special tokens some templates
 call with. When the tokenizer adds BOS itself the rendered BOS is left out, so the prompt ids equal the eval's.
 
-Reward (:func:`llamatune.rl_reward.reward`): the completion is cut at its first end-of-turn marker, as the eval cuts, and scored against
-the row's expected call(s), tools, category and conversation: 1.0 when the scorer counts it correct (the right call
-with the right arguments, parallel calls in any order, no call where none is needed, a question where an argument is
-missing, an answer grounded in the tool results), ``-invalid_penalty`` for an attempted call that does not parse,
-0.0 otherwise. GRPO's advantages are relative within a prompt's group of completions, so the penalty only orders the
-wrong ones: a malformed call is the failure that breaks the agent ("Invalid tool call"), worse than a well-formed
-wrong one. No partial credit for the right tool with wrong arguments: it would pay the model to call where the right
-answer is not to.
+Reward (:func:`llamatune.rl_reward.reward`): the completion is cut at its first end-of-turn marker, as the eval
+cuts, and scored against the row's expected call(s), tools, category and conversation: 1.0 when the scorer counts it
+correct (the right call with the right arguments, parallel calls in any order, no call where none is needed, a
+question where an argument is missing, an answer grounded in the tool results), ``-invalid_penalty`` for an
+attempted call that does not parse, 0.0 otherwise. GRPO's advantages are relative within a prompt's group of
+completions, so the penalty only orders the wrong ones: a malformed call is the failure that breaks the agent
+("Invalid tool call"), worse than a well-formed wrong one. No partial credit for the right tool with wrong
+arguments: it would pay the model to call where the right answer is not to.
 
 Speed on a CPU: TRL's fused head scores every position of prompt and completion off Triton devices (a prompt here is
 ~10× its completion); ``fast_lm_head: true`` (the default, at ``temperature`` 1.0, the head :mod:`llamatune.label_head`

@@ -4,8 +4,9 @@ teaches nothing, so the prompts are chosen before training by sampling the SFT m
 This is DAPO's dynamic sampling (Yu et al., 2025: "over-sample and filter out prompts with accuracy equal to 1 and
 0") done once, up front, on the SFT model's GGUF with the project's one decoding loop, instead of inside the trainer:
 ``k`` completions per candidate prompt at the GRPO sampling temperature (no top-k, top-p or min-p cut, as TRL samples),
-each scored by :func:`llamatune.rl_reward.reward`; a prompt is kept when its rewards are not all equal. The ``k`` samples of
-one prompt share its KV prefix (the decoder copies the evaluated prompt), so a candidate costs one prompt evaluation.
+each scored by :func:`llamatune.rl_reward.reward`; a prompt is kept when its rewards are not all equal. The ``k``
+samples of one prompt share its KV prefix (the decoder copies the evaluated prompt), so a candidate costs one prompt
+evaluation.
 
     from llamatune.rl_select import uncertain
     rows, stats = uncertain(prompt_rows(256, exclude=...), "runs/demo/gguf/smollm2-135m-funccall-f16.gguf", "smollm2")
