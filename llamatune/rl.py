@@ -258,10 +258,11 @@ def train_grpo(recipe: dict, prompts: list[dict] | None = None, run_dir: str | P
         if int(extra["select_samples"] or 0):
             from llamatune.rl_select import uncertain
 
-            prompts, selection = uncertain(prompts, extra["select_gguf"], sft["recipe"].get("chat_template") or "llama-3.2",
-                                   k=int(extra["select_samples"]), temperature=float(recipe.get("temperature", 1.0)),
-                                   max_tokens=int(recipe.get("max_completion_length", 64)),
-                                   cache=run_dir / "select.jsonl")
+            template = sft["recipe"].get("chat_template") or "llama-3.2"
+            prompts, selection = uncertain(prompts, extra["select_gguf"], template, k=int(extra["select_samples"]),
+                                           temperature=float(recipe.get("temperature", 1.0)),
+                                           max_tokens=int(recipe.get("max_completion_length", 64)),
+                                           cache=run_dir / "select.jsonl")
     else:
         _check_excluded(prompts, exclusion_rows(extra["exclude"]))
     if not prompts:

@@ -258,3 +258,36 @@ def test_the_completion_only_head_gives_trls_log_probs(sft_run, tmp_path):
     assert got[False][0].shape == (2, 5) and bool((got[False][0] < 0).all()) and bool((got[False][1] > 0).all())
     for stock, fast in zip(got[False][:2], got[True][:2]):
         torch.testing.assert_close(fast, stock, atol=1e-5, rtol=1e-4)
+
+
+def test_select_samples_trains_on_the_prompts_the_selection_keeps(sft_run, tmp_path, monkeypatch):
+    """With ``select_samples`` the recipe's drawn prompts go through :func:`llamatune.rl_select.uncertain` (the SFT
+    run's template, the recipe's sampling temperature and completion length, a cache in the run directory) and only
+    the rows it keeps reach the trainer."""
+    from llamatune import rl, rl_select
+    from llamatune.train import load_recipe
+
+    seen = {}
+
+    def fake_uncertain(rows, gguf, template, k, **kw):
+        seen.update(n=len(rows), gguf=gguf, template=template, k=k, **kw)
+        return rows[::3], {"candidates": len(rows), "kept": len(rows[::3])}
+
+    class Built(Exception):
+        pass
+
+    def fake_build(recipe, prompts, run_dir, callbacks=None):
+        seen["prompts"] = prompts
+        raise Built
+
+    monkeypatch.setattr(rl_select, "uncertain", fake_uncertain)
+    monkeypatch.setattr(rl, "build_trainer", fake_build)
+    recipe = load_recipe(rl.RECIPE, [f"--sft_run={sft_run}", "--exclude=[]", "--n_prompts=12", "--select_samples=4",
+                                     "--select_gguf=sft.gguf", "--temperature=0.7", "--max_completion_length=32"])
+    with pytest.raises(Built):
+        rl.train_grpo(recipe, run_dir=tmp_path / "grpo")
+    drawn = rl.prompt_rows(12, 0, [], "eval")
+    assert seen["n"] == 12 and seen["k"] == 4 and seen["gguf"] == "sft.gguf"
+    assert seen["template"] == json.loads((sft_run / "run.json").read_text())["recipe"]["chat_template"]
+    assert (seen["temperature"], seen["max_tokens"], seen["cache"]) == (0.7, 32, tmp_path / "grpo" / "select.jsonl")
+    assert seen["prompts"] == drawn[::3]
