@@ -12,8 +12,9 @@ its output exists. The test items are never touched. Prints one JSON line.
     PYTHONPATH=. python bench/grpo_val.py --demo /tmp/grpo-demo --sft-steps 160 --steps 0   # an SFT-only control
     PYTHONPATH=. python bench/grpo_val.py --demo runs/demo --steps 60 --select 4   # only prompts the SFT is unsure of
 
-``--select K`` keeps the drawn prompts whose K samples from the SFT model's GGUF differ in reward
-(:mod:`llamatune.rl_select`: DAPO's dynamic sampling, up front), so no GRPO step sees a group of equal rewards there.
+``--select K`` keeps the drawn prompts whose K samples from the SFT model's GGUF differ in reward (the GRPO
+recipe's ``select_samples``, :mod:`llamatune.rl_select`: DAPO's dynamic sampling, up front), so fewer GRPO steps see a
+group of equal rewards.
 """
 
 from __future__ import annotations
@@ -84,16 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.steps:
         t1 = time.time()
         prompts = prompt_rows(a.n_prompts, seed=0, exclude=exclusion_rows(exclude))
-        if a.select:
-            from llamatune.rl_select import uncertain
-
-            prompts, out["selection"] = uncertain(prompts, gguf_of("sft", sft), template, k=a.select,
-                                                  max_tokens=64, threads=a.threads,
-                                                  cache=demo / f"{sft.name}-{tag}-select.jsonl")
-            out["selection_s"] = round(time.time() - t1, 1)
+        # the selection is the GRPO recipe's (select_samples): sampled with its temperature and completion length
+        select = [f"--select_samples={a.select}", f"--select_gguf={gguf_of('sft', sft)}"] if a.select else []
         run = grpo(sft, prompts, demo / f"{sft.name}-{tag}", exclude=exclude, steps=a.steps,
-                   num_generations=a.num_generations, prompts_per_step=a.prompts_per_step, overrides=list(a.overrides))
+                   num_generations=a.num_generations, prompts_per_step=a.prompts_per_step,
+                   overrides=select + list(a.overrides))
         rec = read_json(run / "run.json")
+        if a.select:
+            out.update(selection=rec.get("selection"), selection_s=(rec.get("selection") or {}).get("seconds"))
         out.update(grpo_wall_s=round(time.time() - t1, 1), grpo_s_per_step=rec.get("seconds_per_step"),
                    reward=rec.get("reward"), run=str(run))
         runs["grpo"] = run

@@ -69,7 +69,7 @@ RL_KEYS: dict[str, Any] = {
     "invalid_penalty": 0.5,  # reward of an attempted call that does not parse: -invalid_penalty
     "dtype": "auto",  # policy weights: auto (llamatune.device's rule), float32, bfloat16, float16
     "fast_lm_head": True,  # the head at completion positions only (llamatune.label_head); false = TRL's stock path
-    "select_samples": 0,  # k >= 2: keep the drawn prompts whose k samples of select_gguf differ in reward (rl_select)
+    "select_samples": 0,  # k >= 2: keep the prompts (drawn or given) whose k samples of select_gguf differ in reward
     "select_gguf": "",  # the SFT run's GGUF that select_samples samples (llamatune export <sft_run>)
 }
 INHERITED = ("model_name_or_path", "chat_template")  # taken from the SFT run; recorded in this run's recipe
@@ -255,16 +255,16 @@ def train_grpo(recipe: dict, prompts: list[dict] | None = None, run_dir: str | P
     if prompts is None:
         prompts = prompt_rows(int(extra["n_prompts"]), int(extra["prompt_seed"]), exclusion_rows(extra["exclude"]),
                               extra["prompt_style"])
-        if int(extra["select_samples"] or 0):
-            from llamatune.rl_select import uncertain
-
-            template = sft["recipe"].get("chat_template") or "llama-3.2"
-            prompts, selection = uncertain(prompts, extra["select_gguf"], template, k=int(extra["select_samples"]),
-                                           temperature=float(recipe.get("temperature", 1.0)),
-                                           max_tokens=int(recipe.get("max_completion_length", 64)),
-                                           cache=run_dir / "select.jsonl")
     else:
         _check_excluded(prompts, exclusion_rows(extra["exclude"]))
+    if int(extra["select_samples"] or 0):  # drawn or given, sampled as this recipe's GRPO will sample them
+        from llamatune.rl_select import uncertain
+
+        template = sft["recipe"].get("chat_template") or "llama-3.2"
+        prompts, selection = uncertain(prompts, extra["select_gguf"], template, k=int(extra["select_samples"]),
+                                       temperature=float(recipe.get("temperature", 1.0)),
+                                       max_tokens=int(recipe.get("max_completion_length", 64)),
+                                       cache=run_dir / "select.jsonl")
     if not prompts:
         raise ValueError("no GRPO prompts")
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -11,13 +11,14 @@ evaluation.
     from llamatune.rl_select import uncertain
     rows, stats = uncertain(prompt_rows(256, exclude=...), "runs/demo/gguf/smollm2-135m-funccall-f16.gguf", "smollm2")
 
-``stats``: candidates and kept, overall and per category, the mean reward of the candidates, and the share of groups
-with zero reward spread (TRL logs the same as ``frac_reward_zero_std``), so the run can say what the filter removed.
+``stats``: candidates and kept, overall and per category, the mean reward of the candidates, the seconds the sampling
+took (cached samples cost none), and the share of groups with zero reward spread (TRL logs the same as ``frac_reward_zero_std``), so the run can say what the filter removed.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def sample_rewards(rows: list[dict], gguf: str | Path, template: str, k: int = 4
 def uncertain(rows: list[dict], gguf: str | Path, template: str, k: int = 4, **kwargs) -> tuple[list[dict], dict]:
     """``(kept rows, stats)``: the rows whose ``k`` sampled rewards (:func:`sample_rewards`, ``kwargs`` passed on)
     are not all equal, in their order."""
+    t0 = time.perf_counter()
     rewards = sample_rewards(rows, gguf, template, k=k, **kwargs)
     kept = [r for r, rs in zip(rows, rewards) if max(rs) > min(rs)]
     cats, kept_cats = Counter(r["category"] for r in rows), Counter(r["category"] for r in kept)
@@ -83,6 +85,7 @@ def uncertain(rows: list[dict], gguf: str | Path, template: str, k: int = 4, **k
     stats = {"candidates": len(rows), "kept": len(kept), "k": k, "temperature": kwargs.get("temperature", 1.0),
              "mean_reward": round(sum(flat) / max(1, len(flat)), 4),
              "frac_reward_zero_std": round(1 - len(kept) / max(1, len(rows)), 4),
+             "seconds": round(time.perf_counter() - t0, 1),
              "by_category": {c: {"candidates": n, "kept": kept_cats.get(c, 0)} for c, n in sorted(cats.items())}}
     print(f"[rl] {len(kept)} of {len(rows)} candidate prompts have a reward spread over {k} samples "
           f"(mean reward {stats['mean_reward']})", file=sys.stderr)

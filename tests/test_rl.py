@@ -261,7 +261,7 @@ def test_the_completion_only_head_gives_trls_log_probs(sft_run, tmp_path):
 
 
 def test_select_samples_trains_on_the_prompts_the_selection_keeps(sft_run, tmp_path, monkeypatch):
-    """With ``select_samples`` the recipe's drawn prompts go through :func:`llamatune.rl_select.uncertain` (the SFT
+    """With ``select_samples`` the prompts (the recipe's drawn ones, or the caller's) go through :func:`llamatune.rl_select.uncertain` (the SFT
     run's template, the recipe's sampling temperature and completion length, a cache in the run directory) and only
     the rows it keeps reach the trainer."""
     from llamatune import rl, rl_select
@@ -291,3 +291,10 @@ def test_select_samples_trains_on_the_prompts_the_selection_keeps(sft_run, tmp_p
     assert seen["template"] == json.loads((sft_run / "run.json").read_text())["recipe"]["chat_template"]
     assert (seen["temperature"], seen["max_tokens"], seen["cache"]) == (0.7, 32, tmp_path / "grpo" / "select.jsonl")
     assert seen["prompts"] == drawn[::3]
+
+    # prompts given by the caller (bench/grpo_val.py, a sweep) go through the same selection
+    given = drawn[1:7]
+    with pytest.raises(Built):
+        rl.train_grpo(recipe, prompts=given, run_dir=tmp_path / "grpo-given")
+    assert seen["n"] == 6 and seen["prompts"] == given[::3]
+    assert seen["cache"] == tmp_path / "grpo-given" / "select.jsonl"
