@@ -219,10 +219,11 @@ def build_dataset(out: str | Path, n: int, seed: int = 0, proportions: dict | No
         name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
         lengths = {"template": template, "tokenizer": name, "max_length": max_length,
                    "table": measure(train, tokenizer, template, limits)}
+    style = train_style(masking, foreign)
     meta = {"source": "llamatune.data.funccall (synthetic, offline)", "n": n, "seed": seed,
             "test_fraction": test_fraction,
             "proportions": dict(DEFAULT_PROPORTIONS if proportions is None else proportions),
-            "masking": train_style(masking).masking, "foreign": train_style(foreign=foreign).foreign_share,
+            "masking": style.masking, "foreign": style.foreign_share,
             "counts": {"train": dict(Counter(r["category"] for r in train)),
                        "test": dict(Counter(r["category"] for r in test))},
             "test_parts": {"original": sum(not r["id"].startswith("fc-test-new-") for r in test),
