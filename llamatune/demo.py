@@ -58,8 +58,8 @@ N_TEST_NEW = 60  # test items of the new categories (data/eval_new.jsonl), besid
 # kept row at least once (steps × rows per step >= kept rows; the report measures both). batch: sequences decoded
 # together by the evaluations (None: llamatune.generate.DECODE_BATCH).
 DEFAULTS = {"model": "smollm2-135m", "n": 1500, "n_test": 120, "n_val": 240, "steps": 80, "max_length": 1024, "icl": 2,
-            "max_tokens": 64, "threads": 2, "n_test_new": N_TEST_NEW, "batch": None}
-DATA_FORMAT = 5  # bump when make_data's rows change, so a cached data stage is rebuilt
+            "max_tokens": 64, "threads": 2, "n_test_new": N_TEST_NEW, "batch": None, "val_fraction": 0.2}
+DATA_FORMAT = 6  # bump when make_data's rows change, so a cached data stage is rebuilt
 SMOKE = {"n": 200, "n_test": 5, "n_val": 5, "steps": 4, "max_length": 384, "icl": 1, "max_tokens": 24, "n_test_new": 4}
 CRASH_ENV = "LLAMATUNE_DEMO_EXIT_AFTER_SAVE"  # tests: hard-exit after the first checkpoint is saved
 
@@ -133,25 +133,29 @@ def distinct(rows: list[dict], seen: set[str]) -> list[dict]:
     return out
 
 
-def validation_rows(train_keys: set[str], n_val: int) -> list[dict]:
-    """``n_val`` validation items: new rows of the *training* template families, every category in the default
-    training proportions, dressed as the test items are (no system prompt, whole tool results, real names), each
-    prompt distinct and equal to no training prompt (``train_keys``). Drawn from their own random stream, so they are
-    the same whatever the training mix."""
+def validation_rows(train_keys: set[str], n_val: int, val_fraction: float = DEFAULTS["val_fraction"]) -> list[dict]:
+    """``n_val`` validation items of the validation fold: template families held out of training as the test's are
+    (``val_fraction`` of each group's, :func:`~llamatune.data.funccall_rows.split_families`; 0: the training
+    families, as in the README's parts 1-5), every category in the default training proportions, dressed as the test
+    items are (no system prompt, whole tool results, real names), each prompt distinct and equal to no training
+    prompt (``train_keys``). Drawn from their own random stream, so they are the same whatever the training mix."""
     from llamatune.data.funccall import DEFAULT_PROPORTIONS, build_split, strip_private
 
-    pool = distinct(strip_private(build_split("val", max(4 * n_val, 400), 0, DEFAULT_PROPORTIONS)), set(train_keys))
+    pool = distinct(strip_private(build_split("val", max(4 * n_val, 400), 0, DEFAULT_PROPORTIONS,
+                                              val_fraction=val_fraction)), set(train_keys))
     return stratified(pool, n_val, seed=1, weights=DEFAULT_PROPORTIONS)
 
 
 def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_dir: str, template: str,
-              mix: dict | None = None, n_test_new: int = N_TEST_NEW) -> dict:
+              mix: dict | None = None, n_test_new: int = N_TEST_NEW,
+              val_fraction: float = DEFAULTS["val_fraction"]) -> dict:
     """``train.jsonl`` (rows that fit ``max_length`` tokens), ``val.jsonl`` (:func:`validation_rows`, for choosing
     settings), ``eval.jsonl`` (the test items of the original categories: held-out families, touched only by the final
     evaluation) and ``eval_new.jsonl`` (``n_test_new`` test items of the new categories, held-out families too); no
     prompt appears twice within a file, and no validation or test prompt equals a training prompt. Prints and records
     (``demo_data.json``, ``by_category``) rows generated, kept and mean tokens per category.
-    ``mix`` changes the category proportions of the training rows only (the test split keeps the default)."""
+    ``mix`` changes the category proportions of the training rows only (the test split keeps the default);
+    ``val_fraction``: the validation fold's share of template families, held out of training (0: none)."""
     from transformers import AutoTokenizer
 
     from llamatune.data.funccall import NEW_CATEGORIES, build_dataset, build_split, strip_private, train_style
@@ -160,12 +164,13 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
 
     full = out / "full"
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    build_dataset(full, n, seed=0, tokenizer=tok, template=template, max_length=max_length)
+    build_dataset(full, n, seed=0, tokenizer=tok, template=template, max_length=max_length, val_fraction=val_fraction)
     generated = read_jsonl(full / "train.jsonl")
     generated_keys = {prompt_key(r) for r in generated}
-    val = validation_rows(generated_keys, n_val)
+    val = validation_rows(generated_keys, n_val, val_fraction)
     val_keys = {prompt_key(r) for r in val}
-    train = strip_private(build_split("train", len(generated), 0, mix, style=train_style())) if mix else generated
+    train = strip_private(build_split("train", len(generated), 0, mix, style=train_style(),
+                                      val_fraction=val_fraction)) if mix else generated
     train = [r for r in train if prompt_key(r) not in val_keys]
     tokens = [row_tokens(r, tok, template) for r in train]
     kept = [r for r, t in zip(train, tokens) if t is not None and t <= max_length]
@@ -187,7 +192,8 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
           + table_markdown(table) + f"\n{len(kept)} rows kept make {n_packs} packs of ≤ {max_length} tokens "
           f"({len(kept) / max(1, n_packs):.2f} rows a pack)", flush=True)
     info = {"data_format": DATA_FORMAT, "n": n, "n_train_generated": len(train), "n_train": len(kept),
-            "max_length": max_length, "template": template, "mix": mix, "n_test_requested": n_test,
+            "max_length": max_length, "template": template, "mix": mix, "val_fraction": val_fraction,
+            "n_test_requested": n_test,
             "n_test": len(test), "n_test_distinct_pool": len(pool), "n_val_requested": n_val, "n_val": len(val),
             "n_test_new_requested": n_test_new, "n_test_new": len(test_new), "by_category": table, "n_packs": n_packs,
             "test_ids": [r["id"] for r in test], "test_new_ids": [r["id"] for r in test_new],
@@ -197,13 +203,13 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
 
 
 def _data_done(out: Path, n: int, n_test: int, n_val: int, max_length: int, template: str, mix=None,
-               n_test_new: int = N_TEST_NEW) -> bool:
+               n_test_new: int = N_TEST_NEW, val_fraction: float = DEFAULTS["val_fraction"]) -> bool:
     info = read_json(out / "demo_data.json", None)
     if info is None:
         return False
-    want = [DATA_FORMAT, n, max_length, n_test, n_val, template, mix, n_test_new]
+    want = [DATA_FORMAT, n, max_length, n_test, n_val, template, mix, n_test_new, val_fraction]
     got = [info.get(k) for k in ("data_format", "n", "max_length", "n_test_requested", "n_val_requested", "template",
-                                 "mix", "n_test_new_requested")]
+                                 "mix", "n_test_new_requested", "val_fraction")]
     return got == want
 
 
@@ -319,7 +325,8 @@ def link_ggufs(out: Path, ggufs: dict[str, Path]) -> Path:
 
 def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, n_val: int, steps: int,
              max_length: int, icl: int, max_tokens: int, threads: int, n_test_new: int = N_TEST_NEW,
-             batch: int | None = None, constrained: bool = True) -> dict:
+             batch: int | None = None, constrained: bool = True,
+             val_fraction: float = DEFAULTS["val_fraction"]) -> dict:
     """Run (or resume) every stage (``constrained``: also base and tuned with grammar-constrained calls); returns the report dict also written to ``out/report.json``."""
     from llamatune import demo_report
     from llamatune.distributed import set_aside_stale
@@ -341,8 +348,10 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     st.run("base", "base" in st.seconds, resolve_model, model)
     hf_dir = resolve_model(model)  # built by the stage above (or before): a cache lookup
     data = out / "data"
-    st.run("data", _data_done(data, n, n_test, n_val, max_length, template, n_test_new=n_test_new), make_data, data, n,
-           n_test, n_val, max_length, hf_dir, template, n_test_new=n_test_new)
+    st.run("data", _data_done(data, n, n_test, n_val, max_length, template, n_test_new=n_test_new,
+                              val_fraction=val_fraction),
+           make_data, data, n, n_test, n_val, max_length, hf_dir, template, n_test_new=n_test_new,
+           val_fraction=val_fraction)
     run_dir = out / "tuned"
     set_aside_stale(run_dir, demo_recipe(data, run_dir, steps, max_length, model), data)  # an edited recipe: train again
     st.run("train", train_done(run_dir), run_training, data, run_dir, steps, max_length, threads, model)
@@ -385,7 +394,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n", type=int, default=None, help=f"generated rows, train + test (default {DEFAULTS['n']})")
     parser.add_argument("--n-test", type=int, default=None, help=f"held-out test items (default {DEFAULTS['n_test']})")
     parser.add_argument("--n-val", type=int, default=None,
-                        help=f"validation items, training families (default {DEFAULTS['n_val']})")
+                        help=f"validation items, of the validation fold (default {DEFAULTS['n_val']})")
+    parser.add_argument("--val-fraction", type=float, default=None,
+                        help="share of each group's training template families held out as the validation fold "
+                             f"(default {DEFAULTS['val_fraction']:g}; 0: validation from the training families)")
     parser.add_argument("--steps", type=int, default=None, help=f"LoRA steps (default {DEFAULTS['steps']})")
     parser.add_argument("--max-length", type=int, default=None,
                         help=f"training rows longer than this (tokens) are left out (default {DEFAULTS['max_length']})")

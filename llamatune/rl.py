@@ -136,16 +136,18 @@ def exclusion_rows(paths) -> list[dict]:
 
 
 def prompt_rows(n: int, seed: int = 0, exclude: list[dict] = (), style: str = "eval") -> list[dict]:
-    """``n`` GRPO prompt rows of the training template families, every category in the default proportions, none
-    whose prompt (:func:`llamatune.demo.prompt_key`) equals an ``exclude`` row's or another's. Fewer when the
-    families cannot give ``n`` distinct prompts (said on stderr)."""
+    """``n`` GRPO prompt rows of the training template families (never the demo's validation fold), every category in
+    the default proportions, none whose prompt (:func:`llamatune.demo.prompt_key`) equals an ``exclude`` row's or
+    another's. Fewer when the families cannot give ``n`` distinct prompts (said on stderr)."""
     from llamatune.data.funccall import DEFAULT_PROPORTIONS, build_split, strip_private, train_style
-    from llamatune.demo import distinct, prompt_key, stratified
+    from llamatune.data.funccall_rows import EVAL_STYLE
+    from llamatune.demo import DEFAULTS, distinct, prompt_key, stratified
 
     if n < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n}")
-    style_kw = {"style": train_style()} if style == "train" else {}
-    pool = strip_private(build_split("val", max(4 * n, 400), seed, DEFAULT_PROPORTIONS, stream="grpo", **style_kw))
+    pool = strip_private(build_split("train", max(4 * n, 400), seed, DEFAULT_PROPORTIONS, stream="grpo",
+                                     style=train_style() if style == "train" else EVAL_STYLE,
+                                     val_fraction=DEFAULTS["val_fraction"]))
     pool = distinct(pool, {prompt_key(r) for r in exclude})
     rows = stratified(pool, n, seed=seed, weights=DEFAULT_PROPORTIONS)
     if len(rows) < n:

@@ -67,7 +67,7 @@ def load_sweep(path: str | Path) -> dict:
         if eta < 2 or lo < 1:
             raise ValueError(f"{path}: search.eta must be >= 2 and search.min_steps >= 1")
         search = {"method": "successive_halving", "eta": eta, "min_steps": lo, "rungs": rungs(steps.pop(), eta, lo)}
-    return {"base": {**{k: demo.DEFAULTS[k] for k in (*DATA_KEYS, "max_tokens", "threads")}, **spec.get("base", {})},
+    return {"base": {**{k: demo.DEFAULTS[k] for k in (*DATA_KEYS, "max_tokens", "threads", "val_fraction")}, **spec.get("base", {})},
             "runs": runs, "search": search}
 
 
@@ -98,10 +98,13 @@ def _data(out: Path, base: dict, model: str, mix: dict | None) -> Path:
     template = demo.MODELS[model]["template"]
     tag = template + ("-mix-" + "-".join(f"{k}{v:g}" for k, v in sorted(mix.items())) if mix else "")
     tag += f"-len{base['max_length']}" if base["max_length"] != demo.DEFAULTS["max_length"] else ""
-    d = out / f"data-{tag}"
     args = [base[k] for k in DATA_KEYS]
-    if not demo._data_done(d, base["n"], base["n_test"], base["n_val"], base["max_length"], template, mix):
-        demo.make_data(d, *args, resolve_model(model), template, mix)
+    vf = base["val_fraction"]
+    tag += f"-val{vf:g}" if vf != demo.DEFAULTS["val_fraction"] else ""
+    d = out / f"data-{tag}"
+    if not demo._data_done(d, base["n"], base["n_test"], base["n_val"], base["max_length"], template, mix,
+                           val_fraction=vf):
+        demo.make_data(d, *args, resolve_model(model), template, mix, val_fraction=vf)
     return d
 
 

@@ -217,7 +217,9 @@ def test_demo_data_prompts_are_distinct_and_unseen(tmp_path, tiny_model_dir):
     families = json.loads((tmp_path / "full" / "manifest.json").read_text())["families"]
     for name in ("eval", "eval_new"):
         assert {f for r in rows[name] for f in r["families"]} <= set(families["test"])
-    assert {f for r in rows["val"] for f in r["families"]} <= set(families["train"])  # validation: training families
+    # validation: the validation fold, template families held out of training as the test's are
+    assert {f for r in rows["val"] for f in r["families"]} <= set(families["val"]) and families["val"]
+    assert not {f for r in rows["train"] for f in r["families"]} & set(families["val"])
     assert {r["category"] for r in rows["eval"]} == set(ORIGINAL_CATEGORIES)
     assert {r["category"] for r in rows["eval_new"]} == set(NEW_CATEGORIES)
     assert {r["category"] for r in rows["val"]} == set(CATEGORIES)  # stratified over every category
@@ -228,6 +230,7 @@ def test_demo_data_prompts_are_distinct_and_unseen(tmp_path, tiny_model_dir):
     assert demo._data_done(tmp_path, 300, 30, 200, 2048, "llama-3.2", n_test_new=16)
     assert not demo._data_done(tmp_path, 300, 30, 200, 2048, "smollm2", n_test_new=16)  # another template: rebuilt
     assert not demo._data_done(tmp_path, 300, 30, 200, 2048, "llama-3.2")  # another number of new test items
+    assert not demo._data_done(tmp_path, 300, 30, 200, 2048, "llama-3.2", n_test_new=16, val_fraction=0)  # no fold
 
 
 def test_demo_test_items_of_the_original_categories_do_not_depend_on_the_new_ones():

@@ -122,6 +122,39 @@ def test_every_test_concept_has_a_training_family():
     assert {f for f, s in split.items() if s == "test"} >= {"cl-ambiguous", "cl-nounit", "fu-convert"}
 
 
+def test_validation_fold_is_held_out_of_training_and_leaves_the_test_as_it_was():
+    """``val_fraction`` moves a share of each group's training families to a validation fold (README, part 6): the
+    test families are those of no fold, every category has rows in the fold, each fold family's concept (a clarify
+    reason, a follow-up kind) and at least two families of its group stay in training, no foreign tool's family is
+    held out, and the training rows never use a fold family."""
+    from llamatune.data import funccall_foreign as foreign
+    from llamatune.data import funccall_templates as book
+    from llamatune.data.funccall_rows import DEFAULT_PROPORTIONS, TRAIN_ONLY, _concept, build_split, family_groups
+
+    plain, fold = split_families(), split_families(val_fraction=0.2)
+    assert {f for f, s in plain.items() if s == "test"} == {f for f, s in fold.items() if s == "test"}
+    held = {f for f, s in fold.items() if s == "val"}
+    assert 15 <= len(held) <= 30 and not held & set(foreign.families())
+    groups = family_groups()
+    for f in held:
+        assert sum(fold[g] == "train" and groups[g] == groups[f] for g in groups) >= 2, f
+        if _concept(f):
+            assert any(fold[g] == "train" and _concept(g) == _concept(f) for g in groups), f
+    assert {"fu-othercity-b", "cl-notime"} & held  # a follow-up kind and a clarify reason are validated on new phrasing
+    val = build_split("val", 400, 0, DEFAULT_PROPORTIONS, val_fraction=0.2)
+    assert {f for r in val for f in r["families"]} <= held
+    assert set(Counter(r["category"] for r in val)) == set(CATEGORIES)
+    train = build_split("train", 400, 0, DEFAULT_PROPORTIONS, val_fraction=0.2)
+    assert not {f for r in train for f in r["families"]} & held
+    assert build_split("test", 50, 0, val_fraction=0.2) == build_split("test", 50, 0)  # the test rows unchanged
+    # without a fold, "val" draws from the training families (parts 1-5) and nothing is held out
+    assert "val" not in plain.values()
+    assert {f for r in build_split("val", 100, 0) for f in r["families"]} <= {f for f, s in plain.items() if s == "train"}
+    assert set(book.TRAIN_ONLY) <= set(TRAIN_ONLY)
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_families(val_fraction=1.0)
+
+
 def test_foreign_tools_in_training_rows_only(rows):
     """With ``foreign=0.5`` training rows meet tools the project does not have: as distractors in about half of the
     rows that have distractors (not beside an agent mode's own set, never in near-miss or injection rows), and as the

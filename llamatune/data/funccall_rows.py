@@ -98,21 +98,56 @@ def family_groups() -> dict[str, str]:
     return groups
 
 
-def split_families(test_fraction: float = 0.2) -> dict[str, str]:
-    """Family id → ``"train"`` or ``"test"``: ~``test_fraction`` of each group (at least one, never all) goes
-    to test; the :data:`TRAIN_ONLY` families (added after the split was frozen, and the foreign tools') are always
-    training families. Fixed by the family ids alone, so every seed (and the ICL prompt) sees the same split."""
+def _concept(fam: str) -> str | None:
+    """What a family teaches beyond its phrasing: a clarify family's reason, a follow-up family's kind."""
+    if fam in phrasebook.CLARIFY_REASONS:
+        return "clarify:" + phrasebook.CLARIFY_REASONS[fam]
+    if fam in phrasebook.FOLLOW_UPS:
+        return "follow-up:" + phrasebook.FOLLOW_UPS[fam][1]
+    return None
+
+
+def split_families(test_fraction: float = 0.2, val_fraction: float = 0.0) -> dict[str, str]:
+    """Family id → ``"train"``, ``"val"`` or ``"test"``. ~``test_fraction`` of each group (at least one, never all)
+    goes to test; the :data:`TRAIN_ONLY` families (added after the split was frozen, and the foreign tools') never
+    do. Then, with ``val_fraction`` > 0, ~``val_fraction`` of each group's remaining families (at least one) forms
+    the *validation fold*, held out of training as the test's are, so that settings are chosen on transfer to new
+    phrasings, as the test measures it. A family goes to the fold only where two training families of its group stay
+    and its concept (a clarify reason, a follow-up kind) keeps a training family; never a foreign tool's. The test
+    families are the same whatever ``val_fraction``. Fixed by the family ids alone, so every seed (and the ICL
+    prompt) sees the same split."""
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     by_group = defaultdict(list)
     for fam, group in family_groups().items():
         if fam not in TRAIN_ONLY:
             by_group[group].append(fam)
     split = dict.fromkeys(TRAIN_ONLY, "train")
+    order = lambda f: hashlib.sha256(f.encode()).hexdigest()  # noqa: E731
     for fams in by_group.values():
-        fams.sort(key=lambda f: hashlib.sha256(f.encode()).hexdigest())
+        fams.sort(key=order)
         k = 0 if test_fraction == 0 else min(len(fams) - 1, max(1, round(len(fams) * test_fraction)))
         split.update({f: "test" if i < k else "train" for i, f in enumerate(fams)})
+    if val_fraction:
+        foreign_fams = set(foreign.families())
+        groups = family_groups()
+        rest = defaultdict(list)
+        for fam, group in groups.items():
+            if split[fam] == "train" and fam not in foreign_fams:
+                rest[group].append(fam)
+        for fams in rest.values():
+            fams.sort(key=order)
+            want = max(1, round(len(fams) * val_fraction))
+            for fam in fams:
+                if want == 0 or len([f for f in fams if split[f] == "train"]) <= 2:
+                    break
+                c = _concept(fam)
+                if c and not any(split[g] == "train" and g != fam and _concept(g) == c for g in groups):
+                    continue
+                split[fam] = "val"
+                want -= 1
     return split
 
 
@@ -203,6 +238,7 @@ def agent_system_prompt(tool_names: list[str]) -> str | None:
 
 
 def _single(rng, fams, weights=SINGLE_WEIGHTS):
+    weights = {t: w for t, w in weights.items() if fams["single"][t]}  # the validation fold lacks a tool or two
     tool = rng.choices(list(weights), weights=list(weights.values()))[0]
     return tool, rng.choice(fams["single"][tool])
 
@@ -226,7 +262,7 @@ def _row(rng: random.Random, category: str, fams: dict, style: Style = EVAL_STYL
         used = [family]
     elif category == "multi_turn":
         family = rng.choice(fams["follow_up"])
-        first_tool = rng.choice(phrasebook.FOLLOW_UPS[family][0])
+        first_tool = rng.choice([t for t in phrasebook.FOLLOW_UPS[family][0] if fams["single"][t]])
         first = rng.choice(fams["single"][first_tool])
         messages, must, exp = builders.build_follow_up(rng, first_tool, first, family, budget)
         used = [first, family]
@@ -264,8 +300,8 @@ def _row(rng: random.Random, category: str, fams: dict, style: Style = EVAL_STYL
             "families": used}
 
 
-def _families_of(split: str, test_fraction: float) -> dict:
-    assign = split_families(test_fraction)
+def _families_of(split: str, test_fraction: float, val_fraction: float = 0.0) -> dict:
+    assign = split_families(test_fraction, val_fraction)
     groups = family_groups()
     mine = [f for f in groups if assign[f] == split]
     fams = {"single": {t: [f for f in phrasebook.SINGLE[t] if f in mine] for t in phrasebook.SINGLE},
@@ -281,10 +317,12 @@ def _families_of(split: str, test_fraction: float) -> dict:
 
 
 def build_split(split: str, n: int, seed: int, proportions: dict | None = None, test_fraction: float = 0.2,
-                style: Style | None = None, stream: str | None = None) -> list[dict]:
+                style: Style | None = None, stream: str | None = None, val_fraction: float = 0.0) -> list[dict]:
     """``n`` rows of one split, deterministic for ``seed``: ``"train"`` and ``"test"`` draw from their own template
-    families, ``"val"`` from the training families (rows never equal to training rows only by chance: the caller
-    drops repeated prompts). ``proportions``: default the five original categories in their original shares;
+    families; ``"val"`` from the validation fold when ``val_fraction`` > 0 (families held out of training, see
+    :func:`split_families`; ``"train"`` then leaves them out), else from the training families (the in-family
+    validation of the README's parts 1-5; rows never equal to training rows only by chance: the caller drops repeated
+    prompts). ``proportions``: default the five original categories in their original shares;
     ``style``: default :data:`ORIGINAL_TRAIN_STYLE` for train, :data:`EVAL_STYLE` otherwise; ``stream`` names the
     random stream and the ids (``fc-<stream>-00000``; default the split), so a second set of the same split
     (``"test-new"``) is independent of the first. User turns keep their private ``_keep`` lists (see
@@ -294,7 +332,8 @@ def build_split(split: str, n: int, seed: int, proportions: dict | None = None, 
     style = style or (ORIGINAL_TRAIN_STYLE if split == "train" else EVAL_STYLE)
     name = stream or split
     rng = random.Random(f"funccall:{seed}:{name}")
-    fams = _families_of("test" if split == "test" else "train", test_fraction)
+    fold = split if split != "val" or val_fraction else "train"
+    fams = _families_of(fold, test_fraction, val_fraction)
     order = [c for c, k in category_counts(n, ORIGINAL_PROPORTIONS if proportions is None else proportions).items()
              for _ in range(k)]
     rng.shuffle(order)

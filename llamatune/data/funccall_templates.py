@@ -138,11 +138,11 @@ CLARIFY_REASONS = {"cl-noplace-now": "place", "cl-noplace-later": "place", "cl-n
                    "cl-ambiguous": "ambiguous place", "cl-ambiguous-b": "ambiguous place", "cl-nounit": "unit",
                    "cl-nounit-b": "unit", "cl-notopic": "topic"}
 
-# Families added after the test split was frozen: always training families (the split never sees them), so the test
-# rows stay the same. The 2026-12-05 split had held out the only family of two clarify reasons (an ambiguous place, a
+# Families added after the test split was frozen: never test families (the test split never sees them), so the test
+# rows stay the same; training families, or in the validation fold when the split has one (README, part 6). The 2026-12-05 split had held out the only family of two clarify reasons (an ambiguous place, a
 # missing unit) and of one follow-up kind (another unit): the tuned model asked 0/13 times on those test items while
 # validation, drawn from the training families, showed 12/12 (README, "The tuned model that stops, part 4").
-TRAIN_ONLY = ("cl-ambiguous-b", "cl-nounit-b", "fu-convert-b")
+TRAIN_ONLY = ("cl-ambiguous-b", "cl-nounit-b", "fu-convert-b", "fu-othercity-b", "fu-wiki-b")
 
 # No tool needed although tools are offered. family -> (group, kind, key, tools that must NOT be offered).
 # kind: fact (FACTS[key] pairs through the phrasings below), qa (FACTS[key] (question, answer) pairs, split
@@ -192,6 +192,12 @@ FOLLOW_UPS = {
     "fu-convert-b": (["convert_units"], "otherunit", ["Now give it in {dst}, please.", "How many {dst} is that?",
                      "Convert that to {dst} too."]),  # training only (TRAIN_ONLY)
     "fu-wiki": (["get_wikipedia_summary"], "othertopic", ["Now tell me about {topic}.", "And {topic}?"]),
+    # second phrasings of two kinds, so the validation fold can hold out a follow-up family whose kind training
+    # still shows (never test families: TRAIN_ONLY)
+    "fu-othercity-b": (["get_current_weather", "get_weather_forecast"], "othercity",
+                       ["Same question for {city}.", "Could you check {city} as well?", "And what's it like in {city}?"]),
+    "fu-wiki-b": (["get_wikipedia_summary"], "othertopic", ["Could you also look up {topic}?",
+                  "What does Wikipedia say about {topic}?"]),
     "fu-thanks": (["get_current_weather", "get_weather_forecast", "get_local_time", "convert_units",
                    "get_wikipedia_summary", "search_wikipedia", "calculate"], "thanks",
                   ["Thanks!", "Great, thank you.", "perfect, thanks a lot"]),
