@@ -9,7 +9,8 @@ Stages (each prints one status line and is skipped when its outputs exist, so a 
 
 1. ``data``: the FuncCall generator (``--n`` rows, seed 0) into ``data/full/``; ``data/train.jsonl`` keeps
    the training rows that fit ``--max-length`` tokens (so truncation never cuts a target), ``data/val.jsonl``
-   ``--n-val`` new rows of the training template families for choosing settings, ``data/eval.jsonl`` a stratified
+   ``--n-val`` rows of the validation fold (template families held out of training, ``--val-fraction`` of each
+   group's) for choosing settings, ``data/eval.jsonl`` a stratified
    ``--n-test`` subset of the held-out test split's original categories (test template families only; the same
    items as before the new categories), ``data/eval_new.jsonl`` a stratified subset of its new categories
    (parallel calls, near-miss tools, injected instructions); it prints rows generated, kept and mean tokens per

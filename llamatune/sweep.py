@@ -206,10 +206,10 @@ def halving(spec: dict, out: Path, run_one=None) -> tuple[list[dict], str]:
 
 def _write(out: Path, rows: list[dict], spec: dict) -> None:
     write_json(out / "sweep.json", rows, indent=1)
-    write_text(out / "sweep.md", markdown(rows, spec.get("search")) + "\n")
+    write_text(out / "sweep.md", markdown(rows, spec.get("search"), spec.get("base", {}).get("val_fraction", 0)) + "\n")
 
 
-def markdown(rows: list[dict], search: dict | None = None) -> str:
+def markdown(rows: list[dict], search: dict | None = None, val_fraction: float = 0) -> str:
     sha = bool(search)
     head = "| setting | model | " + ("rung | " if sha else "") + "steps | recipe changes | val accuracy | " \
         "tool-call acc. | irrelevance acc. | score | calls/turn | train s | eval s |"
@@ -236,7 +236,9 @@ def markdown(rows: list[dict], search: dict | None = None) -> str:
     n = rows[0]["n_val"] if rows else 0
     final = [r for r in rows if r.get("rung") == len(search["rungs"])] if sha else rows
     best = max(final, key=lambda r: (selection_score(r["val"]), -r["train_seconds"])) if final else None
-    lines += ["", f"Validation: {n} items of the training template families (Wilson 95% CIs). Score: the mean of "
+    where = (f"the validation fold (template families held out of training, {val_fraction:g} of each group's)"
+             if val_fraction else "the training template families")
+    lines += ["", f"Validation: {n} items of {where} (Wilson 95% CIs). Score: the mean of "
               "tool-call and irrelevance accuracy (the selection metric)."]
     if sha:
         lines.append(f"Successive halving, eta {search['eta']}: rungs of {', '.join(map(str, search['rungs']))} steps "
@@ -276,8 +278,7 @@ def run_sweep(spec_path: str | Path, out: str | Path = "runs/sweep", only: list[
         v = rows[-1]["val"]
         print(f"[sweep] {run['name']}: val accuracy {_pct(v['accuracy'])}, tool {_pct(v['tool_accuracy'])}, "
               f"irrelevance {_pct(v['irrelevance_accuracy'])}", flush=True)
-        write_json((out / "sweep.json"), rows, indent=1)
-        write_text((out / "sweep.md"), markdown(rows) + "\n")
+        _write(out, rows, spec)
     return rows
 
 
@@ -291,5 +292,6 @@ def main(args) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     rows = run_sweep(args.sweep, args.out, args.only)
-    print(markdown(rows, load_sweep(args.sweep)["search"]))
+    spec = load_sweep(args.sweep)
+    print(markdown(rows, spec["search"], spec["base"]["val_fraction"]))
     return 0

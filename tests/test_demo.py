@@ -287,6 +287,9 @@ def test_sweep_file_is_checked_and_tabled(tmp_path):
     assert "| slow | smollm2-135m | 9 | learning_rate=0.001 | 80% [70, 90]" in md
     assert "recipe as is; mix no_tool=0.5" in md and "| *untuned base* | smollm2-135m | 0 |" in md
     assert "Best by the score: **fast**" in md  # a tie goes to the cheaper setting
+    assert "items of the training template families" in md
+    assert "items of the validation fold (template families held out of training, 0.2 of each group's)" in \
+        sweep.markdown(rows, None, 0.2)
 
 
 def test_sweep_only_runs_the_named_settings_and_tables_every_scored_one(tmp_path, monkeypatch):
