@@ -25,7 +25,8 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from llamatune.sampling import Candidates, greedy, sample, sampler_factory  # noqa: F401 (re-exported)
+from llamatune.sampling import (CLOSE_RESERVE, Candidates, closer_mask, greedy, sample,  # noqa: F401 (re-exported)
+                                sampler_factory)
 
 
 @dataclass
@@ -39,8 +40,9 @@ class Request:
     pointer as ``.sampler``; closed with ``.close()`` when the sequence ends), called once when the sequence starts;
     ``None`` takes the decoder's default (greedy). ``grammar``: anything with ``.sampler(vocab, lazy=)`` returning a
     llama.cpp grammar sampler (a :class:`llamatune.grammar.CallGrammar`), ``lazy`` (free until its trigger) or active
-    from the first token; ``None``: free. ``special``: special tokens are detokenised as text. ``tag`` is the caller's,
-    handed back on the sequence."""
+    from the first token; ``None``: free; ``close_reserve``: with a grammar, a call still open when this many tokens
+    of budget are left is closed where the grammar first allows (:mod:`llamatune.sampling`; 0: never). ``special``:
+    special tokens are detokenised as text. ``tag`` is the caller's, handed back on the sequence."""
 
     ids: list[int]
     max_tokens: int = 128
@@ -50,6 +52,7 @@ class Request:
     sampler: Callable[[Decoder], object] | None = None
     grammar: object = None
     lazy: bool = True
+    close_reserve: int = CLOSE_RESERVE
     special: bool = True
     tag: object = None
 
@@ -145,6 +148,7 @@ class Decoder:
         self._kv_full = False
         self.max_active: int | None = None  # sequences running at once (None: n_seq)
         self._candidates = Candidates(self.n_vocab)  # the full candidate array a grammar's refusal needs
+        self._close = None  # (closing tokens' mask, end-of-generation token), see _closers
 
     def piece(self, token: int, special: bool = True) -> bytes:
         """The bytes of one token (cached)."""
@@ -154,6 +158,14 @@ class Decoder:
             n = self._lib.llama_token_to_piece(self.vocab, token, buf, 256, 0, special)
             out = self._pieces[special][token] = buf.raw[:max(0, n)]
         return out
+
+    def _closers(self) -> tuple[np.ndarray, int]:
+        """The closing tokens' mask and the end-of-generation token (built once, at the first call that needs it)."""
+        if self._close is None:
+            eot = self._lib.llama_vocab_eot(self.vocab)
+            self._close = (closer_mask(lambda t: self.piece(t, special=False), self.n_vocab),
+                           eot if eot >= 0 else self._lib.llama_vocab_eos(self.vocab))
+        return self._close
 
     def seq_pos_max(self, seq_id: int) -> int:
         """The last position a slot holds in the KV cache (-1: none)."""
@@ -251,7 +263,9 @@ class Decoder:
             seq._pending = seq._pending[take:]
             self.n_evaluated += take
             if idx is not None:
-                token, changed = sample(self.ctx, idx, seq._chain.sampler, seq._grammar, self._candidates)
+                close = self._closers() if seq._grammar is not None and seq.request.close_reserve and \
+                    seq._budget - seq.generated <= seq.request.close_reserve else None
+                token, changed = sample(self.ctx, idx, seq._chain.sampler, seq._grammar, self._candidates, close)
                 seq.constrained += changed
                 events.append(self._accept(seq, token))
         return events

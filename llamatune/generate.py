@@ -29,6 +29,7 @@ from pathlib import Path
 from llamatune.chat import ALL_STOPS, DEFAULT_DATE
 from llamatune.jsonl import JsonlCache, read_json
 from llamatune.model_spec import ModelSpec, fingerprint, parse_spec
+from llamatune.sampling import CONSTRAINED_KEY
 
 
 class Generator:
@@ -390,7 +391,7 @@ def generate_cached(gen_or_spec, prompts: list[dict], cache_path: str | Path, ma
 
     def key(p):
         return (f"{fp}|{template}|{DEFAULT_DATE}|{p['id']}|{prompt_hash(p['messages'], p.get('tools'))}|{max_tokens}"
-                f"|{temperature}" + ("|constrained" if constrain else ""))
+                f"|{temperature}" + (f"|{CONSTRAINED_KEY}" if constrain else ""))
 
     cache = JsonlCache(cache_path)
     todo = [p for p in prompts if key(p) not in cache]

@@ -10,6 +10,15 @@ renormalised over the allowed tokens: P(t) = q(t) + (1 − q(A))·q(t)/q(A) = q(
 chain that only reweights, such as temperature; top-k/top-p/min-p cut the redraw among the allowed tokens, as
 llama.cpp's server does). A text answer the grammar never refused is the unconstrained one, token for token.
 
+**Closing at the budget.** A constrained call that is still open when its sequence has ``CLOSE_RESERVE`` tokens of
+budget left is closed at the first point its grammar allows: from then on, while the grammar refuses an
+end-of-generation token (a call is open: an untriggered lazy grammar allows it), the pick is the best token, among
+those the grammar allows, whose text only closes JSON (``"``, ``]``, ``}``, with spaces or line breaks); where none is
+allowed (a required key still to write, a name or an enum value half written) the usual pick. Small models loop
+inside a call (a list's items again and again, the same call repeated) until the budget cuts the call in half: such
+a call now ends well formed, its loop cut short (wrong, most likely, but a call the scorer can read and the agent can
+refuse by its arguments). Text answers and calls that end in time are unchanged.
+
 llama.cpp aborts the process when a grammar is made to accept a token it refuses, so a token is accepted into the
 grammar only after the grammar's ``apply`` allowed it. The chain has already accepted its first draw (inside
 ``llama_sampler_sample``); the project's chains (greedy; top-k → top-p → min-p → temperature → draw) keep no state
@@ -26,6 +35,20 @@ import numpy as np
 from llamatune.grammar import allowed
 
 _NEG_INF = float("-inf")
+CLOSE_RESERVE = 16  # tokens of budget left at which an open constrained call is closed (see the module doc)
+CONSTRAINED_KEY = f"constrained-close{CLOSE_RESERVE}"  # the caches' setting for constrained generations
+_CLOSING = frozenset('"]}')
+
+
+def closer_mask(piece: Callable[[int], bytes], n_vocab: int) -> np.ndarray:
+    """A boolean mask over the vocabulary: tokens whose text is made only of ``"``, ``]``, ``}`` (at least one),
+    spaces and line breaks (``piece(token) -> bytes``, special tokens not rendered)."""
+    mask = np.zeros(n_vocab, dtype=bool)
+    for t in range(n_vocab):
+        text = piece(t).decode("utf-8", errors="replace")
+        core = text.strip(" \n")
+        mask[t] = bool(core) and set(core) <= _CLOSING
+    return mask
 
 
 def sampler_factory(temperature: float = 0.0, *, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
@@ -70,19 +93,31 @@ class Candidates:
         return lib.llama_token_data_array(buf.ctypes.data_as(lib.llama_token_data_p), self.n_vocab, -1, False)
 
 
-def sample(ctx, idx: int, chain, grammar=None, candidates: Candidates | None = None) -> tuple[int, bool]:
+def sample(ctx, idx: int, chain, grammar=None, candidates: Candidates | None = None,
+           close: tuple[np.ndarray, int] | None = None) -> tuple[int, bool]:
     """``(token, changed)`` for batch entry ``idx``: the chain's draw (``llama_sampler_sample``), or, when
     ``grammar`` (a llama.cpp grammar sampler) refuses it, the chain's pick among the tokens the grammar allows
-    (``changed``). The token is accepted into the grammar. ``candidates``: a reusable :class:`Candidates`."""
+    (``changed``). The token is accepted into the grammar. ``candidates``: a reusable :class:`Candidates`.
+    ``close``: ``(closer mask, end-of-generation token)`` when the sequence is to close an open call (see the
+    module doc); a closing token the grammar allows is then taken, the best by logit (``changed`` if not the draw)."""
     import llama_cpp as lib
 
     token = int(lib.llama_sampler_sample(chain, ctx, idx))
     if grammar is None:
         return token, False
+    if candidates is None:
+        candidates = Candidates(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(lib.llama_get_model(ctx))))
+    if close is not None and not allowed(grammar, close[1]):  # a call is open
+        arr = candidates.fill(ctx, idx)
+        lib.llama_sampler_apply(grammar, ctypes.byref(arr))
+        buf = candidates._buf
+        ok = close[0][buf["id"]] & (buf["logit"] != _NEG_INF)
+        if ok.any():
+            best = int(buf["id"][ok][np.argmax(buf["logit"][ok])])
+            lib.llama_sampler_accept(grammar, best)
+            return best, best != token
     changed = not allowed(grammar, token)
     if changed:
-        if candidates is None:
-            candidates = Candidates(lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(lib.llama_get_model(ctx))))
         arr = candidates.fill(ctx, idx)
         lib.llama_sampler_apply(grammar, ctypes.byref(arr))
         lib.llama_sampler_apply(chain, ctypes.byref(arr))

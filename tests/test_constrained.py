@@ -67,7 +67,8 @@ def test_a_lazy_grammar_leaves_a_text_answer_byte_identical(dec, tools):
 
     g = grammar_for(tools, "llama-3.2")
     reqs = [Request(_ids(dec, a), max_tokens=24, tag=("raw", a)) for a in ASKS]
-    reqs += [Request(_ids(dec, a), max_tokens=24, grammar=g, tag=("lazy", a)) for a in ASKS]
+    # close_reserve = the budget: the closing rule is consulted on every token, and must leave prose alone too
+    reqs += [Request(_ids(dec, a), max_tokens=24, grammar=g, close_reserve=24, tag=("lazy", a)) for a in ASKS]
     out = {s.request.tag: s for s in dec.generate(reqs)}
     for a in ASKS:
         raw, lazy = out["raw", a], out["lazy", a]
@@ -87,6 +88,21 @@ def test_a_grammar_active_from_the_first_token_gives_a_valid_call(dec, units, te
     for seq in dec.generate(reqs):
         assert seq.finish == "stop" and seq.constrained > 0, seq.text
         assert _valid(seq.text, units), seq.text
+
+
+def test_a_call_still_open_near_the_budget_is_closed_where_the_grammar_allows(dec, tools):
+    """A free string never ends for the random tiny model: without the closing rule the budget cuts the call in half
+    (finish "length", no call parses); with it the call closes within the reserve and validates (finish "stop")."""
+    from llamatune.decode import Request
+
+    weather = [t for t in tools if t["function"]["name"] == "get_current_weather"]
+    g = one_call(weather)
+    ids = _ids(dec, ASKS[2])
+    cut, closed = dec.generate([Request(ids, max_tokens=40, grammar=g, lazy=False, close_reserve=0, tag="cut"),
+                                Request(ids, max_tokens=40, grammar=g, lazy=False, close_reserve=8, tag="closed")])
+    assert cut.finish == "length" and not _valid(cut.text, weather), cut.text
+    assert closed.finish == "stop" and _valid(closed.text, weather), closed.text
+    assert 32 < len(closed.ids) <= 40 and closed.ids[:32] == cut.ids[:32]  # the same until the reserve
 
 
 @pytest.mark.slow  # ~10 s: the random model's every token is refused, a full-vocabulary (128k) grammar pass each

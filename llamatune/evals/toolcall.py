@@ -25,6 +25,7 @@ from llamatune.evals.scoring import expected_error, score_output
 from llamatune.evals.stats import mean_metric, paired_comparison, proportion
 from llamatune.generate import load_generator
 from llamatune.grammar import grammar_for
+from llamatune.sampling import CONSTRAINED_KEY
 from llamatune.model_spec import fingerprint, model_kind, parse_spec
 from llamatune.jsonl import JsonlCache, iter_jsonl, read_json, sha256_file, write_json
 from llamatune.report import comparison_table, toolcall_table
@@ -178,7 +179,7 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
     runner = None
     try:
         prompts = [build_prompt(row, icl, template) for row in rows]
-        setting = [max_tokens] + (["constrained"] if constrain else [])  # raw runs keep their earlier keys
+        setting = [max_tokens] + ([CONSTRAINED_KEY] if constrain else [])  # raw runs keep their earlier keys
         keys = [hashlib.sha256(json.dumps([fp, p, *setting]).encode()).hexdigest() for p in prompts]
         # Prompts in sorted order, so that consecutive ones share their longest prefix (system text, tool
         # schemas): llama.cpp evaluates the shared prefix once and shares its KV cache.
