@@ -38,7 +38,8 @@ For the decoding loop (:meth:`CallGrammar.sampler`): put the grammar sampler bef
 token, and feed it only generated tokens (never the prompt). llama.cpp aborts the process (an uncaught C++
 exception) when a grammar is made to accept a token it does not allow, so a token must pass the grammar's
 ``apply`` before it is accepted; the triggers are built so that the text they hand over is always allowed
-(see :func:`triggers`).
+(see :func:`triggers`). Near the end of a sequence's budget the loop closes an open call where the grammar first
+allows (:mod:`llamatune.sampling`, ``CLOSE_RESERVE``), so a call cut by the budget is rare rather than the rule.
 """
 
 from __future__ import annotations
