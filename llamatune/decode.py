@@ -25,8 +25,7 @@ from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 
-from llamatune.sampling import (CLOSE_RESERVE, Candidates, closer_mask, greedy, sample,  # noqa: F401 (re-exported)
-                                sampler_factory)
+from llamatune.sampling import CLOSE_RESERVE, Candidates, Closer, greedy, sample, sampler_factory  # noqa: F401
 
 
 @dataclass
@@ -40,9 +39,9 @@ class Request:
     pointer as ``.sampler``; closed with ``.close()`` when the sequence ends), called once when the sequence starts;
     ``None`` takes the decoder's default (greedy). ``grammar``: anything with ``.sampler(vocab, lazy=)`` returning a
     llama.cpp grammar sampler (a :class:`llamatune.grammar.CallGrammar`), ``lazy`` (free until its trigger) or active
-    from the first token; ``None``: free; ``close_reserve``: with a grammar, a call still open when this many tokens
-    of budget are left is closed where the grammar first allows (:mod:`llamatune.sampling`; 0: never). ``special``:
-    special tokens are detokenised as text. ``tag`` is the caller's, handed back on the sequence."""
+    from the first token; ``None``: free; ``close_reserve``: with a grammar, the last tokens of budget in which the
+    closing rule may close a call that could not end in time otherwise (:mod:`llamatune.sampling`; 0: never).
+    ``special``: special tokens are detokenised as text. ``tag`` is the caller's, handed back on the sequence."""
 
     ids: list[int]
     max_tokens: int = 128
@@ -148,7 +147,7 @@ class Decoder:
         self._kv_full = False
         self.max_active: int | None = None  # sequences running at once (None: n_seq)
         self._candidates = Candidates(self.n_vocab)  # the full candidate array a grammar's refusal needs
-        self._close = None  # (closing tokens' mask, end-of-generation token), see _closers
+        self._closer = None  # the closing rule's lookups (llamatune.sampling.Closer), built at first use
 
     def piece(self, token: int, special: bool = True) -> bytes:
         """The bytes of one token (cached)."""
@@ -158,14 +157,6 @@ class Decoder:
             n = self._lib.llama_token_to_piece(self.vocab, token, buf, 256, 0, special)
             out = self._pieces[special][token] = buf.raw[:max(0, n)]
         return out
-
-    def _closers(self) -> tuple[np.ndarray, int]:
-        """The closing tokens' mask and the end-of-generation token (built once, at the first call that needs it)."""
-        if self._close is None:
-            eot = self._lib.llama_vocab_eot(self.vocab)
-            self._close = (closer_mask(lambda t: self.piece(t, special=False), self.n_vocab),
-                           eot if eot >= 0 else self._lib.llama_vocab_eos(self.vocab))
-        return self._close
 
     def seq_pos_max(self, seq_id: int) -> int:
         """The last position a slot holds in the KV cache (-1: none)."""
@@ -263,9 +254,12 @@ class Decoder:
             seq._pending = seq._pending[take:]
             self.n_evaluated += take
             if idx is not None:
-                close = self._closers() if seq._grammar is not None and seq.request.close_reserve and \
-                    seq._budget - seq.generated <= seq.request.close_reserve else None
-                token, changed = sample(self.ctx, idx, seq._chain.sampler, seq._grammar, self._candidates, close)
+                close = None
+                if seq._grammar is not None and seq._budget - seq.generated <= seq.request.close_reserve:
+                    self._closer = self._closer or Closer(self.vocab, self.piece, self.n_vocab)
+                    close = self._closer(seq.ids, seq.request.grammar, seq._budget - seq.generated)
+                token, changed = sample(self.ctx, idx, seq._chain.sampler, seq._grammar, self._candidates, close,
+                                        self.piece)
                 seq.constrained += changed
                 events.append(self._accept(seq, token))
         return events

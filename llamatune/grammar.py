@@ -127,6 +127,8 @@ class CallGrammar:
     tools: tuple[str, ...]
     fallbacks: tuple[str, ...] = field(default=())
     root: str = "root"
+    opener: str | None = None  # the syntax's call opener and closer (what the decoding loop's closing rule writes)
+    closer: str | None = None
 
     def trigger_tokens(self, tokenize: Callable[[str], list[int]]) -> tuple[int, ...]:
         """Ids of the trigger words that ``tokenize`` (special tokens parsed) turns into one token."""
@@ -337,7 +339,8 @@ def call_grammar(tools: list[dict], syntax: CallSyntax) -> CallGrammar:
     if len(set(names)) != len(names):
         raise ValueError(f"two offered tools share a name: {sorted({n for n in names if names.count(n) > 1})}")
     built = _build(json.dumps(schemas, ensure_ascii=False), syntax)
-    return CallGrammar(built.grammar, built.trigger_patterns, built.trigger_words, tuple(names), tuple(fallbacks))
+    return CallGrammar(built.grammar, built.trigger_patterns, built.trigger_words, tuple(names), tuple(fallbacks),
+                       opener=built.opener, closer=built.closer)
 
 
 def _converter_class():
@@ -390,4 +393,5 @@ def _build(key: str, syntax: CallSyntax) -> CallGrammar:
     ws = "ws ::= [ \\n]?\n" if syntax.opener or syntax.closer else ""
     grammar = f"root ::= {head}{body}\n{ws}{rules}\n"
     patterns, words = triggers(syntax)
-    return CallGrammar(grammar, patterns, words, tuple(n for n, _ in schemas))
+    return CallGrammar(grammar, patterns, words, tuple(n for n, _ in schemas), opener=syntax.opener,
+                       closer=syntax.closer)

@@ -105,6 +105,21 @@ def test_a_call_still_open_near_the_budget_is_closed_where_the_grammar_allows(de
     assert 32 < len(closed.ids) <= 40 and closed.ids[:32] == cut.ids[:32]  # the same until the reserve
 
 
+def test_closing_text_reads_what_a_call_left_open():
+    """The closing rule's target: the string, then objects and lists innermost first, then the template's closer;
+    prose before the opener and brackets inside strings do not count; after a backslash nothing can close yet."""
+    from llamatune.sampling import closing_text, closing_tokens
+
+    open_call = 'Sure {see} <tool_call>[\n{"name": "f", "arguments": {"q": "a {b [c'
+    assert closing_text(open_call, "<tool_call>", "</tool_call>") == '"}}]</tool_call>'
+    assert closing_text('{"name": "f", "parameters": {"xs": [1, 2', None, None) == "]}}"
+    assert closing_text('{"name": "f", "parameters": {"q": "say \\"hi\\" ', None, None) == '"}}'
+    assert closing_text('{"name": "f", "parameters": {"q": "x\\', None, None) is None
+    assert closing_text('<tool_call>[{"name": "f", "arguments": {}}]', "<tool_call>", "</tool_call>") == "</tool_call>"
+    by_text = {'"': [1], '"}': [2], '"}}': [3], "}": [4], "x": [5]}
+    assert closing_tokens('"}}]', by_text) == [(3, 3), (2, 2), (1, 1)]  # longest first; "}" does not start it
+
+
 @pytest.mark.slow  # ~10 s: the random model's every token is refused, a full-vocabulary (128k) grammar pass each
 def test_the_grammar_sampler_survives_a_kv_pause(tiny_gguf, dec, units):
     """A sequence paused for room in the KV cache keeps its grammar state: it resumes to the call it writes alone."""
