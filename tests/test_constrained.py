@@ -120,6 +120,38 @@ def test_closing_text_reads_what_a_call_left_open():
     assert closing_tokens('"}}]', by_text) == [(3, 3), (2, 2), (1, 1)]  # longest first; "}" does not start it
 
 
+def _char_closer():
+    """The closing rule over a vocabulary of single characters (token = code point), end of generation = 0."""
+    from llamatune.sampling import Closer
+
+    c = Closer.__new__(Closer)
+    c.eog, c.piece = 0, lambda t: chr(t).encode()
+    c.by_text = {chr(t): [t] for t in range(33, 127)}
+    c.longest = 1
+    return c
+
+
+def test_the_closing_rule_waits_until_a_call_could_not_end_in_time():
+    """Nothing while the call can still end; its closing text once the tokens left are what closing takes (+1, +5
+    before a key or value); a list of calls closes after a whole call when another as long would not fit."""
+    from llamatune.grammar import SMOLLM2
+
+    c = _char_closer()
+    ids = lambda text: [ord(ch) for ch in text]  # noqa: E731
+    in_value = '<tool_call>[{"name": "f", "arguments": {"q": "abc'
+    target = '"}}]</tool_call>'
+    assert c(ids(in_value), SMOLLM2, len(target) + 2) is None
+    eog, tokens, text = c(ids(in_value), SMOLLM2, len(target) + 1)
+    assert (eog, text, tokens[0]) == (0, target, (1, ord('"')))
+    before_key = '<tool_call>[{"name": "f", "arguments": {'
+    assert c(ids(before_key), SMOLLM2, len("}}]</tool_call>") + 6)[2] == "}}]</tool_call>"
+    assert c(ids(before_key), SMOLLM2, len("}}]</tool_call>") + 7) is None
+    one_call = '<tool_call>[{"name": "f", "arguments": {"q": "abc"}}'  # 41 characters after the opener
+    call = len(one_call) - len("<tool_call>[")
+    assert c(ids(one_call), SMOLLM2, len("]</tool_call>") + 1 + call + 2)[2] == "]</tool_call>"
+    assert c(ids(one_call), SMOLLM2, len("]</tool_call>") + 1 + call + 3) is None
+
+
 @pytest.mark.slow  # ~10 s: the random model's every token is refused, a full-vocabulary (128k) grammar pass each
 def test_the_grammar_sampler_survives_a_kv_pause(tiny_gguf, dec, units):
     """A sequence paused for room in the KV cache keeps its grammar state: it resumes to the call it writes alone."""
