@@ -12,7 +12,7 @@ llama.cpp's server does). A text answer the grammar never refused is the unconst
 
 **Closing at the budget.** A constrained call is closed, where its grammar allows, when it could not end in time
 otherwise. :func:`closing_text` reads what the call has left open (a string, objects and lists, then the template's
-closer: ``"}}]</tool_call>``). Once the tokens left are no more than writing that text takes, plus one (plus three
+closer: ``"}}]</tool_call>``). Once the tokens left are no more than writing that text takes, plus one (plus five
 where a key, its colon or a value must come first; plus the size of the last call where a list of calls could take
 another), and while the grammar refuses an end-of-generation token (a call is open; an untriggered lazy grammar
 allows it), the pick is the token that writes the longest start of that text (spaces before it allowed), among those
@@ -81,7 +81,10 @@ def closing_text(text: str, opener: str | None, closer: str | None) -> str | Non
     """What closes the call that ``text`` (the generation so far) has open: ``"`` inside a string, then ``}``/``]``
     for each object and list still open, innermost first, then ``closer``. The call starts after the last
     ``opener`` (from the start of the text where there is none); ``None`` right after a backslash in a string."""
-    scan = _Scan(_call_text(text, opener))
+    return _target(_Scan(_call_text(text, opener)), closer)
+
+
+def _target(scan: _Scan, closer: str | None) -> str | None:
     if scan.escaped:
         return None
     return ('"' if scan.in_string else "") + "".join(reversed(scan.stack)) + (closer or "")
@@ -151,9 +154,9 @@ class Closer:
         text = b"".join(pieces).decode("utf-8", errors="replace")
         call = _call_text(text, opener)
         scan = _Scan(call)
-        if scan.escaped:
+        target = _target(scan, closer)
+        if target is None:
             return None
-        target = ('"' if scan.in_string else "") + "".join(reversed(scan.stack)) + (closer or "")
         need = self.tokens_for(target) + 1
         if scan.key or (not scan.in_string and scan.last in ":,{["):
             need += 5  # a key, its colon or a value still to write before anything closes
