@@ -7,18 +7,14 @@ tool-call eval → report.
 
 Stages (each prints one status line and is skipped when its outputs exist, so a rerun resumes):
 
-1. ``data``: the FuncCall generator (``--n`` rows, seed 0) into ``data/full/``; ``data/train.jsonl`` keeps
-   the training rows that fit ``--max-length`` tokens (so truncation never cuts a target), ``data/val.jsonl``
-   ``--n-val`` rows of the validation fold (template families held out of training, ``--val-fraction`` of each
-   group's) for choosing settings, ``data/eval.jsonl`` a stratified
-   ``--n-test`` subset of the held-out test split's original categories (test template families only; the same
-   items as before the new categories), ``data/eval_new.jsonl`` a stratified subset of its new categories
-   (parallel calls, near-miss tools, injected instructions); it prints rows generated, kept and mean tokens per
-   category, and the packs of ≤ ``--max-length`` tokens the kept rows make (the trainer's best-fit-decreasing);
+1. ``data``: the FuncCall generator (``--n`` rows, seed 0) into ``data/full/``; ``data/train.jsonl`` keeps the
+   training rows that fit ``--max-length`` tokens, ``data/val.jsonl`` ``--n-val`` rows of the validation fold
+   (families held out of training) for choosing settings, ``data/eval.jsonl`` a stratified ``--n-test`` subset of
+   the test split's original categories, ``data/eval_new.jsonl`` one of its new categories; it prints rows
+   generated, kept and mean tokens per category, and the packs of ≤ ``--max-length`` tokens the kept rows make;
 2. ``base``: the embedded model's fp32 HF directory (dequantized once, cached in $LLAMATUNE_CACHE);
-3. ``train``: LoRA SFT with the model's demo recipe (``FuncCall/recipes/smollm2-135m-demo.yaml``: packed rows, the
-   device rule's precision, bf16 on CPUs with AMX-BF16/AVX512-BF16) into ``tuned/`` (resumes from the last
-   checkpoint when interrupted);
+3. ``train``: LoRA SFT with the model's demo recipe (packed rows, bf16 on CPUs with AMX-BF16/AVX512-BF16) into
+   ``tuned/`` (resumes from the last checkpoint when interrupted);
 4. ``export``: base and tuned to GGUF Q8_0 (``base/gguf``, ``tuned/gguf``) with their ``fidelity.json``;
 5. ``eval``: ``eval toolcall`` on the same test items, greedy, same threads, ``--batch`` sequences decoded together:
    ``base``, ``icl`` (base with ``--icl`` few-shot examples) and ``tuned`` into ``results/``, then the same three on
@@ -42,8 +38,7 @@ from pathlib import Path
 from llamatune.jsonl import read_json, write_json, write_text
 
 RECIPES = Path(__file__).resolve().parent.parent / "FuncCall" / "recipes"
-# The embedded models the demo can tune: project template and recipe of each. The default was chosen on the
-# validation split (README, "Choosing the demo model"); the other is one flag away (--model).
+# The embedded models the demo can tune, each with its template and recipe (README, "Choosing the demo model").
 MODELS = {
     # serve: the GGUF that is evaluated and served. Export writes f16 and Q8_0 and checks both against the HF model;
     # on the 135M model Q8_0 flips 3-6% of the top-1 tokens of the fidelity prompt (below the 0.95 bar in most runs),
@@ -54,12 +49,11 @@ MODELS = {
                      "serve": "q8_0"},
 }
 N_TEST_NEW = 60  # test items of the new categories (data/eval_new.jsonl), beside the n_test of the original ones
-# max_length 1024: with the smollm2 template every category keeps >= 95% of its rows (at 512 several keep < 50%);
-# the rows are packed (the recipe), so the longer limit costs no padding. steps: the demo's fine-tune covers every
-# kept row at least once (steps × rows per step >= kept rows; the report measures both). batch: sequences decoded
-# together by the evaluations (None: llamatune.generate.DECODE_BATCH).
+# max_length 1024: every category keeps >= 95% of its rows (at 512 several keep < 50%), packed, so no padding.
+# steps: every kept row seen about once (the report measures it). batch: None = llamatune.generate.DECODE_BATCH.
+VAL = 0.2  # the validation fold's share of each group's template families (README, part 6)
 DEFAULTS = {"model": "smollm2-135m", "n": 1500, "n_test": 120, "n_val": 240, "steps": 80, "max_length": 1024, "icl": 2,
-            "max_tokens": 64, "threads": 2, "n_test_new": N_TEST_NEW, "batch": None, "val_fraction": 0.2}
+            "max_tokens": 64, "threads": 2, "n_test_new": N_TEST_NEW, "batch": None, "val_fraction": VAL}
 DATA_FORMAT = 6  # bump when make_data's rows change, so a cached data stage is rebuilt
 SMOKE = {"n": 200, "n_test": 5, "n_val": 5, "steps": 4, "max_length": 384, "icl": 1, "max_tokens": 24, "n_test_new": 4}
 CRASH_ENV = "LLAMATUNE_DEMO_EXIT_AFTER_SAVE"  # tests: hard-exit after the first checkpoint is saved
@@ -134,12 +128,10 @@ def distinct(rows: list[dict], seen: set[str]) -> list[dict]:
     return out
 
 
-def validation_rows(train_keys: set[str], n_val: int, val_fraction: float = DEFAULTS["val_fraction"]) -> list[dict]:
-    """``n_val`` validation items of the validation fold: template families held out of training as the test's are
-    (``val_fraction`` of each group's, :func:`~llamatune.data.funccall_rows.split_families`; 0: the training
-    families, as in the README's parts 1-5), every category in the default training proportions, dressed as the test
-    items are (no system prompt, whole tool results, real names), each prompt distinct and equal to no training
-    prompt (``train_keys``). Drawn from their own random stream, so they are the same whatever the training mix."""
+def validation_rows(train_keys: set[str], n_val: int, val_fraction: float = VAL) -> list[dict]:
+    """``n_val`` items of the validation fold (families held out of training, ``split_families``; ``val_fraction``
+    0: the training families, parts 1-5), stratified, dressed as the test items, each prompt distinct and equal to no
+    training prompt (``train_keys``); their own random stream, so the same whatever the training mix."""
     from llamatune.data.funccall import DEFAULT_PROPORTIONS, build_split, strip_private
 
     pool = distinct(strip_private(build_split("val", max(4 * n_val, 400), 0, DEFAULT_PROPORTIONS,
@@ -148,15 +140,13 @@ def validation_rows(train_keys: set[str], n_val: int, val_fraction: float = DEFA
 
 
 def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_dir: str, template: str,
-              mix: dict | None = None, n_test_new: int = N_TEST_NEW,
-              val_fraction: float = DEFAULTS["val_fraction"]) -> dict:
+              mix: dict | None = None, n_test_new: int = N_TEST_NEW, val_fraction: float = VAL) -> dict:
     """``train.jsonl`` (rows that fit ``max_length`` tokens), ``val.jsonl`` (:func:`validation_rows`, for choosing
     settings), ``eval.jsonl`` (the test items of the original categories: held-out families, touched only by the final
     evaluation) and ``eval_new.jsonl`` (``n_test_new`` test items of the new categories, held-out families too); no
     prompt appears twice within a file, and no validation or test prompt equals a training prompt. Prints and records
     (``demo_data.json``, ``by_category``) rows generated, kept and mean tokens per category.
-    ``mix`` changes the category proportions of the training rows only (the test split keeps the default);
-    ``val_fraction``: the validation fold's share of template families, held out of training (0: none)."""
+    ``mix`` changes the category proportions of the training rows only; ``val_fraction``: the fold's share."""
     from transformers import AutoTokenizer
 
     from llamatune.data.funccall import NEW_CATEGORIES, build_dataset, build_split, strip_private, train_style
@@ -204,7 +194,7 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
 
 
 def _data_done(out: Path, n: int, n_test: int, n_val: int, max_length: int, template: str, mix=None,
-               n_test_new: int = N_TEST_NEW, val_fraction: float = DEFAULTS["val_fraction"]) -> bool:
+               n_test_new: int = N_TEST_NEW, val_fraction: float = VAL) -> bool:
     info = read_json(out / "demo_data.json", None)
     if info is None:
         return False
@@ -326,8 +316,7 @@ def link_ggufs(out: Path, ggufs: dict[str, Path]) -> Path:
 
 def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, n_val: int, steps: int,
              max_length: int, icl: int, max_tokens: int, threads: int, n_test_new: int = N_TEST_NEW,
-             batch: int | None = None, constrained: bool = True,
-             val_fraction: float = DEFAULTS["val_fraction"]) -> dict:
+             batch: int | None = None, constrained: bool = True, val_fraction: float = VAL) -> dict:
     """Run (or resume) every stage (``constrained``: also base and tuned with grammar-constrained calls); returns the report dict also written to ``out/report.json``."""
     from llamatune import demo_report
     from llamatune.distributed import set_aside_stale
@@ -349,10 +338,9 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     st.run("base", "base" in st.seconds, resolve_model, model)
     hf_dir = resolve_model(model)  # built by the stage above (or before): a cache lookup
     data = out / "data"
-    st.run("data", _data_done(data, n, n_test, n_val, max_length, template, n_test_new=n_test_new,
-                              val_fraction=val_fraction),
-           make_data, data, n, n_test, n_val, max_length, hf_dir, template, n_test_new=n_test_new,
-           val_fraction=val_fraction)
+    kw = {"n_test_new": n_test_new, "val_fraction": val_fraction}
+    st.run("data", _data_done(data, n, n_test, n_val, max_length, template, **kw), make_data, data, n, n_test, n_val,
+           max_length, hf_dir, template, **kw)
     run_dir = out / "tuned"
     set_aside_stale(run_dir, demo_recipe(data, run_dir, steps, max_length, model), data)  # an edited recipe: train again
     st.run("train", train_done(run_dir), run_training, data, run_dir, steps, max_length, threads, model)
@@ -396,9 +384,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n-test", type=int, default=None, help=f"held-out test items (default {DEFAULTS['n_test']})")
     parser.add_argument("--n-val", type=int, default=None,
                         help=f"validation items, of the validation fold (default {DEFAULTS['n_val']})")
-    parser.add_argument("--val-fraction", type=float, default=None,
-                        help="share of each group's training template families held out as the validation fold "
-                             f"(default {DEFAULTS['val_fraction']:g}; 0: validation from the training families)")
+    parser.add_argument("--val-fraction", type=float, default=None, help="share of each group's template families "
+                        f"held out of training as the validation fold (default {VAL:g}; 0: none)")
     parser.add_argument("--steps", type=int, default=None, help=f"LoRA steps (default {DEFAULTS['steps']})")
     parser.add_argument("--max-length", type=int, default=None,
                         help=f"training rows longer than this (tokens) are left out (default {DEFAULTS['max_length']})")
