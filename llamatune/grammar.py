@@ -47,7 +47,7 @@ from __future__ import annotations
 import ctypes
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Callable
 
@@ -338,9 +338,8 @@ def call_grammar(tools: list[dict], syntax: CallSyntax) -> CallGrammar:
     names = [n for n, _ in schemas]
     if len(set(names)) != len(names):
         raise ValueError(f"two offered tools share a name: {sorted({n for n in names if names.count(n) > 1})}")
-    built = _build(json.dumps(schemas, ensure_ascii=False), syntax)
-    return CallGrammar(built.grammar, built.trigger_patterns, built.trigger_words, tuple(names), tuple(fallbacks),
-                       opener=built.opener, closer=built.closer)
+    # the cached grammar (keyed by the schemas, so it already names these tools) with this request's fallbacks
+    return replace(_build(json.dumps(schemas, ensure_ascii=False), syntax), fallbacks=tuple(fallbacks))
 
 
 def _converter_class():

@@ -67,8 +67,8 @@ def load_sweep(path: str | Path) -> dict:
         if eta < 2 or lo < 1:
             raise ValueError(f"{path}: search.eta must be >= 2 and search.min_steps >= 1")
         search = {"method": "successive_halving", "eta": eta, "min_steps": lo, "rungs": rungs(steps.pop(), eta, lo)}
-    return {"base": {**{k: demo.DEFAULTS[k] for k in (*DATA_KEYS, "max_tokens", "threads", "val_fraction")}, **spec.get("base", {})},
-            "runs": runs, "search": search}
+    defaults = {k: demo.DEFAULTS[k] for k in (*DATA_KEYS, "max_tokens", "threads", "val_fraction")}
+    return {"base": {**defaults, **spec.get("base", {})}, "runs": runs, "search": search}
 
 
 def rungs(max_steps: int, eta: int, min_steps: int) -> list[int]:
