@@ -4,14 +4,13 @@ A CPU decode step is bound by memory bandwidth (every token reads all the weight
 little more than one. :class:`Decoder` runs :class:`Request` s on ``n_seq`` slots (:func:`llamatune.runtime.
 open_decoder`): continuous batching (a finished sequence's slot takes the next request in the same step), prefix
 reuse (a sequence starts from the longest prefix of its tokens any slot holds, via ``llama_memory_seq_rm`` /
-``seq_cp``; sorted prompts evaluate shared system text and tool schemas once), and per request a budget, a stop
-rule (end-of-generation tokens, ``stop_ids``, ``stop`` strings, a ``stop_when`` predicate), its own sampler chain (a
-factory called once per sequence; greedy by default) and optionally a call grammar (:mod:`llamatune.grammar`), sampled
-by :func:`llamatune.sampling.sample`.
-Text is detokenised token by token (stop strings held back until they cannot start): streaming costs nothing. A
-full KV cache evicts idle slots' prefixes, then pauses the newest sequence (re-evaluated on resumption: exact).
-Finished sequences' cells stay only as their slot's prefix cache (the previous turn :class:`llamatune.runtime.
-LlamaCppModel` reuses). Not thread-safe: one caller drives :meth:`Decoder.step`.
+``seq_cp``; sorted prompts evaluate shared system text and tool schemas once), and per request a budget, a stop rule
+(end-of-generation tokens, ``stop_ids``, ``stop`` strings, a ``stop_when`` predicate), its own sampler chain (a
+factory called once per sequence; greedy by default) and optionally a call grammar (:mod:`llamatune.grammar`),
+sampled by :func:`llamatune.sampling.sample`. Text is detokenised token by token (stop strings held back until they
+cannot start): streaming costs nothing. A full KV cache evicts idle slots' prefixes, then pauses the newest sequence
+(re-evaluated on resumption: exact). Finished sequences' cells stay only as their slot's prefix cache (the previous
+turn :class:`llamatune.runtime.LlamaCppModel` reuses). Not thread-safe: one caller drives :meth:`Decoder.step`.
 """
 
 from __future__ import annotations
@@ -82,6 +81,7 @@ class Sequence:
     _grammar: object = None  # the llama.cpp grammar sampler (kept across a pause)
     _utf8: object = None
     _budget: int = 0  # max_tokens, within the context
+    _closing: bool = False  # the closing rule has begun (llamatune.sampling.Closer)
 
     @property
     def done(self) -> bool:
@@ -255,9 +255,11 @@ class Decoder:
             self.n_evaluated += take
             if idx is not None:
                 close = None
-                if seq._grammar is not None and seq._budget - seq.generated <= seq.request.close_reserve:
+                left = seq._budget - seq.generated
+                if seq._grammar is not None and (seq._closing or left <= seq.request.close_reserve):
                     self._closer = self._closer or Closer(self.vocab, self.piece, self.n_vocab)
-                    close = self._closer(seq.ids, seq.request.grammar, seq._budget - seq.generated)
+                    close = self._closer(seq.ids, seq.request.grammar, left, seq._closing)
+                    seq._closing = seq._closing or close is not None  # once closing, the call closes to its end
                 token, changed = sample(self.ctx, idx, seq._chain.sampler, seq._grammar, self._candidates, close,
                                         self.piece)
                 seq.constrained += changed

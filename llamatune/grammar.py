@@ -32,7 +32,10 @@ argument may hold follows what :func:`llamatune.toolcall.validate_call` checks, 
   (:func:`llamatune.evals.bfcl_data.convert_function`), so their grammar is built from what the model sees.
 
 Two rules of the converter are replaced by JSON's own: strings hold no raw control characters (``json.loads``
-would reject the call), and an exponent may have leading zeros (``1e-09``, as Python writes it).
+would reject the call), and an exponent may have leading zeros (``1e-09``, as Python writes it). Where the closer
+starts ``</`` (SmolLM2's ``</tool_call>``) a string holds no raw ``</`` either (JSON writes it ``<\\/``), so no
+closer stands inside an argument and a parser that cuts at the first closer (the project's, other runtimes') reads
+the call whole.
 
 For the decoding loop (:meth:`CallGrammar.sampler`): put the grammar sampler before the one that picks the
 token, and feed it only generated tokens (never the prompt). llama.cpp aborts the process (an uncaught C++
@@ -58,7 +61,13 @@ _SCALARS = ("string", "integer", "number", "boolean", "null")
 _PY = {"string": (str,), "integer": (int,), "number": (int, float), "boolean": (bool,), "null": (type(None),),
        "array": (list,), "object": (dict,)}
 # llama.cpp's common/json-schema-to-grammar.cpp: no raw control characters inside JSON strings
-_CHAR_RULE = r'char ::= [^"\\\x7F\x00-\x1F] | [\\] (["\\bfnrt] | "u" [0-9a-fA-F]{4})'
+_ESCAPE = r'[\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+_CHAR_RULE = r'char ::= [^"\\\x7F\x00-\x1F] | ' + _ESCAPE
+# where the closer starts "</" (SmolLM2's </tool_call>), a string never holds a raw "</" (JSON writes it <\/), so no
+# closer can stand inside an argument: a parser that cuts at the first closer reads the call whole
+_STRING = r'string ::= "\"" char* "\"" space'
+_CHAR_RULE_NO_CLOSER = (r'char ::= [^"\\\x7F\x00-\x1F<] | ' + _ESCAPE + r' | "<"+ ([^"\\\x7F\x00-\x1F</] | '
+                        + _ESCAPE + ")")
 # the converter's exponent takes no leading zero, but JSON (and Python's json.dumps: 1e-09) does
 _EXPONENT, _JSON_EXPONENT = "([eE] [-+]? integral-part)", "([eE] [-+]? [0-9]{1,16})"
 
@@ -129,6 +138,7 @@ class CallGrammar:
     root: str = "root"
     opener: str | None = None  # the syntax's call opener and closer (what the decoding loop's closing rule writes)
     closer: str | None = None
+    schemas: str = ""  # JSON [[name, call schema], ...] as converted here (the closing rule's required keys)
 
     def trigger_tokens(self, tokenize: Callable[[str], list[int]]) -> tuple[int, ...]:
         """Ids of the trigger words that ``tokenize`` (special tokens parsed) turns into one token."""
@@ -373,7 +383,13 @@ def _build(key: str, syntax: CallSyntax) -> CallGrammar:
     conv = converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     schema = conv.resolve_refs({"$defs": defs, **top}, "")
     conv.visit(schema, "calls")
-    rules = re.sub(r"^char ::= .*$", lambda _: _CHAR_RULE, conv.format_grammar(), flags=re.M)
+    no_closer = (syntax.closer or "").startswith("</")
+    rules = re.sub(r"^char ::= .*$", lambda _: _CHAR_RULE_NO_CLOSER if no_closer else _CHAR_RULE,
+                   conv.format_grammar(), flags=re.M)
+    if no_closer and "\nstring ::=" in rules:  # a "<" may still end a string
+        if _STRING not in rules:
+            raise RuntimeError(f"llama-cpp-python's string rule is no longer {_STRING!r}: update grammar.py")
+        rules = rules.replace(_STRING, _STRING.replace('char* "\\""', 'char* "<"* "\\""'))
     rules = rules.replace(_EXPONENT, _JSON_EXPONENT)
     # the list of calls: a newline as well as a space around its items (SmolLM2's template writes "[\n{..},\n{..}\n]")
     rules = re.sub(r'^(calls(?:-\d+)?) ::= "\[" space (\S+) \("," space \S+\)\* "\]" space$',
@@ -393,4 +409,4 @@ def _build(key: str, syntax: CallSyntax) -> CallGrammar:
     grammar = f"root ::= {head}{body}\n{ws}{rules}\n"
     patterns, words = triggers(syntax)
     return CallGrammar(grammar, patterns, words, tuple(n for n, _ in schemas), opener=syntax.opener,
-                       closer=syntax.closer)
+                       closer=syntax.closer, schemas=key)

@@ -12,17 +12,22 @@ llama.cpp's server does). A text answer the grammar never refused is the unconst
 
 **Closing at the budget.** A constrained call is closed, where its grammar allows, when it could not end in time
 otherwise. :func:`closing_text` reads what the call has left open (a string, objects and lists, then the template's
-closer: ``"}}]</tool_call>``). Once the tokens left are no more than writing that text takes, plus one (plus five
-where a key, its colon or a value must come first; plus the size of the last call where a list of calls could take
-another), and while the grammar refuses an end-of-generation token (a call is open; an untriggered lazy grammar
-allows it), the pick is the token that writes the longest start of that text (spaces before it allowed), among those
-the grammar allows, the better logit first; where none is allowed (a required key still to write, a name or an enum
-value half written) the usual pick. Small models loop inside a call (a list's items again and again, the same call
-repeated) until the budget cuts the call in half: such a call now ends well formed, its last value cut short (wrong,
-most likely, but a call the scorer can read and the agent can refuse by its arguments), or a list ends after its last
-whole call. A call that ends in time is not touched (closing as late as possible: a first version, closing from 16
-tokens before the budget, cut legitimate second calls short), nor is a text answer. ``CLOSE_RESERVE`` bounds the
-tokens left at which the rule looks at all.
+closer: ``"}}]</tool_call>``). With the grammar's schemas (:attr:`~llamatune.grammar.CallGrammar.schemas`) it also
+writes what the grammar demands before an object may close: the required keys it still lacks, each with the least
+value its schema allows (``""``, ``0``, ``false``, ``[]``, an enum's first value), and a value for a key written
+without one. Once the tokens left are no more than writing that text takes, plus two (plus five where a key, its colon
+or a value must come first; plus the size of the last call where a list of calls could take another), and while the
+grammar refuses an end-of-generation token (a call is open; an untriggered lazy grammar allows it), the pick is the
+token that writes the longest start of that text (spaces before it allowed, a token of spaces alone not), among
+those the grammar allows, the better logit first; where none is allowed (a name or an enum value half written) the usual pick. Once begun, the
+closing goes on to the end of the call (the decoding loop's ``started``), however many tokens are left.
+
+Small models loop inside a call (a list's items again and again, the same call repeated) until the budget cuts the
+call in half: such a call now ends well formed, its last value cut short and any required key it never reached given
+its least value (wrong, most likely, but a call the scorer can read and the agent can refuse by its arguments), or a
+list ends after its last whole call. A call that ends in time is not touched (closing as late as possible: a first
+version, closing from 16 tokens before the budget, cut legitimate second calls short), nor is a text answer.
+``CLOSE_RESERVE`` bounds the tokens left at which the rule looks at all.
 
 llama.cpp aborts the process when a grammar is made to accept a token it refuses, so a token is accepted into the
 grammar only after the grammar's ``apply`` allowed it. The chain has already accepted its first draw (inside
@@ -33,6 +38,7 @@ that depends on it.
 from __future__ import annotations
 
 import ctypes
+import json
 from typing import Callable
 
 import numpy as np
@@ -41,53 +47,161 @@ from llamatune.grammar import allowed
 
 _NEG_INF = float("-inf")
 CLOSE_RESERVE = 64  # the closing rule looks at sequences with at most this many tokens left (see the module doc)
-CONSTRAINED_KEY = f"constrained-close{CLOSE_RESERVE}"  # the caches' setting for constrained generations
+CONSTRAINED_KEY = f"constrained-close{CLOSE_RESERVE}-keys"  # the caches' setting for constrained generations
 
 
 class _Scan:
-    """Where a call's JSON stands: the structures still open, inside a string or not (a key's?), the last character
-    outside strings, and where the newest call of a top-level list began."""
+    """Where a call's JSON stands: the structures still open (``stack``: their closers, outermost first; ``frames``:
+    per structure the key it is the value of (``"[]"`` for a list item), its keys written so far and its string
+    values by key), inside a string or not (a key's?), the last character outside strings, and where the newest
+    call of a top-level list began."""
 
     def __init__(self, text: str):
         self.stack: list[str] = []
-        self.in_string = self.escaped = self.key = False
-        self.last, self.call_start = "", None
+        self.frames: list[dict] = []
+        self.in_string = self.escaped = self.key = self.after_key = False  # after_key: a key's closing quote last
+        self.last, self.call_start, chars = "", None, []
         for i, ch in enumerate(text):
             if self.in_string:
                 if self.escaped:
                     self.escaped = False
+                    chars.append(ch)
                 elif ch == "\\":
                     self.escaped = True
                 elif ch == '"':
+                    frame = self.frames[-1] if self.frames else None
+                    if frame is not None and self.key:
+                        frame["keys"].append("".join(chars))
+                        self.after_key = True
+                    elif frame is not None and self.stack[-1] == "}" and frame["keys"]:
+                        frame["values"][frame["keys"][-1]] = "".join(chars)
                     self.in_string, self.key, self.last = False, False, ch
+                else:
+                    chars.append(ch)
                 continue
             if ch == '"':
-                self.in_string, self.key = True, self.stack[-1:] == ["}"] and self.last in "{,"
+                self.in_string, self.key, chars = True, self.stack[-1:] == ["}"] and self.last in "{,", []
             elif ch in "{[":
                 if ch == "{" and self.stack == ["]"]:
                     self.call_start = i
+                under = None
+                if self.frames:
+                    under = "[]" if self.stack[-1] == "]" else (self.frames[-1]["keys"] or [None])[-1]
                 self.stack.append("}" if ch == "{" else "]")
+                self.frames.append({"under": under, "keys": [], "values": {}})
             elif ch in "}]" and self.stack:
                 self.stack.pop()
+                self.frames.pop()
             if not ch.isspace() and ch != '"':
-                self.last = ch
+                self.last, self.after_key = ch, False
 
 
 def _call_text(text: str, opener: str | None) -> str:
     return text[text.rfind(opener) + len(opener):] if opener and opener in text else text
 
 
-def closing_text(text: str, opener: str | None, closer: str | None) -> str | None:
+def closing_text(text: str, opener: str | None, closer: str | None, schemas: list[dict] | None = None) -> str | None:
     """What closes the call that ``text`` (the generation so far) has open: ``"`` inside a string, then ``}``/``]``
     for each object and list still open, innermost first, then ``closer``. The call starts after the last
-    ``opener`` (from the start of the text where there is none); ``None`` right after a backslash in a string."""
-    return _target(_Scan(_call_text(text, opener)), closer)
+    ``opener`` (from the start of the text where there is none); ``None`` right after a backslash in a string.
+    With ``schemas`` (the offered tools' call schemas, as the grammar has them: :attr:`CallGrammar.schemas`), an
+    object also gets the required keys it still lacks, each with the least value its schema allows (``""``, ``0``,
+    ``false``, ``[]``, an enum's first value), and a key written without its value gets one: what the grammar
+    demands before the object may close."""
+    return _target(_Scan(_call_text(text, opener)), closer, schemas)
 
 
-def _target(scan: _Scan, closer: str | None) -> str | None:
+def _least(schema) -> str | None:
+    """The shortest JSON value ``schema`` (a grammar's converted schema) allows; ``None`` where unknown."""
+    if not isinstance(schema, dict):
+        return None
+    if "const" in schema:
+        return json.dumps(schema["const"], ensure_ascii=False)
+    if schema.get("enum"):
+        return json.dumps(schema["enum"][0], ensure_ascii=False)
+    if schema.get("anyOf"):
+        return _least(schema["anyOf"][0])
+    t = schema.get("type")
+    t = t[0] if isinstance(t, list) and t else t
+    if t == "array":
+        items = schema.get("items")
+        parts = [_least(x) for x in items] if isinstance(items, list) else []
+        return None if None in parts else "[" + ", ".join(parts) + "]"
+    if t == "object" or (t is None and "properties" in schema):
+        kvs = _missing(schema, [])
+        return None if kvs is None else "{" + ", ".join(kvs) + "}"
+    return {"string": '""', "integer": "0", "number": "0", "boolean": "false", "null": "null"}.get(t)
+
+
+def _missing(schema: dict, written: list[str]) -> list[str] | None:
+    """``"key": value`` for each required key of ``schema`` not in ``written``, in schema order (the grammar's)."""
+    props = schema.get("properties") or {}
+    kvs = [(k, _least(props.get(k))) for k in schema.get("required") or [] if k not in written]
+    return None if any(v is None for _, v in kvs) else [f"{json.dumps(k, ensure_ascii=False)}: {v}" for k, v in kvs]
+
+
+def _as(schema, closer: str):
+    """``schema`` read as the object (``"}"``) or list (``"]"``) it must be here (an ``anyOf`` or type list)."""
+    want = "object" if closer == "}" else "array"
+    if not isinstance(schema, dict):
+        return None
+    for alt in schema.get("anyOf") or [schema]:
+        t = alt.get("type") if isinstance(alt, dict) else None
+        if t == want or (isinstance(t, list) and want in t) or (want == "object" and t is None and "properties" in alt):
+            return {**alt, "type": want}
+    return None
+
+
+def _frame_schemas(scan: _Scan, schemas: list[dict]) -> list | None:
+    """The schema of each open structure (``None`` outside the call), from the call object's name down."""
+    top = next((i for i, c in enumerate(scan.stack) if c == "}"), None)
+    if top is None:
+        return None
+    values = scan.frames[top]["values"]
+    call = next((s for s in schemas if any(isinstance(p, dict) and "const" in p and values.get(k) == p["const"]
+                                           for k, p in (s.get("properties") or {}).items())), None)
+    if call is None:
+        return None
+    out = [None] * top + [call]
+    for frame, closer in zip(scan.frames[top + 1:], scan.stack[top + 1:]):
+        parent = out[-1] or {}
+        child = parent.get("items") if frame["under"] == "[]" else (parent.get("properties") or {}).get(frame["under"])
+        out.append(_as(child, closer))
+    return out
+
+
+def _target(scan: _Scan, closer: str | None, schemas: list[dict] | None = None) -> str | None:
     if scan.escaped:
         return None
-    return ('"' if scan.in_string else "") + "".join(reversed(scan.stack)) + (closer or "")
+    plain = ('"' if scan.in_string else "") + "".join(reversed(scan.stack)) + (closer or "")
+    frames = _frame_schemas(scan, schemas) if schemas and not scan.key else None
+    if frames is None:
+        return plain
+    text, inner = '"' if scan.in_string else "", len(scan.stack) - 1
+    for i in range(inner, -1, -1):
+        schema, fresh = frames[i], i == inner and not scan.in_string  # the innermost, right after its last character
+        if scan.stack[i] == "]":
+            if fresh and scan.last == ",":
+                item = _least((schema or {}).get("items"))
+                if item is None:
+                    return plain
+                text += item
+            text += "]"
+            continue
+        if schema is not None:
+            keys = scan.frames[i]["keys"]
+            if fresh and (scan.last == ":" or scan.after_key):  # a key still without its value
+                value = _least((schema.get("properties") or {}).get(keys[-1] if keys else None))
+                if value is None:
+                    return plain
+                text += (": " if scan.after_key else "") + value
+            kvs = _missing(schema, keys)
+            if kvs is None:
+                return plain
+            if kvs:
+                text += ("" if fresh and scan.last in "{," else ", ") + ", ".join(kvs)
+        text += "}"
+    return text + (closer or "")
 
 
 def token_texts(piece: Callable[[int], bytes], n_vocab: int, longest: int = 16) -> dict[str, list[int]]:
@@ -139,6 +253,13 @@ class Closer:
         self.eog = eot if eot >= 0 else lib.llama_vocab_eos(vocab)
         self.piece, self.by_text = piece, token_texts(piece, n_vocab)
         self.longest = max(map(len, self.by_text), default=1)
+        self._schemas: dict[str, list[dict]] = {}
+
+    def schemas(self, key: str) -> list[dict]:
+        """The call schemas of a grammar's :attr:`~llamatune.grammar.CallGrammar.schemas` (parsed once)."""
+        if key and key not in getattr(self, "_schemas", {}):
+            self._schemas = {**getattr(self, "_schemas", {}), key: [s for _, s in json.loads(key)]}
+        return self._schemas[key] if key else []
 
     def tokens_for(self, text: str) -> int:
         """Tokens that writing ``text`` takes, longest match first."""
@@ -148,16 +269,17 @@ class Closer:
             n += 1
         return n
 
-    def __call__(self, ids: list[int], grammar, left: int) -> tuple[int, list[tuple[int, int]], str] | None:
+    def __call__(self, ids: list[int], grammar, left: int, started: bool = False
+                 ) -> tuple[int, list[tuple[int, int]], str] | None:
         opener, closer = getattr(grammar, "opener", None), getattr(grammar, "closer", None)
         pieces = [self.piece(t) for t in ids]
         text = b"".join(pieces).decode("utf-8", errors="replace")
         call = _call_text(text, opener)
         scan = _Scan(call)
-        target = _target(scan, closer)
+        target = _target(scan, closer, self.schemas(getattr(grammar, "schemas", "")))
         if target is None:
             return None
-        need = self.tokens_for(target) + 1
+        need = self.tokens_for(target) + 2
         if scan.key or (not scan.in_string and scan.last in ":,{["):
             need += 5  # a key, its colon or a value still to write before anything closes
         if scan.stack[:1] == ["]"] and len(scan.stack) <= 2 and scan.last == "}" and scan.call_start is not None:
@@ -170,7 +292,7 @@ class Closer:
                 if done > start:
                     need += len(ids) - i + 2
                     break
-        if left > need:
+        if left > need and not started:  # once begun (``started``), closing goes on whatever is left
             return None
         return self.eog, closing_tokens(target, self.by_text), target
 
@@ -202,16 +324,17 @@ def sample(ctx, idx: int, chain, grammar=None, candidates: Candidates | None = N
     ``grammar`` (a llama.cpp grammar sampler) refuses it, the chain's pick among the tokens the grammar allows
     (``changed``). The token is accepted into the grammar. ``candidates``: a reusable :class:`Candidates`.
     ``close``: ``(end-of-generation token, closing_tokens(...), closing text)`` when the sequence is to close an open
-    call (see the module doc): the draw stays if the grammar allows it and its text (``piece(token) -> bytes``) is
-    spaces or starts the closing text, else the longest closing token the grammar allows is taken, the better logit
+    call (see the module doc): the draw stays if the grammar allows it and its text (``piece(token) -> bytes``),
+    leading spaces aside, is a non-empty start of the closing text, else the longest closing token the grammar allows is taken, the better logit
     first (``changed``)."""
     import llama_cpp as lib
 
     token = int(lib.llama_sampler_sample(chain, ctx, idx))
     if grammar is None:
         return token, False
+    drawn = piece(token).decode("utf-8", "replace").lstrip(" \n") if close is not None else ""
     if close is not None and close[1] and not allowed(grammar, close[0]) and not (  # a call is open
-            allowed(grammar, token) and close[2].startswith(piece(token).decode("utf-8", "replace").lstrip(" \n"))):
+            drawn and close[2].startswith(drawn) and allowed(grammar, token)):
         logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, idx), shape=(max(t for _, t in close[1]) + 1,))
         for _, best in sorted(close[1], key=lambda kt: (-kt[0], -logits[kt[1]])):
             if allowed(grammar, best):

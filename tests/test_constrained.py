@@ -120,6 +120,40 @@ def test_closing_text_reads_what_a_call_left_open():
     assert closing_tokens('"}}]', by_text) == [(3, 3), (2, 2), (1, 1)]  # longest first; "}" does not start it
 
 
+FIT = {"type": "function", "function": {"name": "fit", "description": "Fit a model.", "parameters": {
+    "type": "object", "required": ["values", "weights", "mode", "opts"], "properties": {
+        "values": {"type": "array", "items": {"type": "number"}}, "weights": {"type": "array", "items": {"type": "number"}},
+        "mode": {"type": "string", "enum": ["fast", "slow"]}, "note": {"type": "string"},
+        "opts": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}}}
+
+
+def test_the_closing_text_writes_the_required_keys_a_call_still_lacks(dec, units):
+    """With the grammar's schemas the closing text gives each open object the required keys it lacks (schema order,
+    the least value each allows) and a key its value, so the grammar lets it close: every such text is accepted by
+    llama.cpp's own grammar. Without the name of an offered tool it stays the plain closing text."""
+    from llamatune.grammar import SMOLLM2, call_grammar
+    from llamatune.sampling import closing_text
+
+    g = call_grammar([FIT, *units], SMOLLM2)
+    schemas = [s for _, s in json.loads(g.schemas)]
+    head, rest = '<tool_call>[\n{"name": "fit", "arguments": {', ', "mode": "fast", "opts": {"n": 0}}}]</tool_call>'
+    cases = {
+        '"values": [1, 2.5': '], "weights": []' + rest,
+        '"values": [1,': '0], "weights": []' + rest,
+        '"values": [1], "weights":': "[]" + rest,
+        '"values"': ': [], "weights": []' + rest,
+        '"values": [1],': '"weights": []' + rest,
+        '"values": [1], "weights": [2], "mode": "slow", "opts": {': '"n": 0}}}]</tool_call>',
+        '"values": [1], "weights": [2], "mode": "fast", "opts": {"n": 3}, "note": "a [b': '"}}]</tool_call>',
+    }
+    for written, target in cases.items():
+        assert closing_text(head + written, "<tool_call>", "</tool_call>", schemas) == target, written
+        assert g.accepts(dec.vocab, head + written + target), written + target
+    assert closing_text(head + '"values": [1', "<tool_call>", "</tool_call>") == "]}}]</tool_call>"  # no schemas
+    other = '<tool_call>[\n{"name": "nope", "arguments": {"values": [1'
+    assert closing_text(other, "<tool_call>", "</tool_call>", schemas) == "]}}]</tool_call>"
+
+
 def _char_closer():
     """The closing rule over a vocabulary of single characters (token = code point), end of generation = 0."""
     from llamatune.sampling import Closer
@@ -132,24 +166,30 @@ def _char_closer():
 
 
 def test_the_closing_rule_waits_until_a_call_could_not_end_in_time():
-    """Nothing while the call can still end; its closing text once the tokens left are what closing takes (+1, +5
+    """Nothing while the call can still end; its closing text once the tokens left are what closing takes (+2, +5
     before a key or value); a list of calls closes after a whole call when another as long would not fit."""
-    from llamatune.grammar import SMOLLM2
+    from llamatune.grammar import SMOLLM2, call_grammar
 
     c = _char_closer()
     ids = lambda text: [ord(ch) for ch in text]  # noqa: E731
     in_value = '<tool_call>[{"name": "f", "arguments": {"q": "abc'
     target = '"}}]</tool_call>'
-    assert c(ids(in_value), SMOLLM2, len(target) + 2) is None
-    eog, tokens, text = c(ids(in_value), SMOLLM2, len(target) + 1)
+    assert c(ids(in_value), SMOLLM2, len(target) + 3) is None
+    eog, tokens, text = c(ids(in_value), SMOLLM2, len(target) + 2)
     assert (eog, text, tokens[0]) == (0, target, (1, ord('"')))
     before_key = '<tool_call>[{"name": "f", "arguments": {'
-    assert c(ids(before_key), SMOLLM2, len("}}]</tool_call>") + 6)[2] == "}}]</tool_call>"
-    assert c(ids(before_key), SMOLLM2, len("}}]</tool_call>") + 7) is None
+    assert c(ids(before_key), SMOLLM2, len("}}]</tool_call>") + 7)[2] == "}}]</tool_call>"
+    assert c(ids(before_key), SMOLLM2, len("}}]</tool_call>") + 8) is None
+    fit = call_grammar([FIT], SMOLLM2)  # the schemas' required keys count: the rule starts that much earlier
+    runaway = '<tool_call>[{"name": "fit", "arguments": {"values": [1, 2'
+    target = '], "weights": [], "mode": "fast", "opts": {"n": 0}}}]</tool_call>'
+    assert c(ids(runaway), fit, len(target) + 2)[2] == target
+    assert c(ids(runaway), fit, len(target) + 3) is None
+    assert c(ids(runaway), fit, 1000, started=True)[2] == target  # once begun, closing does not wait again
     one_call = '<tool_call>[{"name": "f", "arguments": {"q": "abc"}}'  # 41 characters after the opener
     call = len(one_call) - len("<tool_call>[")
-    assert c(ids(one_call), SMOLLM2, len("]</tool_call>") + 1 + call + 2)[2] == "]</tool_call>"
-    assert c(ids(one_call), SMOLLM2, len("]</tool_call>") + 1 + call + 3) is None
+    assert c(ids(one_call), SMOLLM2, len("]</tool_call>") + 2 + call + 2)[2] == "]</tool_call>"
+    assert c(ids(one_call), SMOLLM2, len("]</tool_call>") + 2 + call + 3) is None
 
 
 @pytest.mark.slow  # ~10 s: the random model's every token is refused, a full-vocabulary (128k) grammar pass each

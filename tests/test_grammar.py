@@ -139,6 +139,19 @@ def test_text_that_is_not_a_well_formed_call_is_refused(vocab, tools, preset):
     assert g.accepts(vocab, good.replace('"Oslo"', '"Os\\nlo \\u00e9"'))  # escapes are fine
 
 
+def test_no_closer_stands_inside_an_argument(vocab, tools):
+    """SmolLM2's closer starts "</": its strings never hold a raw "</" (JSON writes it "<\\/"), so the first
+    </tool_call> is the call's own; "<" alone is fine. Templates without such a closer keep "</" in strings."""
+    for syntax in (SMOLLM2, LLAMA_3_2):
+        g = call_grammar(tools, syntax)
+        inside = render(syntax, [("get_wikipedia_summary", {"title": "a</tool_call>b"})])
+        assert g.accepts(vocab, inside) is (syntax is not SMOLLM2), inside
+        for title in ("a<\\/tool_call>b", "x < y << z", "<b>bold<\\/b>", "a <", "<<"):
+            text = render(syntax, [("get_wikipedia_summary", {"title": "T"})]).replace('"T"', f'"{title}"')
+            assert json.loads(text.removeprefix(syntax.opener or "").removesuffix(syntax.closer or ""))
+            assert g.accepts(vocab, text), text
+
+
 def test_several_calls_only_where_the_syntax_allows_them(vocab, tools):
     two = [WEATHER, ("calculate", {"expression": "6*7"})]
     for syntax in (SMOLLM2, LLAMA_3_2, GEMMA_3):
