@@ -97,13 +97,14 @@ class _Scan:
 
 
 def _call_text(text: str, opener: str | None) -> str:
-    return text[text.rfind(opener) + len(opener):] if opener and opener in text else text
+    return text[text.find(opener) + len(opener):] if opener and opener in text else text  # the grammar began there
 
 
 def closing_text(text: str, opener: str | None, closer: str | None, schemas: list[dict] | None = None) -> str | None:
     """What closes the call that ``text`` (the generation so far) has open: ``"`` inside a string, then ``}``/``]``
-    for each object and list still open, innermost first, then ``closer``. The call starts after the last
-    ``opener`` (from the start of the text where there is none); ``None`` right after a backslash in a string.
+    for each object and list still open, innermost first, then ``closer``. The call starts after the first
+    ``opener``, where the lazy grammar began (from the start of the text where there is none; an opener inside an
+    argument's string does not count); ``None`` right after a backslash in a string.
     With ``schemas`` (the offered tools' call schemas, as the grammar has them: :attr:`CallGrammar.schemas`), an
     object also gets the required keys it still lacks, each with the least value its schema allows (``""``, ``0``,
     ``false``, ``[]``, an enum's first value), and a key written without its value gets one: what the grammar

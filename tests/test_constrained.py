@@ -116,6 +116,8 @@ def test_closing_text_reads_what_a_call_left_open():
     assert closing_text('{"name": "f", "parameters": {"q": "say \\"hi\\" ', None, None) == '"}}'
     assert closing_text('{"name": "f", "parameters": {"q": "x\\', None, None) is None
     assert closing_text('<tool_call>[{"name": "f", "arguments": {}}]', "<tool_call>", "</tool_call>") == "</tool_call>"
+    in_arg = '<tool_call>[{"name": "f", "arguments": {"q": "see <tool_call>[x'  # an opener inside a string
+    assert closing_text(in_arg, "<tool_call>", "</tool_call>") == '"}}]</tool_call>'
     by_text = {'"': [1], '"}': [2], '"}}': [3], "}": [4], "x": [5]}
     assert closing_tokens('"}}]', by_text) == [(3, 3), (2, 2), (1, 1)]  # longest first; "}" does not start it
 
