@@ -15,14 +15,14 @@ Stages (each prints one status line and is skipped when its outputs exist, so a 
 2. ``base``: the embedded model's fp32 HF directory (dequantized once, cached in $LLAMATUNE_CACHE);
 3. ``train``: LoRA SFT with the model's demo recipe (packed rows, bf16 on CPUs with AMX-BF16/AVX512-BF16) into
    ``tuned/`` (resumes from the last checkpoint when interrupted);
-4. ``export``: base and tuned to GGUF Q8_0 (``base/gguf``, ``tuned/gguf``) with their ``fidelity.json``;
-5. ``eval``: ``eval toolcall`` on the same test items, greedy, same threads, ``--batch`` sequences decoded together:
-   ``base``, ``icl`` (base with ``--icl`` few-shot examples) and ``tuned`` into ``results/``, then the same three on
-   ``eval_new.jsonl`` into ``results/new_*.json``; generations are cached per item;
-6. ``report``: ``report.md``, ``report.json``, ``report.png`` and the demo's data card ``data/card.md`` (see
-   :mod:`llamatune.demo_report`).
+4. ``export``: base and tuned to GGUF f16 and Q8_0 (``base/gguf``, ``tuned/gguf``) with their ``fidelity.json``;
+5. ``eval``: ``eval toolcall`` (f16) on the same test items, greedy, same threads, ``--batch`` sequences decoded
+   together: ``base``, ``icl`` (``--icl`` few-shot examples), ``tuned``, then base and tuned with constrained calls
+   (items whose raw output opened no call keep it: ``--reuse``), into ``results/``; the same on ``eval_new.jsonl``
+   into ``results/new_*.json``; generations are cached per item;
+6. ``report``: ``report.md``, ``report.json``, ``report.png`` and ``data/card.md`` (:mod:`llamatune.demo_report`).
 
-``gguf/`` links the two Q8_0 files for the Space: ``python space/app.py --models-dir runs/demo/gguf``.
+``gguf/`` links the two served GGUFs (the model's ``serve`` quant) for the Space: ``python space/app.py --models-dir runs/demo/gguf``.
 """
 
 from __future__ import annotations
@@ -327,8 +327,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     if model not in MODELS:
         raise ValueError(f"--model {model!r}: the demo tunes one of {', '.join(MODELS)}")
     template = MODELS[model]["template"]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    (out := Path(out)).mkdir(parents=True, exist_ok=True)
     owner = out / "demo_model.txt"
     if owner.exists() and owner.read_text().strip() != model:
         raise ValueError(f"{out} holds a demo of {owner.read_text().strip()}; give --model {model} its own --out")
@@ -355,7 +354,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     batch = decode_batch(ggufs["base"], batch)  # sequences decoded together, the same for every evaluation
     # the original categories (results/{label}.json), then the new ones (results/new_{label}.json)
     sets = [("", "eval.jsonl")] + ([("new_", "eval_new.jsonl")] if n_test_new else [])
-    # and the calls decoded under the offered tools' lazy grammar (a serving feature; raw quality is reported first)
+    # and calls decoded under the tools' lazy grammar (a serving feature; raw quality first; --reuse: see stage 5)
     systems = [("base", ggufs["base"], 0, False), ("icl", ggufs["base"], icl, False), ("tuned", ggufs["tuned"], 0, False)]
     if constrained:
         systems += [("base_constrained", ggufs["base"], 0, True), ("tuned_constrained", ggufs["tuned"], 0, True)]
@@ -365,7 +364,8 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
             done = is_current(path, gguf, data / items, icl=k, max_tokens=max_tokens, template=template, limit=None,
                               decode_batch=batch, **({"constrained": True} if constrain else {}))
             st.run(f"eval_{prefix}{label}", done, evaluate, gguf, data / items, path, icl=k, max_tokens=max_tokens,
-                   n_threads=threads, template=template, batch=batch, constrain=constrain)
+                   n_threads=threads, template=template, batch=batch, constrain=constrain,
+                   reuse=res / f"{prefix}{label.removesuffix('_constrained')}.json" if constrain else None)
     report = st.run("report", False, demo_report.write_report, out,
                     meta={"model": model, "model_label": MODELS[model]["label"], "quant": serve, "n": n, "n_test": n_test,
                           "n_test_new": n_test_new, "steps": steps, "max_length": max_length, "icl": icl,

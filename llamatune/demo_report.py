@@ -47,7 +47,7 @@ def summarize(results: dict[str, dict]) -> dict:
                      else {},
                      "by_category": {c: _metric(m["accuracy"]) for c, m in agg["by_category"].items()},
                      "model": r.get("model"), "icl": r.get("icl"), "n": agg["overall"]["n"],
-                     "decode_batch": r.get("decode_batch")}
+                     "decode_batch": r.get("decode_batch"), "reused": r.get("reused")}
     return out
 
 
@@ -98,6 +98,12 @@ def _pct(m: dict | None) -> str:
     return pct_cell(m, counts=True)
 
 
+def _reused(report: dict, systems: list[str]) -> str:
+    kept = [f"{LABELS[s]} {report[s]['reused']} of {report[s]['n']}" for s in systems if report[s].get("reused") is not None]
+    return (" Items whose raw output opened no call keep it, as the lazy grammar would not have acted on it ("
+            + ", ".join(kept) + "); the rest were decoded again.") if kept else ""
+
+
 def markdown(report: dict) -> str:
     systems = [s for s in SYSTEMS if s in report]
     meta = report.get("meta", {})
@@ -124,7 +130,7 @@ def markdown(report: dict) -> str:
              f"the `{GROUNDED}` items, a text answer that repeats a value of the tool result; well-formed: text, or "
              "calls that parse. \"+ constrained\": the same model with its calls "
              "decoded under the offered tools' lazy grammar (free text until the call opener; a serving feature, so "
-             "the raw rows are the model's quality)."]
+             "the raw rows are the model's quality)." + _reused(report, systems)]
     ideal = next((report[s]["calls_per_turn"].get("ideal") for s in systems if report[s]["calls_per_turn"].get("ideal")), None)
     if ideal:
         lines += ["", f"A perfect model would spend {ideal:.2f} LLM calls per turn on these items (1 per text answer, 2 per call)."]

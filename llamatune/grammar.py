@@ -144,6 +144,13 @@ class CallGrammar:
         """Ids of the trigger words that ``tokenize`` (special tokens parsed) turns into one token."""
         return tuple(ids[0] for w in self.trigger_words if len(ids := list(tokenize(w))) == 1)
 
+    def may_trigger(self, text: str) -> bool:
+        """Whether the lazy grammar could have begun anywhere in ``text`` (a generation, special tokens rendered):
+        a trigger word in it, or a trigger pattern matching some part of it (its end anchor dropped: a superset of
+        the prefixes llama.cpp tries). ``False``: the grammar never acted, the text is what it decodes to."""
+        return any(w in text for w in self.trigger_words) or any(
+            re.search(p.removesuffix("$"), text) for p in self.trigger_patterns)
+
     def sampler(self, vocab, lazy: bool = True):
         """A llama.cpp grammar sampler on ``vocab`` (a ``llama_vocab_p``): lazy (free until a trigger) or
         active from the first token. The caller owns it (``llama_sampler_free``, or a chain that took it).

@@ -275,6 +275,35 @@ def test_an_eval_constrain_run_keeps_its_own_cache_entries(tiny_gguf, tmp_path):
     assert len(cache.read_text().splitlines()) == len(rows)  # a rerun decodes nothing
 
 
+def test_a_constrained_eval_reuses_raw_outputs_that_opened_no_call(tiny_gguf, tmp_path):
+    """``reuse``: an item whose raw output shows no trigger of its grammar keeps that output (the lazy grammar would
+    not have acted: decoding it again gives the same text); an item whose raw output shows one is decoded again."""
+    from llamatune.evals import toolcall
+    from llamatune.grammar import grammar_for
+    from tests.test_toolcall_eval import _short_test_set
+
+    _short_test_set(tmp_path / "data", 3)
+    data, gguf = tmp_path / "data" / "eval.jsonl", str(tiny_gguf["f16"])
+    run = lambda name, **kw: toolcall.evaluate(gguf, data, tmp_path / name, max_tokens=6, n_threads=1,  # noqa: E731
+                                               batch=2, **kw)
+    raw, full = run("raw.json"), run("full.json", constrain=True)
+    tools = {r["id"]: r["tools"] for r in map(json.loads, data.read_text().splitlines())}
+    assert not any(grammar_for(tools[i["id"]], raw["template"]).may_trigger(i["output"]) for i in raw["items"])
+    reused = run("reused.json", constrain=True, reuse=tmp_path / "raw.json")
+    assert [i["output"] for i in reused["items"]] == [i["output"] for i in full["items"]]
+    assert reused["reused"] == len(full["items"]) and reused["constrained_tokens"] == 0
+    # a raw file whose first output opened a call and whose others are marked: the first is decoded again
+    rows = [json.loads(x) for x in (tmp_path / "raw.generations.jsonl").read_text().splitlines()]
+    first = full["items"][0]["id"]
+    for r in rows:
+        r["output"] = '<|python_tag|>{"name": "x"' if r["id"] == first else f"kept {r['id']}"
+    (tmp_path / "marked.generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again = run("again.json", constrain=True, reuse=tmp_path / "marked.json")
+    assert again["reused"] == len(rows) - 1
+    assert {i["id"]: i["output"] for i in again["items"]} == {
+        i["id"]: i["output"] if i["id"] == first else f"kept {i['id']}" for i in full["items"]}
+
+
 def test_generate_cached_keys_and_records_the_constrain_setting(tmp_path):
     """BFCL's cache (``generate_cached``): a constrained answer is another entry, recording the tokens changed."""
     from llamatune.generate import Generator, generate_cached

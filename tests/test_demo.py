@@ -60,6 +60,12 @@ def test_report_from_results(tmp_path):
     md = (out / "report.md").read_text()
     assert "| tuned (LoRA) | 90% " in md and "| no_tool |" in md and "| 14 |" in md  # total seconds
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert "raw output opened no call" not in md  # no constrained rows
+    items = json.loads((out / "results" / "tuned.json").read_text())["items"]
+    _write_results(items, out / "results" / "tuned_constrained.json", model="tuned", icl=0, constrained=True, reused=7)
+    md = demo_report.markdown(demo_report.build(out, meta={"n_test": 10}))
+    assert "| tuned + constrained | 90% " in md and "keep it, as the lazy grammar would not have acted on it " \
+        "(tuned + constrained 7 of 10); the rest were decoded again." in md
 
 
 def test_report_tables_the_new_categories_grounding_and_the_rows_training_saw(tmp_path):

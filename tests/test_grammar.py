@@ -152,6 +152,16 @@ def test_no_closer_stands_inside_an_argument(vocab, tools):
             assert g.accepts(vocab, text), text
 
 
+def test_may_trigger_finds_every_place_the_lazy_grammar_could_begin(tools):
+    smol, llama = call_grammar(tools, SMOLLM2), call_grammar(tools, LLAMA_3_2)
+    for text in ("<tool_call>[", 'Sure. <tool_call>[{"name": "f"', "<tool_call>"):
+        assert smol.may_trigger(text), text
+    for text in ('<|python_tag|>{"name": "f"', '{"name": "f", "parameters": {}}', ' [{"name"', "<|python_tag|>"):
+        assert llama.may_trigger(text), text
+    for text in ("It is 12°C in Oslo.", "Use {braces} or <b>tags</b>.", 'Say {"name": "f"} later'):
+        assert not smol.may_trigger(text) and not llama.may_trigger(text), text
+
+
 def test_several_calls_only_where_the_syntax_allows_them(vocab, tools):
     two = [WEATHER, ("calculate", {"expression": "6*7"})]
     for syntax in (SMOLLM2, LLAMA_3_2, GEMMA_3):

@@ -153,7 +153,7 @@ def decode_batch(model_spec, batch: int | None) -> int | None:
 
 def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None, max_tokens: int = 128,
              n_ctx: int = 4096, n_threads: int | None = None, template: str | None = None,
-             backend: str = "auto", batch: int | None = None, constrain: bool = False) -> dict:
+             backend: str = "auto", batch: int | None = None, constrain: bool = False, reuse=None) -> dict:
     """Run ``model_spec`` greedily on every row of ``data_path`` (the generator's ``eval.jsonl``) and score.
     Prompts use ``template`` (default: the model's own, see :func:`model_template`). Outputs are cached per
     item in ``<out>.generations.jsonl`` (keyed by model, prompt and settings), each written as soon as it is
@@ -162,7 +162,10 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
     (:func:`llamatune.generate.load_generator`: transformers, batched on a GPU, or vLLM), ``batch`` prompts a call.
     ``constrain`` (GGUF only): each item's calls decoded under the lazy grammar of its tools
     (:func:`llamatune.grammar.grammar_for`), a serving feature, not the raw model; a setting of the cache key, and the
-    results record ``constrained: true`` and ``constrained_tokens`` (tokens the grammar changed)."""
+    results record ``constrained: true`` and ``constrained_tokens`` (tokens the grammar changed). ``reuse`` (with
+    ``constrain``): the results file of the raw run of the same model and items; an item whose raw output never
+    wrote a trigger of its grammar (:meth:`~llamatune.grammar.CallGrammar.may_trigger`) takes that output
+    instead of being decoded again, since the lazy grammar would not have acted on it (``reused`` counts them)."""
     from tqdm import tqdm
 
     from llamatune.progress import tqdm_disable
@@ -188,6 +191,8 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
         for i in order:
             first.setdefault(keys[i], i)  # a prompt that repeats is generated once
         todo = [i for k, i in first.items() if k not in cache]
+        if constrain and reuse and todo:
+            todo = _reuse_raw(todo, rows, prompts, keys, cache, fp, max_tokens, template, reuse)
         if todo:
             runner = _load(model_spec, n_ctx, n_threads, template, backend, batch)
             bar = tqdm(total=len(todo), desc=f"toolcall {Path(str(model_spec)).name}", disable=tqdm_disable())
@@ -203,6 +208,7 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
                 bar.update(1)
             bar.close()
         changed = [cache.get(key).get("constrained_tokens", 0) for key in keys]
+        reused = sum(bool(cache.get(key).get("reused")) for key in keys)
         for row, key in zip(rows, keys):
             row["output"] = cache.get(key)["output"]
     finally:
@@ -215,7 +221,24 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
     return _write_results(items, out, model=str(model_spec), icl=icl, data=str(data_path),
                           max_tokens=max_tokens, template=template, fingerprint=fp, data_sha256=sha256_file(data_path),
                           limit=limit, decode_batch=decode_batch(model_spec, batch),
-                          **({"constrained": True, "constrained_tokens": sum(changed)} if constrain else {}))
+                          **({"constrained": True, "constrained_tokens": sum(changed), "reused": reused}
+                             if constrain else {}))
+
+
+def _reuse_raw(todo: list[int], rows, prompts, keys, cache, fp: str, max_tokens: int, template: str, raw) -> list[int]:
+    """Store, for each item of ``todo`` whose raw output (``raw``'s cache, same model, prompt and budget) no trigger
+    of its grammar appears in, that output as its constrained one (``reused``); the items still to decode."""
+    raw_cache = JsonlCache(Path(raw).with_suffix(".generations.jsonl"))
+    left = []
+    for i in todo:
+        hit = raw_cache.get(hashlib.sha256(json.dumps([fp, prompts[i], max_tokens]).encode()).hexdigest())
+        grammar = grammar_for(rows[i]["tools"], template)
+        if hit is None or grammar is None or grammar.may_trigger(hit["output"]):
+            left.append(i)
+        else:
+            cache.add({"id": rows[i]["id"], "key": keys[i], "output": hit["output"], "seconds": 0.0,
+                       "backend": hit.get("backend", ""), "constrained_tokens": 0, "reused": True})
+    return left
 
 
 # --- comparison -------------------------------------------------------------------------------------------
@@ -278,6 +301,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--constrain", action="store_true",
                         help="GGUF: decode calls under a lazy grammar of each item's tools (a serving feature; "
                              "off by default: raw model quality is what is reported first)")
+    parser.add_argument("--reuse", default=None, metavar="RAW.json",
+                        help="with --constrain: the raw run's results of the same model and items; outputs that "
+                             "never opened a call are taken from it (the lazy grammar would not have acted)")
 
 
 def main(args) -> int:
@@ -296,5 +322,5 @@ def main(args) -> int:
         raise ValueError("--data is required with --model")
     evaluate(args.model, args.data, args.out, icl=args.icl, limit=args.limit, max_tokens=args.max_tokens,
              n_ctx=args.n_ctx, n_threads=args.threads, template=args.template, backend=args.backend, batch=args.batch,
-             constrain=args.constrain)
+             constrain=args.constrain, reuse=args.reuse)
     return 0
