@@ -15,12 +15,14 @@ otherwise. :func:`closing_text` reads what the call has left open (a string, obj
 closer: ``"}}]</tool_call>``). With the grammar's schemas (:attr:`~llamatune.grammar.CallGrammar.schemas`) it also
 writes what the grammar demands before an object may close: the required keys it still lacks, each with the least
 value its schema allows (``""``, ``0``, ``false``, ``[]``, an enum's first value), and a value for a key written
-without one. Once the tokens left are no more than writing that text takes, plus two (plus five where a key, its colon
-or a value must come first; plus the size of the last call where a list of calls could take another), and while the
-grammar refuses an end-of-generation token (a call is open; an untriggered lazy grammar allows it), the pick is the
-token that writes the longest start of that text (spaces before it allowed, a token of spaces alone not), among
-those the grammar allows, the better logit first; where none is allowed (a name or an enum value half written) the usual pick. Once begun, the
-closing goes on to the end of the call (the decoding loop's ``started``), however many tokens are left.
+without one. Once the tokens left are no more than writing that text takes, plus two (plus five where a key, its
+colon or a value must come first; plus the size of the last call where a list of calls could take another), and
+while the grammar refuses an end-of-generation token (a call is open; an untriggered lazy grammar allows it), the
+model's own token stays where it writes a start of that text (spaces before it allowed) or, while there is a token to
+spare, is only spaces (the template's ``}}\n]``); else the pick is the token that writes the longest start of the
+text, among those the grammar allows, the better logit first; where none is allowed (a name or an enum value half
+written) the usual pick. Once begun, the closing goes on to the end of the call (the decoding loop's ``started``),
+however many tokens are left.
 
 Small models loop inside a call (a list's items again and again, the same call repeated) until the budget cuts the
 call in half: such a call now ends well formed, its last value cut short and any required key it never reached given
@@ -47,7 +49,8 @@ from llamatune.grammar import allowed
 
 _NEG_INF = float("-inf")
 CLOSE_RESERVE = 64  # the closing rule looks at sequences with at most this many tokens left (see the module doc)
-CONSTRAINED_KEY = f"constrained-close{CLOSE_RESERVE}-keys"  # the caches' setting for constrained generations
+# r3: the third closing rule (required keys written, closing goes on once begun)
+CONSTRAINED_KEY = f"constrained-close{CLOSE_RESERVE}-r3"  # the caches' setting for constrained generations
 
 
 class _Scan:
@@ -271,7 +274,7 @@ class Closer:
         return n
 
     def __call__(self, ids: list[int], grammar, left: int, started: bool = False
-                 ) -> tuple[int, list[tuple[int, int]], str] | None:
+                 ) -> tuple[int, list[tuple[int, int]], str, bool] | None:
         opener, closer = getattr(grammar, "opener", None), getattr(grammar, "closer", None)
         pieces = [self.piece(t) for t in ids]
         text = b"".join(pieces).decode("utf-8", errors="replace")
@@ -280,7 +283,7 @@ class Closer:
         target = _target(scan, closer, self.schemas(getattr(grammar, "schemas", "")))
         if target is None:
             return None
-        need = self.tokens_for(target) + 2
+        need = writing = self.tokens_for(target) + 2
         if scan.key or (not scan.in_string and scan.last in ":,{["):
             need += 5  # a key, its colon or a value still to write before anything closes
         if scan.stack[:1] == ["]"] and len(scan.stack) <= 2 and scan.last == "}" and scan.call_start is not None:
@@ -295,7 +298,7 @@ class Closer:
                     break
         if left > need and not started:  # once begun (``started``), closing goes on whatever is left
             return None
-        return self.eog, closing_tokens(target, self.by_text), target
+        return self.eog, closing_tokens(target, self.by_text), target, left > writing  # room for a space
 
 
 class Candidates:
@@ -320,14 +323,14 @@ class Candidates:
 
 
 def sample(ctx, idx: int, chain, grammar=None, candidates: Candidates | None = None,
-           close: tuple[int, list[tuple[int, int]], str] | None = None, piece=None) -> tuple[int, bool]:
+           close: tuple[int, list[tuple[int, int]], str, bool] | None = None, piece=None) -> tuple[int, bool]:
     """``(token, changed)`` for batch entry ``idx``: the chain's draw (``llama_sampler_sample``), or, when
     ``grammar`` (a llama.cpp grammar sampler) refuses it, the chain's pick among the tokens the grammar allows
     (``changed``). The token is accepted into the grammar. ``candidates``: a reusable :class:`Candidates`.
-    ``close``: ``(end-of-generation token, closing_tokens(...), closing text)`` when the sequence is to close an open
-    call (see the module doc): the draw stays if the grammar allows it and its text (``piece(token) -> bytes``),
-    leading spaces aside, is a non-empty start of the closing text, else the longest closing token the grammar allows is taken, the better logit
-    first (``changed``)."""
+    ``close``: ``(end-of-generation token, closing_tokens(...), closing text, room for a space)`` when the sequence
+    is to close an open call (see the module doc): the draw stays if the grammar allows it and its text
+    (``piece(token) -> bytes``), leading spaces aside, starts the closing text, or is only spaces and there is room
+    for one; else the longest closing token the grammar allows is taken, the better logit first (``changed``)."""
     import llama_cpp as lib
 
     token = int(lib.llama_sampler_sample(chain, ctx, idx))
@@ -335,7 +338,7 @@ def sample(ctx, idx: int, chain, grammar=None, candidates: Candidates | None = N
         return token, False
     drawn = piece(token).decode("utf-8", "replace").lstrip(" \n") if close is not None else ""
     if close is not None and close[1] and not allowed(grammar, close[0]) and not (  # a call is open
-            drawn and close[2].startswith(drawn) and allowed(grammar, token)):
+            (close[2].startswith(drawn) if drawn else close[3]) and allowed(grammar, token)):
         logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, idx), shape=(max(t for _, t in close[1]) + 1,))
         for _, best in sorted(close[1], key=lambda kt: (-kt[0], -logits[kt[1]])):
             if allowed(grammar, best):

@@ -124,7 +124,8 @@ def test_closing_text_reads_what_a_call_left_open():
 
 FIT = {"type": "function", "function": {"name": "fit", "description": "Fit a model.", "parameters": {
     "type": "object", "required": ["values", "weights", "mode", "opts"], "properties": {
-        "values": {"type": "array", "items": {"type": "number"}}, "weights": {"type": "array", "items": {"type": "number"}},
+        "values": {"type": "array", "items": {"type": "number"}},
+        "weights": {"type": "array", "items": {"type": "number"}},
         "mode": {"type": "string", "enum": ["fast", "slow"]}, "note": {"type": "string"},
         "opts": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}}}
 
@@ -177,8 +178,8 @@ def test_the_closing_rule_waits_until_a_call_could_not_end_in_time():
     in_value = '<tool_call>[{"name": "f", "arguments": {"q": "abc'
     target = '"}}]</tool_call>'
     assert c(ids(in_value), SMOLLM2, len(target) + 3) is None
-    eog, tokens, text = c(ids(in_value), SMOLLM2, len(target) + 2)
-    assert (eog, text, tokens[0]) == (0, target, (1, ord('"')))
+    eog, tokens, text, room = c(ids(in_value), SMOLLM2, len(target) + 2)
+    assert (eog, text, tokens[0], room) == (0, target, (1, ord('"')), False)  # no token to spare on a space
     before_key = '<tool_call>[{"name": "f", "arguments": {'
     assert c(ids(before_key), SMOLLM2, len("}}]</tool_call>") + 7)[2] == "}}]</tool_call>"
     assert c(ids(before_key), SMOLLM2, len("}}]</tool_call>") + 8) is None
@@ -190,7 +191,7 @@ def test_the_closing_rule_waits_until_a_call_could_not_end_in_time():
     assert c(ids(runaway), fit, 1000, started=True)[2] == target  # once begun, closing does not wait again
     one_call = '<tool_call>[{"name": "f", "arguments": {"q": "abc"}}'  # 41 characters after the opener
     call = len(one_call) - len("<tool_call>[")
-    assert c(ids(one_call), SMOLLM2, len("]</tool_call>") + 2 + call + 2)[2] == "]</tool_call>"
+    assert c(ids(one_call), SMOLLM2, len("]</tool_call>") + 2 + call + 2)[2:] == ("]</tool_call>", True)  # "\n]"
     assert c(ids(one_call), SMOLLM2, len("]</tool_call>") + 2 + call + 3) is None
 
 
