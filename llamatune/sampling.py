@@ -20,8 +20,10 @@ colon or a value must come first; plus the size of the last call where a list of
 while the grammar refuses an end-of-generation token (a call is open; an untriggered lazy grammar allows it), the
 model's own token stays where it writes a start of that text (spaces before it allowed) or, while there is a token to
 spare, is only spaces (the template's ``}}\n]``); else the pick is the token that writes the longest start of the
-text, among those the grammar allows, the better logit first; where none is allowed (a name or an enum value half
-written) the usual pick. Once begun, the closing goes on to the end of the call (the decoding loop's ``started``),
+text, among those the grammar allows, the better logit first; where none is allowed the usual pick. A key, a tool's
+name or an enum value half written is finished first, as the schema offers (the first property, name or value the
+text so far starts), and the tokens it takes are counted without tokens that start with a space (a key or a string
+refuses those). Once begun, the closing goes on to the end of the call (the decoding loop's ``started``),
 however many tokens are left.
 
 Small models loop inside a call (a list's items again and again, the same call repeated) until the budget cuts the
@@ -49,8 +51,8 @@ from llamatune.grammar import allowed
 
 _NEG_INF = float("-inf")
 CLOSE_RESERVE = 64  # the closing rule looks at sequences with at most this many tokens left (see the module doc)
-# r3: the third closing rule (required keys written, closing goes on once begun)
-CONSTRAINED_KEY = f"constrained-close{CLOSE_RESERVE}-r3"  # the caches' setting for constrained generations
+# r4: the fourth closing rule (required keys written, names/keys/enums finished, closing goes on once begun)
+CONSTRAINED_KEY = f"constrained-close{CLOSE_RESERVE}-r4"  # the caches' setting for constrained generations
 
 
 class _Scan:
@@ -97,6 +99,7 @@ class _Scan:
                 self.frames.pop()
             if not ch.isspace() and ch != '"':
                 self.last, self.after_key = ch, False
+        self.chars = "".join(chars) if self.in_string else ""  # the open string so far
 
 
 def _call_text(text: str, opener: str | None) -> str:
@@ -112,7 +115,8 @@ def closing_text(text: str, opener: str | None, closer: str | None, schemas: lis
     object also gets the required keys it still lacks, each with the least value its schema allows (``""``, ``0``,
     ``false``, ``[]``, an enum's first value), and a key written without its value gets one: what the grammar
     demands before the object may close."""
-    return _target(_Scan(_call_text(text, opener)), closer, schemas)
+    call = _call_text(text, opener)
+    return _target(_Scan(call), closer, schemas, call)
 
 
 def _least(schema) -> str | None:
@@ -174,10 +178,41 @@ def _frame_schemas(scan: _Scan, schemas: list[dict]) -> list | None:
     return out
 
 
-def _target(scan: _Scan, closer: str | None, schemas: list[dict] | None = None) -> str | None:
+def _strings(schema) -> list[str]:
+    """The strings a schema allows by name (``const``, ``enum``, through ``anyOf``); [] for a free string."""
+    if not isinstance(schema, dict):
+        return []
+    values = [schema["const"]] if "const" in schema else schema.get("enum") or []
+    return [v for v in values if isinstance(v, str)] + [v for a in schema.get("anyOf") or [] for v in _strings(a)]
+
+
+def _string_rest(scan: _Scan, schemas: list[dict]) -> str | None:
+    """The rest of the key, tool name or enum/const value being written, its closing quote included: the first
+    that the schema offers and the text so far starts; ``None`` for a free string (or nothing that fits)."""
+    frames, i = _frame_schemas(scan, schemas), len(scan.stack) - 1
+    top = next((j for j, c in enumerate(scan.stack) if c == "}"), None)
+    schema = frames[i] if frames else schemas[0] if i == top else None  # a call's own keys: every call has them
+    if scan.stack[i:] == ["]"]:
+        options = _strings((schema or {}).get("items"))
+    elif scan.key:
+        written = scan.frames[i]["keys"]
+        props, required = (schema or {}).get("properties") or {}, (schema or {}).get("required") or []
+        options = [k for k in required if k not in written] + [k for k in props if k not in written + required]
+    else:
+        key = (scan.frames[i]["keys"] or [None])[-1] if i >= 0 else None
+        options = (_strings(((frames[i] or {}).get("properties") or {}).get(key)) if frames else
+                   [v for s in schemas for v in _strings((s.get("properties") or {}).get(key))] if i == top else [])
+    match = next((o for o in options if o.startswith(scan.chars)), None)
+    return None if match is None else json.dumps(match[len(scan.chars):], ensure_ascii=False)[1:-1] + '"'
+
+
+def _target(scan: _Scan, closer: str | None, schemas: list[dict] | None = None, call: str = "") -> str | None:
     if scan.escaped:
         return None
     plain = ('"' if scan.in_string else "") + "".join(reversed(scan.stack)) + (closer or "")
+    if schemas and scan.in_string and (rest := _string_rest(scan, schemas)) is not None:
+        after = _target(_Scan(call + rest), closer, schemas, call + rest)  # the string finished, then the rest
+        return None if after is None else rest + after
     frames = _frame_schemas(scan, schemas) if schemas and not scan.key else None
     if frames is None:
         return plain
@@ -208,12 +243,14 @@ def _target(scan: _Scan, closer: str | None, schemas: list[dict] | None = None) 
     return text + (closer or "")
 
 
-def token_texts(piece: Callable[[int], bytes], n_vocab: int, longest: int = 16) -> dict[str, list[int]]:
-    """Token ids by their text without leading spaces and line breaks (``piece(token) -> bytes``), for the texts of
-    at most ``longest`` characters: what :func:`closing_tokens` looks up."""
+def token_texts(piece: Callable[[int], bytes], n_vocab: int, longest: int = 16, strip: bool = True
+                ) -> dict[str, list[int]]:
+    """Token ids by their text (``piece(token) -> bytes``; without leading spaces and line breaks where ``strip``),
+    for the texts of at most ``longest`` characters: what :func:`closing_tokens` looks up."""
     out: dict[str, list[int]] = {}
     for t in range(n_vocab):
-        text = piece(t).decode("utf-8", errors="replace").lstrip(" \n")
+        text = piece(t).decode("utf-8", errors="replace")
+        text = text.lstrip(" \n") if strip else text
         if text and len(text) <= longest:
             out.setdefault(text, []).append(t)
     return out
@@ -256,6 +293,7 @@ class Closer:
         eot = lib.llama_vocab_eot(vocab)
         self.eog = eot if eot >= 0 else lib.llama_vocab_eos(vocab)
         self.piece, self.by_text = piece, token_texts(piece, n_vocab)
+        self.plain = set(token_texts(piece, n_vocab, strip=False))  # what can follow a quote (no leading space)
         self.longest = max(map(len, self.by_text), default=1)
         self._schemas: dict[str, list[dict]] = {}
 
@@ -266,10 +304,11 @@ class Closer:
         return self._schemas[key] if key else []
 
     def tokens_for(self, text: str) -> int:
-        """Tokens that writing ``text`` takes, longest match first."""
+        """Tokens that writing ``text`` takes, longest match first, counting only tokens without a leading space (a
+        key or a string refuses those, so counting them would start the closing too late)."""
         i = n = 0
         while i < len(text):
-            i += next((k for k in range(min(self.longest, len(text) - i), 0, -1) if text[i:i + k] in self.by_text), 1)
+            i += next((k for k in range(min(self.longest, len(text) - i), 0, -1) if text[i:i + k] in self.plain), 1)
             n += 1
         return n
 
@@ -280,7 +319,7 @@ class Closer:
         text = b"".join(pieces).decode("utf-8", errors="replace")
         call = _call_text(text, opener)
         scan = _Scan(call)
-        target = _target(scan, closer, self.schemas(getattr(grammar, "schemas", "")))
+        target = _target(scan, closer, self.schemas(getattr(grammar, "schemas", "")), call)
         if target is None:
             return None
         need = writing = self.tokens_for(target) + 2

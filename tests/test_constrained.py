@@ -105,6 +105,21 @@ def test_a_call_still_open_near_the_budget_is_closed_where_the_grammar_allows(de
     assert 32 < len(closed.ids) <= 40 and closed.ids[:32] == cut.ids[:32]  # the same until the reserve
 
 
+def test_a_call_cut_before_its_required_arguments_closes_with_them(dec):
+    """The random tiny model never ends its first list of numbers: without the rule the budget cuts the call; with it
+    the call closes with every required argument, those it never reached given their least values."""
+    from llamatune.decode import Request
+
+    g = one_call([FIT])
+    ids = _ids(dec, ASKS[1])
+    cut, closed = dec.generate([Request(ids, max_tokens=48, grammar=g, lazy=False, close_reserve=0, tag="cut"),
+                                Request(ids, max_tokens=48, grammar=g, lazy=False, close_reserve=64, tag="closed")])
+    assert cut.finish == "length" and not _valid(cut.text, [FIT]), cut.text
+    assert closed.finish == "stop" and _valid(closed.text, [FIT]) and len(closed.ids) <= 48, closed.text
+    args = json.loads(closed.text)["parameters"]
+    assert list(args)[:4] == ["values", "weights", "mode", "opts"] and args["opts"] == {"n": 0}, closed.text
+
+
 def test_closing_text_reads_what_a_call_left_open():
     """The closing rule's target: the string, then objects and lists innermost first, then the template's closer;
     prose before the opener and brackets inside strings do not count; after a backslash nothing can close yet."""
@@ -133,7 +148,8 @@ FIT = {"type": "function", "function": {"name": "fit", "description": "Fit a mod
 def test_the_closing_text_writes_the_required_keys_a_call_still_lacks(dec, units):
     """With the grammar's schemas the closing text gives each open object the required keys it lacks (schema order,
     the least value each allows) and a key its value, so the grammar lets it close: every such text is accepted by
-    llama.cpp's own grammar. Without the name of an offered tool it stays the plain closing text."""
+    llama.cpp's own grammar; a key, a tool name or an enum value half written is finished as the schema offers.
+    Without the name of an offered tool it stays the plain closing text."""
     from llamatune.grammar import SMOLLM2, call_grammar
     from llamatune.sampling import closing_text
 
@@ -148,10 +164,16 @@ def test_the_closing_text_writes_the_required_keys_a_call_still_lacks(dec, units
         '"values": [1],': '"weights": []' + rest,
         '"values": [1], "weights": [2], "mode": "slow", "opts": {': '"n": 0}}}]</tool_call>',
         '"values": [1], "weights": [2], "mode": "fast", "opts": {"n": 3}, "note": "a [b': '"}}]</tool_call>',
+        '"values": [1], "wei': 'ghts": []' + rest,  # a key half written: the property it starts
+        '"values": [1], "weights": [2], "mode": "sl': 'ow", "opts": {"n": 0}}}]</tool_call>',  # an enum value
     }
     for written, target in cases.items():
         assert closing_text(head + written, "<tool_call>", "</tool_call>", schemas) == target, written
         assert g.accepts(dec.vocab, head + written + target), written + target
+    name = '<tool_call>[\n{"name": "fi'  # a tool's name half written: the offered one it starts, then its arguments
+    target = 't", "arguments": {"values": [], "weights": []' + rest
+    assert closing_text(name, "<tool_call>", "</tool_call>", schemas) == target
+    assert g.accepts(dec.vocab, name + target)
     assert closing_text(head + '"values": [1', "<tool_call>", "</tool_call>") == "]}}]</tool_call>"  # no schemas
     other = '<tool_call>[\n{"name": "nope", "arguments": {"values": [1'
     assert closing_text(other, "<tool_call>", "</tool_call>", schemas) == "]}}]</tool_call>"
@@ -164,6 +186,7 @@ def _char_closer():
     c = Closer.__new__(Closer)
     c.eog, c.piece = 0, lambda t: chr(t).encode()
     c.by_text = {chr(t): [t] for t in range(33, 127)}
+    c.plain = set(c.by_text)
     c.longest = 1
     return c
 
