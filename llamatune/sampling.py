@@ -20,10 +20,11 @@ colon or a value must come first; plus the size of the last call where a list of
 while the grammar refuses an end-of-generation token (a call is open; an untriggered lazy grammar allows it), the
 model's own token stays where it writes a start of that text (spaces before it allowed) or, while there is a token to
 spare, is only spaces (the template's ``}}\n]``); else the pick is the token that writes the longest start of the
-text, among those the grammar allows, the better logit first; where none is allowed the usual pick. A key, a tool's
-name or an enum value half written is finished first, as the schema offers (the first property, name or value the
-text so far starts), and the tokens it takes are counted without tokens that start with a space (a key or a string
-refuses those). Once begun, the closing goes on to the end of the call (the decoding loop's ``started``),
+text, among those the grammar allows, the better logit first; where none is allowed the usual pick. A key half
+written is finished first, as the schema's order offers, and so is a tool's name or an enum value once what the
+model wrote names exactly one (until then the choice is the model's); the tokens closing takes are counted without
+tokens that start with a space (a key or a string refuses those), and without a token to spare only the longest
+start of the text is taken, the model's own shorter one not. Once begun, the closing goes on to the end of the call (the decoding loop's ``started``),
 however many tokens are left.
 
 Small models loop inside a call (a list's items again and again, the same call repeated) until the budget cuts the
@@ -51,8 +52,8 @@ from llamatune.grammar import allowed
 
 _NEG_INF = float("-inf")
 CLOSE_RESERVE = 64  # the closing rule looks at sequences with at most this many tokens left (see the module doc)
-# r4: the fourth closing rule (required keys written, names/keys/enums finished, closing goes on once begun)
-CONSTRAINED_KEY = f"constrained-close{CLOSE_RESERVE}-r4"  # the caches' setting for constrained generations
+# r5: the fifth closing rule (required keys written, keys and named values finished, closing goes on once begun)
+CONSTRAINED_KEY = f"constrained-close{CLOSE_RESERVE}-r5"  # the caches' setting for constrained generations
 
 
 class _Scan:
@@ -194,7 +195,7 @@ def _string_rest(scan: _Scan, schemas: list[dict]) -> str | None:
     schema = frames[i] if frames else schemas[0] if i == top else None  # a call's own keys: every call has them
     if scan.stack[i:] == ["]"]:
         options = _strings((schema or {}).get("items"))
-    elif scan.key:
+    elif scan.key:  # the grammar's order: the required keys still to write, then the optional ones
         written = scan.frames[i]["keys"]
         props, required = (schema or {}).get("properties") or {}, (schema or {}).get("required") or []
         options = [k for k in required if k not in written] + [k for k in props if k not in written + required]
@@ -202,8 +203,10 @@ def _string_rest(scan: _Scan, schemas: list[dict]) -> str | None:
         key = (scan.frames[i]["keys"] or [None])[-1] if i >= 0 else None
         options = (_strings(((frames[i] or {}).get("properties") or {}).get(key)) if frames else
                    [v for s in schemas for v in _strings((s.get("properties") or {}).get(key))] if i == top else [])
-    match = next((o for o in options if o.startswith(scan.chars)), None)
-    return None if match is None else json.dumps(match[len(scan.chars):], ensure_ascii=False)[1:-1] + '"'
+    matches = [o for o in options if o.startswith(scan.chars)]
+    if not matches or (not scan.key and (len(matches) > 1 or not scan.chars)):
+        return None  # a name or a value is the model's to choose until what it wrote names one
+    return json.dumps(matches[0][len(scan.chars):], ensure_ascii=False)[1:-1] + '"'
 
 
 def _target(scan: _Scan, closer: str | None, schemas: list[dict] | None = None, call: str = "") -> str | None:
@@ -377,7 +380,8 @@ def sample(ctx, idx: int, chain, grammar=None, candidates: Candidates | None = N
         return token, False
     drawn = piece(token).decode("utf-8", "replace").lstrip(" \n") if close is not None else ""
     if close is not None and close[1] and not allowed(grammar, close[0]) and not (  # a call is open
-            (close[2].startswith(drawn) if drawn else close[3]) and allowed(grammar, token)):
+            (close[2].startswith(drawn) and (close[3] or len(drawn) >= close[1][0][0]) if drawn else close[3])
+            and allowed(grammar, token)):  # without a token to spare, only the longest start of the text
         logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(ctx, idx), shape=(max(t for _, t in close[1]) + 1,))
         for _, best in sorted(close[1], key=lambda kt: (-kt[0], -logits[kt[1]])):
             if allowed(grammar, best):
