@@ -188,8 +188,9 @@ def _strings(schema) -> list[str]:
 
 
 def _string_rest(scan: _Scan, schemas: list[dict]) -> str | None:
-    """The rest of the key, tool name or enum/const value being written, its closing quote included: the first
-    that the schema offers and the text so far starts; ``None`` for a free string (or nothing that fits)."""
+    """The rest of the key, tool name or enum/const value being written, its closing quote included: for a key the
+    first, in the grammar's order, that the text so far starts; for a name or a value the only one it starts.
+    ``None`` for a free string, while the text so far starts several names or values (or none), or none at all."""
     frames, i = _frame_schemas(scan, schemas), len(scan.stack) - 1
     top = next((j for j, c in enumerate(scan.stack) if c == "}"), None)
     schema = frames[i] if frames else schemas[0] if i == top else None  # a call's own keys: every call has them
