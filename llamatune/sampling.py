@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -286,6 +287,12 @@ def sampler_factory(temperature: float = 0.0, *, top_k: int = 40, top_p: float =
 greedy = sampler_factory(0.0)
 
 
+@lru_cache(maxsize=256)  # as many tool sets as grammar.py's cache of built grammars
+def call_schemas(key: str) -> list[dict]:
+    """The call schemas of a grammar's :attr:`~llamatune.grammar.CallGrammar.schemas` (parsed once per tool set)."""
+    return [s for _, s in json.loads(key)] if key else []
+
+
 class Closer:
     """The closing rule for one vocabulary: ``closer(generated ids, the request's CallGrammar, tokens left)`` → the
     ``close`` argument of :func:`sample` (``None`` while the call can still end in time). ``piece(token) -> bytes``
@@ -296,16 +303,10 @@ class Closer:
 
         eot = lib.llama_vocab_eot(vocab)
         self.eog = eot if eot >= 0 else lib.llama_vocab_eos(vocab)
-        self.piece, self.by_text = piece, token_texts(piece, n_vocab)
-        self.plain = set(token_texts(piece, n_vocab, strip=False))  # what can follow a quote (no leading space)
+        pieces = [piece(t) for t in range(n_vocab)]  # the vocabulary rendered once, for both lookups
+        self.piece, self.by_text = piece, token_texts(pieces.__getitem__, n_vocab)
+        self.plain = set(token_texts(pieces.__getitem__, n_vocab, strip=False))  # what can follow a quote
         self.longest = max(map(len, self.by_text), default=1)
-        self._schemas: dict[str, list[dict]] = {}
-
-    def schemas(self, key: str) -> list[dict]:
-        """The call schemas of a grammar's :attr:`~llamatune.grammar.CallGrammar.schemas` (parsed once)."""
-        if key and key not in getattr(self, "_schemas", {}):
-            self._schemas = {**getattr(self, "_schemas", {}), key: [s for _, s in json.loads(key)]}
-        return self._schemas[key] if key else []
 
     def tokens_for(self, text: str) -> int:
         """Tokens that writing ``text`` takes, longest match first, counting only tokens without a leading space (a
@@ -323,7 +324,7 @@ class Closer:
         text = b"".join(pieces).decode("utf-8", errors="replace")
         call = _call_text(text, opener)
         scan = _Scan(call)
-        target = _target(scan, closer, self.schemas(getattr(grammar, "schemas", "")), call)
+        target = _target(scan, closer, call_schemas(getattr(grammar, "schemas", "")), call)
         if target is None:
             return None
         need = writing = self.tokens_for(target) + 2

@@ -182,8 +182,7 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
     runner = None
     try:
         prompts = [build_prompt(row, icl, template) for row in rows]
-        setting = [max_tokens] + ([CONSTRAINED_KEY] if constrain else [])  # raw runs keep their earlier keys
-        keys = [hashlib.sha256(json.dumps([fp, p, *setting]).encode()).hexdigest() for p in prompts]
+        keys = [_cache_key(fp, p, max_tokens, constrain) for p in prompts]
         # Prompts in sorted order, so that consecutive ones share their longest prefix (system text, tool
         # schemas): llama.cpp evaluates the shared prefix once and shares its KV cache.
         order = sorted(range(len(rows)), key=prompts.__getitem__)
@@ -225,13 +224,20 @@ def evaluate(model_spec, data_path, out, icl: int = 0, limit: int | None = None,
                              if constrain else {}))
 
 
+def _cache_key(fp: str, prompt: str, max_tokens: int, constrain: bool) -> str:
+    """A generation's cache key: the model's content, the rendered prompt and the settings (raw runs keep their
+    earlier keys; a constrained one adds :data:`~llamatune.sampling.CONSTRAINED_KEY`)."""
+    setting = [max_tokens] + ([CONSTRAINED_KEY] if constrain else [])
+    return hashlib.sha256(json.dumps([fp, prompt, *setting]).encode()).hexdigest()
+
+
 def _reuse_raw(todo: list[int], rows, prompts, keys, cache, fp: str, max_tokens: int, template: str, raw) -> list[int]:
     """Store, for each item of ``todo`` whose raw output (``raw``'s cache, same model, prompt and budget) no trigger
     of its grammar appears in, that output as its constrained one (``reused``); the items still to decode."""
     raw_cache = JsonlCache(Path(raw).with_suffix(".generations.jsonl"))
     left = []
     for i in todo:
-        hit = raw_cache.get(hashlib.sha256(json.dumps([fp, prompts[i], max_tokens]).encode()).hexdigest())
+        hit = raw_cache.get(_cache_key(fp, prompts[i], max_tokens, constrain=False))
         grammar = grammar_for(rows[i]["tools"], template)
         if hit is None or grammar is None or grammar.may_trigger(hit["output"]):
             left.append(i)
