@@ -40,11 +40,13 @@ from llamatune.jsonl import read_json, write_json, write_text
 RECIPES = Path(__file__).resolve().parent.parent / "FuncCall" / "recipes"
 # The embedded models the demo can tune, each with its template and recipe (README, "Choosing the demo model").
 MODELS = {
-    # serve: the GGUF that is evaluated and served. Export writes f16 and Q8_0 and checks both against the HF model;
-    # on the 135M model Q8_0 flips 3-6% of the top-1 tokens of the fidelity prompt (below the 0.95 bar in most runs),
-    # f16 none (>= 0.99), and at 270 MB f16 is still small and fast on a CPU.
+    # serve: the GGUF evaluated and served. Export writes f16 and Q8_0 and checks both against the HF model; on the
+    # 135M model Q8_0 flips 3-6% of the fidelity prompt's top-1 tokens (below the 0.95 bar in most runs), f16 none.
+    # mix: training category shares, chosen on the validation fold (demo-mix.yaml, README part 8); None: the default
     "smollm2-135m": {"template": "smollm2", "recipe": RECIPES / "smollm2-135m-demo.yaml",
-                     "label": "SmolLM2-135M-Instruct", "serve": "f16"},
+                     "label": "SmolLM2-135M-Instruct", "serve": "f16", "mix": {
+                         "single_call": 0.27, "no_tool": 0.10, "tool_result": 0.08, "clarify": 0.12, "multi_turn": 0.14,
+                         "near_miss": 0.09, "injection": 0.03, "parallel": 0.10, "parallel_result": 0.07}},
     "gemma-3-270m": {"template": "gemma-3", "recipe": RECIPES / "gemma-270m-demo.yaml", "label": "gemma-3-270m (base)",
                      "serve": "q8_0"},
 }
@@ -337,7 +339,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     st.run("base", "base" in st.seconds, resolve_model, model)
     hf_dir = resolve_model(model)  # built by the stage above (or before): a cache lookup
     data = out / "data"
-    kw = {"n_test_new": n_test_new, "val_fraction": val_fraction}
+    kw = {"n_test_new": n_test_new, "val_fraction": val_fraction, "mix": MODELS[model].get("mix")}
     st.run("data", _data_done(data, n, n_test, n_val, max_length, template, **kw), make_data, data, n, n_test, n_val,
            max_length, hf_dir, template, **kw)
     run_dir = out / "tuned"
@@ -352,8 +354,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     link_ggufs(out, {f"{model}-base-{serve}": ggufs["base"], f"{model}-funccall-{serve}": ggufs["tuned"]})
     res = out / "results"
     batch = decode_batch(ggufs["base"], batch)  # sequences decoded together, the same for every evaluation
-    # the original categories (results/{label}.json), then the new ones (results/new_{label}.json)
-    sets = [("", "eval.jsonl")] + ([("new_", "eval_new.jsonl")] if n_test_new else [])
+    sets = [("", "eval.jsonl")] + ([("new_", "eval_new.jsonl")] if n_test_new else [])  # results/{,new_}{label}.json
     # and calls decoded under the tools' lazy grammar (a serving feature; raw quality first; --reuse: see stage 5)
     systems = [("base", ggufs["base"], 0, False), ("icl", ggufs["base"], icl, False), ("tuned", ggufs["tuned"], 0, False)]
     if constrained:
@@ -370,8 +371,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
                     meta={"model": model, "model_label": MODELS[model]["label"], "quant": serve, "n": n, "n_test": n_test,
                           "n_test_new": n_test_new, "steps": steps, "max_length": max_length, "icl": icl,
                           "max_tokens": max_tokens, "threads": threads, "decode_batch": batch, "cpu": cpu_info(),
-                          "constrained": constrained,
-                          "wall_seconds_this_run": round(time.perf_counter() - t_all, 1)})
+                          "constrained": constrained, "wall_seconds_this_run": round(time.perf_counter() - t_all, 1)})
     return report
 
 

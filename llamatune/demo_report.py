@@ -78,6 +78,9 @@ def _training_lines(report: dict) -> list[str]:
     if not meta.get("by_category"):
         return []
     lines = ["", f"## Training rows by category (limit {meta.get('max_length')} tokens)", ""]
+    if meta.get("mix"):
+        lines += ["Category shares of the generated training rows (the demo model's mix, chosen on the validation "
+                  "fold): " + ", ".join(f"{k} {v:g}" for k, v in meta["mix"].items()) + ".", ""]
     if tr.get("rows_per_step"):
         lines += [f"{tr['rows']} rows kept, packed into {tr['sequences']} sequences of ≤ {meta.get('max_length')} "
                   f"tokens ({tr['measured_by']}); {tr['sequences_per_step']} sequences a step = "

@@ -19,7 +19,8 @@ schedule), and is trained first only to ``steps / eta^k`` steps, scored on valid
 ``1/eta`` continue, from their own checkpoint (the same weights an uninterrupted run has at that step), to the next
 rung, until one setting has trained its whole budget. Settings are ranked by the selection metric,
 :func:`selection_score`: the mean of tool-call accuracy and irrelevance accuracy (answers grounded in a tool result
-count as irrelevance items), so not calling weighs as much as calling. Every rung of every setting is tabled.
+count as irrelevance items), so not calling weighs as much as calling; a tie goes to the higher overall validation
+accuracy (:func:`selection_key`). Every rung of every setting is tabled.
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ def rungs(max_steps: int, eta: int, min_steps: int) -> list[int]:
 def selection_score(val: dict) -> float:
     """The sweep's selection metric on validation: the mean of tool-call and irrelevance accuracy."""
     return (val["tool_accuracy"]["value"] + val["irrelevance_accuracy"]["value"]) / 2
+
+
+def selection_key(val: dict) -> tuple[float, float]:
+    """How settings rank on validation: the selection score, a tie broken by overall validation accuracy (two
+    training mixes tied on the score to the item, README part 8)."""
+    return selection_score(val), val["accuracy"]["value"]
 
 
 def _val_metrics(result: dict) -> dict:
@@ -193,14 +200,14 @@ def halving(spec: dict, out: Path, run_one=None) -> tuple[list[dict], str]:
             _write(out, rows, spec)
         if k == len(budgets) - 1:
             break
-        scored.sort(key=lambda r: (-r["score"], order.index(r["name"])))  # a tie: the setting listed first
+        scored.sort(key=lambda r: (*(-x for x in selection_key(r["val"])), order.index(r["name"])))  # then listed first
         top = {r["name"] for r in scored[: math.ceil(len(scored) / spec["search"]["eta"])]}
         alive = [n for n in order if n in top]
         for r in scored:
             r["survived"] = r["name"] in alive
         _write(out, rows, spec)
     last = [r for r in rows if r["rung"] == len(budgets)]
-    winner = max(last, key=lambda r: (r["score"], -order.index(r["name"])))["name"]
+    winner = max(last, key=lambda r: (*selection_key(r["val"]), -order.index(r["name"])))["name"]
     return rows, winner
 
 
@@ -235,11 +242,11 @@ def markdown(rows: list[dict], search: dict | None = None, val_fraction: float =
                      f"{v['calls_per_turn']['value']:.2f} | – | – |")
     n = rows[0]["n_val"] if rows else 0
     final = [r for r in rows if r.get("rung") == len(search["rungs"])] if sha else rows
-    best = max(final, key=lambda r: (selection_score(r["val"]), -r["train_seconds"])) if final else None
+    best = max(final, key=lambda r: (*selection_key(r["val"]), -r["train_seconds"])) if final else None
     where = (f"the validation fold (template families held out of training, {val_fraction:g} of each group's)"
              if val_fraction else "the training template families")
     lines += ["", f"Validation: {n} items of {where} (Wilson 95% CIs). Score: the mean of "
-              "tool-call and irrelevance accuracy (the selection metric)."]
+              "tool-call and irrelevance accuracy (the selection metric; a tie goes to the higher val accuracy)."]
     if sha:
         lines.append(f"Successive halving, eta {search['eta']}: rungs of {', '.join(map(str, search['rungs']))} steps "
                      "(steps shown as trained/budget); → = continued to the next rung.")

@@ -80,7 +80,8 @@ def test_report_tables_the_new_categories_grounding_and_the_rows_training_saw(tm
                                                                   ("all", 16, 15))}
     (out / "data").mkdir()
     (out / "data" / "demo_data.json").write_text(json.dumps({"by_category": table, "max_length": 1024, "n_packs": 6,
-                                                             "val_ids": ["v1"]}))
+                                                             "val_ids": ["v1"], "mix": {"single_call": 0.6,
+                                                                                        "tool_result": 0.4}}))
     (out / "tuned").mkdir()
     (out / "tuned" / "run.json").write_text(json.dumps({
         "precision": {"compute": "bfloat16", "reason": "CPU with native bf16 (amx_bf16): bfloat16"},
@@ -96,6 +97,7 @@ def test_report_tables_the_new_categories_grounding_and_the_rows_training_saw(tm
     md = (out / "report.md").read_text()
     assert "## New categories" in md and "| near_miss |" in md and "grounded answers after a tool result" in md
     assert "bfloat16" in md and "Decode batch: 8" in md and "**15 distinct rows seen**" in md
+    assert "(the demo model's mix, chosen on the validation fold): single_call 0.6, tool_result 0.4." in md
     card = (out / "data" / "card.md").read_text()
     assert "seen by training" in card and "| tool_result | 6 |" in card and "val_ids" not in json.dumps(report["meta"])
 
@@ -237,6 +239,28 @@ def test_demo_data_prompts_are_distinct_and_unseen(tmp_path, tiny_model_dir):
     assert not demo._data_done(tmp_path, 300, 30, 200, 2048, "smollm2", n_test_new=16)  # another template: rebuilt
     assert not demo._data_done(tmp_path, 300, 30, 200, 2048, "llama-3.2")  # another number of new test items
     assert not demo._data_done(tmp_path, 300, 30, 200, 2048, "llama-3.2", n_test_new=16, val_fraction=0)  # no fold
+
+
+@requires("transformers")
+def test_the_demo_models_mix_changes_only_the_training_rows(tmp_path, tiny_model_dir):
+    """SmolLM2's demo trains on its fold-chosen category mix (README part 8): the training rows follow its shares,
+    while the validation and test items are the same prompts as with the generator's default shares."""
+    mix = demo.MODELS["smollm2-135m"]["mix"]
+    assert sum(mix.values()) == pytest.approx(1.0)
+    files = {}
+    for name, m in (("default", None), ("mix", mix)):
+        demo.make_data(tmp_path / name, 300, 30, 40, 2048, str(tiny_model_dir), "llama-3.2", mix=m, n_test_new=8)
+        files[name] = {f: (tmp_path / name / f"{f}.jsonl").read_text() for f in ("train", "val", "eval", "eval_new")}
+    for f in ("val", "eval", "eval_new"):
+        assert files["mix"][f] == files["default"][f], f"{f}.jsonl depends on the training mix"
+    counts = {k: Counter(json.loads(x)["category"] for x in v["train"].splitlines()) for k, v in files.items()}
+    n = sum(counts["mix"].values())
+    assert counts["mix"]["single_call"] > counts["default"]["single_call"]  # 0.27 against the default 0.20
+    assert counts["mix"]["tool_result"] < counts["default"]["tool_result"]  # 0.08 against 0.16
+    assert abs(counts["mix"]["clarify"] / n - mix["clarify"]) < 0.03
+    info = json.loads((tmp_path / "mix" / "demo_data.json").read_text())
+    assert info["mix"] == mix and demo._data_done(tmp_path / "mix", 300, 30, 40, 2048, "llama-3.2", mix, n_test_new=8)
+    assert not demo._data_done(tmp_path / "mix", 300, 30, 40, 2048, "llama-3.2", n_test_new=8)  # the default: rebuilt
 
 
 def test_demo_test_items_of_the_original_categories_do_not_depend_on_the_new_ones():

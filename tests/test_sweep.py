@@ -28,6 +28,23 @@ def test_selection_score_weighs_not_calling_as_much_as_calling():
     assert sweep.selection_score(_val(0.5, 0.7)) == pytest.approx(0.6)  # fewer right calls, but it stops: better
 
 
+def _row(name, tool, irr, accuracy, train_seconds=10.0, rung=None):
+    val = {**_val(tool, irr), "accuracy": _metric(accuracy)}
+    return {"name": name, "model": "smollm2-135m", "steps": 80, "budget": 80, "set": {}, "mix": None, "val": val,
+            "base_val": _val(0.0, 1.0), "train_seconds": train_seconds, "eval_seconds": 5.0, "n_val": 240,
+            "score": sweep.selection_score(val), "rung": rung}
+
+
+def test_a_tie_on_the_score_goes_to_the_higher_validation_accuracy_not_the_faster_run():
+    # part 8's two mixes: 44/99 calls and 130/141 declines each, 62% and 68% of all items; the default trained faster
+    rows = [_row("default", 0.444, 0.922, 0.62, train_seconds=643), _row("mix", 0.444, 0.922, 0.68, train_seconds=651)]
+    assert sweep.selection_key(rows[0]["val"]) < sweep.selection_key(rows[1]["val"])
+    md = sweep.markdown(rows, None, 0.2)
+    assert "Best by the score: **mix**" in md and "a tie goes to the higher val accuracy" in md
+    # a better score still wins over a higher accuracy
+    assert "Best by the score: **default**" in sweep.markdown([_row("default", 0.5, 0.922, 0.6), rows[1]], None, 0.2)
+
+
 def _spec_file(tmp_path, runs, search):
     import yaml
 
