@@ -199,11 +199,12 @@ def plot(report: dict, path: str | Path) -> Path:
             ax2.bar(i, cpt["value"], yerr=[[cpt["value"] - cpt["low"]], [cpt["high"] - cpt["value"]]], capsize=3,
                     color=f"C{i}")
     ax.set_xticks(range(len(cats)), cats, rotation=15)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.3)  # room above the bars for the legend, which covered them at the top left
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.set_ylabel("accuracy (95% CI)")
-    ax.legend()
+    ax.legend(loc="upper center", ncol=len(systems), fontsize="small", frameon=False)
     ax.set_title("held-out tool-use prompts")
-    ax2.set_xticks(range(len(systems)), [LABELS[s] for s in systems], rotation=15)
+    ax2.set_xticks(range(len(systems)), [LABELS[s] for s in systems], rotation=30, ha="right")
     ax2.set_title("LLM calls per turn")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
