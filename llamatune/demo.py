@@ -1,5 +1,4 @@
-"""The offline end-to-end demo on an embedded small model (SmolLM2-135M-Instruct by default): data → LoRA SFT → GGUF →
-tool-call eval → report.
+"""The offline end-to-end demo on an embedded small model (SmolLM2-135M by default): data → LoRA → GGUF → eval.
 
     llamatune demo                       # writes runs/demo/ (report.md, report.json, report.png)
     llamatune demo --smoke               # a handful of steps and items (the slow test runs this)
@@ -33,6 +32,7 @@ import random
 import sys
 import time
 from collections import defaultdict
+from itertools import zip_longest
 from pathlib import Path
 
 from llamatune.jsonl import read_json, write_json, write_text
@@ -40,9 +40,8 @@ from llamatune.jsonl import read_json, write_json, write_text
 RECIPES = Path(__file__).resolve().parent.parent / "FuncCall" / "recipes"
 # The embedded models the demo can tune, each with its template and recipe (README, "Choosing the demo model").
 MODELS = {
-    # serve: the GGUF evaluated and served. Export writes f16 and Q8_0 and checks both against the HF model; on the
-    # 135M model Q8_0 flips 3-6% of the fidelity prompt's top-1 tokens (below the 0.95 bar in most runs), f16 none.
-    # mix: training category shares, chosen on the validation fold (demo-mix.yaml, README part 8); None: the default
+    # serve: the GGUF evaluated and served (of f16 and Q8_0, both checked: on 135M, Q8_0 flips 3-6% of the fidelity
+    # prompt's top-1 tokens, f16 none); mix: training category shares chosen on the fold (demo-mix.yaml, part 8)
     "smollm2-135m": {"template": "smollm2", "recipe": RECIPES / "smollm2-135m-demo.yaml",
                      "label": "SmolLM2-135M-Instruct", "serve": "f16", "mix": {
                          "single_call": 0.27, "no_tool": 0.10, "tool_result": 0.08, "clarify": 0.12, "multi_turn": 0.14,
@@ -51,12 +50,11 @@ MODELS = {
                      "serve": "q8_0"},
 }
 N_TEST_NEW = 60  # test items of the new categories (data/eval_new.jsonl), beside the n_test of the original ones
-# max_length 1024: every category keeps >= 95% of its rows (at 512 several keep < 50%), packed, so no padding.
-# steps: every kept row seen about once (the report measures it). batch: None = llamatune.generate.DECODE_BATCH.
+# max_length 1024: each category keeps >= 95% of its rows (packed); steps: each seen ~once; batch None: DECODE_BATCH
 VAL = 0.2  # the validation fold's share of each group's template families (README, part 6)
 DEFAULTS = {"model": "smollm2-135m", "n": 1500, "n_test": 120, "n_val": 240, "steps": 80, "max_length": 1024, "icl": 2,
             "max_tokens": 64, "threads": 2, "n_test_new": N_TEST_NEW, "batch": None, "val_fraction": VAL}
-DATA_FORMAT = 6  # bump when make_data's rows change, so a cached data stage is rebuilt
+DATA_FORMAT = 7  # bump when make_data's rows change, so a cached data stage is rebuilt (7: validation spread, part 8)
 SMOKE = {"n": 200, "n_test": 5, "n_val": 5, "steps": 4, "max_length": 384, "icl": 1, "max_tokens": 24, "n_test_new": 4}
 CRASH_ENV = "LLAMATUNE_DEMO_EXIT_AFTER_SAVE"  # tests: hard-exit after the first checkpoint is saved
 
@@ -88,15 +86,19 @@ class Stages:
 
 # --- stage 1: data ---------------------------------------------------------------------------------------
 
-def stratified(rows: list[dict], n: int, seed: int = 0, weights: dict | None = None) -> list[dict]:
+def stratified(rows: list[dict], n: int, seed: int = 0, weights: dict | None = None, spread: str = "") -> list[dict]:
     """``n`` rows spread over the categories in proportion (at least one per category), deterministic; ``weights``
-    (category → share): quotas in these proportions instead of the rows' own."""
+    (category → share): quotas in these proportions instead of the rows' own; ``spread`` (a row key, e.g.
+    ``template_id``): a category's quota taken round-robin over that key's values, so no one family fills it."""
     by_cat: dict[str, list[dict]] = defaultdict(list)
     for r in sorted(rows, key=lambda r: r["id"]):
         by_cat[r["category"]].append(r)
     rng = random.Random(seed)
     for v in by_cat.values():
         rng.shuffle(v)
+        if spread:
+            groups = [[r for r in v if str(r.get(spread)) == g] for g in sorted({str(r.get(spread)) for r in v})]
+            v[:] = [r for layer in zip_longest(*groups) for r in layer if r is not None]
     cats = sorted(by_cat)
     size = {c: len(by_cat[c]) for c in cats} if weights is None else {c: weights.get(c, 0) for c in cats}
     total = sum(size.values()) or 1
@@ -138,7 +140,7 @@ def validation_rows(train_keys: set[str], n_val: int, val_fraction: float = VAL)
 
     pool = distinct(strip_private(build_split("val", max(4 * n_val, 400), 0, DEFAULT_PROPORTIONS,
                                               val_fraction=val_fraction)), set(train_keys))
-    return stratified(pool, n_val, seed=1, weights=DEFAULT_PROPORTIONS)
+    return stratified(pool, n_val, seed=1, weights=DEFAULT_PROPORTIONS, spread="template_id")
 
 
 def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_dir: str, template: str,
@@ -197,13 +199,11 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
 
 def _data_done(out: Path, n: int, n_test: int, n_val: int, max_length: int, template: str, mix=None,
                n_test_new: int = N_TEST_NEW, val_fraction: float = VAL) -> bool:
-    info = read_json(out / "demo_data.json", None)
-    if info is None:
-        return False
-    want = [DATA_FORMAT, n, max_length, n_test, n_val, template, mix, n_test_new, val_fraction]
-    got = [info.get(k) for k in ("data_format", "n", "max_length", "n_test_requested", "n_val_requested", "template",
-                                 "mix", "n_test_new_requested", "val_fraction")]
-    return got == want
+    info = read_json(out / "demo_data.json", None) or {}
+    want = {"data_format": DATA_FORMAT, "n": n, "max_length": max_length, "n_test_requested": n_test,
+            "n_val_requested": n_val, "template": template, "mix": mix, "n_test_new_requested": n_test_new,
+            "val_fraction": val_fraction}
+    return all(info.get(k) == v for k, v in want.items())
 
 
 # --- stage 3: training -----------------------------------------------------------------------------------

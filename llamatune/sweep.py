@@ -116,10 +116,13 @@ def _data(out: Path, base: dict, model: str, mix: dict | None) -> Path:
 
 
 def _evaluate(gguf: Path, data: Path, out_json: Path, base: dict, template: str) -> tuple[dict, float]:
-    from llamatune.evals.toolcall import evaluate
+    """The model's validation result, scored again unless ``out_json`` holds this model's on these very items (a
+    validation draw that changed, e.g. ``demo.DATA_FORMAT`` 7's, must not be read as the old one's)."""
+    from llamatune.evals.toolcall import evaluate, is_current
 
     t0 = time.perf_counter()
-    if (res := read_json(out_json, None)) is not None:
+    if is_current(out_json, gguf, data / "val.jsonl", icl=0, max_tokens=base["max_tokens"], template=template):
+        res = read_json(out_json)
         return res, res.get("seconds", 0.0)
     res = evaluate(gguf, data / "val.jsonl", out_json, max_tokens=base["max_tokens"], n_threads=base["threads"],
                    template=template)

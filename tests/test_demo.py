@@ -117,6 +117,20 @@ def test_stratified_subset_covers_every_category():
     assert len(demo.stratified(rows[:3], 10)) == 3
 
 
+def test_stratified_spread_takes_a_categorys_quota_round_robin_over_its_families():
+    """Part 8: the fold's no-tool items were 26 of 31 from one family, so the fold could not see a regression in the
+    others; with ``spread`` a family that has many rows no longer fills its category's quota."""
+    rows = [{"id": f"m{i:03d}", "category": "no_tool", "template_id": "nt-math-word"} for i in range(60)]
+    rows += [{"id": f"{f}{i}", "category": "no_tool", "template_id": f"nt-{f}"} for f in ("symbol", "poem") for i in range(2)]
+    rows += [{"id": f"s{i:03d}", "category": "single_call", "template_id": "cw"} for i in range(40)]
+    plain = Counter(r["template_id"] for r in demo.stratified(rows, 24, seed=1) if r["category"] == "no_tool")
+    spread = demo.stratified(rows, 24, seed=1, spread="template_id")
+    fams = Counter(r["template_id"] for r in spread if r["category"] == "no_tool")
+    assert sum(fams.values()) == sum(plain.values()) == 15  # the same quota: 24 × 64/104 rows
+    assert fams == {"nt-math-word": 11, "nt-symbol": 2, "nt-poem": 2}  # every row of the small families first
+    assert plain["nt-math-word"] > 11 and spread == demo.stratified(list(reversed(rows)), 24, seed=1, spread="template_id")
+
+
 def _run_demo(out: Path, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "llamatune", "demo", "--smoke", "--out", str(out)],
                           cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, capture_output=True, text=True,

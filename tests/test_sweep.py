@@ -98,6 +98,37 @@ def test_halving_continues_the_best_half_from_their_own_checkpoints_and_tables_e
     assert len(json.loads((tmp_path / "sweep.json").read_text())) == 10
 
 
+def test_a_validation_result_is_scored_again_when_the_validation_items_changed(tmp_path, monkeypatch):
+    from llamatune.evals import toolcall
+
+    gguf, data = tmp_path / "m.gguf", tmp_path / "data"
+    gguf.write_bytes(b"GGUF model")
+    data.mkdir()
+    (data / "val.jsonl").write_text('{"id": "v1"}\n')
+    calls = []
+
+    def fake_evaluate(model, path, out, **kw):
+        calls.append(path)
+        res = {"fingerprint": toolcall.fingerprint(toolcall.parse_spec(str(model))), "icl": 0,
+               "data_sha256": toolcall.sha256_file(path), "max_tokens": kw["max_tokens"], "template": kw["template"],
+               "aggregate": {"overall": {"n": 1}}}
+        out.write_text(json.dumps(res))
+        return res
+
+    monkeypatch.setattr(toolcall, "evaluate", fake_evaluate)
+    base = {"max_tokens": 64, "threads": 2}
+    out = tmp_path / "val.json"
+    sweep._evaluate(gguf, data, out, base, "smollm2")
+    sweep._evaluate(gguf, data, out, base, "smollm2")
+    assert len(calls) == 1  # the same model on the same items: read back
+    (data / "val.jsonl").write_text('{"id": "v2"}\n')  # a new validation draw
+    sweep._evaluate(gguf, data, out, base, "smollm2")
+    assert len(calls) == 2
+    gguf.write_bytes(b"GGUF retrained")  # or a new model under the same path
+    sweep._evaluate(gguf, data, out, base, "smollm2")
+    assert len(calls) == 3
+
+
 def test_a_rung_starts_from_the_previous_rungs_checkpoint(tmp_path):
     prev, cur = tmp_path / "a" / "steps-100", tmp_path / "a" / "steps-200"
     ck = prev / "checkpoint-100"
