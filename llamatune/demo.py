@@ -41,11 +41,10 @@ RECIPES = Path(__file__).resolve().parent.parent / "FuncCall" / "recipes"
 # The embedded models the demo can tune, each with its template and recipe (README, "Choosing the demo model").
 MODELS = {
     # serve: the GGUF evaluated and served (of f16 and Q8_0, both checked: on 135M, Q8_0 flips 3-6% of the fidelity
-    # prompt's top-1 tokens, f16 none); mix: training category shares chosen on the fold (demo-mix.yaml, part 8)
+    # prompt's top-1 tokens, f16 none); mix: training category shares chosen on the fold (None: the generator's
+    # default, which demo-mix.yaml's sweep chose on the family-spread fold, README part 8)
     "smollm2-135m": {"template": "smollm2", "recipe": RECIPES / "smollm2-135m-demo.yaml",
-                     "label": "SmolLM2-135M-Instruct", "serve": "f16", "mix": {
-                         "single_call": 0.27, "no_tool": 0.10, "tool_result": 0.08, "clarify": 0.12, "multi_turn": 0.14,
-                         "near_miss": 0.09, "injection": 0.03, "parallel": 0.10, "parallel_result": 0.07}},
+                     "label": "SmolLM2-135M-Instruct", "serve": "f16", "mix": None},
     "gemma-3-270m": {"template": "gemma-3", "recipe": RECIPES / "gemma-270m-demo.yaml", "label": "gemma-3-270m (base)",
                      "serve": "q8_0"},
 }
