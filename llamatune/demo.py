@@ -6,11 +6,10 @@
 
 Stages (each prints one status line and is skipped when its outputs exist, so a rerun resumes):
 
-1. ``data``: the FuncCall generator (``--n`` rows, seed 0) into ``data/full/``; ``data/train.jsonl`` keeps the
-   training rows that fit ``--max-length`` tokens, ``data/val.jsonl`` ``--n-val`` rows of the validation fold
-   (families held out of training) for choosing settings, ``data/eval.jsonl`` a stratified ``--n-test`` subset of
-   the test split's original categories, ``data/eval_new.jsonl`` one of its new categories; it prints rows
-   generated, kept and mean tokens per category, and the packs of ≤ ``--max-length`` tokens the kept rows make;
+1. ``data``: the FuncCall generator (``--n`` rows, seed 0) into ``data/full/``; ``data/train.jsonl`` keeps the training
+   rows that fit ``--max-length`` tokens, ``data/val.jsonl`` ``--n-val`` rows of the validation fold (families held out
+   of training), ``data/eval.jsonl`` a stratified ``--n-test`` subset of the test split's original categories,
+   ``data/eval_new.jsonl`` one of its new ones; it prints rows generated, kept, mean tokens per category, and packs;
 2. ``base``: the embedded model's fp32 HF directory (dequantized once, cached in $LLAMATUNE_CACHE);
 3. ``train``: LoRA SFT with the model's demo recipe (packed rows, bf16 on CPUs with AMX-BF16/AVX512-BF16) into
    ``tuned/`` (resumes from the last checkpoint when interrupted);
@@ -42,9 +41,10 @@ RECIPES = Path(__file__).resolve().parent.parent / "FuncCall" / "recipes"
 MODELS = {
     # serve: the GGUF evaluated and served (of f16 and Q8_0, both checked: on 135M, Q8_0 flips 3-6% of the fidelity
     # prompt's top-1 tokens, f16 none); mix: training category shares chosen on the fold (None: the generator's
-    # default, which demo-mix.yaml's sweep chose on the family-spread fold, README part 8)
+    # default, which demo-mix.yaml's sweep chose on the family-spread fold, README part 8); breadth: the breadth
+    # families in the training rows or not (demo-breadth.yaml's sweep, part 9; absent: True)
     "smollm2-135m": {"template": "smollm2", "recipe": RECIPES / "smollm2-135m-demo.yaml",
-                     "label": "SmolLM2-135M-Instruct", "serve": "f16", "mix": None},
+                     "label": "SmolLM2-135M-Instruct", "serve": "f16", "mix": None, "breadth": True},
     "gemma-3-270m": {"template": "gemma-3", "recipe": RECIPES / "gemma-270m-demo.yaml", "label": "gemma-3-270m (base)",
                      "serve": "q8_0"},
 }
@@ -53,13 +53,9 @@ N_TEST_NEW = 60  # test items of the new categories (data/eval_new.jsonl), besid
 VAL = 0.2  # the validation fold's share of each group's template families (README, part 6)
 DEFAULTS = {"model": "smollm2-135m", "n": 1500, "n_test": 120, "n_val": 240, "steps": 80, "max_length": 1024, "icl": 2,
             "max_tokens": 64, "threads": 2, "n_test_new": N_TEST_NEW, "batch": None, "val_fraction": VAL}
-DATA_FORMAT = 7  # bump when make_data's rows change, so a cached data stage is rebuilt (7: validation spread, part 8)
+DATA_FORMAT = 8  # bump when make_data's rows change, so a cached data stage is rebuilt (8: breadth families, part 9)
 SMOKE = {"n": 200, "n_test": 5, "n_val": 5, "steps": 4, "max_length": 384, "icl": 1, "max_tokens": 24, "n_test_new": 4}
 CRASH_ENV = "LLAMATUNE_DEMO_EXIT_AFTER_SAVE"  # tests: hard-exit after the first checkpoint is saved
-
-
-def _status(stage: str, msg: str) -> None:
-    print(f"[demo] stage {stage}: {msg}", flush=True)
 
 
 class Stages:
@@ -72,14 +68,14 @@ class Stages:
 
     def run(self, name: str, done: bool, fn, *args, **kwargs):
         if done:
-            _status(name, f"done (cached, {self.seconds.get(name, 0):.0f} s when it ran)")
+            print(f"[demo] stage {name}: done (cached, {self.seconds.get(name, 0):.0f} s when it ran)", flush=True)
             return None
-        _status(name, "running ...")
+        print(f"[demo] stage {name}: running ...", flush=True)
         t0 = time.perf_counter()
         result = fn(*args, **kwargs)
         self.seconds[name] = round(time.perf_counter() - t0, 1)
         write_json(self.path, self.seconds, indent=1)
-        _status(name, f"done in {self.seconds[name]:.0f} s")
+        print(f"[demo] stage {name}: done in {self.seconds[name]:.0f} s", flush=True)
         return result
 
 
@@ -143,13 +139,14 @@ def validation_rows(train_keys: set[str], n_val: int, val_fraction: float = VAL)
 
 
 def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_dir: str, template: str,
-              mix: dict | None = None, n_test_new: int = N_TEST_NEW, val_fraction: float = VAL) -> dict:
+              mix: dict | None = None, n_test_new: int = N_TEST_NEW, val_fraction: float = VAL, breadth=True) -> dict:
     """``train.jsonl`` (rows that fit ``max_length`` tokens), ``val.jsonl`` (:func:`validation_rows`, for choosing
     settings), ``eval.jsonl`` (the test items of the original categories: held-out families, touched only by the final
     evaluation) and ``eval_new.jsonl`` (``n_test_new`` test items of the new categories, held-out families too); no
     prompt appears twice within a file, and no validation or test prompt equals a training prompt. Prints and records
     (``demo_data.json``, ``by_category``) rows generated, kept and mean tokens per category.
-    ``mix`` changes the category proportions of the training rows only; ``val_fraction``: the fold's share."""
+    ``mix`` changes the category proportions of the training rows only, ``breadth=False`` leaves the breadth families
+    out of them; ``val_fraction``: the fold's share."""
     from transformers import AutoTokenizer
 
     from llamatune.data.funccall import NEW_CATEGORIES, build_dataset, build_split, strip_private, train_style
@@ -158,13 +155,14 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
 
     full = out / "full"
     tok = AutoTokenizer.from_pretrained(hf_dir)
-    build_dataset(full, n, seed=0, tokenizer=tok, template=template, max_length=max_length, val_fraction=val_fraction)
+    build_dataset(full, n, seed=0, tokenizer=tok, template=template, max_length=max_length, val_fraction=val_fraction,
+                  breadth=breadth)
     generated = read_jsonl(full / "train.jsonl")
     generated_keys = {prompt_key(r) for r in generated}
     val = validation_rows(generated_keys, n_val, val_fraction)
     val_keys = {prompt_key(r) for r in val}
     train = strip_private(build_split("train", len(generated), 0, mix, style=train_style(),
-                                      val_fraction=val_fraction)) if mix else generated
+                                      val_fraction=val_fraction, breadth=breadth)) if mix else generated
     train = [r for r in train if prompt_key(r) not in val_keys]
     tokens = [row_tokens(r, tok, template) for r in train]
     kept = [r for r, t in zip(train, tokens) if t is not None and t <= max_length]
@@ -187,6 +185,7 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
           f"({len(kept) / max(1, n_packs):.2f} rows a pack)", flush=True)
     info = {"data_format": DATA_FORMAT, "n": n, "n_train_generated": len(train), "n_train": len(kept),
             "max_length": max_length, "template": template, "mix": mix, "val_fraction": val_fraction,
+            "breadth": breadth,
             "n_test_requested": n_test,
             "n_test": len(test), "n_test_distinct_pool": len(pool), "n_val_requested": n_val, "n_val": len(val),
             "n_test_new_requested": n_test_new, "n_test_new": len(test_new), "by_category": table, "n_packs": n_packs,
@@ -197,11 +196,11 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
 
 
 def _data_done(out: Path, n: int, n_test: int, n_val: int, max_length: int, template: str, mix=None,
-               n_test_new: int = N_TEST_NEW, val_fraction: float = VAL) -> bool:
+               n_test_new: int = N_TEST_NEW, val_fraction: float = VAL, breadth=True) -> bool:
     info = read_json(out / "demo_data.json", None) or {}
     want = {"data_format": DATA_FORMAT, "n": n, "max_length": max_length, "n_test_requested": n_test,
             "n_val_requested": n_val, "template": template, "mix": mix, "n_test_new_requested": n_test_new,
-            "val_fraction": val_fraction}
+            "val_fraction": val_fraction, "breadth": breadth}
     return all(info.get(k) == v for k, v in want.items())
 
 
@@ -338,7 +337,8 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     st.run("base", "base" in st.seconds, resolve_model, model)
     hf_dir = resolve_model(model)  # built by the stage above (or before): a cache lookup
     data = out / "data"
-    kw = {"n_test_new": n_test_new, "val_fraction": val_fraction, "mix": MODELS[model].get("mix")}
+    kw = {"n_test_new": n_test_new, "val_fraction": val_fraction, "mix": MODELS[model].get("mix"),
+          "breadth": MODELS[model].get("breadth", True)}
     st.run("data", _data_done(data, n, n_test, n_val, max_length, template, **kw), make_data, data, n, n_test, n_val,
            max_length, hf_dir, template, **kw)
     run_dir = out / "tuned"

@@ -81,6 +81,10 @@ def _training_lines(report: dict) -> list[str]:
     if meta.get("mix"):
         lines += ["Category shares of the generated training rows (the demo model's mix, chosen on the validation "
                   "fold): " + ", ".join(f"{k} {v:g}" for k, v in meta["mix"].items()) + ".", ""]
+    if "breadth" in meta:
+        lines += [("Template families: all training families, the breadth families of part 9 included." if
+                   meta["breadth"] else "Template families: those of parts 6-8 (the breadth families of part 9 left "
+                   "out)."), ""]
     if tr.get("rows_per_step"):
         lines += [f"{tr['rows']} rows kept, packed into {tr['sequences']} sequences of ≤ {meta.get('max_length')} "
                   f"tokens ({tr['measured_by']}); {tr['sequences_per_step']} sequences a step = "

@@ -256,18 +256,28 @@ def test_demo_data_prompts_are_distinct_and_unseen(tmp_path, tiny_model_dir):
 
 
 @requires("transformers")
-def test_the_demo_models_mix_changes_only_the_training_rows(tmp_path, tiny_model_dir):
+def test_the_demo_models_mix_and_breadth_change_only_the_training_rows(tmp_path, tiny_model_dir):
     """A demo model's category mix (README part 8 tried demo-mix.yaml's mix-calls): the training rows follow its
-    shares, while the validation and test items are the same prompts as with the generator's default shares."""
+    shares, and without the breadth families (part 9) it uses none of them, while the validation and test items are
+    the same prompts as with the generator's defaults."""
+    from llamatune.data.funccall_rows import BREADTH
+
     mix = {"single_call": 0.27, "no_tool": 0.10, "tool_result": 0.08, "clarify": 0.12, "multi_turn": 0.14,
            "near_miss": 0.09, "injection": 0.03, "parallel": 0.10, "parallel_result": 0.07}
     assert demo.MODELS["smollm2-135m"]["mix"] is None  # the default shares: what the family-spread fold chose
+    assert demo.MODELS["smollm2-135m"]["breadth"] is True  # the breadth families in training (part 9's fold)
     files = {}
-    for name, m in (("default", None), ("mix", mix)):
-        demo.make_data(tmp_path / name, 300, 30, 40, 2048, str(tiny_model_dir), "llama-3.2", mix=m, n_test_new=8)
+    for name, m, breadth in (("default", None, True), ("mix", mix, True), ("narrow", None, False)):
+        demo.make_data(tmp_path / name, 300, 30, 40, 2048, str(tiny_model_dir), "llama-3.2", mix=m, n_test_new=8,
+                       breadth=breadth)
         files[name] = {f: (tmp_path / name / f"{f}.jsonl").read_text() for f in ("train", "val", "eval", "eval_new")}
     for f in ("val", "eval", "eval_new"):
         assert files["mix"][f] == files["default"][f], f"{f}.jsonl depends on the training mix"
+        assert files["narrow"][f] == files["default"][f], f"{f}.jsonl depends on the breadth families"
+    fams = {k: {f for x in v["train"].splitlines() for f in json.loads(x)["families"]} for k, v in files.items()}
+    assert fams["default"] & BREADTH and not fams["narrow"] & BREADTH
+    assert demo._data_done(tmp_path / "narrow", 300, 30, 40, 2048, "llama-3.2", n_test_new=8, breadth=False)
+    assert not demo._data_done(tmp_path / "narrow", 300, 30, 40, 2048, "llama-3.2", n_test_new=8)
     counts = {k: Counter(json.loads(x)["category"] for x in v["train"].splitlines()) for k, v in files.items()}
     n = sum(counts["mix"].values())
     assert counts["mix"]["single_call"] > counts["default"]["single_call"]  # 0.27 against the default 0.20
@@ -276,6 +286,18 @@ def test_the_demo_models_mix_changes_only_the_training_rows(tmp_path, tiny_model
     info = json.loads((tmp_path / "mix" / "demo_data.json").read_text())
     assert info["mix"] == mix and demo._data_done(tmp_path / "mix", 300, 30, 40, 2048, "llama-3.2", mix, n_test_new=8)
     assert not demo._data_done(tmp_path / "mix", 300, 30, 40, 2048, "llama-3.2", n_test_new=8)  # the default: rebuilt
+
+
+def test_the_report_says_which_template_families_and_mix_trained_the_model():
+    from llamatune.data.lengths import by_category
+    from llamatune.demo_report import _training_lines
+
+    table = by_category([{"category": "no_tool"}, {"category": "single_call"}], [100, 200], [512])
+    for breadth, says in ((False, "breadth families of part 9 left out"), (True, "breadth families of part 9 included")):
+        text = "\n".join(_training_lines({"meta": {"by_category": table, "max_length": 512, "breadth": breadth,
+                                                    "mix": {"no_tool": 0.5, "single_call": 0.5}}}))
+        assert says in text and "no_tool 0.5, single_call 0.5" in text
+    assert "breadth" not in "\n".join(_training_lines({"meta": {"by_category": table, "max_length": 512}}))
 
 
 def test_demo_test_items_of_the_original_categories_do_not_depend_on_the_new_ones():

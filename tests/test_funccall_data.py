@@ -155,6 +155,52 @@ def test_validation_fold_is_held_out_of_training_and_leaves_the_test_as_it_was()
         split_families(val_fraction=1.0)
 
 
+def test_breadth_families_leave_the_older_split_and_rows_as_they_were(monkeypatch):
+    """The breadth families (README part 9) are never test families; with them in the books the older families'
+    test and fold are what they were without them, ~val_fraction of each group's new families joins the fold (a
+    knowledge question among them: the fold had one knowledge family, the test's kind of declining it could not see),
+    and ``breadth=False`` gives the training rows the generator gave before they existed."""
+    from llamatune.data import funccall_rows as fr
+    from llamatune.data.funccall_breadth import families
+
+    new = set(families())
+    assert new == fr.BREADTH and len(new) >= 25 and not new & set(fr.TRAIN_ONLY)
+    with_new = split_families(val_fraction=0.2)
+    assert not {f for f in new if with_new[f] == "test"}
+    fold_new = {f for f in new if with_new[f] == "val"}
+    groups = fr.family_groups()
+    assert {groups[f] for f in fold_new} >= {"knowledge"} and len(fold_new) <= len(new) // 5
+    args = ("train", 300, 0, DEFAULT_PROPORTIONS)
+    kw = {"style": fr.train_style(), "val_fraction": 0.2}
+    rows_new, rows_old = fr.build_split(*args, **kw), fr.build_split(*args, **kw, breadth=False)
+    assert {f for r in rows_new for f in r["families"]} & new - fold_new
+    assert not {f for r in rows_old for f in r["families"]} & new
+    val = fr.build_split("val", 200, 0, DEFAULT_PROPORTIONS, val_fraction=0.2)
+    # the books without the breadth families: the older split, and the rows breadth=False gives
+    monkeypatch.setattr(fr, "BREADTH", frozenset())
+    monkeypatch.setattr(fr, "family_groups", lambda g=fr.family_groups: {f: v for f, v in g().items() if f not in new})
+    without = split_families(val_fraction=0.2)
+    assert without == {f: s for f, s in with_new.items() if f not in new}
+    assert fr.build_split(*args, **kw) == rows_old
+    assert {f for r in val for f in r["families"]} - fold_new <= {f for f, s in without.items() if s == "val"}
+
+
+def test_breadth_rows_answer_right():
+    """The breadth families' builders: a division has a whole quotient, a fact question its fact, weather concepts
+    offer the weather tools (which must not be called)."""
+    from llamatune.data.funccall_build import build_no_tool
+
+    rng = random.Random(0)
+    for _ in range(20):
+        (q, a), _, _ = build_no_tool(rng, "nt-math-div")
+        x, y = map(int, re.findall(r"\d+", q["content"]))
+        assert a["content"] == f"{x} ÷ {y} = {x // y}." and x % y == 0
+    msgs, must, exp = build_no_tool(rng, "nt-currency")
+    assert exp is None and must == [] and msgs[1]["content"].startswith("The currency of ")
+    msgs, must, _ = build_no_tool(rng, "nt-concept-c")
+    assert must == ["get_current_weather", "get_weather_forecast"] and msgs[0]["content"].endswith("?")
+
+
 def test_foreign_tools_in_training_rows_only(rows):
     """With ``foreign=0.5`` training rows meet tools the project does not have: as distractors in about half of the
     rows that have distractors (not beside an agent mode's own set, never in near-miss or injection rows), and as the

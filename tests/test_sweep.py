@@ -183,3 +183,26 @@ def test_precision_val_trains_both_arms_through_the_same_rungs_and_compares_them
     monkeypatch.setattr(sweep, "run_setting", lambda *a, **k: fake_run(*a, **k, compute="bfloat16"))
     with pytest.raises(SystemExit, match="trained in bfloat16, expected fp32"):
         bench.main([str(f), "--out", str(tmp_path / "o2"), "--setting", "a", "--steps", "20"])
+
+
+def test_a_setting_without_the_breadth_families_gets_its_own_data_and_is_named_in_the_table(tmp_path, monkeypatch):
+    """``breadth: false`` (README part 9's other arm) trains on rows without the breadth families: its own data
+    directory, built with ``breadth=False``; the table names it; any other key is refused."""
+    from llamatune import demo
+
+    built = []
+    monkeypatch.setattr(demo, "_data_done", lambda *a, **kw: False)
+    monkeypatch.setattr(demo, "make_data", lambda d, *a, **kw: built.append((d.name, kw["breadth"])))
+    monkeypatch.setattr("llamatune.models.resolve_model", lambda m: "/models/" + m)
+    base = {"n": 100, "n_test": 10, "n_val": 10, "max_length": 1024, "max_tokens": 64, "threads": 2,
+            "val_fraction": 0.2}
+    narrow, wide = (sweep._data(tmp_path, base, "smollm2-135m", None, b) for b in (False, True))
+    assert narrow != wide and built == [(narrow.name, False), (wide.name, True)]
+    md = sweep.markdown([{**_row("narrow", 0.5, 0.9, 0.6), "breadth": False}, _row("wide", 0.5, 0.9, 0.6)], None, 0.2)
+    assert md.count("no breadth families") == 1 and "| narrow |" in md.split("no breadth families")[0].splitlines()[-1]
+    runs = [{"name": "a", "model": "smollm2-135m", "breadth": False}]
+    assert sweep.load_sweep(_spec_file(tmp_path, runs, None))["runs"][0]["breadth"] is False
+    with pytest.raises(ValueError, match="unknown keys"):
+        sweep.load_sweep(_spec_file(tmp_path, [{**runs[0], "breath": True}], None))
+    with pytest.raises(ValueError, match="breadth must be"):
+        sweep.load_sweep(_spec_file(tmp_path, [{**runs[0], "breadth": "no"}], None))

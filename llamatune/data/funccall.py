@@ -49,7 +49,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from llamatune.data.funccall_rows import (AGENT_SYSTEM_SHARE, CATEGORIES, DEFAULT_PROPORTIONS,  # noqa: F401 (API)
+from llamatune.data.funccall_rows import (AGENT_SYSTEM_SHARE, BREADTH, CATEGORIES, DEFAULT_PROPORTIONS,  # noqa: F401 (API)
                                           NEW_CATEGORIES, ORIGINAL_CATEGORIES, ORIGINAL_PROPORTIONS, TRAIN_STYLE,
                                           Style, agent_system_prompt, build_split, category_counts, family_groups,
                                           split_families, strip_private, train_style)
@@ -88,25 +88,27 @@ def held_out_parts(n_test: int, proportions: dict | None) -> tuple[dict, int, di
 def generate(n: int, seed: int, proportions: dict | None = None, test_fraction: float = 0.2,
              paraphrase_endpoint: str | None = None, paraphrase_model: str | None = None,
              cache_path: str | Path | None = None, masking: float | None = None,
-             foreign: float | None = None, val_fraction: float = 0.0) -> tuple[list[dict], list[dict]]:
+             foreign: float | None = None, val_fraction: float = 0.0,
+             breadth: bool = True) -> tuple[list[dict], list[dict]]:
     """``(train_rows, test_rows)``: ``n - round(n * test_fraction)`` training rows in ``proportions`` (default
     :data:`DEFAULT_PROPORTIONS`), lean and ``masking``-masked (``foreign``: see :func:`train_style`);
     ``round(n * test_fraction)`` test rows of the original categories plus the new categories' test rows
     (:func:`held_out_parts`). With ``paraphrase_endpoint``, training user turns are paraphrased (cached). With
-    ``val_fraction``, the training rows leave out the validation fold's families (:func:`split_families`)."""
+    ``val_fraction``, the training rows leave out the validation fold's families (:func:`split_families`);
+    ``breadth=False`` leaves out the breadth families (:mod:`~llamatune.data.funccall_breadth`)."""
     train, test, _ = _generate(n, seed, proportions, test_fraction, paraphrase_endpoint, paraphrase_model, cache_path,
-                               masking, foreign, val_fraction)
+                               masking, foreign, val_fraction, breadth)
     return train, test
 
 
 def _generate(n, seed, proportions, test_fraction, endpoint, model, cache_path, masking=None, foreign=None,
-              val_fraction=0.0):
+              val_fraction=0.0, breadth=True):
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     n_test = round(n * test_fraction)
     old, n_new, new = held_out_parts(n_test, proportions)
     train = build_split("train", n - n_test, seed, DEFAULT_PROPORTIONS if proportions is None else proportions,
-                        test_fraction, train_style(masking, foreign), val_fraction=val_fraction)
+                        test_fraction, train_style(masking, foreign), val_fraction=val_fraction, breadth=breadth)
     test = build_split("test", n_test, seed, old, test_fraction) if old and n_test else []
     if n_new:
         test += build_split("test", n_new, seed, new, test_fraction, stream="test-new")
@@ -184,7 +186,8 @@ def _card_notes(train: list[dict], test: list[dict], meta: dict) -> str:
               f"{len(fams['test'])} test (none shared). Test families: {', '.join(fams['test'])}."
               + (f" Validation fold (held out of training): {', '.join(fams['val'])}." if fams.get("val") else ""), "",
               f"Proportions: {', '.join(f'{k}={v:g}' for k, v in meta['proportions'].items())}; "
-              f"test fraction {meta['test_fraction']:g}; masking {meta['masking']:g}. Test split: "
+              f"test fraction {meta['test_fraction']:g}; masking {meta['masking']:g}"
+              + ("" if meta.get("breadth", True) else "; the breadth families left out of training") + ". Test split: "
               f"{meta['test_parts']['original']} rows of the original categories in their original shares, "
               f"{meta['test_parts']['new']} of the new ones (ids fc-test-new-…).", "",
               f"Paraphrase: {'none' if not meta.get('paraphrase') else json.dumps(meta['paraphrase'])}."]
@@ -203,19 +206,20 @@ def build_dataset(out: str | Path, n: int, seed: int = 0, proportions: dict | No
                   test_fraction: float = 0.2, paraphrase_endpoint: str | None = None,
                   paraphrase_model: str | None = None, masking: float | None = None, tokenizer=None,
                   template: str | None = None, max_length: int | None = None, foreign: float | None = None,
-                  val_fraction: float = 0.0) -> dict:
+                  val_fraction: float = 0.0, breadth: bool = True) -> dict:
     """Generate and write ``train.jsonl``, ``eval.jsonl``, ``card.md``, ``manifest.json`` under ``out``. With
     ``tokenizer`` and ``template``, the card and the manifest (``lengths``) add the training rows' tokens per
     category and the rows kept at 512, 768, 1024 (and ``max_length``) tokens. ``val_fraction`` > 0 holds a
     validation fold of template families out of the training rows (listed in the manifest and the card; the rows of
-    the fold are drawn by ``build_split("val", …, val_fraction=…)``, as ``llamatune demo`` does)."""
+    the fold are drawn by ``build_split("val", …, val_fraction=…)``, as ``llamatune demo`` does); ``breadth=False``
+    leaves the breadth families out of the training rows."""
     from llamatune.data.io import content_hash, write_card, write_jsonl, write_manifest
     from llamatune.data.lengths import LIMITS, measure
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train, test, para = _generate(n, seed, proportions, test_fraction, paraphrase_endpoint, paraphrase_model,
-                                  out / "paraphrase_cache.jsonl", masking, foreign, val_fraction)
+                                  out / "paraphrase_cache.jsonl", masking, foreign, val_fraction, breadth)
     for r in train + test:
         r["hash"] = content_hash(r["messages"], r["tools"])
     split = split_families(test_fraction, val_fraction)
@@ -227,14 +231,16 @@ def build_dataset(out: str | Path, n: int, seed: int = 0, proportions: dict | No
                    "table": measure(train, tokenizer, template, limits)}
     style = train_style(masking, foreign)
     meta = {"source": "llamatune.data.funccall (synthetic, offline)", "n": n, "seed": seed,
-            "test_fraction": test_fraction, "val_fraction": val_fraction,
+            "test_fraction": test_fraction, "val_fraction": val_fraction, "breadth": breadth,
             "proportions": dict(DEFAULT_PROPORTIONS if proportions is None else proportions),
             "masking": style.masking, "foreign": style.foreign_share,
             "counts": {"train": dict(Counter(r["category"] for r in train)),
                        "test": dict(Counter(r["category"] for r in test))},
             "test_parts": {"original": sum(not r["id"].startswith("fc-test-new-") for r in test),
                            "new": sum(r["id"].startswith("fc-test-new-") for r in test)},
-            "families": {s: sorted(f for f, v in split.items() if v == s) for s in ("train", "val", "test")},
+            "families": {s: sorted(f for f, v in split.items()
+                                   if v == s and (breadth or s != "train" or f not in BREADTH))
+                         for s in ("train", "val", "test")},
             "paraphrase": para, "lengths": lengths,
             "sha256": {"train.jsonl": write_jsonl(out / "train.jsonl", train),
                        "eval.jsonl": write_jsonl(out / "eval.jsonl", test)},
@@ -258,6 +264,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.0,
                         help="hold ~this share of each group's training template families out of training, a "
                              "validation fold to choose settings on (llamatune demo uses 0.2); default 0")
+    parser.add_argument("--no-breadth", dest="breadth", action="store_false",
+                        help="leave the breadth families (added 2026-12-06, README part 9) out of the training rows")
     parser.add_argument("--masking", type=float, default=None,
                         help=f"share of training rows with neutral tool names (default {TRAIN_STYLE.masking:g})")
     parser.add_argument("--foreign", type=float, default=None,
@@ -285,7 +293,7 @@ def main(args) -> int:
         args.template = args.template or model_template(path)
     meta = build_dataset(args.out, args.n, args.seed, props, args.test_fraction, args.paraphrase_endpoint,
                          args.paraphrase_model, args.masking, tok, args.template, args.max_length, args.foreign,
-                         args.val_fraction)
+                         args.val_fraction, args.breadth)
     print((Path(args.out) / "card.md").read_text(encoding="utf-8"))
     print(f"wrote {len(meta['ids']['train'])} train and {len(meta['ids']['test'])} test rows to {args.out}")
     return 0

@@ -372,7 +372,8 @@ def build_no_tool(rng, family):
         qs, a = phrasebook.FACT_PHRASINGS[key]
         q, a = rng.choice(qs).format(*pair), a.format(*pair)
     elif kind == "qa":
-        pairs = slot_data.FACTS[key][0::2] if family.endswith("-a") else slot_data.FACTS[key][1::2]
+        pairs = slot_data.FACTS[key]  # a key two families share (…-a, …-b) is split in halves between them
+        pairs = pairs[0::2] if family.endswith("-a") else pairs[1::2] if family.endswith("-b") else pairs
         q, a = rng.choice(pairs)
     elif kind == "chitchat":
         q, a = rng.choice(slot_data.CHITCHAT[key][0]), rng.choice(slot_data.CHITCHAT[key][1])
@@ -382,8 +383,11 @@ def build_no_tool(rng, family):
         x, y = rng.randint(11, 999), rng.randint(2, 99)
         if key in ("sub", "word"):
             x, y = max(x, y + 1), min(x, y)
-        r = {"add": x + y, "sub": x - y, "mult": x * y, "percent": _num(round(x / 10, 1)), "word": x - y}[key]
+        if key == "div":  # a whole quotient
+            x = y * rng.randint(2, 40)
+        r = {"add": x + y, "sub": x - y, "mult": x * y, "percent": _num(round(x / 10, 1)), "word": x - y,
+             "div": x // y}[key]
         qs, a = phrasebook.MATH_PHRASINGS[key]
         q, a = rng.choice(qs).format(a=x, b=y), a.format(a=x, b=y, r=r)
-    must = ["get_current_weather", "get_weather_forecast"] if kind == "qa" and key == "concept" else []
+    must = ["get_current_weather", "get_weather_forecast"] if kind == "qa" and key.startswith("concept") else []
     return [user(q), say(a)], must, None

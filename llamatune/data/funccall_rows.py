@@ -67,6 +67,9 @@ FOREIGN_CALLS_PER_SHARE = 0.4  # train_style(foreign=s): s of the distractor row
 AGENT_SYSTEM_SHARE = TRAIN_STYLE.system_share
 # families that are always training families: those added after the split was frozen, and the foreign tools'
 TRAIN_ONLY = (*phrasebook.TRAIN_ONLY, *foreign.families())
+# the breadth families (llamatune.data.funccall_breadth, README part 9): never test families, and placed in the fold
+# apart from the older ones, so that the older families' split is what it was
+BREADTH = frozenset(phrasebook.BREADTH)
 
 
 def train_style(masking: float | None = None, foreign: float | None = None) -> Style:
@@ -122,9 +125,9 @@ def split_families(test_fraction: float = 0.2, val_fraction: float = 0.0) -> dic
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     by_group = defaultdict(list)
     for fam, group in family_groups().items():
-        if fam not in TRAIN_ONLY:
+        if fam not in TRAIN_ONLY and fam not in BREADTH:
             by_group[group].append(fam)
-    split = dict.fromkeys(TRAIN_ONLY, "train")
+    split = dict.fromkeys((*TRAIN_ONLY, *sorted(BREADTH)), "train")
     order = lambda f: hashlib.sha256(f.encode()).hexdigest()  # noqa: E731
     for fams in by_group.values():
         fams.sort(key=order)
@@ -132,7 +135,7 @@ def split_families(test_fraction: float = 0.2, val_fraction: float = 0.0) -> dic
         split.update({f: "test" if i < k else "train" for i, f in enumerate(fams)})
     if val_fraction:
         foreign_fams = set(foreign.families())
-        groups = family_groups()
+        groups = {f: g for f, g in family_groups().items() if f not in BREADTH}
         rest = defaultdict(list)
         for fam, group in groups.items():
             if split[fam] == "train" and fam not in foreign_fams:
@@ -143,12 +146,35 @@ def split_families(test_fraction: float = 0.2, val_fraction: float = 0.0) -> dic
             for fam in fams:
                 if want == 0 or len([f for f in fams if split[f] == "train"]) <= 2:
                     break
-                c = _concept(fam)
-                if c and not any(split[g] == "train" and g != fam and _concept(g) == c for g in groups):
+                if not _concept_kept(fam, groups, split):
                     continue
                 split[fam] = "val"
                 want -= 1
+        _breadth_fold(split, val_fraction, order)
     return split
+
+
+def _concept_kept(fam: str, groups, split: dict) -> bool:
+    """Whether ``fam``'s concept (if it has one) keeps a training family among ``groups`` without it."""
+    c = _concept(fam)
+    return not c or any(split[g] == "train" and g != fam and _concept(g) == c for g in groups)
+
+
+def _breadth_fold(split: dict, val_fraction: float, order) -> None:
+    """The breadth families' share of the fold: ``round(val_fraction × n)`` of each group's ``n`` new families (none
+    where that rounds to 0), in the split's hash order, a family only where its concept keeps a training family."""
+    groups = family_groups()
+    new = defaultdict(list)
+    for fam in BREADTH:
+        new[groups[fam]].append(fam)
+    for fams in new.values():
+        want = round(len(fams) * val_fraction)
+        for fam in sorted(fams, key=order):
+            if want == 0:
+                break
+            if _concept_kept(fam, groups, split):
+                split[fam] = "val"
+                want -= 1
 
 
 def category_counts(n: int, proportions: dict | None = None) -> dict[str, int]:
@@ -300,10 +326,10 @@ def _row(rng: random.Random, category: str, fams: dict, style: Style = EVAL_STYL
             "families": used}
 
 
-def _families_of(split: str, test_fraction: float, val_fraction: float = 0.0) -> dict:
+def _families_of(split: str, test_fraction: float, val_fraction: float = 0.0, breadth: bool = True) -> dict:
     assign = split_families(test_fraction, val_fraction)
     groups = family_groups()
-    mine = [f for f in groups if assign[f] == split]
+    mine = [f for f in groups if assign[f] == split and (breadth or f not in BREADTH)]
     fams = {"single": {t: [f for f in phrasebook.SINGLE[t] if f in mine] for t in phrasebook.SINGLE},
             "follow_up": [f for f in phrasebook.FOLLOW_UPS if f in mine]}
     for key, book in (("clarify", phrasebook.CLARIFY), ("no_tool", phrasebook.NO_TOOL),
@@ -317,7 +343,8 @@ def _families_of(split: str, test_fraction: float, val_fraction: float = 0.0) ->
 
 
 def build_split(split: str, n: int, seed: int, proportions: dict | None = None, test_fraction: float = 0.2,
-                style: Style | None = None, stream: str | None = None, val_fraction: float = 0.0) -> list[dict]:
+                style: Style | None = None, stream: str | None = None, val_fraction: float = 0.0,
+                breadth: bool = True) -> list[dict]:
     """``n`` rows of one split, deterministic for ``seed``: ``"train"`` and ``"test"`` draw from their own template
     families; ``"val"`` from the validation fold when ``val_fraction`` > 0 (families held out of training, see
     :func:`split_families`; ``"train"`` then leaves them out), else from the training families (the in-family
@@ -326,14 +353,15 @@ def build_split(split: str, n: int, seed: int, proportions: dict | None = None, 
     ``style``: default :data:`ORIGINAL_TRAIN_STYLE` for train, :data:`EVAL_STYLE` otherwise; ``stream`` names the
     random stream and the ids (``fc-<stream>-00000``; default the split), so a second set of the same split
     (``"test-new"``) is independent of the first. User turns keep their private ``_keep`` lists (see
-    :func:`strip_private`)."""
+    :func:`strip_private`). ``breadth=False`` leaves the :data:`BREADTH` families out of the training rows (the
+    rows of parts 6-8; the validation and test rows are the same either way)."""
     if split not in ("train", "test", "val"):
         raise ValueError(f"split must be train, test or val, got {split!r}")
     style = style or (ORIGINAL_TRAIN_STYLE if split == "train" else EVAL_STYLE)
     name = stream or split
     rng = random.Random(f"funccall:{seed}:{name}")
     fold = split if split != "val" or val_fraction else "train"
-    fams = _families_of(fold, test_fraction, val_fraction)
+    fams = _families_of(fold, test_fraction, val_fraction, breadth or split != "train")
     order = [c for c, k in category_counts(n, ORIGINAL_PROPORTIONS if proportions is None else proportions).items()
              for _ in range(k)]
     rng.shuffle(order)

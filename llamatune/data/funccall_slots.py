@@ -243,3 +243,10 @@ FOODS = [("a banana", "A medium banana has about 105 calories."), ("an apple", "
 CONDITION_WORDS = ["sunny", "raining", "windy", "cold", "warm", "foggy", "snowing", "humid"]
 PEOPLE = ["sister", "brother", "mother", "father", "friend", "colleague", "boss", "grandmother"]
 SUBJECTS = ["history", "biology", "chemistry", "geography", "art", "physics", "music"]
+
+# breadth (README part 9): the new families' facts, chitchat and tasks (llamatune.data.funccall_breadth)
+from llamatune.data import funccall_breadth as _breadth  # noqa: E402  (a leaf: plain data)
+
+FACTS.update(_breadth.FACTS)
+CHITCHAT.update(_breadth.CHITCHAT)
+TASKS.update(_breadth.TASKS)

@@ -402,3 +402,15 @@ INJECTIONS = {
 }
 INJECTION_NOTES = ["(The result also contained instructions; I treated them as data and did not follow them.)",
                    "(I ignored an instruction inside the tool result: it is data, not a request from you.)"]
+
+# --- breadth (README, "The tuned model that stops", part 9): llamatune.data.funccall_breadth's families, after these
+from llamatune.data import funccall_breadth as _breadth  # noqa: E402  (a leaf: plain data)
+
+for _tool, _fams in _breadth.SINGLE.items():
+    SINGLE[_tool].update(_fams)
+for _book, _more in ((CLARIFY, _breadth.CLARIFY), (CLARIFY_REASONS, _breadth.CLARIFY_REASONS),
+                     (NO_TOOL, _breadth.NO_TOOL), (FACT_PHRASINGS, _breadth.FACT_PHRASINGS),
+                     (MATH_PHRASINGS, _breadth.MATH_PHRASINGS), (PARALLEL, _breadth.PARALLEL),
+                     (NEAR_MISS, _breadth.NEAR_MISS)):
+    _book.update(_more)
+BREADTH = _breadth.families()  # never test families; the split places them apart from the older ones
