@@ -19,7 +19,7 @@ from __future__ import annotations
 SINGLE = {
     "get_current_weather": {
         "cw-cond": ["Is it windy in {city} at the moment?", "How humid is it in {city} right now?",
-                    "Tell me the current conditions in {city} {unit}."],
+                    "How does it feel outside in {city} now? Temperature {unit}."],
     },
     "get_weather_forecast": {
         "fc-pack": ["What should I pack for {city}? I'll be there {when}.", "Will it be sunny in {city} {when}?",
@@ -27,14 +27,14 @@ SINGLE = {
     },
     "search_wikipedia": {
         "sw-list": ["Are there any Wikipedia articles on {query}?", "List the Wikipedia pages about {query}.",
-                    "I'd like {limit} Wikipedia hits for {query}."],
+                    "Which Wikipedia pages mention {query}? The top {limit}, please."],
     },
     "get_wikipedia_summary": {
         "ws-explain": ["What does the Wikipedia article on {topic} say?", "I need the Wikipedia overview of {topic}.",
-                       "Explain {topic} from its Wikipedia page."],
+                       "Give me the gist of the Wikipedia page on {topic}."],
     },
     "get_local_time": {
-        "lt-clock": ["Tell me the local time in {city}.", "Is it morning or evening in {city} now?",
+        "lt-clock": ["Could you say what time it is in {city}?", "Is it morning or evening in {city} now?",
                      "Which hour is it in {city} at the moment?"],
     },
     "convert_units": {
@@ -47,22 +47,22 @@ SINGLE = {
 }
 
 CLARIFY = {
-    "cl-noplace-b": ("clarify-weather", "weather", ["Should I take a jacket today?", "Is it warm enough for shorts "
-                     "right now?", "What's the temperature outside?", "Will it be {cond} {when}?"],
+    "cl-noplace-b": ("clarify-weather", "weather", ["Should I take a jacket today?", "Do I need sunscreen this "
+                     "afternoon?", "Is the weather good for a picnic?", "Will it be {cond} {when}?"],
                      ["Which city or place should I check the weather for?",
                       "Happy to check. Where are you, or which place do you mean?"]),
     "cl-ambiguous-c": ("clarify-weather", "weather", ["Will it snow in {amb} this week?", "Give me the current "
                        "temperature in {amb}.", "Is it cold in {amb} at the moment?"],
                        ["There are several places called {amb}. Which one do you mean: {options}?",
                         "Do you mean {options}? Several places are called {amb}."]),
-    "cl-notime-b": ("clarify-other", "get_local_time", ["Is it night there now?", "What time is it where my "
-                    "{person} lives?", "Can you tell me the time over there?"],
+    "cl-notime-b": ("clarify-other", "get_local_time", ["Is it night there now?", "Is my {person} awake yet? "
+                    "What's the hour where they are?", "Check the clock over there for me."],
                     ["Which city or time zone do you mean?", "Sure. Where is that: which city or time zone?"]),
-    "cl-nounit-c": ("clarify-other", "convert_units", ["What's {value} in {dst}?", "Please express {value} in "
-                    "{dst}."], ["What unit is {value} in? For example {examples}?",
+    "cl-nounit-c": ("clarify-other", "convert_units", ["I've got {value}; can you give me that in {dst}?",
+                    "Please express {value} in {dst}."], ["What unit is {value} in? For example {examples}?",
                                 "Could you tell me the unit of {value} ({examples})?"]),
     "cl-notopic-b": ("clarify-other", "research", ["I need some information from Wikipedia.", "Find me an "
-                     "article, please.", "Could you summarise a Wikipedia page for me?"],
+                     "article, please.", "Could you read me something from Wikipedia?"],
                      ["Sure! Which topic or article should I look up?", "Happy to. What should I search for?"]),
 }
 CLARIFY_REASONS = {"cl-noplace-b": "place", "cl-ambiguous-c": "ambiguous place", "cl-notime-b": "place",
@@ -143,7 +143,7 @@ PARALLEL = {
                   ["Can you tell me the time in {city} as well as in {city2}?", "Current local time for {city} and "
                    "for {city2}, please."]),
     "pa-calc2b": ("parallel-units", ["calculate"] * 2,
-                  ["Work out {expr} and also {expr2}.", "Two sums for you: {expr}, and {expr2}."]),
+                  ["I have two sums: {expr}; {expr2}.", "First {expr}, then {expr2}: what do they give?"]),
     "pa-ws2b": ("parallel-wiki", ["get_wikipedia_summary"] * 2,
                 ["I'd like the Wikipedia summaries of both {topic} and {topic2}.", "Look up {topic} and {topic2} on "
                  "Wikipedia and summarise each."]),
@@ -156,7 +156,7 @@ _WEATHER = ["get_current_weather", "get_weather_forecast"]
 NEAR_MISS = {
     "nm-holiday": ("near-miss-time", ["get_local_time"], [],
                    ["Is tomorrow a public holiday in {city}?", "When is the next bank holiday in {city}?",
-                    "Are the banks in {city} closed today for a holiday?"],
+                    "Is today a bank holiday in {city}?"],
                    ["I can't look up public holidays: my time tool only gives the current local time. {city}'s "
                     "official calendar or a public-holiday site will list them.", "Public holidays aren't something "
                     "I can check here; I can only tell you the local time in {city}."]),
