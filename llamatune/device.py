@@ -5,7 +5,8 @@
   stops at the first step asking for bf16); float32 on a CPU for inference (fidelity, ARC, HF generation).
 * **training precision** (:func:`train_precision`): on a GPU the dtype above; on a CPU bfloat16 where the CPU
   computes it natively (flags ``amx_bf16`` or ``avx512_bf16``: Intel Sapphire Rapids and later, AMD Zen 4 and
-  later; measured on a 2-core AMX Xeon, a SmolLM2-shaped matmul runs 6.9x faster in bf16 than in fp32), float32
+  later; measured on a 2-core AMX Xeon, a SmolLM2-shaped matmul runs 6.9x faster in bf16 than in fp32; on a 2-core
+  AMD EPYC with avx512_bf16 and no AMX, the demo recipe trains 1.99x faster, bench/train.py, 2026-12-06), float32
   elsewhere (AVX2-only CPUs emulate bf16, slower than fp32). Training then holds the frozen base weights in bf16
   once and the LoRA weights, their gradients and the optimizer state in fp32 (:mod:`llamatune.train`).
 * **placement**: on a GPU, transformers models are loaded straight onto it in half precision
