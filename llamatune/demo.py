@@ -42,9 +42,9 @@ MODELS = {
     # serve: the GGUF evaluated and served (of f16 and Q8_0, both checked: on 135M, Q8_0 flips 3-6% of the fidelity
     # prompt's top-1 tokens, f16 none); mix: training category shares chosen on the fold (None: the generator's
     # default, which demo-mix.yaml's sweep chose on the family-spread fold, README part 8); breadth: the breadth
-    # families in the training rows or not (demo-breadth.yaml's sweep, part 9; absent: True)
+    # families in the training rows (False: demo-breadth.yaml's sweep rejected them on the fold, part 9)
     "smollm2-135m": {"template": "smollm2", "recipe": RECIPES / "smollm2-135m-demo.yaml",
-                     "label": "SmolLM2-135M-Instruct", "serve": "f16", "mix": None, "breadth": True},
+                     "label": "SmolLM2-135M-Instruct", "serve": "f16", "mix": None, "breadth": False},
     "gemma-3-270m": {"template": "gemma-3", "recipe": RECIPES / "gemma-270m-demo.yaml", "label": "gemma-3-270m (base)",
                      "serve": "q8_0"},
 }
@@ -139,14 +139,14 @@ def validation_rows(train_keys: set[str], n_val: int, val_fraction: float = VAL)
 
 
 def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_dir: str, template: str,
-              mix: dict | None = None, n_test_new: int = N_TEST_NEW, val_fraction: float = VAL, breadth=True) -> dict:
+              mix: dict | None = None, n_test_new: int = N_TEST_NEW, val_fraction: float = VAL, breadth=False) -> dict:
     """``train.jsonl`` (rows that fit ``max_length`` tokens), ``val.jsonl`` (:func:`validation_rows`, for choosing
     settings), ``eval.jsonl`` (the test items of the original categories: held-out families, touched only by the final
     evaluation) and ``eval_new.jsonl`` (``n_test_new`` test items of the new categories, held-out families too); no
     prompt appears twice within a file, and no validation or test prompt equals a training prompt. Prints and records
     (``demo_data.json``, ``by_category``) rows generated, kept and mean tokens per category.
-    ``mix`` changes the category proportions of the training rows only, ``breadth=False`` leaves the breadth families
-    out of them; ``val_fraction``: the fold's share."""
+    ``mix`` changes the category proportions of the training rows only, ``breadth=True`` adds the breadth families
+    to them; ``val_fraction``: the fold's share."""
     from transformers import AutoTokenizer
 
     from llamatune.data.funccall import NEW_CATEGORIES, build_dataset, build_split, strip_private, train_style
@@ -196,7 +196,7 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
 
 
 def _data_done(out: Path, n: int, n_test: int, n_val: int, max_length: int, template: str, mix=None,
-               n_test_new: int = N_TEST_NEW, val_fraction: float = VAL, breadth=True) -> bool:
+               n_test_new: int = N_TEST_NEW, val_fraction: float = VAL, breadth=False) -> bool:
     info = read_json(out / "demo_data.json", None) or {}
     want = {"data_format": DATA_FORMAT, "n": n, "max_length": max_length, "n_test_requested": n_test,
             "n_val_requested": n_val, "template": template, "mix": mix, "n_test_new_requested": n_test_new,
@@ -338,7 +338,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     hf_dir = resolve_model(model)  # built by the stage above (or before): a cache lookup
     data = out / "data"
     kw = {"n_test_new": n_test_new, "val_fraction": val_fraction, "mix": MODELS[model].get("mix"),
-          "breadth": MODELS[model].get("breadth", True)}
+          "breadth": MODELS[model].get("breadth", False)}
     st.run("data", _data_done(data, n, n_test, n_val, max_length, template, **kw), make_data, data, n, n_test, n_val,
            max_length, hf_dir, template, **kw)
     run_dir = out / "tuned"

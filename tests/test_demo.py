@@ -258,26 +258,26 @@ def test_demo_data_prompts_are_distinct_and_unseen(tmp_path, tiny_model_dir):
 @requires("transformers")
 def test_the_demo_models_mix_and_breadth_change_only_the_training_rows(tmp_path, tiny_model_dir):
     """A demo model's category mix (README part 8 tried demo-mix.yaml's mix-calls): the training rows follow its
-    shares, and without the breadth families (part 9) it uses none of them, while the validation and test items are
-    the same prompts as with the generator's defaults."""
+    shares, and with the breadth families (part 9, rejected on the fold) it uses them, while the validation and test
+    items are the same prompts as with the generator's defaults."""
     from llamatune.data.funccall_rows import BREADTH
 
     mix = {"single_call": 0.27, "no_tool": 0.10, "tool_result": 0.08, "clarify": 0.12, "multi_turn": 0.14,
            "near_miss": 0.09, "injection": 0.03, "parallel": 0.10, "parallel_result": 0.07}
     assert demo.MODELS["smollm2-135m"]["mix"] is None  # the default shares: what the family-spread fold chose
-    assert demo.MODELS["smollm2-135m"]["breadth"] is True  # the breadth families in training (part 9's fold)
+    assert demo.MODELS["smollm2-135m"]["breadth"] is False  # the breadth families left out: part 9's fold chose it
     files = {}
-    for name, m, breadth in (("default", None, True), ("mix", mix, True), ("narrow", None, False)):
+    for name, m, breadth in (("default", None, False), ("mix", mix, False), ("wide", None, True)):
         demo.make_data(tmp_path / name, 300, 30, 40, 2048, str(tiny_model_dir), "llama-3.2", mix=m, n_test_new=8,
                        breadth=breadth)
         files[name] = {f: (tmp_path / name / f"{f}.jsonl").read_text() for f in ("train", "val", "eval", "eval_new")}
     for f in ("val", "eval", "eval_new"):
         assert files["mix"][f] == files["default"][f], f"{f}.jsonl depends on the training mix"
-        assert files["narrow"][f] == files["default"][f], f"{f}.jsonl depends on the breadth families"
+        assert files["wide"][f] == files["default"][f], f"{f}.jsonl depends on the breadth families"
     fams = {k: {f for x in v["train"].splitlines() for f in json.loads(x)["families"]} for k, v in files.items()}
-    assert fams["default"] & BREADTH and not fams["narrow"] & BREADTH
-    assert demo._data_done(tmp_path / "narrow", 300, 30, 40, 2048, "llama-3.2", n_test_new=8, breadth=False)
-    assert not demo._data_done(tmp_path / "narrow", 300, 30, 40, 2048, "llama-3.2", n_test_new=8)
+    assert fams["wide"] & BREADTH and not fams["default"] & BREADTH
+    assert demo._data_done(tmp_path / "wide", 300, 30, 40, 2048, "llama-3.2", n_test_new=8, breadth=True)
+    assert not demo._data_done(tmp_path / "wide", 300, 30, 40, 2048, "llama-3.2", n_test_new=8)
     counts = {k: Counter(json.loads(x)["category"] for x in v["train"].splitlines()) for k, v in files.items()}
     n = sum(counts["mix"].values())
     assert counts["mix"]["single_call"] > counts["default"]["single_call"]  # 0.27 against the default 0.20

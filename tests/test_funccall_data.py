@@ -159,7 +159,7 @@ def test_breadth_families_leave_the_older_split_and_rows_as_they_were(monkeypatc
     """The breadth families (README part 9) are never test families; with them in the books the older families'
     test and fold are what they were without them, ~val_fraction of each group's new families joins the fold (a
     knowledge question among them: the fold had one knowledge family, the test's kind of declining it could not see),
-    and ``breadth=False`` gives the training rows the generator gave before they existed."""
+    and without ``breadth=True`` (the default) the training rows are those the generator gave before they existed."""
     from llamatune.data import funccall_rows as fr
     from llamatune.data.funccall_breadth import families
 
@@ -172,7 +172,7 @@ def test_breadth_families_leave_the_older_split_and_rows_as_they_were(monkeypatc
     assert {groups[f] for f in fold_new} >= {"knowledge"} and len(fold_new) <= len(new) // 5
     args = ("train", 300, 0, DEFAULT_PROPORTIONS)
     kw = {"style": fr.train_style(), "val_fraction": 0.2}
-    rows_new, rows_old = fr.build_split(*args, **kw), fr.build_split(*args, **kw, breadth=False)
+    rows_new, rows_old = fr.build_split(*args, **kw, breadth=True), fr.build_split(*args, **kw)
     assert {f for r in rows_new for f in r["families"]} & new - fold_new
     assert not {f for r in rows_old for f in r["families"]} & new
     val = fr.build_split("val", 200, 0, DEFAULT_PROPORTIONS, val_fraction=0.2)
@@ -181,7 +181,7 @@ def test_breadth_families_leave_the_older_split_and_rows_as_they_were(monkeypatc
     monkeypatch.setattr(fr, "family_groups", lambda g=fr.family_groups: {f: v for f, v in g().items() if f not in new})
     without = split_families(val_fraction=0.2)
     assert without == {f: s for f, s in with_new.items() if f not in new}
-    assert fr.build_split(*args, **kw) == rows_old
+    assert fr.build_split(*args, **kw, breadth=True) == rows_old
     assert {f for r in val for f in r["families"]} - fold_new <= {f for f, s in without.items() if s == "val"}
 
 

@@ -186,8 +186,8 @@ def test_precision_val_trains_both_arms_through_the_same_rungs_and_compares_them
 
 
 def test_a_setting_without_the_breadth_families_gets_its_own_data_and_is_named_in_the_table(tmp_path, monkeypatch):
-    """``breadth: false`` (README part 9's other arm) trains on rows without the breadth families: its own data
-    directory, built with ``breadth=False``; the table names it; any other key is refused."""
+    """``breadth: true`` (README part 9's rejected arm) trains on rows with the breadth families: its own data
+    directory, built with ``breadth=True``; the table names it; any other key is refused."""
     from llamatune import demo
 
     built = []
@@ -198,8 +198,8 @@ def test_a_setting_without_the_breadth_families_gets_its_own_data_and_is_named_i
             "val_fraction": 0.2}
     narrow, wide = (sweep._data(tmp_path, base, "smollm2-135m", None, b) for b in (False, True))
     assert narrow != wide and built == [(narrow.name, False), (wide.name, True)]
-    md = sweep.markdown([{**_row("narrow", 0.5, 0.9, 0.6), "breadth": False}, _row("wide", 0.5, 0.9, 0.6)], None, 0.2)
-    assert md.count("no breadth families") == 1 and "| narrow |" in md.split("no breadth families")[0].splitlines()[-1]
+    md = sweep.markdown([_row("narrow", 0.5, 0.9, 0.6), {**_row("wide", 0.5, 0.9, 0.6), "breadth": True}], None, 0.2)
+    assert md.count("breadth families") == 1 and "| wide |" in md.split("breadth families")[0].splitlines()[-1]
     runs = [{"name": "a", "model": "smollm2-135m", "breadth": False}]
     assert sweep.load_sweep(_spec_file(tmp_path, runs, None))["runs"][0]["breadth"] is False
     with pytest.raises(ValueError, match="unknown keys"):

@@ -89,20 +89,20 @@ def generate(n: int, seed: int, proportions: dict | None = None, test_fraction: 
              paraphrase_endpoint: str | None = None, paraphrase_model: str | None = None,
              cache_path: str | Path | None = None, masking: float | None = None,
              foreign: float | None = None, val_fraction: float = 0.0,
-             breadth: bool = True) -> tuple[list[dict], list[dict]]:
+             breadth: bool = False) -> tuple[list[dict], list[dict]]:
     """``(train_rows, test_rows)``: ``n - round(n * test_fraction)`` training rows in ``proportions`` (default
     :data:`DEFAULT_PROPORTIONS`), lean and ``masking``-masked (``foreign``: see :func:`train_style`);
     ``round(n * test_fraction)`` test rows of the original categories plus the new categories' test rows
     (:func:`held_out_parts`). With ``paraphrase_endpoint``, training user turns are paraphrased (cached). With
     ``val_fraction``, the training rows leave out the validation fold's families (:func:`split_families`);
-    ``breadth=False`` leaves out the breadth families (:mod:`~llamatune.data.funccall_breadth`)."""
+    ``breadth=True`` adds the breadth families (:mod:`~llamatune.data.funccall_breadth`) to the training rows."""
     train, test, _ = _generate(n, seed, proportions, test_fraction, paraphrase_endpoint, paraphrase_model, cache_path,
                                masking, foreign, val_fraction, breadth)
     return train, test
 
 
 def _generate(n, seed, proportions, test_fraction, endpoint, model, cache_path, masking=None, foreign=None,
-              val_fraction=0.0, breadth=True):
+              val_fraction=0.0, breadth=False):
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     n_test = round(n * test_fraction)
@@ -187,7 +187,7 @@ def _card_notes(train: list[dict], test: list[dict], meta: dict) -> str:
               + (f" Validation fold (held out of training): {', '.join(fams['val'])}." if fams.get("val") else ""), "",
               f"Proportions: {', '.join(f'{k}={v:g}' for k, v in meta['proportions'].items())}; "
               f"test fraction {meta['test_fraction']:g}; masking {meta['masking']:g}"
-              + ("" if meta.get("breadth", True) else "; the breadth families left out of training") + ". Test split: "
+              + ("; the breadth families in training" if meta.get("breadth") else "") + ". Test split: "
               f"{meta['test_parts']['original']} rows of the original categories in their original shares, "
               f"{meta['test_parts']['new']} of the new ones (ids fc-test-new-…).", "",
               f"Paraphrase: {'none' if not meta.get('paraphrase') else json.dumps(meta['paraphrase'])}."]
@@ -206,13 +206,13 @@ def build_dataset(out: str | Path, n: int, seed: int = 0, proportions: dict | No
                   test_fraction: float = 0.2, paraphrase_endpoint: str | None = None,
                   paraphrase_model: str | None = None, masking: float | None = None, tokenizer=None,
                   template: str | None = None, max_length: int | None = None, foreign: float | None = None,
-                  val_fraction: float = 0.0, breadth: bool = True) -> dict:
+                  val_fraction: float = 0.0, breadth: bool = False) -> dict:
     """Generate and write ``train.jsonl``, ``eval.jsonl``, ``card.md``, ``manifest.json`` under ``out``. With
     ``tokenizer`` and ``template``, the card and the manifest (``lengths``) add the training rows' tokens per
     category and the rows kept at 512, 768, 1024 (and ``max_length``) tokens. ``val_fraction`` > 0 holds a
     validation fold of template families out of the training rows (listed in the manifest and the card; the rows of
-    the fold are drawn by ``build_split("val", …, val_fraction=…)``, as ``llamatune demo`` does); ``breadth=False``
-    leaves the breadth families out of the training rows."""
+    the fold are drawn by ``build_split("val", …, val_fraction=…)``, as ``llamatune demo`` does); ``breadth=True``
+    adds the breadth families to the training rows."""
     from llamatune.data.io import content_hash, write_card, write_jsonl, write_manifest
     from llamatune.data.lengths import LIMITS, measure
 
@@ -264,8 +264,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.0,
                         help="hold ~this share of each group's training template families out of training, a "
                              "validation fold to choose settings on (llamatune demo uses 0.2); default 0")
-    parser.add_argument("--no-breadth", dest="breadth", action="store_false",
-                        help="leave the breadth families (added 2026-12-06, README part 9) out of the training rows")
+    parser.add_argument("--breadth", action="store_true",
+                        help="add the breadth families (added 2026-12-06) to the training rows; default off: the "
+                             "validation fold rejected them (README part 9)")
     parser.add_argument("--masking", type=float, default=None,
                         help=f"share of training rows with neutral tool names (default {TRAIN_STYLE.masking:g})")
     parser.add_argument("--foreign", type=float, default=None,

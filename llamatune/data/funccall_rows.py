@@ -326,7 +326,7 @@ def _row(rng: random.Random, category: str, fams: dict, style: Style = EVAL_STYL
             "families": used}
 
 
-def _families_of(split: str, test_fraction: float, val_fraction: float = 0.0, breadth: bool = True) -> dict:
+def _families_of(split: str, test_fraction: float, val_fraction: float = 0.0, breadth: bool = False) -> dict:
     assign = split_families(test_fraction, val_fraction)
     groups = family_groups()
     mine = [f for f in groups if assign[f] == split and (breadth or f not in BREADTH)]
@@ -344,7 +344,7 @@ def _families_of(split: str, test_fraction: float, val_fraction: float = 0.0, br
 
 def build_split(split: str, n: int, seed: int, proportions: dict | None = None, test_fraction: float = 0.2,
                 style: Style | None = None, stream: str | None = None, val_fraction: float = 0.0,
-                breadth: bool = True) -> list[dict]:
+                breadth: bool = False) -> list[dict]:
     """``n`` rows of one split, deterministic for ``seed``: ``"train"`` and ``"test"`` draw from their own template
     families; ``"val"`` from the validation fold when ``val_fraction`` > 0 (families held out of training, see
     :func:`split_families`; ``"train"`` then leaves them out), else from the training families (the in-family
@@ -353,8 +353,9 @@ def build_split(split: str, n: int, seed: int, proportions: dict | None = None, 
     ``style``: default :data:`ORIGINAL_TRAIN_STYLE` for train, :data:`EVAL_STYLE` otherwise; ``stream`` names the
     random stream and the ids (``fc-<stream>-00000``; default the split), so a second set of the same split
     (``"test-new"``) is independent of the first. User turns keep their private ``_keep`` lists (see
-    :func:`strip_private`). ``breadth=False`` leaves the :data:`BREADTH` families out of the training rows (the
-    rows of parts 6-8; the validation and test rows are the same either way)."""
+    :func:`strip_private`). ``breadth=True`` adds the :data:`BREADTH` families to the training families (the
+    validation fold rejected it, README part 9; without them the training rows are those of parts 6-8; the
+    validation and test rows are the same either way)."""
     if split not in ("train", "test", "val"):
         raise ValueError(f"split must be train, test or val, got {split!r}")
     style = style or (ORIGINAL_TRAIN_STYLE if split == "train" else EVAL_STYLE)
