@@ -176,12 +176,14 @@ def test_breadth_families_leave_the_older_split_and_rows_as_they_were(monkeypatc
     assert {f for r in rows_new for f in r["families"]} & new - fold_new
     assert not {f for r in rows_old for f in r["families"]} & new
     val = fr.build_split("val", 200, 0, DEFAULT_PROPORTIONS, val_fraction=0.2)
+    in_family_val = fr.build_split("val", 100, 0)
     # the books without the breadth families: the older split, and the rows breadth=False gives
     monkeypatch.setattr(fr, "BREADTH", frozenset())
     monkeypatch.setattr(fr, "family_groups", lambda g=fr.family_groups: {f: v for f, v in g().items() if f not in new})
     without = split_families(val_fraction=0.2)
     assert without == {f: s for f, s in with_new.items() if f not in new}
     assert fr.build_split(*args, **kw, breadth=True) == rows_old
+    assert fr.build_split("val", 100, 0) == in_family_val  # validation of the training families (val_fraction 0)
     assert {f for r in val for f in r["families"]} - fold_new <= {f for f, s in without.items() if s == "val"}
 
 

@@ -49,10 +49,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from llamatune.data.funccall_rows import (AGENT_SYSTEM_SHARE, BREADTH, CATEGORIES, DEFAULT_PROPORTIONS,  # noqa: F401 (API)
+from llamatune.data.funccall_rows import (AGENT_SYSTEM_SHARE, CATEGORIES, DEFAULT_PROPORTIONS,  # noqa: F401 (API)
                                           NEW_CATEGORIES, ORIGINAL_CATEGORIES, ORIGINAL_PROPORTIONS, TRAIN_STYLE,
                                           Style, agent_system_prompt, build_split, category_counts, family_groups,
-                                          split_families, strip_private, train_style)
+                                          split_families, split_for, strip_private, train_style)
 
 PARAPHRASE_PROMPT = ("Paraphrase the user's message. Keep its meaning, language and every name, place, number and "
                      "unit exactly as written. Reply with the paraphrase only.")
@@ -222,7 +222,7 @@ def build_dataset(out: str | Path, n: int, seed: int = 0, proportions: dict | No
                                   out / "paraphrase_cache.jsonl", masking, foreign, val_fraction, breadth)
     for r in train + test:
         r["hash"] = content_hash(r["messages"], r["tools"])
-    split = split_families(test_fraction, val_fraction)
+    split = split_for(test_fraction, val_fraction, breadth)
     lengths = None
     if tokenizer is not None:
         limits = sorted({*LIMITS, *([max_length] if max_length else [])})
@@ -238,9 +238,7 @@ def build_dataset(out: str | Path, n: int, seed: int = 0, proportions: dict | No
                        "test": dict(Counter(r["category"] for r in test))},
             "test_parts": {"original": sum(not r["id"].startswith("fc-test-new-") for r in test),
                            "new": sum(r["id"].startswith("fc-test-new-") for r in test)},
-            "families": {s: sorted(f for f, v in split.items()
-                                   if v == s and (breadth or s != "train" or f not in BREADTH))
-                         for s in ("train", "val", "test")},
+            "families": {s: sorted(f for f, v in split.items() if v == s) for s in ("train", "val", "test")},
             "paraphrase": para, "lengths": lengths,
             "sha256": {"train.jsonl": write_jsonl(out / "train.jsonl", train),
                        "eval.jsonl": write_jsonl(out / "eval.jsonl", test)},

@@ -154,6 +154,13 @@ def split_families(test_fraction: float = 0.2, val_fraction: float = 0.0) -> dic
     return split
 
 
+def split_for(test_fraction: float = 0.2, val_fraction: float = 0.0, breadth: bool = False) -> dict[str, str]:
+    """:func:`split_families` as rows are drawn: without ``breadth``, the breadth families that would be training
+    families are left out (they are in no split); fold and test families are the same either way."""
+    split = split_families(test_fraction, val_fraction)
+    return split if breadth else {f: s for f, s in split.items() if s != "train" or f not in BREADTH}
+
+
 def _concept_kept(fam: str, groups, split: dict) -> bool:
     """Whether ``fam``'s concept (if it has one) keeps a training family among ``groups`` without it."""
     c = _concept(fam)
@@ -327,9 +334,9 @@ def _row(rng: random.Random, category: str, fams: dict, style: Style = EVAL_STYL
 
 
 def _families_of(split: str, test_fraction: float, val_fraction: float = 0.0, breadth: bool = False) -> dict:
-    assign = split_families(test_fraction, val_fraction)
+    assign = split_for(test_fraction, val_fraction, breadth)
     groups = family_groups()
-    mine = [f for f in groups if assign[f] == split and (breadth or f not in BREADTH)]
+    mine = [f for f in groups if assign.get(f) == split]
     fams = {"single": {t: [f for f in phrasebook.SINGLE[t] if f in mine] for t in phrasebook.SINGLE},
             "follow_up": [f for f in phrasebook.FOLLOW_UPS if f in mine]}
     for key, book in (("clarify", phrasebook.CLARIFY), ("no_tool", phrasebook.NO_TOOL),
@@ -362,7 +369,7 @@ def build_split(split: str, n: int, seed: int, proportions: dict | None = None, 
     name = stream or split
     rng = random.Random(f"funccall:{seed}:{name}")
     fold = split if split != "val" or val_fraction else "train"
-    fams = _families_of(fold, test_fraction, val_fraction, breadth or split != "train")
+    fams = _families_of(fold, test_fraction, val_fraction, breadth)
     order = [c for c, k in category_counts(n, ORIGINAL_PROPORTIONS if proportions is None else proportions).items()
              for _ in range(k)]
     rng.shuffle(order)
