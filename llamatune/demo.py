@@ -67,15 +67,16 @@ class Stages:
         self.seconds: dict = read_json(self.path, {})
 
     def run(self, name: str, done: bool, fn, *args, **kwargs):
+        say = lambda msg: print(f"[demo] stage {name}: {msg}", flush=True)  # noqa: E731
         if done:
-            print(f"[demo] stage {name}: done (cached, {self.seconds.get(name, 0):.0f} s when it ran)", flush=True)
+            say(f"done (cached, {self.seconds.get(name, 0):.0f} s when it ran)")
             return None
-        print(f"[demo] stage {name}: running ...", flush=True)
+        say("running ...")
         t0 = time.perf_counter()
         result = fn(*args, **kwargs)
         self.seconds[name] = round(time.perf_counter() - t0, 1)
         write_json(self.path, self.seconds, indent=1)
-        print(f"[demo] stage {name}: done in {self.seconds[name]:.0f} s", flush=True)
+        say(f"done in {self.seconds[name]:.0f} s")
         return result
 
 
@@ -185,8 +186,7 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
           f"({len(kept) / max(1, n_packs):.2f} rows a pack)", flush=True)
     info = {"data_format": DATA_FORMAT, "n": n, "n_train_generated": len(train), "n_train": len(kept),
             "max_length": max_length, "template": template, "mix": mix, "val_fraction": val_fraction,
-            "breadth": breadth,
-            "n_test_requested": n_test,
+            "breadth": breadth, "n_test_requested": n_test,
             "n_test": len(test), "n_test_distinct_pool": len(pool), "n_val_requested": n_val, "n_val": len(val),
             "n_test_new_requested": n_test_new, "n_test_new": len(test_new), "by_category": table, "n_packs": n_packs,
             "test_ids": [r["id"] for r in test], "test_new_ids": [r["id"] for r in test_new],

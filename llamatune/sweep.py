@@ -161,7 +161,8 @@ def run_setting(out: Path, base: dict, run: dict, stop_at: int | None = None, pr
     model, template = run["model"], demo.MODELS[run["model"]]["template"]
     serve = demo.MODELS[model]["serve"]
     base = {**base, "max_length": int(run.get("max_length", base["max_length"]))}
-    data = _data(out, base, model, run.get("mix"), bool(run.get("breadth", False)))
+    breadth = bool(run.get("breadth", False))
+    data = _data(out, base, model, run.get("mix"), breadth)
     run_dir = out / run["name"] if stop_at is None else out / run["name"] / f"steps-{stop_at}"
     steps = int(run.get("steps", demo.DEFAULTS["steps"]))
     overrides = [f"--{k}={v}" for k, v in (run.get("set") or {}).items()]
@@ -182,7 +183,7 @@ def run_setting(out: Path, base: dict, run: dict, stop_at: int | None = None, pr
     base_res, _ = _evaluate(demo.gguf_of(base_dir, serve), data, base_dir / "val.json", base, template)
     return {"name": run["name"], "model": model, "steps": stop_at or steps, "budget": steps,
             "global_step": run_json.get("global_step"), "set": run.get("set") or {}, "mix": run.get("mix"),
-            "breadth": bool(run.get("breadth", False)),
+            "breadth": breadth,
             "max_length": base["max_length"], "resumed": bool(run_json.get("resumed_from")) and not prev,
             "val": _val_metrics(res), "base_val": _val_metrics(base_res), "train_seconds": train_s,
             "eval_seconds": eval_s, "n_val": res["aggregate"]["overall"]["n"], "score": selection_score(_val_metrics(res))}
