@@ -41,10 +41,10 @@ RECIPES = Path(__file__).resolve().parent.parent / "FuncCall" / "recipes"
 MODELS = {
     # serve: the GGUF evaluated and served (of f16 and Q8_0, both checked: on 135M, Q8_0 flips 3-6% of the fidelity
     # prompt's top-1 tokens, f16 none); mix: training category shares chosen on the fold (None: the generator's
-    # default, which demo-mix.yaml's sweep chose on the family-spread fold, README part 8); breadth: the breadth
-    # families in the training rows (False: demo-breadth.yaml's sweep rejected them on the fold, part 9)
+    # default, chosen on the fold by demo-mix.yaml, README part 8); breadth: the breadth families in training (False:
+    # rejected on the fold, part 9); pairs: the clarify rows' share built as contrastive pairs (funccall_pairs, part 10)
     "smollm2-135m": {"template": "smollm2", "recipe": RECIPES / "smollm2-135m-demo.yaml",
-                     "label": "SmolLM2-135M-Instruct", "serve": "f16", "mix": None, "breadth": False},
+                     "label": "SmolLM2-135M-Instruct", "serve": "f16", "mix": None, "breadth": False, "pairs": None},
     "gemma-3-270m": {"template": "gemma-3", "recipe": RECIPES / "gemma-270m-demo.yaml", "label": "gemma-3-270m (base)",
                      "serve": "q8_0"},
 }
@@ -140,14 +140,15 @@ def validation_rows(train_keys: set[str], n_val: int, val_fraction: float = VAL)
 
 
 def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_dir: str, template: str,
-              mix: dict | None = None, n_test_new: int = N_TEST_NEW, val_fraction: float = VAL, breadth=False) -> dict:
+              mix: dict | None = None, n_test_new: int = N_TEST_NEW, val_fraction: float = VAL, breadth=False,
+              pairs: float | None = None) -> dict:
     """``train.jsonl`` (rows that fit ``max_length`` tokens), ``val.jsonl`` (:func:`validation_rows`, for choosing
     settings), ``eval.jsonl`` (the test items of the original categories: held-out families, touched only by the final
     evaluation) and ``eval_new.jsonl`` (``n_test_new`` test items of the new categories, held-out families too); no
     prompt appears twice within a file, and no validation or test prompt equals a training prompt. Prints and records
     (``demo_data.json``, ``by_category``) rows generated, kept and mean tokens per category.
     ``mix`` changes the category proportions of the training rows only, ``breadth=True`` adds the breadth families
-    to them; ``val_fraction``: the fold's share."""
+    to them, ``pairs`` contrastive pairs; ``val_fraction``: the fold's share."""
     from transformers import AutoTokenizer
 
     from llamatune.data.funccall import NEW_CATEGORIES, build_dataset, build_split, strip_private, train_style
@@ -157,12 +158,12 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
     full = out / "full"
     tok = AutoTokenizer.from_pretrained(hf_dir)
     build_dataset(full, n, seed=0, tokenizer=tok, template=template, max_length=max_length, val_fraction=val_fraction,
-                  breadth=breadth)
+                  breadth=breadth, pairs=pairs)
     generated = read_jsonl(full / "train.jsonl")
     generated_keys = {prompt_key(r) for r in generated}
     val = validation_rows(generated_keys, n_val, val_fraction)
     val_keys = {prompt_key(r) for r in val}
-    train = strip_private(build_split("train", len(generated), 0, mix, style=train_style(),
+    train = strip_private(build_split("train", len(generated), 0, mix, style=train_style(pairs=pairs),
                                       val_fraction=val_fraction, breadth=breadth)) if mix else generated
     train = [r for r in train if prompt_key(r) not in val_keys]
     tokens = [row_tokens(r, tok, template) for r in train]
@@ -186,7 +187,7 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
           f"({len(kept) / max(1, n_packs):.2f} rows a pack)", flush=True)
     info = {"data_format": DATA_FORMAT, "n": n, "n_train_generated": len(train), "n_train": len(kept),
             "max_length": max_length, "template": template, "mix": mix, "val_fraction": val_fraction,
-            "breadth": breadth, "n_test_requested": n_test,
+            "breadth": breadth, "pairs": pairs, "n_test_requested": n_test,
             "n_test": len(test), "n_test_distinct_pool": len(pool), "n_val_requested": n_val, "n_val": len(val),
             "n_test_new_requested": n_test_new, "n_test_new": len(test_new), "by_category": table, "n_packs": n_packs,
             "test_ids": [r["id"] for r in test], "test_new_ids": [r["id"] for r in test_new],
@@ -196,11 +197,11 @@ def make_data(out: Path, n: int, n_test: int, n_val: int, max_length: int, hf_di
 
 
 def _data_done(out: Path, n: int, n_test: int, n_val: int, max_length: int, template: str, mix=None,
-               n_test_new: int = N_TEST_NEW, val_fraction: float = VAL, breadth=False) -> bool:
+               n_test_new: int = N_TEST_NEW, val_fraction: float = VAL, breadth=False, pairs=None) -> bool:
     info = read_json(out / "demo_data.json", None) or {}
     want = {"data_format": DATA_FORMAT, "n": n, "max_length": max_length, "n_test_requested": n_test,
             "n_val_requested": n_val, "template": template, "mix": mix, "n_test_new_requested": n_test_new,
-            "val_fraction": val_fraction, "breadth": breadth}
+            "val_fraction": val_fraction, "breadth": breadth, "pairs": pairs}
     return all(info.get(k) == v for k, v in want.items())
 
 
@@ -338,7 +339,7 @@ def run_demo(out: str | Path = "runs/demo", *, model: str, n: int, n_test: int, 
     hf_dir = resolve_model(model)  # built by the stage above (or before): a cache lookup
     data = out / "data"
     kw = {"n_test_new": n_test_new, "val_fraction": val_fraction, "mix": MODELS[model].get("mix"),
-          "breadth": MODELS[model].get("breadth", False)}
+          "breadth": MODELS[model].get("breadth", False), "pairs": MODELS[model].get("pairs")}
     st.run("data", _data_done(data, n, n_test, n_val, max_length, template, **kw), make_data, data, n, n_test, n_val,
            max_length, hf_dir, template, **kw)
     run_dir = out / "tuned"

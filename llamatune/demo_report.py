@@ -85,6 +85,9 @@ def _training_lines(report: dict) -> list[str]:
         lines += [("Template families: all training families, the breadth families of part 9 included." if
                    meta["breadth"] else "Template families: those of parts 6-8 (the breadth families of part 9 left "
                    "out)."), ""]
+    if meta.get("pairs"):
+        lines += [f"Contrastive pairs (part 10): {meta['pairs']:g} of the clarify rows are questions paired with a "
+                  "single-call row of the same phrasing and tools.", ""]
     if tr.get("rows_per_step"):
         lines += [f"{tr['rows']} rows kept, packed into {tr['sequences']} sequences of ≤ {meta.get('max_length')} "
                   f"tokens ({tr['measured_by']}); {tr['sequences_per_step']} sequences a step = "

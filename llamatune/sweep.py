@@ -6,7 +6,8 @@
 The sweep file lists settings (``runs``), each with a ``model`` (a key of :data:`llamatune.demo.MODELS`),
 ``steps``, optional recipe overrides under ``set`` (TRL/PEFT field names: ``learning_rate``, ``r``,
 ``per_device_train_batch_size``…), an optional training category ``mix``, ``breadth: true`` (the breadth families
-added to the training rows, :mod:`llamatune.data.funccall_breadth`) and ``max_length`` (training rows longer
+added to the training rows, :mod:`llamatune.data.funccall_breadth`), ``pairs: SHARE`` (that share of the training
+clarify rows built as contrastive pairs, :mod:`llamatune.data.funccall_pairs`) and ``max_length`` (training rows longer
 than that many tokens are left out; the demo's default otherwise). Every setting trains with the demo
 recipe of its model on the demo's training rows, is exported to GGUF Q8_0, and is scored by ``eval toolcall`` on
 ``val.jsonl``: new rows of the *training* template families (the demo's test items come from held-out families
@@ -53,11 +54,14 @@ def load_sweep(path: str | Path) -> dict:
         if r["name"] in names:
             raise ValueError(f"{where}: name {r['name']!r} appears twice")
         names.add(r["name"])
-        unknown = set(r) - {"name", "model", "steps", "set", "mix", "max_length", "breadth"}
+        unknown = set(r) - {"name", "model", "steps", "set", "mix", "max_length", "breadth", "pairs"}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
         if not isinstance(r.get("breadth", False), bool):
             raise ValueError(f"{where}: breadth must be true or false, got {r['breadth']!r}")
+        if "pairs" in r and (isinstance(r["pairs"], bool) or not isinstance(r["pairs"], (int, float))
+                             or not 0 <= r["pairs"] <= 1):
+            raise ValueError(f"{where}: pairs must be a share in [0, 1], got {r['pairs']!r}")
     search = spec.get("search")
     if search is not None:
         if not isinstance(search, dict) or search.get("method") != "successive_halving" or set(search) - SEARCH_KEYS:
@@ -100,9 +104,9 @@ def _val_metrics(result: dict) -> dict:
     return {k: agg[k] for k in ("accuracy", "tool_accuracy", "irrelevance_accuracy", "calls_per_turn")}
 
 
-def _data(out: Path, base: dict, model: str, mix: dict | None, breadth: bool = False) -> Path:
-    """The data of a setting: training rows by template, length limit, mix and breadth; the validation rows are the
-    same for every setting (drawn before the mix, the breadth and the length limit apply)."""
+def _data(out: Path, base: dict, model: str, mix: dict | None, breadth: bool = False, pairs: float | None = None) -> Path:
+    """The data of a setting: training rows by template, length limit, mix, breadth and pairs; the validation rows are
+    the same for every setting (drawn before the mix, the breadth, the pairs and the length limit apply)."""
     from llamatune.models import resolve_model
 
     template = demo.MODELS[model]["template"]
@@ -112,10 +116,11 @@ def _data(out: Path, base: dict, model: str, mix: dict | None, breadth: bool = F
     vf = base["val_fraction"]
     tag += f"-val{vf:g}" if vf != demo.DEFAULTS["val_fraction"] else ""
     tag += "-breadth" if breadth else ""
+    tag += f"-pairs{pairs:g}" if pairs else ""
     d = out / f"data-{tag}"
     if not demo._data_done(d, base["n"], base["n_test"], base["n_val"], base["max_length"], template, mix,
-                           val_fraction=vf, breadth=breadth):
-        demo.make_data(d, *args, resolve_model(model), template, mix, val_fraction=vf, breadth=breadth)
+                           val_fraction=vf, breadth=breadth, pairs=pairs):
+        demo.make_data(d, *args, resolve_model(model), template, mix, val_fraction=vf, breadth=breadth, pairs=pairs)
     return d
 
 
@@ -162,7 +167,8 @@ def run_setting(out: Path, base: dict, run: dict, stop_at: int | None = None, pr
     serve = demo.MODELS[model]["serve"]
     base = {**base, "max_length": int(run.get("max_length", base["max_length"]))}
     breadth = bool(run.get("breadth", False))
-    data = _data(out, base, model, run.get("mix"), breadth)
+    pairs = run.get("pairs") or None
+    data = _data(out, base, model, run.get("mix"), breadth, pairs)
     run_dir = out / run["name"] if stop_at is None else out / run["name"] / f"steps-{stop_at}"
     steps = int(run.get("steps", demo.DEFAULTS["steps"]))
     overrides = [f"--{k}={v}" for k, v in (run.get("set") or {}).items()]
@@ -183,7 +189,7 @@ def run_setting(out: Path, base: dict, run: dict, stop_at: int | None = None, pr
     base_res, _ = _evaluate(demo.gguf_of(base_dir, serve), data, base_dir / "val.json", base, template)
     return {"name": run["name"], "model": model, "steps": stop_at or steps, "budget": steps,
             "global_step": run_json.get("global_step"), "set": run.get("set") or {}, "mix": run.get("mix"),
-            "breadth": breadth,
+            "breadth": breadth, "pairs": pairs,
             "max_length": base["max_length"], "resumed": bool(run_json.get("resumed_from")) and not prev,
             "val": _val_metrics(res), "base_val": _val_metrics(base_res), "train_seconds": train_s,
             "eval_seconds": eval_s, "n_val": res["aggregate"]["overall"]["n"], "score": selection_score(_val_metrics(res))}
@@ -240,6 +246,8 @@ def markdown(rows: list[dict], search: dict | None = None, val_fraction: float =
             change += "; mix " + ", ".join(f"{k}={v:g}" for k, v in r["mix"].items())
         if r.get("breadth"):
             change += "; breadth families"
+        if r.get("pairs"):
+            change += f"; contrastive pairs {r['pairs']:g}"
         v = r["val"]
         rung = f"{r['rung']}{' →' if r.get('survived') else ''} | " if sha else ""
         steps = f"{r['steps']}/{r['budget']}" if sha else f"{r['steps']}"

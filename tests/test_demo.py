@@ -258,8 +258,8 @@ def test_demo_data_prompts_are_distinct_and_unseen(tmp_path, tiny_model_dir):
 @requires("transformers")
 def test_the_demo_models_mix_and_breadth_change_only_the_training_rows(tmp_path, tiny_model_dir):
     """A demo model's category mix (README part 8 tried demo-mix.yaml's mix-calls): the training rows follow its
-    shares, and with the breadth families (part 9, rejected on the fold) it uses them, while the validation and test
-    items are the same prompts as with the generator's defaults."""
+    shares, with the breadth families (part 9, rejected on the fold) or contrastive pairs (part 10) it uses them,
+    while the validation and test items are the same prompts as with the generator's defaults."""
     from llamatune.data.funccall_rows import BREADTH
 
     mix = {"single_call": 0.27, "no_tool": 0.10, "tool_result": 0.08, "clarify": 0.12, "multi_turn": 0.14,
@@ -267,13 +267,19 @@ def test_the_demo_models_mix_and_breadth_change_only_the_training_rows(tmp_path,
     assert demo.MODELS["smollm2-135m"]["mix"] is None  # the default shares: what the family-spread fold chose
     assert demo.MODELS["smollm2-135m"]["breadth"] is False  # the breadth families left out: part 9's fold chose it
     files = {}
-    for name, m, breadth in (("default", None, False), ("mix", mix, False), ("wide", None, True)):
+    assert demo.MODELS["smollm2-135m"]["pairs"] is None  # no contrastive pairs: part 10's fold
+    for name, m, breadth, pairs in (("default", None, False, None), ("mix", mix, False, None),
+                                    ("wide", None, True, None), ("pairs", None, False, 0.5)):
         demo.make_data(tmp_path / name, 300, 30, 40, 2048, str(tiny_model_dir), "llama-3.2", mix=m, n_test_new=8,
-                       breadth=breadth)
+                       breadth=breadth, pairs=pairs)
         files[name] = {f: (tmp_path / name / f"{f}.jsonl").read_text() for f in ("train", "val", "eval", "eval_new")}
     for f in ("val", "eval", "eval_new"):
         assert files["mix"][f] == files["default"][f], f"{f}.jsonl depends on the training mix"
         assert files["wide"][f] == files["default"][f], f"{f}.jsonl depends on the breadth families"
+        assert files["pairs"][f] == files["default"][f], f"{f}.jsonl depends on the contrastive pairs"
+    assert files["pairs"]["train"] != files["default"]["train"]
+    assert demo._data_done(tmp_path / "pairs", 300, 30, 40, 2048, "llama-3.2", n_test_new=8, pairs=0.5)
+    assert not demo._data_done(tmp_path / "pairs", 300, 30, 40, 2048, "llama-3.2", n_test_new=8)
     fams = {k: {f for x in v["train"].splitlines() for f in json.loads(x)["families"]} for k, v in files.items()}
     assert fams["wide"] & BREADTH and not fams["default"] & BREADTH
     assert demo._data_done(tmp_path / "wide", 300, 30, 40, 2048, "llama-3.2", n_test_new=8, breadth=True)
@@ -298,6 +304,10 @@ def test_the_report_says_which_template_families_and_mix_trained_the_model():
                                                     "mix": {"no_tool": 0.5, "single_call": 0.5}}}))
         assert says in text and "no_tool 0.5, single_call 0.5" in text
     assert "breadth" not in "\n".join(_training_lines({"meta": {"by_category": table, "max_length": 512}}))
+    text = "\n".join(_training_lines({"meta": {"by_category": table, "max_length": 512, "pairs": 0.5}}))
+    assert "Contrastive pairs (part 10): 0.5 of the clarify rows" in text
+    assert "Contrastive" not in "\n".join(_training_lines({"meta": {"by_category": table, "max_length": 512,
+                                                                      "pairs": None}}))
 
 
 def test_demo_test_items_of_the_original_categories_do_not_depend_on_the_new_ones():

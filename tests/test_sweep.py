@@ -206,3 +206,26 @@ def test_a_setting_without_the_breadth_families_gets_its_own_data_and_is_named_i
         sweep.load_sweep(_spec_file(tmp_path, [{**runs[0], "breath": True}], None))
     with pytest.raises(ValueError, match="breadth must be"):
         sweep.load_sweep(_spec_file(tmp_path, [{**runs[0], "breadth": "no"}], None))
+
+
+def test_a_setting_with_contrastive_pairs_gets_its_own_data_and_is_named_in_the_table(tmp_path, monkeypatch):
+    """``pairs: SHARE`` (README part 10) trains on rows with contrastive pairs: its own data directory, built with
+    that share; the table names it; a share outside [0, 1] or a non-number is refused."""
+    from llamatune import demo
+
+    built = []
+    monkeypatch.setattr(demo, "_data_done", lambda *a, **kw: False)
+    monkeypatch.setattr(demo, "make_data", lambda d, *a, **kw: built.append((d.name, kw["pairs"])))
+    monkeypatch.setattr("llamatune.models.resolve_model", lambda m: "/models/" + m)
+    base = {"n": 100, "n_test": 10, "n_val": 10, "max_length": 1024, "max_tokens": 64, "threads": 2,
+            "val_fraction": 0.2}
+    plain, paired = (sweep._data(tmp_path, base, "smollm2-135m", None, False, p) for p in (None, 0.5))
+    assert plain != paired and built == [(plain.name, None), (paired.name, 0.5)]
+    md = sweep.markdown([_row("narrow", 0.5, 0.9, 0.6), {**_row("paired", 0.5, 0.9, 0.6), "pairs": 0.5}], None, 0.2)
+    assert md.count("contrastive pairs 0.5") == 1
+    assert "| paired |" in md.split("contrastive pairs")[0].splitlines()[-1]
+    runs = [{"name": "a", "model": "smollm2-135m", "pairs": 0.5}]
+    assert sweep.load_sweep(_spec_file(tmp_path, runs, None))["runs"][0]["pairs"] == 0.5
+    for bad in (1.5, -0.1, "half", True):
+        with pytest.raises(ValueError, match="pairs must be a share"):
+            sweep.load_sweep(_spec_file(tmp_path, [{**runs[0], "pairs": bad}], None))

@@ -50,7 +50,7 @@ from collections import Counter
 from pathlib import Path
 
 from llamatune.data.funccall_rows import (AGENT_SYSTEM_SHARE, CATEGORIES, DEFAULT_PROPORTIONS,  # noqa: F401 (API)
-                                          NEW_CATEGORIES, ORIGINAL_CATEGORIES, ORIGINAL_PROPORTIONS, TRAIN_STYLE,
+                                          EVAL_STYLE, NEW_CATEGORIES, ORIGINAL_CATEGORIES, ORIGINAL_PROPORTIONS, TRAIN_STYLE,
                                           Style, agent_system_prompt, build_split, category_counts, family_groups,
                                           split_families, split_for, strip_private, train_style)
 
@@ -89,26 +89,28 @@ def generate(n: int, seed: int, proportions: dict | None = None, test_fraction: 
              paraphrase_endpoint: str | None = None, paraphrase_model: str | None = None,
              cache_path: str | Path | None = None, masking: float | None = None,
              foreign: float | None = None, val_fraction: float = 0.0,
-             breadth: bool = False) -> tuple[list[dict], list[dict]]:
+             breadth: bool = False, pairs: float | None = None) -> tuple[list[dict], list[dict]]:
     """``(train_rows, test_rows)``: ``n - round(n * test_fraction)`` training rows in ``proportions`` (default
     :data:`DEFAULT_PROPORTIONS`), lean and ``masking``-masked (``foreign``: see :func:`train_style`);
     ``round(n * test_fraction)`` test rows of the original categories plus the new categories' test rows
     (:func:`held_out_parts`). With ``paraphrase_endpoint``, training user turns are paraphrased (cached). With
     ``val_fraction``, the training rows leave out the validation fold's families (:func:`split_families`);
-    ``breadth=True`` adds the breadth families (:mod:`~llamatune.data.funccall_breadth`) to the training rows."""
+    ``breadth=True`` adds the breadth families (:mod:`~llamatune.data.funccall_breadth`) to the training rows;
+    ``pairs``: the share of the training clarify rows built as contrastive pairs (:mod:`~llamatune.data.funccall_pairs`)."""
     train, test, _ = _generate(n, seed, proportions, test_fraction, paraphrase_endpoint, paraphrase_model, cache_path,
-                               masking, foreign, val_fraction, breadth)
+                               masking, foreign, val_fraction, breadth, pairs)
     return train, test
 
 
 def _generate(n, seed, proportions, test_fraction, endpoint, model, cache_path, masking=None, foreign=None,
-              val_fraction=0.0, breadth=False):
+              val_fraction=0.0, breadth=False, pairs=None):
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
     n_test = round(n * test_fraction)
     old, n_new, new = held_out_parts(n_test, proportions)
     train = build_split("train", n - n_test, seed, DEFAULT_PROPORTIONS if proportions is None else proportions,
-                        test_fraction, train_style(masking, foreign), val_fraction=val_fraction, breadth=breadth)
+                        test_fraction, train_style(masking, foreign, pairs), val_fraction=val_fraction,
+                        breadth=breadth)
     test = build_split("test", n_test, seed, old, test_fraction) if old and n_test else []
     if n_new:
         test += build_split("test", n_new, seed, new, test_fraction, stream="test-new")
@@ -116,6 +118,32 @@ def _generate(n, seed, proportions, test_fraction, endpoint, model, cache_path, 
     if endpoint:
         para = {"model": model or "default", **paraphrase_rows(train, endpoint, model or "default", cache_path)}
     return strip_private(train), strip_private(test), para
+
+
+# the clarify families of the two reasons the test holds out (an ambiguous place, a missing unit) that no training row
+# uses without breadth: the probe of README part 10
+PROBE_FAMILIES = ("cl-ambiguous-c", "cl-nounit-c")
+
+
+def probe_rows(n: int = 48, seed: int = 0) -> list[dict]:
+    """``n`` clarify items (the :data:`PROBE_FAMILIES` in turn while each has distinct prompts: the ambiguous places
+    give 18; dressed as test rows): does
+    asking back transfer to phrasings the training rows never use? Read beside the validation fold, which has no
+    family of these two reasons; only meaningful for a model trained without ``breadth``."""
+    pool = strip_private(build_split("train", 12 * n, seed, {"clarify": 1}, style=EVAL_STYLE, stream="probe",
+                                     breadth=True))
+    by_family: dict[str, list[dict]] = {f: [] for f in PROBE_FAMILIES}
+    seen = set()
+    for r in pool:
+        text = r["messages"][-2]["content"]
+        if r["template_id"] in by_family and text not in seen:
+            seen.add(text)
+            by_family[r["template_id"]].append({**r, "id": r["id"].replace("fc-probe-", "fc-probe-" + r["template_id"]
+                                                                            + "-")})
+    out = [by_family[f][i] for i in range(n) for f in PROBE_FAMILIES if i < len(by_family[f])][:n]  # in turn, while each lasts
+    if len(out) < n:
+        raise ValueError(f"probe: only {len(out)} distinct prompts for n={n}")
+    return out
 
 
 # --- paraphrase (optional) -------------------------------------------------------------------------------
@@ -187,7 +215,9 @@ def _card_notes(train: list[dict], test: list[dict], meta: dict) -> str:
               + (f" Validation fold (held out of training): {', '.join(fams['val'])}." if fams.get("val") else ""), "",
               f"Proportions: {', '.join(f'{k}={v:g}' for k, v in meta['proportions'].items())}; "
               f"test fraction {meta['test_fraction']:g}; masking {meta['masking']:g}"
-              + ("; the breadth families in training" if meta.get("breadth") else "") + ". Test split: "
+              + ("; the breadth families in training" if meta.get("breadth") else "")
+              + (f"; contrastive pairs for {meta['pairs']:g} of the clarify rows" if meta.get("pairs") else "")
+              + ". Test split: "
               f"{meta['test_parts']['original']} rows of the original categories in their original shares, "
               f"{meta['test_parts']['new']} of the new ones (ids fc-test-new-…).", "",
               f"Paraphrase: {'none' if not meta.get('paraphrase') else json.dumps(meta['paraphrase'])}."]
@@ -206,20 +236,20 @@ def build_dataset(out: str | Path, n: int, seed: int = 0, proportions: dict | No
                   test_fraction: float = 0.2, paraphrase_endpoint: str | None = None,
                   paraphrase_model: str | None = None, masking: float | None = None, tokenizer=None,
                   template: str | None = None, max_length: int | None = None, foreign: float | None = None,
-                  val_fraction: float = 0.0, breadth: bool = False) -> dict:
+                  val_fraction: float = 0.0, breadth: bool = False, pairs: float | None = None) -> dict:
     """Generate and write ``train.jsonl``, ``eval.jsonl``, ``card.md``, ``manifest.json`` under ``out``. With
     ``tokenizer`` and ``template``, the card and the manifest (``lengths``) add the training rows' tokens per
     category and the rows kept at 512, 768, 1024 (and ``max_length``) tokens. ``val_fraction`` > 0 holds a
     validation fold of template families out of the training rows (listed in the manifest and the card; the rows of
     the fold are drawn by ``build_split("val", …, val_fraction=…)``, as ``llamatune demo`` does); ``breadth=True``
-    adds the breadth families to the training rows."""
+    adds the breadth families to the training rows; ``pairs``: see :func:`generate`."""
     from llamatune.data.io import content_hash, write_card, write_jsonl, write_manifest
     from llamatune.data.lengths import LIMITS, measure
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train, test, para = _generate(n, seed, proportions, test_fraction, paraphrase_endpoint, paraphrase_model,
-                                  out / "paraphrase_cache.jsonl", masking, foreign, val_fraction, breadth)
+                                  out / "paraphrase_cache.jsonl", masking, foreign, val_fraction, breadth, pairs)
     for r in train + test:
         r["hash"] = content_hash(r["messages"], r["tools"])
     split = split_for(test_fraction, val_fraction, breadth)
@@ -229,11 +259,11 @@ def build_dataset(out: str | Path, n: int, seed: int = 0, proportions: dict | No
         name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
         lengths = {"template": template, "tokenizer": name, "max_length": max_length,
                    "table": measure(train, tokenizer, template, limits)}
-    style = train_style(masking, foreign)
+    style = train_style(masking, foreign, pairs)
     meta = {"source": "llamatune.data.funccall (synthetic, offline)", "n": n, "seed": seed,
             "test_fraction": test_fraction, "val_fraction": val_fraction, "breadth": breadth,
             "proportions": dict(DEFAULT_PROPORTIONS if proportions is None else proportions),
-            "masking": style.masking, "foreign": style.foreign_share,
+            "masking": style.masking, "foreign": style.foreign_share, "pairs": style.pairs,
             "counts": {"train": dict(Counter(r["category"] for r in train)),
                        "test": dict(Counter(r["category"] for r in test))},
             "test_parts": {"original": sum(not r["id"].startswith("fc-test-new-") for r in test),
@@ -265,6 +295,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--breadth", action="store_true",
                         help="add the breadth families (added 2026-12-06) to the training rows; default off: the "
                              "validation fold rejected them (README part 9)")
+    parser.add_argument("--pairs", type=float, default=None,
+                        help="share of the training clarify rows built as contrastive pairs with a single-call row "
+                             "(llamatune.data.funccall_pairs); default 0")
+    parser.add_argument("--probe", type=int, default=0, metavar="N",
+                        help="also write probe.jsonl: N clarify items in phrasings no training row uses (README part 10)")
     parser.add_argument("--masking", type=float, default=None,
                         help=f"share of training rows with neutral tool names (default {TRAIN_STYLE.masking:g})")
     parser.add_argument("--foreign", type=float, default=None,
@@ -292,7 +327,11 @@ def main(args) -> int:
         args.template = args.template or model_template(path)
     meta = build_dataset(args.out, args.n, args.seed, props, args.test_fraction, args.paraphrase_endpoint,
                          args.paraphrase_model, args.masking, tok, args.template, args.max_length, args.foreign,
-                         args.val_fraction, args.breadth)
+                         args.val_fraction, args.breadth, args.pairs)
+    if args.probe:
+        from llamatune.data.io import write_jsonl
+
+        write_jsonl(Path(args.out) / "probe.jsonl", probe_rows(args.probe, args.seed))
     print((Path(args.out) / "card.md").read_text(encoding="utf-8"))
     print(f"wrote {len(meta['ids']['train'])} train and {len(meta['ids']['test'])} test rows to {args.out}")
     return 0

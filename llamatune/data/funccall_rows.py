@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from llamatune.data import funccall_build as builders
 from llamatune.data import funccall_foreign as foreign
 from llamatune.data import funccall_more as more
+from llamatune.data import funccall_pairs as pairs
 from llamatune.data import funccall_templates as phrasebook
 
 ORIGINAL_CATEGORIES = ("single_call", "no_tool", "tool_result", "clarify", "multi_turn")
@@ -45,7 +46,8 @@ class Style:
     (:func:`~llamatune.data.funccall_build.approx_tokens`); an agent mode's tools and system prompt never are;
     ``foreign_share``: share of the rows with distractors (near-miss and injection rows excepted) whose distractors
     are foreign tools (:mod:`~llamatune.data.funccall_foreign`); ``foreign_calls``: share of the single-call rows that
-    ask for a foreign tool."""
+    ask for a foreign tool; ``pairs``: share of the clarify rows built as contrastive pairs with a single-call row
+    (:mod:`~llamatune.data.funccall_pairs`; training rows only)."""
     system_share: float = 0.0
     max_distractors: int = 3
     max_distractors_several: int = 3
@@ -54,6 +56,7 @@ class Style:
     row_budget: int | None = None
     foreign_share: float = 0.0
     foreign_calls: float = 0.0
+    pairs: float = 0.0
 
 
 EVAL_STYLE = Style()  # test and validation rows, as the test rows always were
@@ -72,19 +75,19 @@ TRAIN_ONLY = (*phrasebook.TRAIN_ONLY, *foreign.families())
 BREADTH = frozenset(phrasebook.BREADTH)
 
 
-def train_style(masking: float | None = None, foreign: float | None = None) -> Style:
+def train_style(masking: float | None = None, foreign: float | None = None, pairs: float | None = None) -> Style:
     """:data:`TRAIN_STYLE`, with another masking share, or foreign tools (``foreign``: the share of the rows with
     distractors whose distractors are foreign; :data:`FOREIGN_CALLS_PER_SHARE` × that share of the single calls ask
-    for a foreign tool), when given."""
+    for a foreign tool), or contrastive ``pairs``, when given."""
     style = TRAIN_STYLE
-    for name, value in (("masking", masking), ("foreign", foreign)):
+    for name, value in (("masking", masking), ("foreign", foreign), ("pairs", pairs)):
         if value is not None and not 0 <= value <= 1:
             raise ValueError(f"{name} must be a share in [0, 1], got {value!r}")
     if masking is not None:
         style = replace(style, masking=masking)
     if foreign is not None:
         style = replace(style, foreign_share=foreign, foreign_calls=FOREIGN_CALLS_PER_SHARE * foreign)
-    return style
+    return replace(style, pairs=pairs) if pairs is not None else style
 
 
 # --- template families and the split ---------------------------------------------------------------------
@@ -366,6 +369,8 @@ def build_split(split: str, n: int, seed: int, proportions: dict | None = None, 
     if split not in ("train", "test", "val"):
         raise ValueError(f"split must be train, test or val, got {split!r}")
     style = style or (ORIGINAL_TRAIN_STYLE if split == "train" else EVAL_STYLE)
+    if style.pairs and split != "train":
+        raise ValueError(f"contrastive pairs are training rows; the {split} split has none")
     name = stream or split
     rng = random.Random(f"funccall:{seed}:{name}")
     fold = split if split != "val" or val_fraction else "train"
@@ -373,16 +378,39 @@ def build_split(split: str, n: int, seed: int, proportions: dict | None = None, 
     order = [c for c, k in category_counts(n, ORIGINAL_PROPORTIONS if proportions is None else proportions).items()
              for _ in range(k)]
     rng.shuffle(order)
+    paired = _pairs(order, style, fams, split_for(test_fraction, val_fraction, breadth), f"funccall:{seed}:{name}") \
+        if style.pairs else {}
     rows = []
     for i, category in enumerate(order):
         frng = random.Random(f"funccall:{seed}:{name}:foreign:{i}") if style.foreign_share or style.foreign_calls \
             else None  # its own stream, as the masking's
         row = {"id": f"fc-{name}-{i:05d}", **_row(rng, category, fams, style, frng)}
-        mask_rng = random.Random(f"funccall:{seed}:{name}:mask:{i}")  # its own stream: the share changes no other row
+        row = {"id": row["id"], **paired[i]} if i in paired else row  # drawn first, so the other rows stay the same
+        mask_rng = random.Random(f"funccall:{seed}:{name}:mask:{row.pop('_mask_as', i)}")  # own stream; a pair's alike
         if style.masking and category != "injection" and mask_rng.random() < style.masking:
             row = more.mask_row(row, mask_rng)
         rows.append(row)
     return rows
+
+
+def _pairs(order: list[str], style: Style, fams: dict, assign: dict, stream: str) -> dict[int, dict]:
+    """Position → row of the ``round(pairs × clarify rows)`` contrastive pairs: a single-call row and its question
+    twin (at the next single_call and clarify positions), same tools, system prompt and masking, own random stream."""
+    where = {c: [i for i, x in enumerate(order) if x == c] for c in ("single_call", "clarify")}
+    k = min(round(style.pairs * len(where["clarify"])), len(where["single_call"]))
+    usable = pairs.eligible(fams["single"], assign)
+    out = {}
+    for j in range(k if usable else 0):
+        rng = random.Random(f"{stream}:pair:{j}")
+        tool, family, phrasing = rng.choice(usable)
+        call_msgs, ask_msgs, must, exp = pairs.build_pair(rng, tool, family, phrasing)
+        tools = _toolset(rng, must, (), style, call_msgs)
+        system = agent_system_prompt([t["function"]["name"] for t in tools])
+        head = [{"role": "system", "content": system}] if system and rng.random() < style.system_share else []
+        for cat, msgs, e in (("single_call", call_msgs, exp), ("clarify", ask_msgs, None)):
+            out[where[cat][j]] = {"messages": [*head, *msgs], "tools": tools, "category": cat, "template_id": family,
+                                  "expected": e, "families": [family], "_mask_as": where["single_call"][j]}
+    return out
 
 
 def strip_private(rows: list[dict]) -> list[dict]:
