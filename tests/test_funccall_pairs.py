@@ -73,7 +73,8 @@ def test_a_pair_differs_in_the_one_slot_and_shares_tools_and_system_prompt(paire
             assert not {"celsius", "fahrenheit"} & set(src)
             if unmasked_call:
                 assert call_row["expected"]["arguments"]["from_unit"] in src
-    assert kinds["ambiguous"] and kinds["unit"]
+    n = sum(kinds.values())
+    assert min(kinds["ambiguous"], kinds["unit"]) >= n / 4, kinds  # a reason first, then one of its phrasings
 
 
 def test_no_pair_phrasing_is_near_a_held_out_clarify_phrasing():

@@ -76,9 +76,8 @@ BREADTH = frozenset(phrasebook.BREADTH)
 
 
 def train_style(masking: float | None = None, foreign: float | None = None, pairs: float | None = None) -> Style:
-    """:data:`TRAIN_STYLE`, with another masking share, or foreign tools (``foreign``: the share of the rows with
-    distractors whose distractors are foreign; :data:`FOREIGN_CALLS_PER_SHARE` × that share of the single calls ask
-    for a foreign tool), or contrastive ``pairs``, when given."""
+    """:data:`TRAIN_STYLE`, with another masking share, foreign tools (``foreign``: the share of the rows with foreign
+    distractors; :data:`FOREIGN_CALLS_PER_SHARE` × it of the single calls ask for one), or ``pairs``, when given."""
     style = TRAIN_STYLE
     for name, value in (("masking", masking), ("foreign", foreign), ("pairs", pairs)):
         if value is not None and not 0 <= value <= 1:
@@ -394,15 +393,16 @@ def build_split(split: str, n: int, seed: int, proportions: dict | None = None, 
 
 
 def _pairs(order: list[str], style: Style, fams: dict, assign: dict, stream: str) -> dict[int, dict]:
-    """Position → row of the ``round(pairs × clarify rows)`` contrastive pairs: a single-call row and its question
-    twin (at the next single_call and clarify positions), same tools, system prompt and masking, own random stream."""
+    """Position → row of the ``round(pairs × clarify rows)`` contrastive pairs (each reason as often): a call and its
+    question twin (next single_call and clarify positions), same tools, system prompt and masking, own stream."""
     where = {c: [i for i, x in enumerate(order) if x == c] for c in ("single_call", "clarify")}
     k = min(round(style.pairs * len(where["clarify"])), len(where["single_call"]))
     usable = pairs.eligible(fams["single"], assign)
     out = {}
     for j in range(k if usable else 0):
         rng = random.Random(f"{stream}:pair:{j}")
-        tool, family, phrasing = rng.choice(usable)
+        kind = rng.choice(sorted({pairs.KINDS[u[0]] for u in usable}))  # a reason, then a phrasing: as _pick does
+        tool, family, phrasing = rng.choice([u for u in usable if pairs.KINDS[u[0]] == kind])
         call_msgs, ask_msgs, must, exp = pairs.build_pair(rng, tool, family, phrasing)
         tools = _toolset(rng, must, (), style, call_msgs)
         system = agent_system_prompt([t["function"]["name"] for t in tools])
