@@ -185,17 +185,24 @@ def test_precision_val_trains_both_arms_through_the_same_rungs_and_compares_them
         bench.main([str(f), "--out", str(tmp_path / "o2"), "--setting", "a", "--steps", "20"])
 
 
+def _data_stage_recorded(monkeypatch, key: str) -> tuple[list, dict]:
+    """The demo's data stage replaced by a recorder of (directory name, its ``key`` argument); a sweep's base."""
+    from llamatune import demo
+
+    built = []
+    monkeypatch.setattr(demo, "_data_done", lambda *a, **kw: False)
+    monkeypatch.setattr(demo, "make_data", lambda d, *a, **kw: built.append((d.name, kw[key])))
+    monkeypatch.setattr("llamatune.models.resolve_model", lambda m: "/models/" + m)
+    return built, {"n": 100, "n_test": 10, "n_val": 10, "max_length": 1024, "max_tokens": 64, "threads": 2,
+                   "val_fraction": 0.2}
+
+
 def test_a_setting_without_the_breadth_families_gets_its_own_data_and_is_named_in_the_table(tmp_path, monkeypatch):
     """``breadth: true`` (README part 9's rejected arm) trains on rows with the breadth families: its own data
     directory, built with ``breadth=True``; the table names it; any other key is refused."""
     from llamatune import demo
 
-    built = []
-    monkeypatch.setattr(demo, "_data_done", lambda *a, **kw: False)
-    monkeypatch.setattr(demo, "make_data", lambda d, *a, **kw: built.append((d.name, kw["breadth"])))
-    monkeypatch.setattr("llamatune.models.resolve_model", lambda m: "/models/" + m)
-    base = {"n": 100, "n_test": 10, "n_val": 10, "max_length": 1024, "max_tokens": 64, "threads": 2,
-            "val_fraction": 0.2}
+    built, base = _data_stage_recorded(monkeypatch, "breadth")
     narrow, wide = (sweep._data(tmp_path, base, "smollm2-135m", None, b) for b in (False, True))
     assert narrow != wide and built == [(narrow.name, False), (wide.name, True)]
     md = sweep.markdown([_row("narrow", 0.5, 0.9, 0.6), {**_row("wide", 0.5, 0.9, 0.6), "breadth": True}], None, 0.2)
@@ -211,14 +218,7 @@ def test_a_setting_without_the_breadth_families_gets_its_own_data_and_is_named_i
 def test_a_setting_with_contrastive_pairs_gets_its_own_data_and_is_named_in_the_table(tmp_path, monkeypatch):
     """``pairs: SHARE`` (README part 10) trains on rows with contrastive pairs: its own data directory, built with
     that share; the table names it; a share outside [0, 1] or a non-number is refused."""
-    from llamatune import demo
-
-    built = []
-    monkeypatch.setattr(demo, "_data_done", lambda *a, **kw: False)
-    monkeypatch.setattr(demo, "make_data", lambda d, *a, **kw: built.append((d.name, kw["pairs"])))
-    monkeypatch.setattr("llamatune.models.resolve_model", lambda m: "/models/" + m)
-    base = {"n": 100, "n_test": 10, "n_val": 10, "max_length": 1024, "max_tokens": 64, "threads": 2,
-            "val_fraction": 0.2}
+    built, base = _data_stage_recorded(monkeypatch, "pairs")
     plain, paired = (sweep._data(tmp_path, base, "smollm2-135m", None, False, p) for p in (None, 0.5))
     assert plain != paired and built == [(plain.name, None), (paired.name, 0.5)]
     md = sweep.markdown([_row("narrow", 0.5, 0.9, 0.6), {**_row("paired", 0.5, 0.9, 0.6), "pairs": 0.5}], None, 0.2)
