@@ -42,7 +42,7 @@ MODELS = {
     # serve: the GGUF evaluated and served (of f16 and Q8_0, both checked: on 135M, Q8_0 flips 3-6% of the fidelity
     # prompt's top-1 tokens, f16 none); mix: training category shares chosen on the fold (None: the generator's
     # default, chosen on the fold by demo-mix.yaml, README part 8); breadth: the breadth families in training (False:
-    # rejected on the fold, part 9); pairs: the clarify rows' share built as contrastive pairs (funccall_pairs, part 10)
+    # rejected on the fold, part 9); pairs: the clarify rows' share built as contrastive pairs (None: rejected, part 10)
     "smollm2-135m": {"template": "smollm2", "recipe": RECIPES / "smollm2-135m-demo.yaml",
                      "label": "SmolLM2-135M-Instruct", "serve": "f16", "mix": None, "breadth": False, "pairs": None},
     "gemma-3-270m": {"template": "gemma-3", "recipe": RECIPES / "gemma-270m-demo.yaml", "label": "gemma-3-270m (base)",

@@ -267,7 +267,7 @@ def test_the_demo_models_mix_and_breadth_change_only_the_training_rows(tmp_path,
     assert demo.MODELS["smollm2-135m"]["mix"] is None  # the default shares: what the family-spread fold chose
     assert demo.MODELS["smollm2-135m"]["breadth"] is False  # the breadth families left out: part 9's fold chose it
     files = {}
-    assert demo.MODELS["smollm2-135m"]["pairs"] is None  # no contrastive pairs: part 10's fold
+    assert demo.MODELS["smollm2-135m"]["pairs"] is None  # no contrastive pairs: part 10's fold rejected them
     for name, m, breadth, pairs in (("default", None, False, None), ("mix", mix, False, None),
                                     ("wide", None, True, None), ("pairs", None, False, 0.5)):
         demo.make_data(tmp_path / name, 300, 30, 40, 2048, str(tiny_model_dir), "llama-3.2", mix=m, n_test_new=8,

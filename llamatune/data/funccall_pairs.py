@@ -12,7 +12,8 @@ phrasings, and calling with others; nothing showed it that one word decides betw
 
 A pair's phrasing is a training family's and is never a near-duplicate of a validation or test clarify phrasing
 (:func:`eligible`, word-level similarity below :data:`NEAR_DUPLICATE`), so the held-out clarify families stay held
-out. The rows are built by :func:`build_pair`; :func:`llamatune.data.funccall_rows.build_split` places them.
+out. A pair's call replaces a single call of its own tool (:func:`next_pair`), so the tools' shares stay. The rows
+are built by :func:`build_pair`; :func:`llamatune.data.funccall_rows.build_split` places them.
 """
 
 from __future__ import annotations
@@ -75,6 +76,18 @@ def eligible(single: dict[str, list[str]], split: dict[str, str]) -> list[tuple[
                 if ask and all(similarity(ask, h) < NEAR_DUPLICATE for h in held):
                     out.append((tool, fam, phrasing))
     return out
+
+
+def next_pair(rng: random.Random, usable: list[tuple[str, str, str]], calls: dict[str, list[int]]):
+    """A reason drawn uniformly among those with a single call left in ``calls`` (tool → positions of its single-call
+    rows), the next such call's position (taken from ``calls``) and a phrasing of its tool from ``usable``:
+    ``(position, tool, family, phrasing)``; ``None`` when no call is left."""
+    kinds = sorted({KINDS[t] for t, at in calls.items() if at})
+    if not kinds:
+        return None
+    kind = rng.choice(kinds)
+    tool = min((t for t in calls if calls[t] and KINDS[t] == kind), key=lambda t: calls[t][0])
+    return (calls[tool].pop(0), *rng.choice([u for u in usable if u[0] == tool]))
 
 
 def build_pair(rng: random.Random, tool: str, family: str, phrasing: str):

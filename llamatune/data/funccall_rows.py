@@ -377,40 +377,40 @@ def build_split(split: str, n: int, seed: int, proportions: dict | None = None, 
     order = [c for c, k in category_counts(n, ORIGINAL_PROPORTIONS if proportions is None else proportions).items()
              for _ in range(k)]
     rng.shuffle(order)
-    paired = _pairs(order, style, fams, split_for(test_fraction, val_fraction, breadth), f"funccall:{seed}:{name}") \
-        if style.pairs else {}
     rows = []
     for i, category in enumerate(order):
         frng = random.Random(f"funccall:{seed}:{name}:foreign:{i}") if style.foreign_share or style.foreign_calls \
             else None  # its own stream, as the masking's
-        row = {"id": f"fc-{name}-{i:05d}", **_row(rng, category, fams, style, frng)}
-        row = {"id": row["id"], **paired[i]} if i in paired else row  # drawn first, so the other rows stay the same
+        rows.append({"id": f"fc-{name}-{i:05d}", **_row(rng, category, fams, style, frng)})
+    if style.pairs:  # after every row is drawn, so the other rows stay the same
+        _pair_up(rows, style, fams, split_for(test_fraction, val_fraction, breadth), f"funccall:{seed}:{name}")
+    for i, row in enumerate(rows):
         mask_rng = random.Random(f"funccall:{seed}:{name}:mask:{row.pop('_mask_as', i)}")  # own stream; a pair's alike
-        if style.masking and category != "injection" and mask_rng.random() < style.masking:
-            row = more.mask_row(row, mask_rng)
-        rows.append(row)
+        if style.masking and row["category"] != "injection" and mask_rng.random() < style.masking:
+            rows[i] = more.mask_row(row, mask_rng)
     return rows
 
 
-def _pairs(order: list[str], style: Style, fams: dict, assign: dict, stream: str) -> dict[int, dict]:
-    """Position → row of the ``round(pairs × clarify rows)`` contrastive pairs (each reason as often): a call and its
-    question twin (next single_call and clarify positions), same tools, system prompt and masking, own stream."""
-    where = {c: [i for i, x in enumerate(order) if x == c] for c in ("single_call", "clarify")}
-    k = min(round(style.pairs * len(where["clarify"])), len(where["single_call"]))
+def _pair_up(rows: list[dict], style: Style, fams: dict, assign: dict, stream: str) -> None:
+    """Replace ``round(pairs × clarify rows)`` clarify rows and as many single calls by contrastive pairs, each reason
+    as often: a call, in place of the next single call of its own tool (the tools' shares stay), and its question
+    twin; same tools, system prompt and masking; each pair from its own stream."""
     usable = pairs.eligible(fams["single"], assign)
-    out = {}
-    for j in range(k if usable else 0):
+    asks = [i for i, r in enumerate(rows) if r["category"] == "clarify"]
+    calls = {t: [i for i, r in enumerate(rows) if r["category"] == "single_call" and r["expected"]["name"] == t]
+             for t in {u[0] for u in usable}}
+    for j in range(round(style.pairs * len(asks))):
         rng = random.Random(f"{stream}:pair:{j}")
-        kind = rng.choice(sorted({pairs.KINDS[u[0]] for u in usable}))  # a reason, then a phrasing: as _pick does
-        tool, family, phrasing = rng.choice([u for u in usable if pairs.KINDS[u[0]] == kind])
+        if (picked := pairs.next_pair(rng, usable, calls)) is None:
+            break
+        at, tool, family, phrasing = picked
         call_msgs, ask_msgs, must, exp = pairs.build_pair(rng, tool, family, phrasing)
         tools = _toolset(rng, must, (), style, call_msgs)
         system = agent_system_prompt([t["function"]["name"] for t in tools])
         head = [{"role": "system", "content": system}] if system and rng.random() < style.system_share else []
-        for cat, msgs, e in (("single_call", call_msgs, exp), ("clarify", ask_msgs, None)):
-            out[where[cat][j]] = {"messages": [*head, *msgs], "tools": tools, "category": cat, "template_id": family,
-                                  "expected": e, "families": [family], "_mask_as": where["single_call"][j]}
-    return out
+        for i, cat, msgs, e in ((at, "single_call", call_msgs, exp), (asks[j], "clarify", ask_msgs, None)):
+            rows[i] = {"id": rows[i]["id"], "messages": [*head, *msgs], "tools": tools, "category": cat,
+                       "template_id": family, "expected": e, "families": [family], "_mask_as": at}
 
 
 def strip_private(rows: list[dict]) -> list[dict]:
