@@ -127,9 +127,9 @@ PROBE_FAMILIES = ("cl-ambiguous-c", "cl-nounit-c")
 
 def probe_rows(n: int = 48, seed: int = 0) -> list[dict]:
     """``n`` clarify items (the :data:`PROBE_FAMILIES` in turn while each has distinct prompts: the ambiguous places
-    give 18; dressed as test rows): does
-    asking back transfer to phrasings the training rows never use? Read beside the validation fold, which has no
-    family of these two reasons; only meaningful for a model trained without ``breadth``."""
+    give 18; dressed as test rows): does asking back transfer to phrasings the training rows never use? Read beside
+    the validation fold, which has no family of these two reasons; only meaningful for a model trained without
+    ``breadth``."""
     pool = strip_private(build_split("train", 12 * n, seed, {"clarify": 1}, style=EVAL_STYLE, stream="probe",
                                      breadth=True))
     by_family: dict[str, list[dict]] = {f: [] for f in PROBE_FAMILIES}
@@ -138,9 +138,10 @@ def probe_rows(n: int = 48, seed: int = 0) -> list[dict]:
         text = r["messages"][-2]["content"]
         if r["template_id"] in by_family and text not in seen:
             seen.add(text)
-            by_family[r["template_id"]].append({**r, "id": r["id"].replace("fc-probe-", "fc-probe-" + r["template_id"]
-                                                                            + "-")})
-    out = [by_family[f][i] for i in range(n) for f in PROBE_FAMILIES if i < len(by_family[f])][:n]  # in turn, while each lasts
+            fam = r["template_id"]
+            by_family[fam].append({**r, "id": r["id"].replace("fc-probe-", f"fc-probe-{fam}-")})
+    # the families in turn, while each lasts
+    out = [by_family[f][i] for i in range(n) for f in PROBE_FAMILIES if i < len(by_family[f])][:n]
     if len(out) < n:
         raise ValueError(f"probe: only {len(out)} distinct prompts for n={n}")
     return out

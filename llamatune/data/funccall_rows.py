@@ -335,8 +335,7 @@ def _row(rng: random.Random, category: str, fams: dict, style: Style = EVAL_STYL
             "families": used}
 
 
-def _families_of(split: str, test_fraction: float, val_fraction: float = 0.0, breadth: bool = False) -> dict:
-    assign = split_for(test_fraction, val_fraction, breadth)
+def _families_of(split: str, assign: dict[str, str]) -> dict:
     groups = family_groups()
     mine = [f for f in groups if assign.get(f) == split]
     fams = {"single": {t: [f for f in phrasebook.SINGLE[t] if f in mine] for t in phrasebook.SINGLE},
@@ -373,7 +372,8 @@ def build_split(split: str, n: int, seed: int, proportions: dict | None = None, 
     name = stream or split
     rng = random.Random(f"funccall:{seed}:{name}")
     fold = split if split != "val" or val_fraction else "train"
-    fams = _families_of(fold, test_fraction, val_fraction, breadth)
+    assign = split_for(test_fraction, val_fraction, breadth)
+    fams = _families_of(fold, assign)
     order = [c for c, k in category_counts(n, ORIGINAL_PROPORTIONS if proportions is None else proportions).items()
              for _ in range(k)]
     rng.shuffle(order)
@@ -383,7 +383,7 @@ def build_split(split: str, n: int, seed: int, proportions: dict | None = None, 
             else None  # its own stream, as the masking's
         rows.append({"id": f"fc-{name}-{i:05d}", **_row(rng, category, fams, style, frng)})
     if style.pairs:  # after every row is drawn, so the other rows stay the same
-        _pair_up(rows, style, fams, split_for(test_fraction, val_fraction, breadth), f"funccall:{seed}:{name}")
+        _pair_up(rows, style, fams, assign, f"funccall:{seed}:{name}")
     for i, row in enumerate(rows):
         mask_rng = random.Random(f"funccall:{seed}:{name}:mask:{row.pop('_mask_as', i)}")  # own stream; a pair's alike
         if style.masking and row["category"] != "injection" and mask_rng.random() < style.masking:
