@@ -12,6 +12,15 @@ loss, its gradients and the logged entropy/accuracy are those of the stock path 
 checks loss and LoRA gradients against it on the tiny Llama and both embedded models); only the work differs.
 
 ``fast_lm_head: false`` in a recipe keeps TRL's stock path. unsloth brings its own fused loss and is left alone.
+
+**Decision weight** (recipe ``decision_weight``, default 1 = plain SFT). The first token an assistant turn writes is
+where the model decides: a call (``<tool_call>`` / ``{"name"``) or an answer in words, and after a tool result,
+another call or the answer. In a row it is one labelled token among tens, so plain SFT gives that choice a few per
+cent of the gradient. With ``decision_weight: w`` each turn's first labelled token (:func:`decision_positions`)
+counts ``w`` times in the loss; every other token counts once and the normaliser (the labelled-token count) is
+unchanged, so ``w: 1`` is the stock loss to the bit. TRL's ``compute_loss`` sums ``-log_probs`` itself, so the
+weighted output's ``log_probs`` are the weighted terms of its loss (the logged entropy and accuracy are not
+weighted); ``loss_type: dft`` and label smoothing, which read ``log_probs`` otherwise, are refused with it.
 """
 
 from __future__ import annotations
@@ -32,9 +41,21 @@ def _logit_transform(config) -> tuple[float | None, float]:
     return getattr(text, "final_logit_softcapping", None), 1.0 if scale is None else scale
 
 
-def add_label_only_head(model) -> None:
+def decision_positions(mask):
+    """``[B, T]`` bool: the first position of every run of labelled positions in ``mask`` (each assistant turn's
+    first token; turns are separated by unlabelled prompt tokens, packed rows by their prompts)."""
+    import torch
+
+    before = torch.nn.functional.pad(mask[:, :-1], (1, 0), value=False)
+    return mask & ~before
+
+
+def add_label_only_head(model, decision_weight: float = 1.0) -> None:
     """Patch ``model`` (the causal LM under PEFT, after ``SFTTrainer`` added its fused head) so that
-    ``model(..., labels=..., fused_lm_head=True)`` projects only the positions whose next-token label is set."""
+    ``model(..., labels=..., fused_lm_head=True)`` projects only the positions whose next-token label is set, and
+    weighs each assistant turn's first token ``decision_weight`` times (see the module doc)."""
+    if not decision_weight > 0:
+        raise ValueError(f"decision_weight must be > 0, got {decision_weight!r}")
     from trl.kernels import ChunkedLogProbFunction
     from trl.trainer import utils as trl_utils
 
@@ -61,6 +82,8 @@ def add_label_only_head(model) -> None:
         log_probs, entropy, _, _, is_top1 = (
             None if x is None else x.new_zeros(mask.shape).masked_scatter(mask, x) for x in per_token)
         denom = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        if decision_weight != 1.0:  # TRL's compute_loss sums -log_probs itself: weigh the terms it sums
+            log_probs = log_probs * (1.0 + (decision_weight - 1.0) * decision_positions(mask).to(log_probs.dtype))
         loss = -log_probs.sum() / denom
         return trl_utils.FusedCausalLMOutput(loss=loss, log_probs=log_probs, entropy=entropy, is_top1=is_top1,
                                    label_mask=mask)

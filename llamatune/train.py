@@ -54,6 +54,7 @@ RECIPE_KEYS: dict[str, Any] = {
     "load_in_4bit": False,  # QLoRA (bitsandbytes, CUDA only)
     "backend": "auto",  # auto | trl | unsloth
     "fast_lm_head": True,  # head + loss at labelled positions only (llamatune.label_head); false = TRL's stock path
+    "decision_weight": 1.0,  # loss weight of each assistant turn's first token, call or answer (llamatune.label_head)
     "attn_implementation": "auto",  # auto: "packed" on a CPU (llamatune.train_fast), transformers' choice on a GPU
     "compile": "auto",  # torch.compile of the MLPs and norms (llamatune.train_fast); auto: with bf16 on a CPU
 }
@@ -274,10 +275,18 @@ def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: li
     if args.assistant_only_loss:
         check_assistant_labels(trainer)
     fast_head = bool(extra["fast_lm_head"]) and backend == "trl"
+    decision_weight = float(extra["decision_weight"])
+    if decision_weight != 1.0 and not fast_head:
+        raise ValueError(f"decision_weight: {decision_weight} needs the label-only head (fast_lm_head: true, backend "
+                         f"trl); this recipe has fast_lm_head: {extra['fast_lm_head']}, backend {backend}")
+    if decision_weight != 1.0 and (args.loss_type != "nll" or args.label_smoothing_factor > 0):
+        raise ValueError(f"decision_weight: {decision_weight} weighs the plain NLL loss; this recipe has loss_type: "
+                         f"{args.loss_type}, label_smoothing_factor: {args.label_smoothing_factor}")
     if fast_head:
         from llamatune.label_head import add_label_only_head
 
-        add_label_only_head(trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model)
+        add_label_only_head(trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model,
+                            decision_weight=decision_weight)
     compiled = apply_fast_path(trainer, extra["compile"], dtype, precision, backend == "trl" and peft_config is not None,
                                notes)
     # train_sequences: what one epoch feeds the model (packs when packing), so rows/step = train_rows ÷
@@ -289,7 +298,8 @@ def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: li
     info = {"backend": backend, "dtype": dtype, "bf16": args.bf16, "fp16": args.fp16, "precision": precision,
             "attn_implementation": attn_impl, "compiled_modules": compiled,
             "optim": getattr(args.optim, "value", str(args.optim)), "model_path": extra["model_path"],
-            "padding_free": bool(trainer.padding_free), "fast_lm_head": fast_head, "data": data,
+            "padding_free": bool(trainer.padding_free), "fast_lm_head": fast_head,
+            "decision_weight": decision_weight, "data": data,
             "notes": notes, "device": str(args.device)}
     return trainer, info
 

@@ -131,3 +131,46 @@ def test_tiny_bf16_packed(funccall_data, tmp_path):
     """bf16 weights and compute (the CPU fast path): the label-only head still gives the stock loss and gradients."""
     assert_same_as_stock(funccall_data, tmp_path, ["--packing=true", "--max_length=1024", "--bf16=true",
                                                    "--dtype=auto"], n_rows=1)
+
+
+def test_decision_weight_counts_each_turns_first_token_w_times(funccall_data, tmp_path):
+    """``decision_weight: w``: every assistant turn's first token (right after the assistant header) counts w times,
+    every other labelled token once, the normaliser unchanged; the stock loss is the w = 1 case."""
+    import torch
+
+    from llamatune.label_head import decision_positions
+
+    extra = ["--packing=true", "--max_length=2048"]
+    plain_trainer = _trainer(funccall_data, tmp_path / "w1", True, extra)
+    plain = _loss_grads_metrics(plain_trainer, 1)
+    weighted = _loss_grads_metrics(_trainer(funccall_data, tmp_path / "w5", True, [*extra, "--decision_weight=5"]), 1)
+    batch = plain[3]
+    assert torch.equal(batch["input_ids"], weighted[3]["input_ids"])
+
+    base = plain_trainer.model.get_base_model()
+    with torch.no_grad():
+        out = base(**{k: v for k, v in batch.items() if k != "labels"}, labels=batch["labels"], fused_lm_head=True)
+    mask = out.label_mask
+    starts = decision_positions(mask)
+    tok = plain_trainer.processing_class
+    ids = batch["input_ids"][0]
+    header = tok.encode("<|start_header_id|>assistant<|end_header_id|>\n\n", add_special_tokens=False)
+    headers = [t + len(header) - 1 for t in range(len(ids) - len(header) + 1) if ids[t:t + len(header)].tolist() == header]
+    assert starts[0].nonzero().flatten().tolist() == headers, "a decision is the token after every assistant header"
+    assert len(headers) >= 2 and int(mask.sum()) > 5 * len(headers)
+
+    lp = out.log_probs.float()
+    expected = -(lp.sum() + 4 * lp[starts].sum()) / mask.sum()
+    assert float(plain[0]) == pytest.approx(float(-lp.sum() / mask.sum()), rel=1e-5)
+    assert float(weighted[0]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(weighted[0]) > float(plain[0])
+    assert any(not torch.allclose(weighted[1][n], g) for n, g in plain[1].items()), "the weight moved no gradient"
+
+
+def test_decision_weight_needs_the_label_only_head(funccall_data, tmp_path):
+    with pytest.raises(ValueError, match="decision_weight: 3.0 needs the label-only head"):
+        _trainer(funccall_data, tmp_path / "stock", False, ["--decision_weight=3"])
+    with pytest.raises(ValueError, match="decision_weight must be > 0"):
+        _trainer(funccall_data, tmp_path / "zero", True, ["--decision_weight=0"])
+    with pytest.raises(ValueError, match="weighs the plain NLL loss; this recipe has loss_type: dft"):
+        _trainer(funccall_data, tmp_path / "dft", True, ["--decision_weight=3", "--loss_type=dft"])
