@@ -49,7 +49,8 @@ def default_model() -> Path:
 def demo_items(n_test: int = 120) -> list[dict]:
     """The demo's test items: ``runs/demo/data/eval.jsonl``, else regenerated as ``llamatune demo`` picks them."""
     from llamatune.data.funccall import build_dataset
-    from llamatune.demo import DEFAULTS, distinct, prompt_key, stratified
+    from llamatune.demo import DEFAULTS
+    from llamatune.demo_data import distinct, prompt_key, stratified
     from llamatune.jsonl import read_jsonl
 
     path = REPO / "runs" / "demo" / "data" / "eval.jsonl"

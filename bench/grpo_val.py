@@ -60,12 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     data, sft = demo / "data", demo / ("tuned" if a.sft_steps is None else f"tuned-{a.sft_steps}")
     t0 = time.time()
     if a.sft_steps is not None:
-        from llamatune import demo as pipeline
+        from llamatune import demo as pipeline, demo_data
         from llamatune.models import resolve_model
 
         d = pipeline.DEFAULTS
-        if not pipeline._data_done(data, d["n"], d["n_test"], d["n_val"], d["max_length"], "smollm2"):
-            pipeline.make_data(data, d["n"], d["n_test"], d["n_val"], d["max_length"], resolve_model(d["model"]),
+        if not demo_data.data_done(data, d["n"], d["n_test"], d["n_val"], d["max_length"], "smollm2"):
+            demo_data.make_data(data, d["n"], d["n_test"], d["n_val"], d["max_length"], resolve_model(d["model"]),
                                "smollm2")
         pipeline.run_training(data, sft, a.sft_steps, d["max_length"], a.threads, d["model"])
     template = read_json(sft / "run.json")["recipe"]["chat_template"]

@@ -137,11 +137,12 @@ def exclusion_rows(paths) -> list[dict]:
 
 def prompt_rows(n: int, seed: int = 0, exclude: list[dict] = (), style: str = "eval") -> list[dict]:
     """``n`` GRPO prompt rows of the training template families (never the demo's validation fold), every category in
-    the default proportions, none whose prompt (:func:`llamatune.demo.prompt_key`) equals an ``exclude`` row's or
+    the default proportions, none whose prompt (:func:`llamatune.demo_data.prompt_key`) equals an ``exclude`` row's or
     another's. Fewer when the families cannot give ``n`` distinct prompts (said on stderr)."""
     from llamatune.data.funccall import DEFAULT_PROPORTIONS, build_split, strip_private, train_style
     from llamatune.data.funccall_rows import EVAL_STYLE
-    from llamatune.demo import DEFAULTS, distinct, prompt_key, stratified
+    from llamatune.demo import DEFAULTS
+    from llamatune.demo_data import distinct, prompt_key, stratified
 
     if n < 1:
         raise ValueError(f"n_prompts must be >= 1, got {n}")
@@ -156,7 +157,7 @@ def prompt_rows(n: int, seed: int = 0, exclude: list[dict] = (), style: str = "e
 
 
 def _check_excluded(rows: list[dict], exclude: list[dict]) -> None:
-    from llamatune.demo import prompt_key
+    from llamatune.demo_data import prompt_key
 
     banned = {prompt_key(r) for r in exclude}
     bad = [r.get("id") for r in rows if prompt_key(r) in banned]

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from llamatune import demo
+from llamatune import demo, demo_data
 from llamatune.jsonl import read_json, write_json, write_text
 from llamatune.report import pct_cell as _pct
 
@@ -118,15 +118,15 @@ def _data(out: Path, base: dict, model: str, mix: dict | None, breadth: bool = F
     tag += "-breadth" if breadth else ""
     tag += f"-pairs{pairs:g}" if pairs else ""
     d = out / f"data-{tag}"
-    if not demo._data_done(d, base["n"], base["n_test"], base["n_val"], base["max_length"], template, mix,
+    if not demo_data.data_done(d, base["n"], base["n_test"], base["n_val"], base["max_length"], template, mix,
                            val_fraction=vf, breadth=breadth, pairs=pairs):
-        demo.make_data(d, *args, resolve_model(model), template, mix, val_fraction=vf, breadth=breadth, pairs=pairs)
+        demo_data.make_data(d, *args, resolve_model(model), template, mix, val_fraction=vf, breadth=breadth, pairs=pairs)
     return d
 
 
 def _evaluate(gguf: Path, data: Path, out_json: Path, base: dict, template: str) -> tuple[dict, float]:
     """The model's validation result, scored again unless ``out_json`` holds this model's on these very items (a
-    validation draw that changed, e.g. ``demo.DATA_FORMAT`` 7's, must not be read as the old one's)."""
+    validation draw that changed, e.g. ``demo_data.DATA_FORMAT`` 7's, must not be read as the old one's)."""
     from llamatune.evals.toolcall import evaluate, is_current
 
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llamatune import demo, demo_report
+from llamatune import demo, demo_data, demo_report
 from llamatune.evals.scoring import score_output
 from llamatune.evals.toolcall import _write_results
 from tests.conftest import requires
@@ -109,12 +109,12 @@ def test_report_without_results_names_the_directory(tmp_path):
 
 def test_stratified_subset_covers_every_category():
     rows = [{"id": f"r{i:03d}", "category": c} for i, c in enumerate(["a"] * 50 + ["b"] * 30 + ["c"] * 2)]
-    got = demo.stratified(rows, 10)
+    got = demo_data.stratified(rows, 10)
     assert len(got) == 10 and {r["category"] for r in got} == {"a", "b", "c"}
-    assert got == demo.stratified(list(reversed(rows)), 10)  # deterministic, whatever the input order
+    assert got == demo_data.stratified(list(reversed(rows)), 10)  # deterministic, whatever the input order
     rows = [{"id": f"r{i:03d}", "category": c} for i, c in enumerate("a" * 98 + "b" * 45 + "c" * 45 + "d" * 27 + "e" * 25)]
-    assert len(demo.stratified(rows, 120)) == 120  # rounding the quotas down would give 119
-    assert len(demo.stratified(rows[:3], 10)) == 3
+    assert len(demo_data.stratified(rows, 120)) == 120  # rounding the quotas down would give 119
+    assert len(demo_data.stratified(rows[:3], 10)) == 3
 
 
 def test_stratified_spread_takes_a_categorys_quota_round_robin_over_its_families():
@@ -123,12 +123,12 @@ def test_stratified_spread_takes_a_categorys_quota_round_robin_over_its_families
     rows = [{"id": f"m{i:03d}", "category": "no_tool", "template_id": "nt-math-word"} for i in range(60)]
     rows += [{"id": f"{f}{i}", "category": "no_tool", "template_id": f"nt-{f}"} for f in ("symbol", "poem") for i in range(2)]
     rows += [{"id": f"s{i:03d}", "category": "single_call", "template_id": "cw"} for i in range(40)]
-    plain = Counter(r["template_id"] for r in demo.stratified(rows, 24, seed=1) if r["category"] == "no_tool")
-    spread = demo.stratified(rows, 24, seed=1, spread="template_id")
+    plain = Counter(r["template_id"] for r in demo_data.stratified(rows, 24, seed=1) if r["category"] == "no_tool")
+    spread = demo_data.stratified(rows, 24, seed=1, spread="template_id")
     fams = Counter(r["template_id"] for r in spread if r["category"] == "no_tool")
     assert sum(fams.values()) == sum(plain.values()) == 15  # the same quota: 24 × 64/104 rows
     assert fams == {"nt-math-word": 11, "nt-symbol": 2, "nt-poem": 2}  # every row of the small families first
-    assert plain["nt-math-word"] > 11 and spread == demo.stratified(list(reversed(rows)), 24, seed=1, spread="template_id")
+    assert plain["nt-math-word"] > 11 and spread == demo_data.stratified(list(reversed(rows)), 24, seed=1, spread="template_id")
 
 
 def _run_demo(out: Path, **env) -> subprocess.CompletedProcess:
@@ -225,11 +225,11 @@ def test_a_tuned_run_of_another_recipe_or_data_is_set_aside_not_reused(tmp_path)
 def test_demo_data_prompts_are_distinct_and_unseen(tmp_path, tiny_model_dir):
     from llamatune.data.funccall import CATEGORIES, NEW_CATEGORIES, ORIGINAL_CATEGORIES
 
-    info = demo.make_data(tmp_path, 300, 30, 200, 2048, str(tiny_model_dir), "llama-3.2", n_test_new=16)
+    info = demo_data.make_data(tmp_path, 300, 30, 200, 2048, str(tiny_model_dir), "llama-3.2", n_test_new=16)
     rows = {name: [json.loads(x) for x in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
             for name in ("train", "val", "eval", "eval_new")}
-    keys = {name: [demo.prompt_key(r) for r in rs] for name, rs in rows.items()}
-    generated = {demo.prompt_key(json.loads(x)) for x in (tmp_path / "full" / "train.jsonl").read_text().splitlines()}
+    keys = {name: [demo_data.prompt_key(r) for r in rs] for name, rs in rows.items()}
+    generated = {demo_data.prompt_key(json.loads(x)) for x in (tmp_path / "full" / "train.jsonl").read_text().splitlines()}
     assert len(rows["eval"]) == info["n_test"] == 30 and len(rows["eval_new"]) == info["n_test_new"] == 16
     assert len(rows["val"]) == info["n_val"] == 200  # enough to tell settings apart
     for name in ("val", "eval", "eval_new"):
@@ -249,10 +249,10 @@ def test_demo_data_prompts_are_distinct_and_unseen(tmp_path, tiny_model_dir):
     table = info["by_category"]  # rows generated, kept and mean tokens per category, for the report
     assert table["all"]["generated"] == info["n_train_generated"] and table["all"]["kept"]["2048"] == info["n_train"]
     assert set(table) == {*CATEGORIES, "all"}
-    assert demo._data_done(tmp_path, 300, 30, 200, 2048, "llama-3.2", n_test_new=16)
-    assert not demo._data_done(tmp_path, 300, 30, 200, 2048, "smollm2", n_test_new=16)  # another template: rebuilt
-    assert not demo._data_done(tmp_path, 300, 30, 200, 2048, "llama-3.2")  # another number of new test items
-    assert not demo._data_done(tmp_path, 300, 30, 200, 2048, "llama-3.2", n_test_new=16, val_fraction=0)  # no fold
+    assert demo_data.data_done(tmp_path, 300, 30, 200, 2048, "llama-3.2", n_test_new=16)
+    assert not demo_data.data_done(tmp_path, 300, 30, 200, 2048, "smollm2", n_test_new=16)  # another template: rebuilt
+    assert not demo_data.data_done(tmp_path, 300, 30, 200, 2048, "llama-3.2")  # another number of new test items
+    assert not demo_data.data_done(tmp_path, 300, 30, 200, 2048, "llama-3.2", n_test_new=16, val_fraction=0)  # no fold
 
 
 @requires("transformers")
@@ -260,7 +260,7 @@ def test_the_demo_models_mix_and_breadth_change_only_the_training_rows(tmp_path,
     """A demo model's category mix (README part 8 tried demo-mix.yaml's mix-calls): the training rows follow its
     shares, with the breadth families (part 9, rejected on the fold) or contrastive pairs (part 10) it uses them,
     while the validation and test items are the same prompts as with the generator's defaults."""
-    from llamatune.data.funccall_rows import BREADTH
+    from llamatune.data.funccall_split import BREADTH
 
     mix = {"single_call": 0.27, "no_tool": 0.10, "tool_result": 0.08, "clarify": 0.12, "multi_turn": 0.14,
            "near_miss": 0.09, "injection": 0.03, "parallel": 0.10, "parallel_result": 0.07}
@@ -270,7 +270,7 @@ def test_the_demo_models_mix_and_breadth_change_only_the_training_rows(tmp_path,
     assert demo.MODELS["smollm2-135m"]["pairs"] is None  # no contrastive pairs: part 10's fold rejected them
     for name, m, breadth, pairs in (("default", None, False, None), ("mix", mix, False, None),
                                     ("wide", None, True, None), ("pairs", None, False, 0.5)):
-        demo.make_data(tmp_path / name, 300, 30, 40, 2048, str(tiny_model_dir), "llama-3.2", mix=m, n_test_new=8,
+        demo_data.make_data(tmp_path / name, 300, 30, 40, 2048, str(tiny_model_dir), "llama-3.2", mix=m, n_test_new=8,
                        breadth=breadth, pairs=pairs)
         files[name] = {f: (tmp_path / name / f"{f}.jsonl").read_text() for f in ("train", "val", "eval", "eval_new")}
     for f in ("val", "eval", "eval_new"):
@@ -278,20 +278,20 @@ def test_the_demo_models_mix_and_breadth_change_only_the_training_rows(tmp_path,
         assert files["wide"][f] == files["default"][f], f"{f}.jsonl depends on the breadth families"
         assert files["pairs"][f] == files["default"][f], f"{f}.jsonl depends on the contrastive pairs"
     assert files["pairs"]["train"] != files["default"]["train"]
-    assert demo._data_done(tmp_path / "pairs", 300, 30, 40, 2048, "llama-3.2", n_test_new=8, pairs=0.5)
-    assert not demo._data_done(tmp_path / "pairs", 300, 30, 40, 2048, "llama-3.2", n_test_new=8)
+    assert demo_data.data_done(tmp_path / "pairs", 300, 30, 40, 2048, "llama-3.2", n_test_new=8, pairs=0.5)
+    assert not demo_data.data_done(tmp_path / "pairs", 300, 30, 40, 2048, "llama-3.2", n_test_new=8)
     fams = {k: {f for x in v["train"].splitlines() for f in json.loads(x)["families"]} for k, v in files.items()}
     assert fams["wide"] & BREADTH and not fams["default"] & BREADTH
-    assert demo._data_done(tmp_path / "wide", 300, 30, 40, 2048, "llama-3.2", n_test_new=8, breadth=True)
-    assert not demo._data_done(tmp_path / "wide", 300, 30, 40, 2048, "llama-3.2", n_test_new=8)
+    assert demo_data.data_done(tmp_path / "wide", 300, 30, 40, 2048, "llama-3.2", n_test_new=8, breadth=True)
+    assert not demo_data.data_done(tmp_path / "wide", 300, 30, 40, 2048, "llama-3.2", n_test_new=8)
     counts = {k: Counter(json.loads(x)["category"] for x in v["train"].splitlines()) for k, v in files.items()}
     n = sum(counts["mix"].values())
     assert counts["mix"]["single_call"] > counts["default"]["single_call"]  # 0.27 against the default 0.20
     assert counts["mix"]["tool_result"] < counts["default"]["tool_result"]  # 0.08 against 0.16
     assert abs(counts["mix"]["clarify"] / n - mix["clarify"]) < 0.03
     info = json.loads((tmp_path / "mix" / "demo_data.json").read_text())
-    assert info["mix"] == mix and demo._data_done(tmp_path / "mix", 300, 30, 40, 2048, "llama-3.2", mix, n_test_new=8)
-    assert not demo._data_done(tmp_path / "mix", 300, 30, 40, 2048, "llama-3.2", n_test_new=8)  # the default: rebuilt
+    assert info["mix"] == mix and demo_data.data_done(tmp_path / "mix", 300, 30, 40, 2048, "llama-3.2", mix, n_test_new=8)
+    assert not demo_data.data_done(tmp_path / "mix", 300, 30, 40, 2048, "llama-3.2", n_test_new=8)  # the default: rebuilt
 
 
 def test_the_report_says_which_template_families_and_mix_trained_the_model():
@@ -318,9 +318,9 @@ def test_demo_test_items_of_the_original_categories_do_not_depend_on_the_new_one
     rows = [{"id": f"fc-test-{i:05d}", "category": c} for i, c in enumerate(["single_call"] * 40 + ["no_tool"] * 30)]
     new = [{"id": f"fc-test-new-{i:05d}", "category": "parallel"} for i in range(30)]
 
-    assert demo.stratified([r for r in rows + new if r["category"] not in NEW_CATEGORIES], 20) == \
-        demo.stratified(rows, 20)
-    weighted = demo.stratified(rows + new, 20, weights={"single_call": 0.5, "no_tool": 0.25, "parallel": 0.25})
+    assert demo_data.stratified([r for r in rows + new if r["category"] not in NEW_CATEGORIES], 20) == \
+        demo_data.stratified(rows, 20)
+    weighted = demo_data.stratified(rows + new, 20, weights={"single_call": 0.5, "no_tool": 0.25, "parallel": 0.25})
     assert Counter(r["category"] for r in weighted) == Counter({"single_call": 10, "no_tool": 5, "parallel": 5})
 
 

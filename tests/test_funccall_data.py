@@ -129,7 +129,8 @@ def test_validation_fold_is_held_out_of_training_and_leaves_the_test_as_it_was()
     held out, and the training rows never use a fold family."""
     from llamatune.data import funccall_foreign as foreign
     from llamatune.data import funccall_templates as book
-    from llamatune.data.funccall_rows import DEFAULT_PROPORTIONS, TRAIN_ONLY, _concept, build_split, family_groups
+    from llamatune.data.funccall_rows import DEFAULT_PROPORTIONS, build_split
+    from llamatune.data.funccall_split import TRAIN_ONLY, _concept, family_groups
 
     plain, fold = split_families(), split_families(val_fraction=0.2)
     assert {f for f, s in plain.items() if s == "test"} == {f for f, s in fold.items() if s == "test"}
@@ -161,14 +162,15 @@ def test_breadth_families_leave_the_older_split_and_rows_as_they_were(monkeypatc
     knowledge question among them: the fold had one knowledge family, the test's kind of declining it could not see),
     and without ``breadth=True`` (the default) the training rows are those the generator gave before they existed."""
     from llamatune.data import funccall_rows as fr
+    from llamatune.data import funccall_split as fs
     from llamatune.data.funccall_breadth import families
 
     new = set(families())
-    assert new == fr.BREADTH and len(new) >= 25 and not new & set(fr.TRAIN_ONLY)
+    assert new == fs.BREADTH and len(new) >= 25 and not new & set(fs.TRAIN_ONLY)
     with_new = split_families(val_fraction=0.2)
     assert not {f for f in new if with_new[f] == "test"}
     fold_new = {f for f in new if with_new[f] == "val"}
-    groups = fr.family_groups()
+    groups = fs.family_groups()
     assert {groups[f] for f in fold_new} >= {"knowledge"} and len(fold_new) <= len(new) // 5
     args = ("train", 300, 0, DEFAULT_PROPORTIONS)
     kw = {"style": fr.train_style(), "val_fraction": 0.2}
@@ -178,8 +180,8 @@ def test_breadth_families_leave_the_older_split_and_rows_as_they_were(monkeypatc
     val = fr.build_split("val", 200, 0, DEFAULT_PROPORTIONS, val_fraction=0.2)
     in_family_val = fr.build_split("val", 100, 0)
     # the books without the breadth families: the older split, and the rows breadth=False gives
-    monkeypatch.setattr(fr, "BREADTH", frozenset())
-    monkeypatch.setattr(fr, "family_groups", lambda g=fr.family_groups: {f: v for f, v in g().items() if f not in new})
+    monkeypatch.setattr(fs, "BREADTH", frozenset())
+    monkeypatch.setattr(fs, "family_groups", lambda g=fs.family_groups: {f: v for f, v in g().items() if f not in new})
     without = split_families(val_fraction=0.2)
     assert without == {f: s for f, s in with_new.items() if f not in new}
     assert fr.build_split(*args, **kw, breadth=True) == rows_old

@@ -92,7 +92,7 @@ def test_a_pairs_call_replaces_a_single_call_of_its_own_tool(paired):
 
 
 def test_no_pair_phrasing_is_near_a_held_out_clarify_phrasing():
-    split = fr.split_for(0.2, 0.2)
+    split = fr.splits.split_for(0.2, 0.2)
     single = {t: [f for f in fams if split.get(f) == "train"] for t, fams in fr.phrasebook.SINGLE.items()}
     usable = pairs.eligible(single, split)
     held = pairs.held_out_clarify(split)

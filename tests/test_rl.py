@@ -57,7 +57,7 @@ def test_the_reward_is_the_scorers_verdict():
 
 
 def test_prompts_come_from_training_families_and_never_equal_a_validation_or_test_prompt(tmp_path):
-    from llamatune.demo import prompt_key, validation_rows
+    from llamatune.demo_data import prompt_key, validation_rows
     from llamatune.rl import _check_excluded, exclusion_rows, prompt_rows
 
     free = prompt_rows(40, seed=3)

@@ -187,11 +187,11 @@ def test_precision_val_trains_both_arms_through_the_same_rungs_and_compares_them
 
 def _data_stage_recorded(monkeypatch, key: str) -> tuple[list, dict]:
     """The demo's data stage replaced by a recorder of (directory name, its ``key`` argument); a sweep's base."""
-    from llamatune import demo
+    from llamatune import demo_data
 
     built = []
-    monkeypatch.setattr(demo, "_data_done", lambda *a, **kw: False)
-    monkeypatch.setattr(demo, "make_data", lambda d, *a, **kw: built.append((d.name, kw[key])))
+    monkeypatch.setattr(demo_data, "data_done", lambda *a, **kw: False)
+    monkeypatch.setattr(demo_data, "make_data", lambda d, *a, **kw: built.append((d.name, kw[key])))
     monkeypatch.setattr("llamatune.models.resolve_model", lambda m: "/models/" + m)
     return built, {"n": 100, "n_test": 10, "n_val": 10, "max_length": 1024, "max_tokens": 64, "threads": 2,
                    "val_fraction": 0.2}

@@ -51,8 +51,9 @@ from pathlib import Path
 
 from llamatune.data.funccall_rows import (AGENT_SYSTEM_SHARE, CATEGORIES, DEFAULT_PROPORTIONS,  # noqa: F401 (API)
                                           EVAL_STYLE, NEW_CATEGORIES, ORIGINAL_CATEGORIES, ORIGINAL_PROPORTIONS, TRAIN_STYLE,
-                                          Style, agent_system_prompt, build_split, category_counts, family_groups,
-                                          split_families, split_for, strip_private, train_style)
+                                          Style, agent_system_prompt, build_split, category_counts, strip_private,
+                                          train_style)
+from llamatune.data.funccall_split import family_groups, split_families, split_for  # noqa: F401 (API)
 
 PARAPHRASE_PROMPT = ("Paraphrase the user's message. Keep its meaning, language and every name, place, number and "
                      "unit exactly as written. Reply with the paraphrase only.")

@@ -4,7 +4,7 @@ nearly every group, so that each kind of request is taught in more phrasings tha
 Part 8 found the lever left to be the breadth of phrasings per category (more steps over the same families
 overfit) and the validation fold blind to a kind of declining the test has (it held one knowledge-question family).
 These families were written after the split was frozen, so they are never test families, and the split places them
-apart from the older families (:func:`llamatune.data.funccall_rows.split_families`): the older families' test and
+apart from the older families (:func:`llamatune.data.funccall_split.split_families`): the older families' test and
 fold stay as they were, and ~``val_fraction`` of each group's new families joins the fold. ``breadth=True``
 (:func:`~llamatune.data.funccall_rows.build_split`) adds them to the training families; the default leaves them out,
 so the training rows are those of parts 6-8 exactly, because the fold sweep (``FuncCall/recipes/demo-breadth.yaml``)

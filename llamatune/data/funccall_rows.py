@@ -1,5 +1,5 @@
-"""Rows of the function-calling generator: categories and their shares, the template-family split, the offered
-tools, and one split's rows (deterministic for a seed). Files, the card and the CLI are in
+"""Rows of the function-calling generator: categories and their shares, the offered tools, and one split's rows
+(deterministic for a seed); the template-family split is :mod:`llamatune.data.funccall_split`. Files, the card and the CLI are in
 :mod:`llamatune.data.funccall`; the conversations themselves in :mod:`~llamatune.data.funccall_build` and
 :mod:`~llamatune.data.funccall_more`.
 
@@ -10,7 +10,6 @@ the same rows for the same seed and ``n`` as before; training rows are lean (:da
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -21,6 +20,7 @@ from llamatune.data import funccall_build as builders
 from llamatune.data import funccall_foreign as foreign
 from llamatune.data import funccall_more as more
 from llamatune.data import funccall_pairs as pairs
+from llamatune.data import funccall_split as splits
 from llamatune.data import funccall_templates as phrasebook
 
 ORIGINAL_CATEGORIES = ("single_call", "no_tool", "tool_result", "clarify", "multi_turn")
@@ -68,11 +68,6 @@ TRAIN_STYLE = Style(system_share=0.5, max_distractors=1, max_distractors_several
                     row_budget=620)
 FOREIGN_CALLS_PER_SHARE = 0.4  # train_style(foreign=s): s of the distractor rows, 0.4 s of the single calls
 AGENT_SYSTEM_SHARE = TRAIN_STYLE.system_share
-# families that are always training families: those added after the split was frozen, and the foreign tools'
-TRAIN_ONLY = (*phrasebook.TRAIN_ONLY, *foreign.families())
-# the breadth families (llamatune.data.funccall_breadth, README part 9): never test families, and placed in the fold
-# apart from the older ones, so that the older families' split is what it was
-BREADTH = frozenset(phrasebook.BREADTH)
 
 
 def train_style(masking: float | None = None, foreign: float | None = None, pairs: float | None = None) -> Style:
@@ -87,103 +82,6 @@ def train_style(masking: float | None = None, foreign: float | None = None, pair
     if foreign is not None:
         style = replace(style, foreign_share=foreign, foreign_calls=FOREIGN_CALLS_PER_SHARE * foreign)
     return replace(style, pairs=pairs) if pairs is not None else style
-
-
-# --- template families and the split ---------------------------------------------------------------------
-
-def family_groups() -> dict[str, str]:
-    """Every template family id → its group (the split takes a share of each group)."""
-    groups = {f: tool for tool, fams in phrasebook.SINGLE.items() for f in fams}
-    groups.update({f: spec[0] for f, spec in phrasebook.CLARIFY.items()})
-    groups.update({f: spec[0] for f, spec in phrasebook.NO_TOOL.items()})
-    groups.update({f: "follow-up" for f in phrasebook.FOLLOW_UPS})
-    groups.update({f: "foreign" for f in foreign.families()})
-    for book in (phrasebook.NEAR_MISS, phrasebook.PARALLEL, phrasebook.INJECTIONS):
-        groups.update({f: spec[0] for f, spec in book.items()})
-    return groups
-
-
-def _concept(fam: str) -> str | None:
-    """What a family teaches beyond its phrasing: a clarify family's reason, a follow-up family's kind."""
-    if fam in phrasebook.CLARIFY_REASONS:
-        return "clarify:" + phrasebook.CLARIFY_REASONS[fam]
-    if fam in phrasebook.FOLLOW_UPS:
-        return "follow-up:" + phrasebook.FOLLOW_UPS[fam][1]
-    return None
-
-
-def split_families(test_fraction: float = 0.2, val_fraction: float = 0.0) -> dict[str, str]:
-    """Family id → ``"train"``, ``"val"`` or ``"test"``. ~``test_fraction`` of each group (at least one, never all)
-    goes to test; the :data:`TRAIN_ONLY` families (added after the split was frozen, and the foreign tools') never
-    do. Then, with ``val_fraction`` > 0, ~``val_fraction`` of each group's remaining families (at least one) forms
-    the *validation fold*, held out of training as the test's are, so that settings are chosen on transfer to new
-    phrasings, as the test measures it. A family goes to the fold only where two training families of its group stay
-    and its concept (a clarify reason, a follow-up kind) keeps a training family; never a foreign tool's. The test
-    families are the same whatever ``val_fraction``. Fixed by the family ids alone, so every seed (and the ICL
-    prompt) sees the same split."""
-    if not 0 <= test_fraction < 1:
-        raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    by_group = defaultdict(list)
-    for fam, group in family_groups().items():
-        if fam not in TRAIN_ONLY and fam not in BREADTH:
-            by_group[group].append(fam)
-    split = dict.fromkeys((*TRAIN_ONLY, *sorted(BREADTH)), "train")
-    order = lambda f: hashlib.sha256(f.encode()).hexdigest()  # noqa: E731
-    for fams in by_group.values():
-        fams.sort(key=order)
-        k = 0 if test_fraction == 0 else min(len(fams) - 1, max(1, round(len(fams) * test_fraction)))
-        split.update({f: "test" if i < k else "train" for i, f in enumerate(fams)})
-    if val_fraction:
-        foreign_fams = set(foreign.families())
-        groups = {f: g for f, g in family_groups().items() if f not in BREADTH}
-        rest = defaultdict(list)
-        for fam, group in groups.items():
-            if split[fam] == "train" and fam not in foreign_fams:
-                rest[group].append(fam)
-        for fams in rest.values():
-            fams.sort(key=order)
-            want = max(1, round(len(fams) * val_fraction))
-            for fam in fams:
-                if want == 0 or len([f for f in fams if split[f] == "train"]) <= 2:
-                    break
-                if not _concept_kept(fam, groups, split):
-                    continue
-                split[fam] = "val"
-                want -= 1
-        _breadth_fold(split, val_fraction, order)
-    return split
-
-
-def split_for(test_fraction: float = 0.2, val_fraction: float = 0.0, breadth: bool = False) -> dict[str, str]:
-    """:func:`split_families` as rows are drawn: without ``breadth``, the breadth families that would be training
-    families are left out (they are in no split); fold and test families are the same either way."""
-    split = split_families(test_fraction, val_fraction)
-    return split if breadth else {f: s for f, s in split.items() if s != "train" or f not in BREADTH}
-
-
-def _concept_kept(fam: str, groups, split: dict) -> bool:
-    """Whether ``fam``'s concept (if it has one) keeps a training family among ``groups`` without it."""
-    c = _concept(fam)
-    return not c or any(split[g] == "train" and g != fam and _concept(g) == c for g in groups)
-
-
-def _breadth_fold(split: dict, val_fraction: float, order) -> None:
-    """The breadth families' share of the fold: ``round(val_fraction × n)`` of each group's ``n`` new families (none
-    where that rounds to 0), in the split's hash order, a family only where its concept keeps a training family."""
-    groups = family_groups()
-    new = defaultdict(list)
-    for fam in BREADTH:
-        new[groups[fam]].append(fam)
-    for fams in new.values():
-        want = round(len(fams) * val_fraction)
-        for fam in sorted(fams, key=order):
-            if want == 0:
-                break
-            if _concept_kept(fam, groups, split):
-                split[fam] = "val"
-                want -= 1
 
 
 def category_counts(n: int, proportions: dict | None = None) -> dict[str, int]:
@@ -336,7 +234,7 @@ def _row(rng: random.Random, category: str, fams: dict, style: Style = EVAL_STYL
 
 
 def _families_of(split: str, assign: dict[str, str]) -> dict:
-    groups = family_groups()
+    groups = splits.family_groups()
     mine = [f for f in groups if assign.get(f) == split]
     fams = {"single": {t: [f for f in phrasebook.SINGLE[t] if f in mine] for t in phrasebook.SINGLE},
             "follow_up": [f for f in phrasebook.FOLLOW_UPS if f in mine]}
@@ -355,15 +253,15 @@ def build_split(split: str, n: int, seed: int, proportions: dict | None = None, 
                 breadth: bool = False) -> list[dict]:
     """``n`` rows of one split, deterministic for ``seed``: ``"train"`` and ``"test"`` draw from their own template
     families; ``"val"`` from the validation fold when ``val_fraction`` > 0 (families held out of training, see
-    :func:`split_families`; ``"train"`` then leaves them out), else from the training families (the in-family
-    validation of the README's parts 1-5; rows never equal to training rows only by chance: the caller drops repeated
-    prompts). ``proportions``: default the five original categories in their original shares;
-    ``style``: default :data:`ORIGINAL_TRAIN_STYLE` for train, :data:`EVAL_STYLE` otherwise; ``stream`` names the
-    random stream and the ids (``fc-<stream>-00000``; default the split), so a second set of the same split
+    :func:`~llamatune.data.funccall_split.split_families`; ``"train"`` then leaves them out), else from the training
+    families (the in-family validation of the README's parts 1-5; rows never equal to training rows only by chance:
+    the caller drops repeated prompts). ``proportions``: default the five original categories in their original
+    shares; ``style``: default :data:`ORIGINAL_TRAIN_STYLE` for train, :data:`EVAL_STYLE` otherwise; ``stream`` names
+    the random stream and the ids (``fc-<stream>-00000``; default the split), so a second set of the same split
     (``"test-new"``) is independent of the first. User turns keep their private ``_keep`` lists (see
-    :func:`strip_private`). ``breadth=True`` adds the :data:`BREADTH` families to the training families (the
-    validation fold rejected it, README part 9; without them the training rows are those of parts 6-8; the
-    validation and test rows are the same either way)."""
+    :func:`strip_private`). ``breadth=True`` adds the :data:`~llamatune.data.funccall_split.BREADTH` families to the
+    training families (the validation fold rejected it, README part 9; without them the training rows are those of
+    parts 6-8; the validation and test rows are the same either way)."""
     if split not in ("train", "test", "val"):
         raise ValueError(f"split must be train, test or val, got {split!r}")
     style = style or (ORIGINAL_TRAIN_STYLE if split == "train" else EVAL_STYLE)
@@ -372,7 +270,7 @@ def build_split(split: str, n: int, seed: int, proportions: dict | None = None, 
     name = stream or split
     rng = random.Random(f"funccall:{seed}:{name}")
     fold = split if split != "val" or val_fraction else "train"
-    assign = split_for(test_fraction, val_fraction, breadth)
+    assign = splits.split_for(test_fraction, val_fraction, breadth)
     fams = _families_of(fold, assign)
     order = [c for c, k in category_counts(n, ORIGINAL_PROPORTIONS if proportions is None else proportions).items()
              for _ in range(k)]
