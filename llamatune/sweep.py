@@ -7,8 +7,10 @@ The sweep file lists settings (``runs``), each with a ``model`` (a key of :data:
 ``steps``, optional recipe overrides under ``set`` (TRL/PEFT field names: ``learning_rate``, ``r``,
 ``per_device_train_batch_size``…), an optional training category ``mix``, ``breadth: true`` (the breadth families
 added to the training rows, :mod:`llamatune.data.funccall_breadth`), ``pairs: SHARE`` (that share of the training
-clarify rows built as contrastive pairs, :mod:`llamatune.data.funccall_pairs`) and ``max_length`` (training rows longer
-than that many tokens are left out; the demo's default otherwise). Every setting trains with the demo
+clarify rows built as contrastive pairs, :mod:`llamatune.data.funccall_pairs`), ``max_length`` (training rows longer
+than that many tokens are left out; the demo's default otherwise) and ``seeds: [0, 1, 2]`` (one run per training seed,
+``NAME-seedS``; the table adds each setting's mean score over its seeds with their range, and the best is chosen by
+that mean: one seed of one setting moved the fold by 14 pp, README part 11). Every setting trains with the demo
 recipe of its model on the demo's training rows, is exported to GGUF Q8_0, and is scored by ``eval toolcall`` on
 ``val.jsonl``: new rows of the *training* template families (the demo's test items come from held-out families
 and are not read here). The untuned base of every model is scored on the same rows. Each stage is cached like the
@@ -54,7 +56,7 @@ def load_sweep(path: str | Path) -> dict:
         if r["name"] in names:
             raise ValueError(f"{where}: name {r['name']!r} appears twice")
         names.add(r["name"])
-        unknown = set(r) - {"name", "model", "steps", "set", "mix", "max_length", "breadth", "pairs"}
+        unknown = set(r) - {"name", "model", "steps", "set", "mix", "max_length", "breadth", "pairs", "seeds"}
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
         if not isinstance(r.get("breadth", False), bool):
@@ -62,7 +64,10 @@ def load_sweep(path: str | Path) -> dict:
         if "pairs" in r and (isinstance(r["pairs"], bool) or not isinstance(r["pairs"], (int, float))
                              or not 0 <= r["pairs"] <= 1):
             raise ValueError(f"{where}: pairs must be a share in [0, 1], got {r['pairs']!r}")
+    runs = _expand_seeds(runs, path)
     search = spec.get("search")
+    if search is not None and any("setting" in r for r in runs):
+        raise ValueError(f"{path}: seeds and successive halving together are not supported (rungs rank runs)")
     if search is not None:
         if not isinstance(search, dict) or search.get("method") != "successive_halving" or set(search) - SEARCH_KEYS:
             raise ValueError(f"{path}: search must be {{method: successive_halving, eta: N, min_steps: N}}, "
@@ -77,6 +82,45 @@ def load_sweep(path: str | Path) -> dict:
         search = {"method": "successive_halving", "eta": eta, "min_steps": lo, "rungs": rungs(steps.pop(), eta, lo)}
     defaults = {k: demo.DEFAULTS[k] for k in (*DATA_KEYS, "max_tokens", "threads", "val_fraction")}
     return {"base": {**defaults, **spec.get("base", {})}, "runs": runs, "search": search}
+
+
+def _expand_seeds(runs: list[dict], path) -> list[dict]:
+    """A setting with ``seeds: [a, b, ...]`` becomes one run per seed, ``NAME-seedA`` with ``set.seed: A``, each
+    remembering its ``setting``: training-seed variance is as large as the lever effects measured (README part 11),
+    so a setting is judged by its mean over seeds (:func:`by_setting`)."""
+    out = []
+    for i, r in enumerate(runs):
+        if "seeds" not in r:
+            out.append(r)
+            continue
+        seeds, where = r["seeds"], f"{path}: runs[{i}]"
+        if not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) \
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+            raise ValueError(f"{where}: seeds must be a non-empty list of distinct integers, got {seeds!r}")
+        if "seed" in (r.get("set") or {}):
+            raise ValueError(f"{where}: give seeds or set.seed, not both")
+        plain = {k: v for k, v in r.items() if k != "seeds"}
+        out += [{**plain, "name": f"{r['name']}-seed{x}", "set": {**(r.get("set") or {}), "seed": x},
+                 "setting": r["name"]} for x in seeds]
+    names = [r["name"] for r in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: run names repeat once seeds are expanded: {sorted(names)}")
+    return out
+
+
+def by_setting(rows: list[dict]) -> list[dict]:
+    """The rows grouped by setting (a run without ``seeds`` is a setting of one seed), in first-seen order: the seeds,
+    each seed's score, their mean, min and max, and the mean validation accuracy."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r.get("setting") or r["name"], []).append(r)
+    out = []
+    for name, rs in groups.items():
+        scores = [selection_score(r["val"]) for r in rs]
+        out.append({"setting": name, "seeds": [(r.get("set") or {}).get("seed") for r in rs], "scores": scores,
+                    "mean": sum(scores) / len(scores), "min": min(scores), "max": max(scores),
+                    "accuracy": sum(r["val"]["accuracy"]["value"] for r in rs) / len(rs)})
+    return out
 
 
 def rungs(max_steps: int, eta: int, min_steps: int) -> list[int]:
@@ -187,7 +231,8 @@ def run_setting(out: Path, base: dict, run: dict, stop_at: int | None = None, pr
     if not demo.export_done(base_dir, serve):
         demo.run_export(Path(resolve_model(model)), base_dir, f"{model}-base", True, template)
     base_res, _ = _evaluate(demo.gguf_of(base_dir, serve), data, base_dir / "val.json", base, template)
-    return {"name": run["name"], "model": model, "steps": stop_at or steps, "budget": steps,
+    return {"name": run["name"], "setting": run.get("setting") or run["name"], "model": model,
+            "steps": stop_at or steps, "budget": steps,
             "global_step": run_json.get("global_step"), "set": run.get("set") or {}, "mix": run.get("mix"),
             "breadth": breadth, "pairs": pairs,
             "max_length": base["max_length"], "resumed": bool(run_json.get("resumed_from")) and not prev,
@@ -269,7 +314,15 @@ def markdown(rows: list[dict], search: dict | None = None, val_fraction: float =
     if sha:
         lines.append(f"Successive halving, eta {search['eta']}: rungs of {', '.join(map(str, search['rungs']))} steps "
                      "(steps shown as trained/budget); → = continued to the next rung.")
-    if best:
+    if not sha and any((r.get("setting") or r["name"]) != r["name"] for r in rows):  # seeds: a setting by its mean
+        settings = by_setting(rows)
+        lines += ["", "| setting | seeds | score, mean [min, max] | val accuracy, mean |", "|---|---|---|---|"]
+        lines += [f"| {g['setting']} | {', '.join(str(x) for x in g['seeds'])} | {g['mean']:.3f} [{g['min']:.3f}, "
+                  f"{g['max']:.3f}] | {g['accuracy']:.0%} |" for g in settings]
+        top = max(settings, key=lambda g: (g["mean"], g["accuracy"]))
+        lines += ["", f"Best by the mean score over seeds: **{top['setting']}** ({top['mean']:.3f}, "
+                  f"{len(top['seeds'])} seed(s)); compare the gap with the spread between one setting's seeds."]
+    elif best:
         lines.append(f"Best by the score{' after the last rung' if sha else ''}: **{best['name']}** "
                      f"({selection_score(best['val']):.3f}; accuracy {_pct(best['val']['accuracy'])}).")
     lines.append("Train seconds: the training stage's wall time on 2 cores (a rung: only its own steps); * = resumed "

@@ -229,3 +229,54 @@ def test_a_setting_with_contrastive_pairs_gets_its_own_data_and_is_named_in_the_
     for bad in (1.5, -0.1, "half", True):
         with pytest.raises(ValueError, match="pairs must be a share"):
             sweep.load_sweep(_spec_file(tmp_path, [{**runs[0], "pairs": bad}], None))
+
+
+def test_seeds_expand_a_setting_into_one_run_per_seed_and_the_best_is_the_best_mean(tmp_path):
+    import yaml
+
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"runs": [
+        {"name": "narrow", "model": "smollm2-135m", "set": {"r": 32}, "seeds": [0, 1]},
+        {"name": "lever", "model": "smollm2-135m", "set": {"r": 32, "decision_weight": 10}, "seeds": [0, 1]},
+        {"name": "once", "model": "smollm2-135m"}]}))
+    runs = sweep.load_sweep(p)["runs"]
+    assert [(r["name"], r.get("setting"), r.get("set")) for r in runs] == [
+        ("narrow-seed0", "narrow", {"r": 32, "seed": 0}), ("narrow-seed1", "narrow", {"r": 32, "seed": 1}),
+        ("lever-seed0", "lever", {"r": 32, "decision_weight": 10, "seed": 0}),
+        ("lever-seed1", "lever", {"r": 32, "decision_weight": 10, "seed": 1}), ("once", None, None)]
+    # part 11's numbers: narrow's best seed beats the lever's best, but the lever's mean is higher
+    rows = [{**_row("narrow-seed0", 0.52, 0.86, 0.70), "setting": "narrow", "set": {"seed": 0}},
+            {**_row("narrow-seed1", 0.30, 0.80, 0.55), "setting": "narrow", "set": {"seed": 1}},
+            {**_row("lever-seed0", 0.43, 0.90, 0.66), "setting": "lever", "set": {"seed": 0}},
+            {**_row("lever-seed1", 0.45, 0.88, 0.66), "setting": "lever", "set": {"seed": 1}}]
+    groups = {g["setting"]: g for g in sweep.by_setting(rows)}
+    assert groups["narrow"]["seeds"] == [0, 1] and groups["narrow"]["mean"] == pytest.approx((0.69 + 0.55) / 2)
+    assert groups["lever"]["min"] == pytest.approx(0.665) and groups["lever"]["max"] == pytest.approx(0.665)
+    md = sweep.markdown(rows, None, 0.2)
+    assert "Best by the mean score over seeds: **lever** (0.665, 2 seed(s))" in md
+    assert "| narrow | 0, 1 | 0.620 [0.550, 0.690] | 62% |" in md and "Best by the score:" not in md
+    one_each = sweep.markdown(rows[:1] + rows[2:3], None, 0.2)  # one seed each: the better seed-0 run wins
+    assert "Best by the mean score over seeds: **narrow** (0.690, 1 seed(s))" in one_each
+
+
+@pytest.mark.parametrize("runs, message", [
+    ([{"name": "a", "model": "smollm2-135m", "seeds": [0, 0]}], "distinct integers"),
+    ([{"name": "a", "model": "smollm2-135m", "seeds": []}], "distinct integers"),
+    ([{"name": "a", "model": "smollm2-135m", "seeds": [0], "set": {"seed": 3}}], "seeds or set.seed, not both"),
+    ([{"name": "a", "model": "smollm2-135m", "seeds": [0]}, {"name": "a-seed0", "model": "smollm2-135m"}],
+     "run names repeat"),
+])
+def test_bad_seeds_are_refused(tmp_path, runs, message):
+    import yaml
+
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump({"runs": runs}))
+    with pytest.raises(ValueError, match=message):
+        sweep.load_sweep(p)
+
+
+def test_seeds_and_successive_halving_are_refused_together(tmp_path):
+    p = _spec_file(tmp_path, [{"name": "a", "model": "smollm2-135m", "steps": 80, "seeds": [0, 1]}],
+                   {"method": "successive_halving", "eta": 2, "min_steps": 20})
+    with pytest.raises(ValueError, match="seeds and successive halving"):
+        sweep.load_sweep(p)
