@@ -1,7 +1,7 @@
 """Rows of the function-calling generator: categories and their shares, the offered tools, and one split's rows
-(deterministic for a seed); the template-family split is :mod:`llamatune.data.funccall_split`. Files, the card and the CLI are in
-:mod:`llamatune.data.funccall`; the conversations themselves in :mod:`~llamatune.data.funccall_build` and
-:mod:`~llamatune.data.funccall_more`.
+(deterministic for a seed); the template-family split is :mod:`llamatune.data.funccall_split`. Files, the card and
+the CLI are in :mod:`llamatune.data.funccall`; the conversations themselves in
+:mod:`~llamatune.data.funccall_build` and :mod:`~llamatune.data.funccall_more`.
 
 A :class:`Style` dresses the rows of a split: the test and validation rows are dressed as they always were (no
 system prompt, up to 3 distractor tools, whole tool results), so the test items of the five original categories are

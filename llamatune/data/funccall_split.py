@@ -52,8 +52,9 @@ def split_families(test_fraction: float = 0.2, val_fraction: float = 0.0) -> dic
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    every = family_groups()
     by_group = defaultdict(list)
-    for fam, group in family_groups().items():
+    for fam, group in every.items():
         if fam not in TRAIN_ONLY and fam not in BREADTH:
             by_group[group].append(fam)
     split = dict.fromkeys((*TRAIN_ONLY, *sorted(BREADTH)), "train")
@@ -64,7 +65,7 @@ def split_families(test_fraction: float = 0.2, val_fraction: float = 0.0) -> dic
         split.update({f: "test" if i < k else "train" for i, f in enumerate(fams)})
     if val_fraction:
         foreign_fams = set(foreign.families())
-        groups = {f: g for f, g in family_groups().items() if f not in BREADTH}
+        groups = {f: g for f, g in every.items() if f not in BREADTH}
         rest = defaultdict(list)
         for fam, group in groups.items():
             if split[fam] == "train" and fam not in foreign_fams:
@@ -79,7 +80,7 @@ def split_families(test_fraction: float = 0.2, val_fraction: float = 0.0) -> dic
                     continue
                 split[fam] = "val"
                 want -= 1
-        _breadth_fold(split, val_fraction, order)
+        _breadth_fold(split, val_fraction, order, every)
     return split
 
 
@@ -96,10 +97,10 @@ def _concept_kept(fam: str, groups, split: dict) -> bool:
     return not c or any(split[g] == "train" and g != fam and _concept(g) == c for g in groups)
 
 
-def _breadth_fold(split: dict, val_fraction: float, order) -> None:
+def _breadth_fold(split: dict, val_fraction: float, order, groups: dict[str, str]) -> None:
     """The breadth families' share of the fold: ``round(val_fraction × n)`` of each group's ``n`` new families (none
-    where that rounds to 0), in the split's hash order, a family only where its concept keeps a training family."""
-    groups = family_groups()
+    where that rounds to 0), in the split's hash order, a family only where its concept keeps a training family
+    (``groups``: :func:`family_groups`)."""
     new = defaultdict(list)
     for fam in BREADTH:
         new[groups[fam]].append(fam)
