@@ -36,6 +36,7 @@ from pathlib import Path
 import yaml
 
 from llamatune import demo, demo_data
+from llamatune.evals.stats import permutation_test
 from llamatune.jsonl import read_json, write_json, write_text
 from llamatune.report import pct_cell as _pct
 
@@ -117,7 +118,8 @@ def by_setting(rows: list[dict]) -> list[dict]:
     out = []
     for name, rs in groups.items():
         scores = [selection_score(r["val"]) for r in rs]
-        out.append({"setting": name, "seeds": [(r.get("set") or {}).get("seed") for r in rs], "scores": scores,
+        seeds = [(r.get("set") or {}).get("seed", "recipe's") for r in rs]  # unseeded: the recipe's own seed
+        out.append({"setting": name, "seeds": seeds, "scores": scores,
                     "mean": sum(scores) / len(scores), "min": min(scores), "max": max(scores),
                     "accuracy": sum(r["val"]["accuracy"]["value"] for r in rs) / len(rs)})
     return out
@@ -316,12 +318,18 @@ def markdown(rows: list[dict], search: dict | None = None, val_fraction: float =
                      "(steps shown as trained/budget); → = continued to the next rung.")
     if not sha and any((r.get("setting") or r["name"]) != r["name"] for r in rows):  # seeds: a setting by its mean
         settings = by_setting(rows)
-        lines += ["", "| setting | seeds | score, mean [min, max] | val accuracy, mean |", "|---|---|---|---|"]
-        lines += [f"| {g['setting']} | {', '.join(str(x) for x in g['seeds'])} | {g['mean']:.3f} [{g['min']:.3f}, "
-                  f"{g['max']:.3f}] | {g['accuracy']:.0%} |" for g in settings]
         top = max(settings, key=lambda g: (g["mean"], g["accuracy"]))
+        lines += ["", f"| setting | seeds | score, mean [min, max] | val accuracy, mean | vs {top['setting']}: "
+                  "mean score gap, exact permutation p over seeds |", "|---|---|---|---|---|"]
+        for g in settings:
+            t = permutation_test(top["scores"], g["scores"])
+            gap = "–" if g is top else f"{t['diff']:+.3f}, p = {t['p_value']:.2f} (smallest possible {t['min_p']:.2f})"
+            lines.append(f"| {g['setting']} | {', '.join(str(x) for x in g['seeds'])} | {g['mean']:.3f} "
+                         f"[{g['min']:.3f}, {g['max']:.3f}] | {g['accuracy']:.0%} | {gap} |")
         lines += ["", f"Best by the mean score over seeds: **{top['setting']}** ({top['mean']:.3f}, "
-                  f"{len(top['seeds'])} seed(s)); compare the gap with the spread between one setting's seeds."]
+                  f"{len(top['seeds'])} seed(s)); compare the gap with the spread between one setting's seeds. The "
+                  "permutation test treats the seed as the unit that repeats (the McNemar tests of single runs "
+                  "compare two models on these items, not two settings)."]
     elif best:
         lines.append(f"Best by the score{' after the last rung' if sha else ''}: **{best['name']}** "
                      f"({selection_score(best['val']):.3f}; accuracy {_pct(best['val']['accuracy'])}).")

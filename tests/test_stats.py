@@ -93,3 +93,35 @@ def test_bootstrap_ci_mean_and_custom_stat():
     assert low == high == 0.0
     with pytest.raises(ValueError):
         stats.bootstrap_ci([])
+
+
+def test_permutation_test_enumerates_the_splits_of_two_seed_sets():
+    # 3 seeds against 3: 20 splits; the observed split and its mirror are the most extreme, so p = 2/20 = min_p
+    r = stats.permutation_test([0.55, 0.60, 0.58], [0.66, 0.70, 0.69])
+    assert r["diff"] == pytest.approx((0.66 + 0.70 + 0.69) / 3 - (0.55 + 0.60 + 0.58) / 3)
+    assert r["p_value"] == pytest.approx(0.1) and r["min_p"] == pytest.approx(0.1)
+    # overlapping seeds: by hand, the splits whose |gap| reaches the observed 0.1/3 ...
+    r = stats.permutation_test([0.0, 0.2, 0.4], [0.1, 0.3, 0.3])
+    pooled, obs, extreme = [0.0, 0.2, 0.4, 0.1, 0.3, 0.3], 0.1 / 3, 0
+    import itertools
+    for idx in itertools.combinations(range(6), 3):
+        ga = [pooled[i] for i in idx]
+        gb = [pooled[i] for i in range(6) if i not in idx]
+        extreme += abs(sum(gb) / 3 - sum(ga) / 3) >= obs - 1e-12
+    assert r["p_value"] == pytest.approx(extreme / 20) and r["p_value"] > 0.5
+    with pytest.raises(ValueError, match="non-empty"):
+        stats.permutation_test([], [1.0])
+
+
+def test_permutation_test_matches_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    a, b = [0.61, 0.55, 0.70, 0.52], [0.66, 0.71, 0.69]
+    ref = scipy_stats.permutation_test((b, a), lambda x, y: np.mean(x) - np.mean(y), permutation_type="independent",
+                                       n_resamples=np.inf, alternative="two-sided")
+    r = stats.permutation_test(a, b)
+    # scipy's two-sided p doubles the smaller tail; this test counts |difference| (the same for equal sizes)
+    assert len(ref.null_distribution) == 35 and r["min_p"] == pytest.approx(1 / 35)
+    assert r["p_value"] == pytest.approx(np.mean(np.abs(ref.null_distribution) >= abs(ref.statistic) - 1e-12))
+    equal = scipy_stats.permutation_test((b, a[:3]), lambda x, y: np.mean(x) - np.mean(y),
+                                         permutation_type="independent", n_resamples=np.inf)
+    assert stats.permutation_test(a[:3], b)["p_value"] == pytest.approx(equal.pvalue)

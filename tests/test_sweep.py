@@ -254,7 +254,10 @@ def test_seeds_expand_a_setting_into_one_run_per_seed_and_the_best_is_the_best_m
     assert groups["lever"]["min"] == pytest.approx(0.665) and groups["lever"]["max"] == pytest.approx(0.665)
     md = sweep.markdown(rows, None, 0.2)
     assert "Best by the mean score over seeds: **lever** (0.665, 2 seed(s))" in md
-    assert "| narrow | 0, 1 | 0.620 [0.550, 0.690] | 62% |" in md and "Best by the score:" not in md
+    assert "| narrow | 0, 1 | 0.620 [0.550, 0.690] | 62% | -0.045, p = 1.00 (smallest possible 0.33) |" in md
+    assert "| lever | 0, 1 | 0.665 [0.665, 0.665] | 66% | – |" in md and "Best by the score:" not in md
+    mixed = sweep.markdown(rows[2:] + [_row("once", 0.40, 0.80, 0.60)], None, 0.2)  # an unseeded setting beside
+    assert "| once | recipe's | 0.600 [0.600, 0.600] | 60% | -0.065, p = 0.33 (smallest possible 0.33) |" in mixed
     one_each = sweep.markdown(rows[:1] + rows[2:3], None, 0.2)  # one seed each: the better seed-0 run wins
     assert "Best by the mean score over seeds: **narrow** (0.690, 1 seed(s))" in one_each
 

@@ -9,6 +9,8 @@ them against ``scipy.stats``). Shared by the ARC, judge and tool-call evaluators
 * ``wilson_ci(k, n)`` — Wilson score interval of a proportion
 * ``sign_test(wins, losses)`` — two-sided exact binomial test (ties excluded by the caller)
 * ``cohen_kappa(labels_a, labels_b)`` — chance-corrected agreement of two raters
+* ``permutation_test(a, b)`` — exact two-sided test of mean(b) − mean(a) for two small independent samples (the
+  training seeds of two settings: the seed, not the item, is then the unit that repeats)
 
 and the one result shape every evaluator writes and the report reads:
 
@@ -22,6 +24,7 @@ new system, A the baseline); CIs are two-sided at level ``ci`` (default 0.95).
 
 from __future__ import annotations
 
+import itertools
 import math
 from fractions import Fraction
 from statistics import NormalDist
@@ -37,6 +40,7 @@ __all__ = [
     "mean_metric",
     "paired_bootstrap_diff",
     "paired_comparison",
+    "permutation_test",
     "proportion",
     "sign_test",
     "wilson_ci",
@@ -64,6 +68,33 @@ def sign_test(wins: int, losses: int) -> float:
     if wins < 0 or losses < 0:
         raise ValueError(f"wins and losses must be >= 0, got {wins}, {losses}")
     return binom_two_sided(wins, wins + losses)
+
+
+def permutation_test(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Exact two-sided permutation test of ``mean(b) - mean(a)`` for two independent samples (every split of the
+    pooled values into groups of their sizes is enumerated, so keep them small: seeds of a setting).
+
+    ``p_value`` is the share of splits whose |difference| is at least the observed one; ``min_p`` the smallest
+    p-value the two sizes can give at all (3 seeds against 3: 2/20 = 0.1, so no gap between them is significant at
+    0.05, however large).
+    """
+    a, b = [float(x) for x in a], [float(x) for x in b]
+    if not a or not b:
+        raise ValueError(f"permutation test needs both samples non-empty, got {len(a)} and {len(b)}")
+    pooled, k = a + b, len(a)
+    if math.comb(len(pooled), k) > 1_000_000:
+        raise ValueError(f"permutation test enumerates every split: {len(a)} + {len(b)} values are too many")
+    obs = sum(b) / len(b) - sum(a) / len(a)
+    total, extreme = 0, 0
+    for idx in itertools.combinations(range(len(pooled)), k):
+        chosen = set(idx)
+        ga = [pooled[i] for i in idx]
+        gb = [v for i, v in enumerate(pooled) if i not in chosen]
+        total += 1
+        extreme += abs(sum(gb) / len(gb) - sum(ga) / len(ga)) >= abs(obs) - 1e-12
+    splits = math.comb(len(pooled), k)
+    return {"diff": obs, "p_value": extreme / total, "n_a": len(a), "n_b": len(b),
+            "min_p": (2 if len(a) == len(b) else 1) / splits}
 
 
 def _as_bool(x: Sequence, name: str) -> np.ndarray:
