@@ -150,6 +150,30 @@ def _val_metrics(result: dict) -> dict:
     return {k: agg[k] for k in ("accuracy", "tool_accuracy", "irrelevance_accuracy", "calls_per_turn")}
 
 
+def _categories(result: dict) -> dict:
+    """Each category's validation items right and in all: ``{category: [k, n]}``."""
+    return {c: [m["accuracy"]["k"], m["accuracy"]["n"]] for c, m in result["aggregate"]["by_category"].items()}
+
+
+def _category_table(settings: list[dict], rows: list[dict]) -> list[str]:
+    """Per category, each setting's items right: the mean over its seeds [min, max], of n items (the categories a
+    setting's gap comes from, and whether it holds across seeds)."""
+    named = {g["setting"]: [r for r in rows if (r.get("setting") or r["name"]) == g["setting"]] for g in settings}
+    if not all(r.get("val_categories") for r in rows):
+        return []
+    cats = sorted({c for r in rows for c in r["val_categories"]})
+    out = ["", "| category | n | " + " | ".join(f"{g['setting']}: right, mean [min, max]" for g in settings) + " |",
+           "|---|---|" + "---|" * len(settings)]
+    for c in cats:
+        cells = []
+        for g in settings:
+            ks = [r["val_categories"].get(c, [0, 0])[0] for r in named[g["setting"]]]
+            cells.append(f"{sum(ks) / len(ks):.1f} [{min(ks)}, {max(ks)}]")
+        n = next(r["val_categories"][c][1] for r in rows if c in r["val_categories"])
+        out.append(f"| {c} | {n} | " + " | ".join(cells) + " |")
+    return out
+
+
 def _data(out: Path, base: dict, model: str, mix: dict | None, breadth: bool = False, pairs: float | None = None) -> Path:
     """The data of a setting: training rows by template, length limit, mix, breadth and pairs; the validation rows are
     the same for every setting (drawn before the mix, the breadth, the pairs and the length limit apply)."""
@@ -238,7 +262,7 @@ def run_setting(out: Path, base: dict, run: dict, stop_at: int | None = None, pr
             "global_step": run_json.get("global_step"), "set": run.get("set") or {}, "mix": run.get("mix"),
             "breadth": breadth, "pairs": pairs,
             "max_length": base["max_length"], "resumed": bool(run_json.get("resumed_from")) and not prev,
-            "val": _val_metrics(res), "base_val": _val_metrics(base_res), "train_seconds": train_s,
+            "val": _val_metrics(res), "val_categories": _categories(res), "base_val": _val_metrics(base_res), "train_seconds": train_s,
             "eval_seconds": eval_s, "n_val": res["aggregate"]["overall"]["n"], "score": selection_score(_val_metrics(res))}
 
 
@@ -326,6 +350,7 @@ def markdown(rows: list[dict], search: dict | None = None, val_fraction: float =
             gap = "–" if g is top else f"{t['diff']:+.3f}, p = {t['p_value']:.2f} (smallest possible {t['min_p']:.2f})"
             lines.append(f"| {g['setting']} | {', '.join(str(x) for x in g['seeds'])} | {g['mean']:.3f} "
                          f"[{g['min']:.3f}, {g['max']:.3f}] | {g['accuracy']:.0%} | {gap} |")
+        lines += _category_table(settings, rows)
         lines += ["", f"Best by the mean score over seeds: **{top['setting']}** ({top['mean']:.3f}, "
                   f"{len(top['seeds'])} seed(s)); compare the gap with the spread between one setting's seeds. The "
                   "permutation test treats the seed as the unit that repeats (the McNemar tests of single runs "

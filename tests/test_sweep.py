@@ -258,6 +258,13 @@ def test_seeds_expand_a_setting_into_one_run_per_seed_and_the_best_is_the_best_m
     assert "| lever | 0, 1 | 0.665 [0.665, 0.665] | 66% | – |" in md and "Best by the score:" not in md
     mixed = sweep.markdown(rows[2:] + [_row("once", 0.40, 0.80, 0.60)], None, 0.2)  # an unseeded setting beside
     assert "| once | recipe's | 0.600 [0.600, 0.600] | 60% | -0.065, p = 0.33 (smallest possible 0.33) |" in mixed
+    assert "| category |" not in md  # rows without per-category counts (older sweep.json): no category table
+    cats = [{"near_miss": [15, 24], "multi_turn": [27, 29]}, {"near_miss": [12, 24], "multi_turn": [12, 29]},
+            {"near_miss": [20, 24], "multi_turn": [19, 29]}, {"near_miss": [21, 24], "multi_turn": [20, 29]}]
+    by_cat = sweep.markdown([{**r, "val_categories": c} for r, c in zip(rows, cats)], None, 0.2)
+    assert "| category | n | narrow: right, mean [min, max] | lever: right, mean [min, max] |" in by_cat
+    assert "| multi_turn | 29 | 19.5 [12, 27] | 19.5 [19, 20] |" in by_cat
+    assert "| near_miss | 24 | 13.5 [12, 15] | 20.5 [20, 21] |" in by_cat
     one_each = sweep.markdown(rows[:1] + rows[2:3], None, 0.2)  # one seed each: the better seed-0 run wins
     assert "Best by the mean score over seeds: **narrow** (0.690, 1 seed(s))" in one_each
 
@@ -283,3 +290,13 @@ def test_seeds_and_successive_halving_are_refused_together(tmp_path):
                    {"method": "successive_halving", "eta": 2, "min_steps": 20})
     with pytest.raises(ValueError, match="seeds and successive halving"):
         sweep.load_sweep(p)
+
+
+def test_a_rows_category_counts_come_from_the_evaluators_aggregate():
+    from llamatune.evals.toolcall import aggregate
+
+    item = {"expects_call": True, "name_correct": True, "attempted": True, "format_valid": True, "clarified": False,
+            "llm_calls": 2}
+    items = [{**item, "category": "single_call", "correct": c} for c in (True, True, False)]
+    items += [{**item, "category": "near_miss", "expects_call": False, "attempted": False, "correct": True, "llm_calls": 1}]
+    assert sweep._categories({"aggregate": aggregate(items)}) == {"near_miss": [1, 1], "single_call": [2, 3]}
