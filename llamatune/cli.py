@@ -10,6 +10,7 @@ are imported only when their command runs, so ``llamatune --help`` stays fast.
     llamatune train FineTome/recipes/tiny-cpu.yaml
     llamatune rl FuncCall/recipes/grpo-cpu.yaml --sft_run runs/demo/tuned --exclude '[runs/demo/data]'
     llamatune export runs/tiny --quant f16,q8_0,q4_k_m
+    llamatune soup runs/x/narrow-seed0 runs/x/narrow-seed1 --out runs/x/narrow-soup/merged
     llamatune push runs/llama-3.2-3b-funccall --repo USER/NAME [--space USER/SPACE] [--dry-run]
     llamatune eval toolcall|arc|judge|judge-agreement ...
     llamatune report results/
@@ -34,6 +35,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("data", "funccall"): ("llamatune.data.funccall", "generate the synthetic function-calling dataset"),
     ("train",): ("llamatune.train", "LoRA SFT from a recipe YAML (TRL, or unsloth on CUDA)"),
     ("rl",): ("llamatune.rl", "GRPO after the LoRA SFT, rewarded by the project's tool-call scorer"),
+    ("soup",): ("llamatune.soup", "average the weights of fine-tunes of one base (a model soup of training seeds)"),
     ("export",): ("llamatune.export", "merge LoRA, convert to GGUF, quantize, check fidelity"),
     ("push",): ("llamatune.hub", "push a run's LoRA, merged weights and GGUFs (and a Space) to the Hugging Face Hub"),
     ("eval", "toolcall"): ("llamatune.evals.toolcall", "BFCL-style tool-call evaluation"),

@@ -1,0 +1,156 @@
+"""A model soup: the uniform average of the weights of several fine-tunes of one base (Wortsman et al., "Model soups",
+ICML 2022), written as an HF model directory that ``llamatune export --model`` turns into GGUFs.
+
+    llamatune soup runs/decision-seeds/narrow-seed0 runs/decision-seeds/narrow-seed1 runs/decision-seeds/narrow-seed2 \\
+        --out runs/decision-seeds/narrow-soup/merged
+
+Why here: the fold's seed-to-seed spread (README part 11: 14 pp between two seeds of one setting) is as large as any
+lever's effect; averaging the seeds' weights is the cheapest way to a model that does not depend on one seed's luck.
+A source is a training run (its LoRA merged first, as the export stage does, so the soup averages the full updates
+``B @ A``, not the factors) or an HF model directory. Every source must be a fine-tune of the same base with the same
+chat template (the merge stamps say so) and have the same tensors; the soup is computed tensor by tensor (one model's
+memory, whatever the count), in float32, and saved in the sources' dtype and shard layout, next to ``soup.json``
+(the sources and the weights' sha256). The write is atomic: an interrupted soup leaves no half-written directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from llamatune.jsonl import read_json, replacing, write_json
+
+SOUP_STAMP = "soup.json"
+
+
+def _model_dir(source: Path) -> Path:
+    """``source`` as an HF model directory: a run's merged model (merged now if missing), or the directory itself."""
+    from llamatune.export import is_model_dir, merge
+
+    if (source / "adapter").is_dir() or (source / "adapter_config.json").exists():
+        return Path(merge(source))
+    if is_model_dir(source):
+        return source
+    raise FileNotFoundError(f"{source}: neither a training run (adapter/) nor an HF model directory (config.json + "
+                            "*.safetensors)")
+
+
+def _shards(model_dir: Path) -> dict[str, str]:
+    """Tensor name -> the safetensors file (in ``model_dir``) that holds it."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        return dict(read_json(index)["weight_map"])
+    files = sorted(model_dir.glob("*.safetensors"))
+    if len(files) != 1:
+        raise FileNotFoundError(f"{model_dir}: expected model.safetensors or an index of shards, found "
+                                f"{[f.name for f in files]}")
+    from safetensors import safe_open
+
+    with safe_open(str(files[0]), "pt") as f:
+        return {k: files[0].name for k in f.keys()}
+
+
+def _stamp(model_dir: Path) -> dict | None:
+    """The base and template a merged model (``export.merge``'s stamp) or a soup was made from, if it says."""
+    from llamatune.export import MERGE_STAMP
+
+    return (read_json(model_dir / MERGE_STAMP, {}) or read_json(model_dir / SOUP_STAMP, {}) or {}).get("stamp")
+
+
+def _sha256(model_dir: Path, files) -> str:
+    h = hashlib.sha256()
+    for name in sorted(set(files)):
+        with open(model_dir / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def check_sources(dirs: list[Path]) -> list[dict[str, str]]:
+    """Refuse sources that cannot be averaged (fewer than two, one given twice, another base or template, other
+    tensors or shapes); each source's shard map."""
+    from safetensors import safe_open
+
+    if len(dirs) < 2:
+        raise ValueError(f"a soup needs two or more models, got {len(dirs)}")
+    if len({d.resolve() for d in dirs}) != len(dirs):
+        raise ValueError(f"a source is given twice: {[str(d) for d in dirs]}")
+    stamps = [_stamp(d) for d in dirs]
+    for d, s in zip(dirs, stamps):
+        if s != stamps[0]:
+            raise ValueError(f"{d}: merged from {s}, but {dirs[0]} from {stamps[0]}: a soup averages fine-tunes of "
+                             "one base with one chat template")
+    maps, shapes = [_shards(d) for d in dirs], {}
+    for d, shards in zip(dirs, maps):
+        if set(shards) != set(maps[0]):
+            raise ValueError(f"{d}: its tensors differ from {dirs[0]}'s (e.g. {sorted(set(shards) ^ set(maps[0]))[:3]})")
+        for name in sorted(set(shards.values())):
+            with safe_open(str(d / name), "pt") as f:
+                for k in f.keys():
+                    shape = tuple(f.get_slice(k).get_shape())
+                    if shapes.setdefault(k, shape) != shape:
+                        raise ValueError(f"{d}: tensor {k} has shape {list(shape)}, {dirs[0]}'s {list(shapes[k])}")
+    return maps
+
+
+def soup(sources: list[str | Path], out: str | Path) -> Path:
+    """Average the models of ``sources`` uniformly into the HF model directory ``out`` (see the module doc)."""
+    from contextlib import ExitStack
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from llamatune.export import MERGE_STAMP
+    from llamatune.progress import tqdm_disable
+
+    dirs = [_model_dir(Path(s)) for s in sources]
+    maps = check_sources(dirs)
+    by_file: dict[str, list[str]] = {}
+    for k, name in maps[0].items():  # the soup keeps the first source's shard layout
+        by_file.setdefault(name, []).append(k)
+    with replacing(Path(out)) as tmp, ExitStack() as stack:
+        tmp.mkdir(parents=True)
+        for f in dirs[0].iterdir():  # config, tokenizer, chat template, generation config, shard index
+            if f.is_file() and not f.name.endswith(".safetensors") and f.name not in (MERGE_STAMP, SOUP_STAMP):
+                shutil.copy2(f, tmp / f.name)
+        handles: dict[Path, object] = {}
+
+        def tensor(d: Path, shards: dict[str, str], k: str):
+            path = d / shards[k]
+            if path not in handles:
+                handles[path] = stack.enter_context(safe_open(str(path), "pt"))
+            return handles[path].get_tensor(k)
+
+        total = sum(len(v) for v in by_file.values())
+        with tqdm(total=total, desc=f"averaging {len(dirs)} models", unit="tensor", disable=tqdm_disable()) as bar:
+            for name, keys in sorted(by_file.items()):
+                out_tensors = {}
+                for k in keys:
+                    first = tensor(dirs[0], maps[0], k)
+                    acc = first.to(torch.float32, copy=True)
+                    for d, shards in zip(dirs[1:], maps[1:]):
+                        acc.add_(tensor(d, shards, k).to(torch.float32))
+                    out_tensors[k] = (acc / len(dirs)).to(first.dtype).contiguous()
+                    bar.update(1)
+                save_file(out_tensors, str(tmp / name), metadata={"format": "pt"})
+        write_json(tmp / SOUP_STAMP, {
+            "method": "uniform average of the weights (model soup)", "stamp": _stamp(dirs[0]),
+            "sources": [{"path": str(d), "sha256": _sha256(d, m.values())} for d, m in zip(dirs, maps)]}, indent=2)
+    return Path(out)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("sources", nargs="+", help="training runs (adapter/: merged first) or HF model directories, "
+                                                   "fine-tunes of one base")
+    parser.add_argument("--out", required=True, help="the soup's HF model directory (then: llamatune export --model "
+                                                     "OUT --out DIR)")
+
+
+def main(args) -> int:
+    out = soup(args.sources, args.out)
+    print(json.dumps({"soup": str(out), "sources": len(args.sources)}))
+    return 0
