@@ -5,7 +5,9 @@ ICML 2022), written as an HF model directory that ``llamatune export --model`` t
         --out runs/decision-seeds/narrow-soup/merged
 
 Why here: the fold's seed-to-seed spread (README part 11: 14 pp between two seeds of one setting) is as large as any
-lever's effect; averaging the seeds' weights is the cheapest way to a model that does not depend on one seed's luck.
+lever's effect, and averaging the seeds' weights is the cheapest try at a model that does not depend on one seed's
+luck. Measured (README part 12, SmolLM2-135M, three seeds a soup): no consistent gain, one soup below its seeds' mean
+on the fold and one above; seeds with different LoRA initialisations likely share no basin to average in.
 A source is a training run (its LoRA merged first, as the export stage does, so the soup averages the full updates
 ``B @ A``, not the factors) or an HF model directory. Every source must be a fine-tune of the same base with the same
 chat template (the merge stamps say so) and have the same tensors; the soup is computed tensor by tensor (one model's
