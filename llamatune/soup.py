@@ -12,17 +12,16 @@ A source is a training run (its LoRA merged first, as the export stage does, so 
 ``B @ A``, not the factors) or an HF model directory. Every source must be a fine-tune of the same base with the same
 chat template (the merge stamps say so) and have the same tensors; the soup is computed tensor by tensor (one model's
 memory, whatever the count), in float32, and saved in the sources' dtype and shard layout, next to ``soup.json``
-(the sources and the weights' sha256). The write is atomic: an interrupted soup leaves no half-written directory.
+(the sources and each weights file's sha256). The write is atomic: an interrupted soup leaves no half-written directory.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
-from llamatune.jsonl import read_json, replacing, write_json
+from llamatune.jsonl import read_json, replacing, sha256_file, write_json
 
 SOUP_STAMP = "soup.json"
 
@@ -61,15 +60,6 @@ def _stamp(model_dir: Path) -> dict | None:
     return (read_json(model_dir / MERGE_STAMP, {}) or read_json(model_dir / SOUP_STAMP, {}) or {}).get("stamp")
 
 
-def _sha256(model_dir: Path, files) -> str:
-    h = hashlib.sha256()
-    for name in sorted(set(files)):
-        with open(model_dir / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 24), b""):
-                h.update(block)
-    return h.hexdigest()
-
-
 def check_sources(dirs: list[Path]) -> list[dict[str, str]]:
     """Refuse sources that cannot be averaged (fewer than two, one given twice, another base or template, other
     tensors or shapes); each source's shard map."""
@@ -87,7 +77,8 @@ def check_sources(dirs: list[Path]) -> list[dict[str, str]]:
     maps, shapes = [_shards(d) for d in dirs], {}
     for d, shards in zip(dirs, maps):
         if set(shards) != set(maps[0]):
-            raise ValueError(f"{d}: its tensors differ from {dirs[0]}'s (e.g. {sorted(set(shards) ^ set(maps[0]))[:3]})")
+            odd = sorted(set(shards) ^ set(maps[0]))[:3]
+            raise ValueError(f"{d}: its tensors differ from {dirs[0]}'s (e.g. {odd})")
         for name in sorted(set(shards.values())):
             with safe_open(str(d / name), "pt") as f:
                 for k in f.keys():
@@ -141,7 +132,8 @@ def soup(sources: list[str | Path], out: str | Path) -> Path:
                 save_file(out_tensors, str(tmp / name), metadata={"format": "pt"})
         write_json(tmp / SOUP_STAMP, {
             "method": "uniform average of the weights (model soup)", "stamp": _stamp(dirs[0]),
-            "sources": [{"path": str(d), "sha256": _sha256(d, m.values())} for d, m in zip(dirs, maps)]}, indent=2)
+            "sources": [{"path": str(d), "sha256": {f: sha256_file(d / f) for f in sorted(set(m.values()))}}
+                        for d, m in zip(dirs, maps)]}, indent=2)
     return Path(out)
 
 

@@ -110,8 +110,8 @@ def _expand_seeds(runs: list[dict], path) -> list[dict]:
 
 
 def by_setting(rows: list[dict]) -> list[dict]:
-    """The rows grouped by setting (a run without ``seeds`` is a setting of one seed), in first-seen order: the seeds,
-    each seed's score, their mean, min and max, and the mean validation accuracy."""
+    """The rows grouped by setting (a run without ``seeds`` is a setting of one seed), in first-seen order: the rows,
+    the seeds, each seed's score, their mean, min and max, and the mean validation accuracy."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
         groups.setdefault(r.get("setting") or r["name"], []).append(r)
@@ -119,7 +119,7 @@ def by_setting(rows: list[dict]) -> list[dict]:
     for name, rs in groups.items():
         scores = [selection_score(r["val"]) for r in rs]
         seeds = [(r.get("set") or {}).get("seed", "recipe's") for r in rs]  # unseeded: the recipe's own seed
-        out.append({"setting": name, "seeds": seeds, "scores": scores,
+        out.append({"setting": name, "rows": rs, "seeds": seeds, "scores": scores,
                     "mean": sum(scores) / len(scores), "min": min(scores), "max": max(scores),
                     "accuracy": sum(r["val"]["accuracy"]["value"] for r in rs) / len(rs)})
     return out
@@ -158,7 +158,6 @@ def _categories(result: dict) -> dict:
 def _category_table(settings: list[dict], rows: list[dict]) -> list[str]:
     """Per category, each setting's items right: the mean over its seeds [min, max], of n items (the categories a
     setting's gap comes from, and whether it holds across seeds)."""
-    named = {g["setting"]: [r for r in rows if (r.get("setting") or r["name"]) == g["setting"]] for g in settings}
     if not all(r.get("val_categories") for r in rows):
         return []
     cats = sorted({c for r in rows for c in r["val_categories"]})
@@ -167,7 +166,7 @@ def _category_table(settings: list[dict], rows: list[dict]) -> list[str]:
     for c in cats:
         cells = []
         for g in settings:
-            ks = [r["val_categories"].get(c, [0, 0])[0] for r in named[g["setting"]]]
+            ks = [r["val_categories"].get(c, [0, 0])[0] for r in g["rows"]]
             cells.append(f"{sum(ks) / len(ks):.1f} [{min(ks)}, {max(ks)}]")
         n = next(r["val_categories"][c][1] for r in rows if c in r["val_categories"])
         out.append(f"| {c} | {n} | " + " | ".join(cells) + " |")
@@ -257,13 +256,15 @@ def run_setting(out: Path, base: dict, run: dict, stop_at: int | None = None, pr
     if not demo.export_done(base_dir, serve):
         demo.run_export(Path(resolve_model(model)), base_dir, f"{model}-base", True, template)
     base_res, _ = _evaluate(demo.gguf_of(base_dir, serve), data, base_dir / "val.json", base, template)
+    val = _val_metrics(res)
     return {"name": run["name"], "setting": run.get("setting") or run["name"], "model": model,
             "steps": stop_at or steps, "budget": steps,
             "global_step": run_json.get("global_step"), "set": run.get("set") or {}, "mix": run.get("mix"),
             "breadth": breadth, "pairs": pairs,
             "max_length": base["max_length"], "resumed": bool(run_json.get("resumed_from")) and not prev,
-            "val": _val_metrics(res), "val_categories": _categories(res), "base_val": _val_metrics(base_res), "train_seconds": train_s,
-            "eval_seconds": eval_s, "n_val": res["aggregate"]["overall"]["n"], "score": selection_score(_val_metrics(res))}
+            "val": val, "val_categories": _categories(res), "base_val": _val_metrics(base_res),
+            "train_seconds": train_s, "eval_seconds": eval_s, "n_val": res["aggregate"]["overall"]["n"],
+            "score": selection_score(val)}
 
 
 def halving(spec: dict, out: Path, run_one=None) -> tuple[list[dict], str]:

@@ -26,8 +26,9 @@ def _finetune(tiny_model_dir: Path, out: Path, seed: int, shard: str | None = No
     model.save_pretrained(out, **({"max_shard_size": shard} if shard else {}))
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(tiny_model_dir / f, out / f)
-    (out / "llamatune_merge.json").write_text(json.dumps({"stamp": {"base": str(tiny_model_dir), "template": "llama-3.2"},
-                                                          "dtype": "float32", "adapter": f"runs/s{seed}/adapter"}))
+    stamp = {"base": str(tiny_model_dir), "template": "llama-3.2"}
+    (out / "llamatune_merge.json").write_text(json.dumps({"stamp": stamp, "dtype": "float32",
+                                                          "adapter": f"runs/s{seed}/adapter"}))
     return out
 
 
@@ -45,6 +46,7 @@ def test_the_soup_is_the_mean_of_the_weights_and_loads_as_a_model(tiny_model_dir
     from transformers import AutoModelForCausalLM
 
     from llamatune import soup
+    from llamatune.jsonl import sha256_file
 
     srcs = [_finetune(tiny_model_dir, tmp_path / f"s{i}", seed=i) for i in range(3)]
     out = soup.soup(srcs, tmp_path / "soup")
@@ -56,7 +58,9 @@ def test_the_soup_is_the_mean_of_the_weights_and_loads_as_a_model(tiny_model_dir
     assert not torch.equal(got[k], ws[0][k])  # a soup, not a copy of one source
     stamp = json.loads((out / "soup.json").read_text())
     assert [s["path"] for s in stamp["sources"]] == [str(s) for s in srcs]
-    assert len({s["sha256"] for s in stamp["sources"]}) == 3 and stamp["stamp"]["template"] == "llama-3.2"
+    assert len({s["sha256"]["model.safetensors"] for s in stamp["sources"]}) == 3
+    assert stamp["sources"][1]["sha256"] == {"model.safetensors": sha256_file(srcs[1] / "model.safetensors")}
+    assert stamp["stamp"]["template"] == "llama-3.2"
     assert not (out / "llamatune_merge.json").exists()  # no source's adapter claimed for the soup
     assert (out / "tokenizer.json").read_bytes() == (srcs[0] / "tokenizer.json").read_bytes()
     model = AutoModelForCausalLM.from_pretrained(out)
@@ -163,4 +167,5 @@ def test_a_training_run_is_merged_first(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "merge", fake_merge)
     out = soup.soup(runs, tmp_path / "soup")
     assert list(merged) == runs
-    assert [s["path"] for s in json.loads((out / "soup.json").read_text())["sources"]] == [str(r / "merged") for r in runs]
+    sources = json.loads((out / "soup.json").read_text())["sources"]
+    assert [s["path"] for s in sources] == [str(r / "merged") for r in runs]

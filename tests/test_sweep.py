@@ -298,5 +298,6 @@ def test_a_rows_category_counts_come_from_the_evaluators_aggregate():
     item = {"expects_call": True, "name_correct": True, "attempted": True, "format_valid": True, "clarified": False,
             "llm_calls": 2}
     items = [{**item, "category": "single_call", "correct": c} for c in (True, True, False)]
-    items += [{**item, "category": "near_miss", "expects_call": False, "attempted": False, "correct": True, "llm_calls": 1}]
+    items += [{**item, "category": "near_miss", "expects_call": False, "attempted": False, "correct": True,
+               "llm_calls": 1}]
     assert sweep._categories({"aggregate": aggregate(items)}) == {"near_miss": [1, 1], "single_call": [2, 3]}

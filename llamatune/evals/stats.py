@@ -85,15 +85,14 @@ def permutation_test(a: Sequence[float], b: Sequence[float]) -> dict:
     if math.comb(len(pooled), k) > 1_000_000:
         raise ValueError(f"permutation test enumerates every split: {len(a)} + {len(b)} values are too many")
     obs = sum(b) / len(b) - sum(a) / len(a)
-    total, extreme = 0, 0
+    extreme = 0
     for idx in itertools.combinations(range(len(pooled)), k):
         chosen = set(idx)
         ga = [pooled[i] for i in idx]
         gb = [v for i, v in enumerate(pooled) if i not in chosen]
-        total += 1
         extreme += abs(sum(gb) / len(gb) - sum(ga) / len(ga)) >= abs(obs) - 1e-12
     splits = math.comb(len(pooled), k)
-    return {"diff": obs, "p_value": extreme / total, "n_a": len(a), "n_b": len(b),
+    return {"diff": obs, "p_value": extreme / splits, "n_a": len(a), "n_b": len(b),
             "min_p": (2 if len(a) == len(b) else 1) / splits}
 
 
