@@ -83,7 +83,7 @@ def StepTimer(times: list[float]):
 
 def bench_data(recipe_path: str, data: str | None, scratch: Path) -> tuple[Path, str]:
     """The data directory to train on and where it came from (see the module docstring)."""
-    from llamatune.train import load_recipe
+    from llamatune.recipe import load_recipe
 
     if data:
         return Path(data), "given"
@@ -118,7 +118,8 @@ def first_rows(data: Path, n: int, out: Path) -> Path:
 
 def timed_run(recipe_path: str, common: list[str], out: Path, extra: list[str]) -> dict:
     """Build and train one configuration; what it saw, how long it took and its loss curve."""
-    from llamatune.train import build_trainer, load_recipe
+    from llamatune.recipe import load_recipe
+    from llamatune.train import build_trainer
 
     recipe = load_recipe(recipe_path, common + ["--output_dir", str(out), *extra])
     step_times: list[float] = []
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     from llamatune.provenance import cpu_info
-    from llamatune.train import load_recipe
+    from llamatune.recipe import load_recipe
 
     with tempfile.TemporaryDirectory(prefix="llamatune-bench-") as tmp:
         data, source = bench_data(args.recipe, args.data, Path(tmp) / "data")

@@ -110,7 +110,7 @@ def _stop_at_callback(step: int):
 def demo_recipe(data_dir: Path, run_dir: Path, steps: int, max_length: int, model: str,
                 overrides: list[str] = ()) -> dict:
     """The model's demo recipe with the demo's data, output, step budget and length (what ``run.json`` records)."""
-    from llamatune.train import load_recipe
+    from llamatune.recipe import load_recipe
 
     save = max(1, min(20, steps // 3))  # a checkpoint every third of the run
     return load_recipe(MODELS[model]["recipe"], [

@@ -315,7 +315,7 @@ def grpo(sft_run: str | Path, prompts: list[dict], out_dir: str | Path, exclude=
     ``steps`` optimizer steps of ``prompts_per_step`` prompts × ``num_generations`` completions. ``exclude``: the
     validation/test files, checked again (a prompt equal to one of theirs is an error); ``overrides``: ``--key value``
     recipe overrides. Resumes by default (what the demo and the sweep want)."""
-    from llamatune.train import load_recipe
+    from llamatune.recipe import load_recipe
 
     paths = [str(exclude)] if isinstance(exclude, (str, Path)) else [str(p) for p in exclude]
     r = load_recipe(recipe, [f"--sft_run={sft_run}", f"--output_dir={out_dir}", f"--max_steps={steps}",
@@ -335,7 +335,7 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from llamatune.train import load_recipe
+    from llamatune.recipe import load_recipe
 
     overrides = list(args.overrides or [])
     resume = args.resume or "--resume" in overrides

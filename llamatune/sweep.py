@@ -22,9 +22,10 @@ original study named SHA and skipped it): every setting shares one step budget `
 schedule), and is trained first only to ``steps / eta^k`` steps, scored on validation, and only the best
 ``1/eta`` continue, from their own checkpoint (the same weights an uninterrupted run has at that step), to the next
 rung, until one setting has trained its whole budget. Settings are ranked by the selection metric,
-:func:`selection_score`: the mean of tool-call accuracy and irrelevance accuracy (answers grounded in a tool result
-count as irrelevance items), so not calling weighs as much as calling; a tie goes to the higher overall validation
-accuracy (:func:`selection_key`). Every rung of every setting is tabled.
+:func:`llamatune.sweep_report.selection_score`: the mean of tool-call accuracy and irrelevance accuracy (answers
+grounded in a tool result count as irrelevance items), so not calling weighs as much as calling; a tie goes to the
+higher overall validation accuracy (:func:`llamatune.sweep_report.selection_key`). Every rung of every setting is
+tabled.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from pathlib import Path
 import yaml
 
 from llamatune import demo, demo_data
-from llamatune.evals.stats import permutation_test
 from llamatune.jsonl import read_json, write_json, write_text
 from llamatune.report import pct_cell as _pct
+from llamatune.sweep_report import markdown, selection_key, selection_score
 
 DATA_KEYS = ("n", "n_test", "n_val", "max_length")
 SEARCH_KEYS = {"method", "eta", "min_steps"}
@@ -88,7 +89,7 @@ def load_sweep(path: str | Path) -> dict:
 def _expand_seeds(runs: list[dict], path) -> list[dict]:
     """A setting with ``seeds: [a, b, ...]`` becomes one run per seed, ``NAME-seedA`` with ``set.seed: A``, each
     remembering its ``setting``: training-seed variance is as large as the lever effects measured (README part 11),
-    so a setting is judged by its mean over seeds (:func:`by_setting`)."""
+    so a setting is judged by its mean over seeds (:func:`llamatune.sweep_report.by_setting`)."""
     out = []
     for i, r in enumerate(runs):
         if "seeds" not in r:
@@ -109,22 +110,6 @@ def _expand_seeds(runs: list[dict], path) -> list[dict]:
     return out
 
 
-def by_setting(rows: list[dict]) -> list[dict]:
-    """The rows grouped by setting (a run without ``seeds`` is a setting of one seed), in first-seen order: the rows,
-    the seeds, each seed's score, their mean, min and max, and the mean validation accuracy."""
-    groups: dict[str, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(r.get("setting") or r["name"], []).append(r)
-    out = []
-    for name, rs in groups.items():
-        scores = [selection_score(r["val"]) for r in rs]
-        seeds = [(r.get("set") or {}).get("seed", "recipe's") for r in rs]  # unseeded: the recipe's own seed
-        out.append({"setting": name, "rows": rs, "seeds": seeds, "scores": scores,
-                    "mean": sum(scores) / len(scores), "min": min(scores), "max": max(scores),
-                    "accuracy": sum(r["val"]["accuracy"]["value"] for r in rs) / len(rs)})
-    return out
-
-
 def rungs(max_steps: int, eta: int, min_steps: int) -> list[int]:
     """The step budgets of successive halving, ascending: ``max_steps`` and its divisions by ``eta`` that stay
     at or above ``min_steps`` (``rungs(600, 2, 150) == [150, 300, 600]``)."""
@@ -132,17 +117,6 @@ def rungs(max_steps: int, eta: int, min_steps: int) -> list[int]:
     while out[0] // eta >= min_steps and out[0] // eta > 0:
         out.insert(0, out[0] // eta)
     return out
-
-
-def selection_score(val: dict) -> float:
-    """The sweep's selection metric on validation: the mean of tool-call and irrelevance accuracy."""
-    return (val["tool_accuracy"]["value"] + val["irrelevance_accuracy"]["value"]) / 2
-
-
-def selection_key(val: dict) -> tuple[float, float]:
-    """How settings rank on validation: the selection score, a tie broken by overall validation accuracy (two
-    training mixes tied on the score to the item, README part 8)."""
-    return selection_score(val), val["accuracy"]["value"]
 
 
 def _val_metrics(result: dict) -> dict:
@@ -155,25 +129,8 @@ def _categories(result: dict) -> dict:
     return {c: [m["accuracy"]["k"], m["accuracy"]["n"]] for c, m in result["aggregate"]["by_category"].items()}
 
 
-def _category_table(settings: list[dict], rows: list[dict]) -> list[str]:
-    """Per category, each setting's items right: the mean over its seeds [min, max], of n items (the categories a
-    setting's gap comes from, and whether it holds across seeds)."""
-    if not all(r.get("val_categories") for r in rows):
-        return []
-    cats = sorted({c for r in rows for c in r["val_categories"]})
-    out = ["", "| category | n | " + " | ".join(f"{g['setting']}: right, mean [min, max]" for g in settings) + " |",
-           "|---|---|" + "---|" * len(settings)]
-    for c in cats:
-        cells = []
-        for g in settings:
-            ks = [r["val_categories"].get(c, [0, 0])[0] for r in g["rows"]]
-            cells.append(f"{sum(ks) / len(ks):.1f} [{min(ks)}, {max(ks)}]")
-        n = next(r["val_categories"][c][1] for r in rows if c in r["val_categories"])
-        out.append(f"| {c} | {n} | " + " | ".join(cells) + " |")
-    return out
-
-
-def _data(out: Path, base: dict, model: str, mix: dict | None, breadth: bool = False, pairs: float | None = None) -> Path:
+def _data(out: Path, base: dict, model: str, mix: dict | None, breadth: bool = False,
+          pairs: float | None = None) -> Path:
     """The data of a setting: training rows by template, length limit, mix, breadth and pairs; the validation rows are
     the same for every setting (drawn before the mix, the breadth, the pairs and the length limit apply)."""
     from llamatune.models import resolve_model
@@ -189,7 +146,8 @@ def _data(out: Path, base: dict, model: str, mix: dict | None, breadth: bool = F
     d = out / f"data-{tag}"
     if not demo_data.data_done(d, base["n"], base["n_test"], base["n_val"], base["max_length"], template, mix,
                            val_fraction=vf, breadth=breadth, pairs=pairs):
-        demo_data.make_data(d, *args, resolve_model(model), template, mix, val_fraction=vf, breadth=breadth, pairs=pairs)
+        demo_data.make_data(d, *args, resolve_model(model), template, mix, val_fraction=vf, breadth=breadth,
+                            pairs=pairs)
     return d
 
 
@@ -301,67 +259,6 @@ def halving(spec: dict, out: Path, run_one=None) -> tuple[list[dict], str]:
 def _write(out: Path, rows: list[dict], spec: dict) -> None:
     write_json(out / "sweep.json", rows, indent=1)
     write_text(out / "sweep.md", markdown(rows, spec.get("search"), spec.get("base", {}).get("val_fraction", 0)) + "\n")
-
-
-def markdown(rows: list[dict], search: dict | None = None, val_fraction: float = 0) -> str:
-    sha = bool(search)
-    head = "| setting | model | " + ("rung | " if sha else "") + "steps | recipe changes | val accuracy | " \
-        "tool-call acc. | irrelevance acc. | score | calls/turn | train s | eval s |"
-    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
-    bases = {}
-    for r in rows:
-        bases.setdefault(r["model"], r["base_val"])
-        change = ", ".join(f"{k}={v}" for k, v in r["set"].items()) or "recipe as is"
-        if r.get("max_length", demo.DEFAULTS["max_length"]) != demo.DEFAULTS["max_length"]:
-            change += f"; rows ≤ {r['max_length']} tokens"
-        if r["mix"]:
-            change += "; mix " + ", ".join(f"{k}={v:g}" for k, v in r["mix"].items())
-        if r.get("breadth"):
-            change += "; breadth families"
-        if r.get("pairs"):
-            change += f"; contrastive pairs {r['pairs']:g}"
-        v = r["val"]
-        rung = f"{r['rung']}{' →' if r.get('survived') else ''} | " if sha else ""
-        steps = f"{r['steps']}/{r['budget']}" if sha else f"{r['steps']}"
-        lines.append(f"| {r['name']} | {r['model']} | {rung}{steps} | {change} | {_pct(v['accuracy'])} | "
-                     f"{_pct(v['tool_accuracy'])} | {_pct(v['irrelevance_accuracy'])} | {selection_score(v):.3f} | "
-                     f"{v['calls_per_turn']['value']:.2f} | {r['train_seconds']:.0f}{'*' if r.get('resumed') else ''} | "
-                     f"{r['eval_seconds']:.0f} |")
-    for model, v in bases.items():
-        lines.append(f"| *untuned base* | {model} | {'– | ' if sha else ''}0 | – | {_pct(v['accuracy'])} | "
-                     f"{_pct(v['tool_accuracy'])} | {_pct(v['irrelevance_accuracy'])} | {selection_score(v):.3f} | "
-                     f"{v['calls_per_turn']['value']:.2f} | – | – |")
-    n = rows[0]["n_val"] if rows else 0
-    final = [r for r in rows if r.get("rung") == len(search["rungs"])] if sha else rows
-    best = max(final, key=lambda r: (*selection_key(r["val"]), -r["train_seconds"])) if final else None
-    where = (f"the validation fold (template families held out of training, {val_fraction:g} of each group's)"
-             if val_fraction else "the training template families")
-    lines += ["", f"Validation: {n} items of {where} (Wilson 95% CIs). Score: the mean of "
-              "tool-call and irrelevance accuracy (the selection metric; a tie goes to the higher val accuracy)."]
-    if sha:
-        lines.append(f"Successive halving, eta {search['eta']}: rungs of {', '.join(map(str, search['rungs']))} steps "
-                     "(steps shown as trained/budget); → = continued to the next rung.")
-    if not sha and any((r.get("setting") or r["name"]) != r["name"] for r in rows):  # seeds: a setting by its mean
-        settings = by_setting(rows)
-        top = max(settings, key=lambda g: (g["mean"], g["accuracy"]))
-        lines += ["", f"| setting | seeds | score, mean [min, max] | val accuracy, mean | vs {top['setting']}: "
-                  "mean score gap, exact permutation p over seeds |", "|---|---|---|---|---|"]
-        for g in settings:
-            t = permutation_test(top["scores"], g["scores"])
-            gap = "–" if g is top else f"{t['diff']:+.3f}, p = {t['p_value']:.2f} (smallest possible {t['min_p']:.2f})"
-            lines.append(f"| {g['setting']} | {', '.join(str(x) for x in g['seeds'])} | {g['mean']:.3f} "
-                         f"[{g['min']:.3f}, {g['max']:.3f}] | {g['accuracy']:.0%} | {gap} |")
-        lines += _category_table(settings, rows)
-        lines += ["", f"Best by the mean score over seeds: **{top['setting']}** ({top['mean']:.3f}, "
-                  f"{len(top['seeds'])} seed(s)); compare the gap with the spread between one setting's seeds. The "
-                  "permutation test treats the seed as the unit that repeats (the McNemar tests of single runs "
-                  "compare two models on these items, not two settings)."]
-    elif best:
-        lines.append(f"Best by the score{' after the last rung' if sha else ''}: **{best['name']}** "
-                     f"({selection_score(best['val']):.3f}; accuracy {_pct(best['val']['accuracy'])}).")
-    lines.append("Train seconds: the training stage's wall time on 2 cores (a rung: only its own steps); * = resumed "
-                 "after an interruption, so only the resumed part.")
-    return "\n".join(lines)
 
 
 def has_result(out: Path, run: dict) -> bool:

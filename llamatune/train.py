@@ -5,10 +5,7 @@
     python -m llamatune.train FineTome/recipes/tiny-cpu.yaml
     accelerate launch --config_file configs/accelerate/ddp.yaml -m llamatune.cli train RECIPE   # several GPUs
 
-A recipe is flat YAML whose keys are TRL ``SFTConfig`` fields (all of ``TrainingArguments``), PEFT
-``LoraConfig`` fields, or one of ``RECIPE_KEYS`` below (model, data, template). ``--key value`` overrides on
-the command line are typed by YAML parsing (``--max_steps 20`` is an int, ``--learning_rate 1e-3`` a float,
-``--target_modules '[q_proj, v_proj]'`` a list). Unknown keys are an error naming them.
+The recipe (flat YAML, typed overrides, keys by destination) is read by :mod:`llamatune.recipe`.
 
 What a run does: renders the ``dataset_path``'s ``train.jsonl`` (``messages``, optional ``tools``) through the
 project chat template (``llamatune/templates/<chat_template>.jinja``, which marks assistant turns with
@@ -26,9 +23,6 @@ test model (:func:`llamatune.models.tiny_model_dir`).
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import re
 import sys
 import time
 from pathlib import Path
@@ -36,115 +30,13 @@ from typing import Any
 
 import yaml
 
-from llamatune.chat import DEFAULT_DATE, template_text, validate_messages
+from llamatune.chat import template_text, validate_messages
 from llamatune.device import importable
 from llamatune.distributed import data_hashes, dist_state, is_final, last_checkpoint, restore_final
 from llamatune.jsonl import iter_jsonl, read_json, write_json, write_text
 from llamatune.provenance import git_info, package_versions
+from llamatune.recipe import RECIPE_KEYS, load_recipe, split_recipe
 from llamatune.train_fast import apply_fast_path, resolve_precision
-
-# Recipe keys that are neither SFTConfig nor LoraConfig fields, with their defaults (None = required).
-RECIPE_KEYS: dict[str, Any] = {
-    "model_name_or_path": None,  # HF id or local dir; "tiny" = llamatune.models.tiny_model_dir()
-    "dataset_path": None,  # a directory with train.jsonl and eval.jsonl (from `llamatune data ...`)
-    "eval_samples": 200,  # eval loss on the first N rows of eval.jsonl (0 = no eval)
-    "chat_template": "llama-3.2",  # a template in llamatune/templates/
-    "date_string": DEFAULT_DATE,  # pins the template's "Today Date" so tokenisation is reproducible; null = today
-    "dtype": "auto",  # model weights: auto (bf16/fp16 on CUDA, float32 on CPU), float32, bfloat16, float16
-    "load_in_4bit": False,  # QLoRA (bitsandbytes, CUDA only)
-    "backend": "auto",  # auto | trl | unsloth
-    "fast_lm_head": True,  # head + loss at labelled positions only (llamatune.label_head); false = TRL's stock path
-    "decision_weight": 1.0,  # loss weight of each assistant turn's first token, call or answer (llamatune.label_head)
-    "attn_implementation": "auto",  # auto: "packed" on a CPU (llamatune.train_fast), transformers' choice on a GPU
-    "compile": "auto",  # torch.compile of the MLPs and norms (llamatune.train_fast); auto: with bf16 on a CPU
-}
-
-
-class _Loader(yaml.SafeLoader):
-    """Safe loader with YAML 1.2 scalars: ``2e-4`` (no dot) is a float, as people write learning rates, and only
-    true/false are booleans (YAML 1.1 would read ``eval_strategy: no`` as False)."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?[eE][-+]?\d+|\d[\d_]*\.[\d_]*(?:[eE][-+]?\d+)?"
-               r"|\.\d+(?:[eE][-+]?\d+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."),
-)
-
-
-def parse_value(text: str) -> Any:
-    """Type a command-line value the way YAML would (``20`` → int, ``1e-3`` → float, ``[a, b]`` → list)."""
-    return yaml.load(text, Loader=_Loader) if text.strip() else ""
-
-
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
-    """Read a flat recipe YAML and apply ``--key value`` / ``--key=value`` overrides (YAML-typed).
-
-    Fills ``run_name`` (the file's stem) and ``output_dir`` (``runs/<run_name>``) when absent. Key validation
-    against SFTConfig/LoraConfig happens in :func:`train` (it needs the heavy imports).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such recipe")
-    try:
-        recipe = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML: {e}") from None
-    if not isinstance(recipe, dict):
-        raise ValueError(f"{path}: a recipe must be a flat YAML mapping of keys to values")
-    items = list(overrides or [])
-    i = 0
-    while i < len(items):
-        item = items[i]
-        if not item.startswith("--") or item == "--":
-            raise ValueError(f"override {item!r}: expected --key value or --key=value")
-        key, eq, value = item[2:].partition("=")
-        if not eq:
-            if i + 1 >= len(items) or items[i + 1].startswith("--"):
-                raise ValueError(f"override --{key}: missing a value")
-            value, i = items[i + 1], i + 1
-        recipe[key.replace("-", "_")] = parse_value(value)
-        i += 1
-    recipe.setdefault("run_name", path.stem)
-    recipe.setdefault("output_dir", str(Path("runs") / str(recipe["run_name"])))
-    return recipe
-
-
-def split_recipe(recipe: dict) -> tuple[dict, dict, dict]:
-    """``(extra, sft_kwargs, lora_kwargs)``: the recipe's keys by destination, with defaults for ``RECIPE_KEYS``.
-    Raises ``ValueError`` naming unknown keys (with the closest known names)."""
-    from peft import LoraConfig
-    from trl import SFTConfig
-
-    sft_fields = {f.name for f in dataclasses.fields(SFTConfig) if f.init}
-    lora_fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
-    extra, sft, lora, unknown = {}, {}, {}, []
-    for key, value in recipe.items():
-        if key in RECIPE_KEYS:
-            extra[key] = value
-        elif key in lora_fields:
-            lora[key] = value
-        elif key in sft_fields:
-            sft[key] = value
-        else:
-            unknown.append(key)
-    if unknown:
-        known = list(RECIPE_KEYS) + sorted(sft_fields | lora_fields)
-        hints = [f"{k} (did you mean {', '.join(difflib.get_close_matches(k, known, 2)) or '?'})" for k in unknown]
-        raise ValueError(f"unknown recipe keys: {'; '.join(hints)}")
-    for key, default in RECIPE_KEYS.items():
-        extra.setdefault(key, default)
-        if default is None and extra[key] is None:
-            raise ValueError(f"recipe: {key!r} is required")
-    return extra, sft, lora
 
 
 def load_conversations(path: str | Path, limit: int | None = None):
@@ -285,10 +177,11 @@ def build_trainer(recipe: dict, run_dir: str | Path | None = None, callbacks: li
     if fast_head:
         from llamatune.label_head import add_label_only_head
 
-        add_label_only_head(trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model,
-                            decision_weight=decision_weight)
-    compiled = apply_fast_path(trainer, extra["compile"], dtype, precision, backend == "trl" and peft_config is not None,
-                               notes)
+        add_label_only_head(
+            trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model,
+            decision_weight=decision_weight)
+    compiled = apply_fast_path(trainer, extra["compile"], dtype, precision,
+                               backend == "trl" and peft_config is not None, notes)
     # train_sequences: what one epoch feeds the model (packs when packing), so rows/step = train_rows ÷
     # train_sequences × per_device_train_batch_size × gradient_accumulation_steps (× devices)
     data = {"dataset_path": str(data_dir), "train_rows": len(train_ds), "eval_rows_used": len(eval_ds or []),

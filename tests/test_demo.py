@@ -342,7 +342,7 @@ def test_the_successive_halving_sweep_file_searches_the_demo_recipe_on_validatio
 
 
 def test_sweep_file_is_checked_and_tabled(tmp_path):
-    from llamatune import sweep
+    from llamatune import sweep, sweep_report
 
     spec = sweep.load_sweep(ROOT / "FuncCall" / "recipes" / "demo-sweep.yaml")
     assert {r["model"] for r in spec["runs"]} == set(demo.MODELS) and spec["base"]["n_val"] > 0
@@ -360,13 +360,13 @@ def test_sweep_file_is_checked_and_tabled(tmp_path):
              "val": val(0.8), "base_val": val(0.2), "train_seconds": 90, "eval_seconds": 5, "n_val": 10},
             {"name": "fast", "model": "smollm2-135m", "steps": 3, "set": {}, "mix": {"no_tool": 0.5},
              "val": val(0.8), "base_val": val(0.2), "train_seconds": 30, "eval_seconds": 5, "n_val": 10}]
-    md = sweep.markdown(rows)
+    md = sweep_report.markdown(rows)
     assert "| slow | smollm2-135m | 9 | learning_rate=0.001 | 80% [70, 90]" in md
     assert "recipe as is; mix no_tool=0.5" in md and "| *untuned base* | smollm2-135m | 0 |" in md
     assert "Best by the score: **fast**" in md  # a tie goes to the cheaper setting
     assert "items of the training template families" in md
     assert "items of the validation fold (template families held out of training, 0.2 of each group's)" in \
-        sweep.markdown(rows, None, 0.2)
+        sweep_report.markdown(rows, None, 0.2)
 
 
 def test_sweep_only_runs_the_named_settings_and_tables_every_scored_one(tmp_path, monkeypatch):

@@ -158,7 +158,8 @@ LAUNCHED = textwrap.dedent("""
                 td.barrier()  # both ranks have written their part of the checkpoint
                 os._exit(137)
 
-    from llamatune.train import load_recipe, train
+    from llamatune.recipe import load_recipe
+    from llamatune.train import train
     argv = sys.argv[1:]
     train(load_recipe(argv[0], argv[1:]), callbacks=[Kill()])
 """)
@@ -218,7 +219,8 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def single_run(data_dir, tmp_path_factory) -> Path:
     """The reference: 1 process × batch 2, the effective batch of 2 processes × batch 1."""
-    from llamatune.train import load_recipe, train
+    from llamatune.recipe import load_recipe
+    from llamatune.train import train
 
     run_dir = tmp_path_factory.mktemp("single") / "run"
     return train(load_recipe(TINY, [*FAST, "--per_device_train_batch_size", "2", "--dataset_path", str(data_dir),

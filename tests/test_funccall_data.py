@@ -535,7 +535,7 @@ def test_agent_system_prompt_on_training_rows_of_agent_tool_sets(rows):
 @requires("trl", "peft")
 def test_funccall_recipes_validate():
     """Both FuncCall recipes load and every key is a RECIPE_KEYS / SFTConfig / LoraConfig field."""
-    from llamatune.train import load_recipe, split_recipe
+    from llamatune.recipe import load_recipe, split_recipe
 
     big = load_recipe(REPO / "FuncCall" / "recipes" / "llama-3.2-3b-lora.yaml")
     extra, sft, lora = split_recipe(big)

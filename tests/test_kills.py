@@ -285,7 +285,8 @@ def test_training_killed_anywhere_even_mid_checkpoint_resumes_to_the_same_adapte
 
 @pytest.fixture(scope="module")
 def trained_run(finetome_dir, tmp_path_factory) -> Path:
-    from llamatune.train import load_recipe, train
+    from llamatune.recipe import load_recipe
+    from llamatune.train import train
 
     run = tmp_path_factory.mktemp("trained") / "run"
     train(load_recipe(REPO / "FineTome" / "recipes" / "tiny-cpu.yaml",

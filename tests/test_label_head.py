@@ -26,7 +26,8 @@ TINY = REPO / "FuncCall" / "recipes" / "tiny-cpu.yaml"
 
 
 def _trainer(data: Path, out: Path, fast: bool, extra: list[str]):
-    from llamatune.train import build_trainer, load_recipe
+    from llamatune.recipe import load_recipe
+    from llamatune.train import build_trainer
 
     recipe = load_recipe(TINY, [f"--dataset_path={data}", f"--output_dir={out}", f"--fast_lm_head={str(fast).lower()}",
                                 "--eval_samples=0", "--max_length=2048", *extra])

@@ -26,7 +26,8 @@ TINY = REPO / "FuncCall" / "recipes" / "tiny-cpu.yaml"
 def packed_trainer(funccall_data, tmp_path_factory):
     import torch
 
-    from llamatune.train import build_trainer, load_recipe
+    from llamatune.recipe import load_recipe
+    from llamatune.train import build_trainer
 
     out = tmp_path_factory.mktemp("packed")
     recipe = load_recipe(TINY, [f"--dataset_path={funccall_data}", f"--output_dir={out}", "--eval_samples=0",

@@ -116,7 +116,8 @@ def _pieces_row(i: int, question: str) -> dict:
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory):
-    from llamatune.train import load_recipe, train
+    from llamatune.recipe import load_recipe
+    from llamatune.train import train
 
     root = tmp_path_factory.mktemp("rl")
     rows = strip_private(build_split("train", 6, 0, {"single_call": 0.5, "tool_result": 0.5}, style=train_style(0.0)))
@@ -220,7 +221,7 @@ def test_a_finished_run_is_not_trained_again_nor_overwritten(grpo_run, sft_run):
 
 def test_recipe_keys_are_checked():
     from llamatune.rl import RECIPE, split_rl_recipe
-    from llamatune.train import load_recipe
+    from llamatune.recipe import load_recipe
 
     recipe = load_recipe(RECIPE)
     extra, cfg = split_rl_recipe(recipe)
@@ -240,7 +241,7 @@ def test_the_completion_only_head_gives_trls_log_probs(sft_run, tmp_path):
     import torch
 
     from llamatune.rl import RECIPE, build_trainer
-    from llamatune.train import load_recipe
+    from llamatune.recipe import load_recipe
 
     prompts = [_pieces_row(0, "Tell me some word endings."), _pieces_row(1, "What suffixes are common?")]
     got = {}
@@ -265,7 +266,7 @@ def test_select_samples_trains_on_the_prompts_the_selection_keeps(sft_run, tmp_p
     run's template, the recipe's sampling temperature and completion length, a cache in the run directory) and only
     the rows it keeps reach the trainer."""
     from llamatune import rl, rl_select
-    from llamatune.train import load_recipe
+    from llamatune.recipe import load_recipe
 
     seen = {}
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from llamatune import sweep
+from llamatune import sweep, sweep_report
 from tests.conftest import load_script
 
 
@@ -24,25 +24,26 @@ def test_rungs_divide_the_budget_by_eta_down_to_the_minimum():
 
 
 def test_selection_score_weighs_not_calling_as_much_as_calling():
-    assert sweep.selection_score(_val(0.9, 0.1)) == pytest.approx(0.5)
-    assert sweep.selection_score(_val(0.5, 0.7)) == pytest.approx(0.6)  # fewer right calls, but it stops: better
+    assert sweep_report.selection_score(_val(0.9, 0.1)) == pytest.approx(0.5)
+    assert sweep_report.selection_score(_val(0.5, 0.7)) == pytest.approx(0.6)  # fewer right calls, but it stops: better
 
 
 def _row(name, tool, irr, accuracy, train_seconds=10.0, rung=None):
     val = {**_val(tool, irr), "accuracy": _metric(accuracy)}
     return {"name": name, "model": "smollm2-135m", "steps": 80, "budget": 80, "set": {}, "mix": None, "val": val,
             "base_val": _val(0.0, 1.0), "train_seconds": train_seconds, "eval_seconds": 5.0, "n_val": 240,
-            "score": sweep.selection_score(val), "rung": rung}
+            "score": sweep_report.selection_score(val), "rung": rung}
 
 
 def test_a_tie_on_the_score_goes_to_the_higher_validation_accuracy_not_the_faster_run():
     # part 8's two mixes: 44/99 calls and 130/141 declines each, 62% and 68% of all items; the default trained faster
     rows = [_row("default", 0.444, 0.922, 0.62, train_seconds=643), _row("mix", 0.444, 0.922, 0.68, train_seconds=651)]
-    assert sweep.selection_key(rows[0]["val"]) < sweep.selection_key(rows[1]["val"])
-    md = sweep.markdown(rows, None, 0.2)
+    assert sweep_report.selection_key(rows[0]["val"]) < sweep_report.selection_key(rows[1]["val"])
+    md = sweep_report.markdown(rows, None, 0.2)
     assert "Best by the score: **mix**" in md and "a tie goes to the higher val accuracy" in md
     # a better score still wins over a higher accuracy
-    assert "Best by the score: **default**" in sweep.markdown([_row("default", 0.5, 0.922, 0.6), rows[1]], None, 0.2)
+    assert "Best by the score: **default**" in sweep_report.markdown([_row("default", 0.5, 0.922, 0.6), rows[1]],
+                                                                       None, 0.2)
 
 
 def _spec_file(tmp_path, runs, search):
@@ -81,7 +82,7 @@ def test_halving_continues_the_best_half_from_their_own_checkpoints_and_tables_e
         val = _val(*scores[(run["name"], stop_at)])
         return {"name": run["name"], "model": run["model"], "steps": stop_at, "budget": run["steps"],
                 "set": {}, "mix": None, "max_length": 512, "val": val, "base_val": _val(0.0, 0.5),
-                "train_seconds": 10.0, "eval_seconds": 5.0, "n_val": 100, "score": sweep.selection_score(val)}
+                "train_seconds": 10.0, "eval_seconds": 5.0, "n_val": 100, "score": sweep_report.selection_score(val)}
 
     rows, winner = sweep.halving(spec, tmp_path, run_one)
     assert winner == "d"
@@ -205,7 +206,8 @@ def test_a_setting_without_the_breadth_families_gets_its_own_data_and_is_named_i
     built, base = _data_stage_recorded(monkeypatch, "breadth")
     narrow, wide = (sweep._data(tmp_path, base, "smollm2-135m", None, b) for b in (False, True))
     assert narrow != wide and built == [(narrow.name, False), (wide.name, True)]
-    md = sweep.markdown([_row("narrow", 0.5, 0.9, 0.6), {**_row("wide", 0.5, 0.9, 0.6), "breadth": True}], None, 0.2)
+    md = sweep_report.markdown([_row("narrow", 0.5, 0.9, 0.6), {**_row("wide", 0.5, 0.9, 0.6), "breadth": True}],
+                               None, 0.2)
     assert md.count("breadth families") == 1 and "| wide |" in md.split("breadth families")[0].splitlines()[-1]
     runs = [{"name": "a", "model": "smollm2-135m", "breadth": False}]
     assert sweep.load_sweep(_spec_file(tmp_path, runs, None))["runs"][0]["breadth"] is False
@@ -221,7 +223,8 @@ def test_a_setting_with_contrastive_pairs_gets_its_own_data_and_is_named_in_the_
     built, base = _data_stage_recorded(monkeypatch, "pairs")
     plain, paired = (sweep._data(tmp_path, base, "smollm2-135m", None, False, p) for p in (None, 0.5))
     assert plain != paired and built == [(plain.name, None), (paired.name, 0.5)]
-    md = sweep.markdown([_row("narrow", 0.5, 0.9, 0.6), {**_row("paired", 0.5, 0.9, 0.6), "pairs": 0.5}], None, 0.2)
+    md = sweep_report.markdown([_row("narrow", 0.5, 0.9, 0.6), {**_row("paired", 0.5, 0.9, 0.6), "pairs": 0.5}],
+                               None, 0.2)
     assert md.count("contrastive pairs 0.5") == 1
     assert "| paired |" in md.split("contrastive pairs")[0].splitlines()[-1]
     runs = [{"name": "a", "model": "smollm2-135m", "pairs": 0.5}]
@@ -249,23 +252,23 @@ def test_seeds_expand_a_setting_into_one_run_per_seed_and_the_best_is_the_best_m
             {**_row("narrow-seed1", 0.30, 0.80, 0.55), "setting": "narrow", "set": {"seed": 1}},
             {**_row("lever-seed0", 0.43, 0.90, 0.66), "setting": "lever", "set": {"seed": 0}},
             {**_row("lever-seed1", 0.45, 0.88, 0.66), "setting": "lever", "set": {"seed": 1}}]
-    groups = {g["setting"]: g for g in sweep.by_setting(rows)}
+    groups = {g["setting"]: g for g in sweep_report.by_setting(rows)}
     assert groups["narrow"]["seeds"] == [0, 1] and groups["narrow"]["mean"] == pytest.approx((0.69 + 0.55) / 2)
     assert groups["lever"]["min"] == pytest.approx(0.665) and groups["lever"]["max"] == pytest.approx(0.665)
-    md = sweep.markdown(rows, None, 0.2)
+    md = sweep_report.markdown(rows, None, 0.2)
     assert "Best by the mean score over seeds: **lever** (0.665, 2 seed(s))" in md
     assert "| narrow | 0, 1 | 0.620 [0.550, 0.690] | 62% | -0.045, p = 1.00 (smallest possible 0.33) |" in md
     assert "| lever | 0, 1 | 0.665 [0.665, 0.665] | 66% | – |" in md and "Best by the score:" not in md
-    mixed = sweep.markdown(rows[2:] + [_row("once", 0.40, 0.80, 0.60)], None, 0.2)  # an unseeded setting beside
+    mixed = sweep_report.markdown(rows[2:] + [_row("once", 0.40, 0.80, 0.60)], None, 0.2)  # an unseeded setting beside
     assert "| once | recipe's | 0.600 [0.600, 0.600] | 60% | -0.065, p = 0.33 (smallest possible 0.33) |" in mixed
     assert "| category |" not in md  # rows without per-category counts (older sweep.json): no category table
     cats = [{"near_miss": [15, 24], "multi_turn": [27, 29]}, {"near_miss": [12, 24], "multi_turn": [12, 29]},
             {"near_miss": [20, 24], "multi_turn": [19, 29]}, {"near_miss": [21, 24], "multi_turn": [20, 29]}]
-    by_cat = sweep.markdown([{**r, "val_categories": c} for r, c in zip(rows, cats)], None, 0.2)
+    by_cat = sweep_report.markdown([{**r, "val_categories": c} for r, c in zip(rows, cats)], None, 0.2)
     assert "| category | n | narrow: right, mean [min, max] | lever: right, mean [min, max] |" in by_cat
     assert "| multi_turn | 29 | 19.5 [12, 27] | 19.5 [19, 20] |" in by_cat
     assert "| near_miss | 24 | 13.5 [12, 15] | 20.5 [20, 21] |" in by_cat
-    one_each = sweep.markdown(rows[:1] + rows[2:3], None, 0.2)  # one seed each: the better seed-0 run wins
+    one_each = sweep_report.markdown(rows[:1] + rows[2:3], None, 0.2)  # one seed each: the better seed-0 run wins
     assert "Best by the mean score over seeds: **narrow** (0.690, 1 seed(s))" in one_each
 
 

@@ -99,7 +99,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def tiny_recipe(data_dir: Path, run_dir: Path, *extra: str) -> dict:
-    from llamatune.train import load_recipe
+    from llamatune.recipe import load_recipe
 
     return load_recipe(TINY, [*FAST, "--dataset_path", str(data_dir), "--output_dir", str(run_dir), *extra])
 
@@ -119,7 +119,7 @@ def full_run(data_dir, tmp_path_factory):
 
 
 def test_recipes_load_and_validate():
-    from llamatune.train import load_recipe, split_recipe
+    from llamatune.recipe import load_recipe, split_recipe
 
     big = load_recipe(REPO / "FineTome" / "recipes" / "llama-3.2-3b-lora.yaml")
     extra, sft, lora = split_recipe(big)
@@ -199,7 +199,7 @@ def test_training_lowers_loss_freezes_base_and_moves_lora(full_run, tiny_model_d
 
 def test_run_directory_records(full_run, data_dir):
     from llamatune.data.io import sha256_file
-    from llamatune.train import load_recipe
+    from llamatune.recipe import load_recipe
 
     run_dir, _ = full_run
     run = json.loads((run_dir / "run.json").read_text())
@@ -233,7 +233,8 @@ def test_run_directory_records(full_run, data_dir):
 KILL = textwrap.dedent("""
     import os, sys
     from transformers import TrainerCallback
-    from llamatune.train import load_recipe, train
+    from llamatune.recipe import load_recipe
+    from llamatune.train import train
 
     class Kill(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
@@ -280,7 +281,8 @@ def test_resume_of_a_finished_run_does_not_train_further(full_run, tmp_path):
 
     from safetensors.torch import load_file
 
-    from llamatune.train import load_recipe, train
+    from llamatune.recipe import load_recipe
+    from llamatune.train import train
 
     run_dir, _ = full_run
     copy = tmp_path / "copy"
@@ -301,7 +303,8 @@ def test_resume_refuses_another_recipe_or_data_and_keeps_the_record(full_run, da
     resume with the same recipe keeps the first start time and records the resume."""
     import shutil
 
-    from llamatune.train import load_recipe, train
+    from llamatune.recipe import load_recipe
+    from llamatune.train import train
 
     run_dir, _ = full_run
     copy = tmp_path / "copy"
@@ -326,7 +329,8 @@ def test_seed_sets_the_lora_init_and_the_order_data_seed_the_order_alone(funccal
     """What README part 13 relies on: TRL seeds before PEFT draws the adapter, and the sampler takes ``data_seed``
     when it is set, so ``data_seed`` changes the order of the training rows and keeps ``seed``'s LoRA initialisation;
     another ``seed`` changes both."""
-    from llamatune.train import build_trainer, load_recipe
+    from llamatune.recipe import load_recipe
+    from llamatune.train import build_trainer
 
     def drawn(name: str, *extra: str) -> tuple[dict, list]:
         out = tmp_path / name

@@ -50,7 +50,8 @@ def train_curve(recipe_path: Path, out: Path, overrides: list[str]) -> tuple[lis
     """Train, checking on the way that the frozen weights stay frozen (bitwise); returns the per-step losses."""
     import torch
 
-    from llamatune.train import build_trainer, load_recipe
+    from llamatune.recipe import load_recipe
+    from llamatune.train import build_trainer
 
     recipe = load_recipe(recipe_path, [f"--output_dir={out}", "--save_strategy=no", "--logging_steps=1",
                                        "--eval_strategy=no", "--eval_samples=0", "--disable_tqdm=true", *overrides])
