@@ -93,6 +93,37 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> dict:
     return recipe
 
 
+def route_keys(recipe: dict, own: dict[str, Any], *field_sets: set[str], ignore: tuple[str, ...] = (),
+               required_hints: dict[str, str] | None = None) -> tuple[dict, ...]:
+    """``(extra, *one dict per field set)``: each key goes to ``own`` (the project's keys, with their defaults; None
+    = required) or to the first field set that holds it; keys in ``ignore`` go nowhere. Defaults are filled in
+    ``extra``. ``ValueError`` names unknown keys (with the closest known names) and a required key left unset (with
+    its ``required_hints`` entry)."""
+    extra: dict = {}
+    outs: list[dict] = [{} for _ in field_sets]
+    unknown = []
+    for key, value in recipe.items():
+        if key in own:
+            extra[key] = value
+            continue
+        for fields, out in zip(field_sets, outs):
+            if key in fields:
+                out[key] = value
+                break
+        else:
+            if key not in ignore:
+                unknown.append(key)
+    if unknown:
+        known = list(own) + sorted(set().union(*field_sets))
+        hints = [f"{k} (did you mean {', '.join(difflib.get_close_matches(k, known, 2)) or '?'})" for k in unknown]
+        raise ValueError(f"unknown recipe keys: {'; '.join(hints)}")
+    for key, default in own.items():
+        extra.setdefault(key, default)
+        if default is None and extra[key] is None:
+            raise ValueError(f"recipe: {key!r} is required" + (required_hints or {}).get(key, ""))
+    return (extra, *outs)
+
+
 def split_recipe(recipe: dict) -> tuple[dict, dict, dict]:
     """``(extra, sft_kwargs, lora_kwargs)``: the recipe's keys by destination, with defaults for ``RECIPE_KEYS``.
     Raises ``ValueError`` naming unknown keys (with the closest known names)."""
@@ -101,22 +132,5 @@ def split_recipe(recipe: dict) -> tuple[dict, dict, dict]:
 
     sft_fields = {f.name for f in dataclasses.fields(SFTConfig) if f.init}
     lora_fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
-    extra, sft, lora, unknown = {}, {}, {}, []
-    for key, value in recipe.items():
-        if key in RECIPE_KEYS:
-            extra[key] = value
-        elif key in lora_fields:
-            lora[key] = value
-        elif key in sft_fields:
-            sft[key] = value
-        else:
-            unknown.append(key)
-    if unknown:
-        known = list(RECIPE_KEYS) + sorted(sft_fields | lora_fields)
-        hints = [f"{k} (did you mean {', '.join(difflib.get_close_matches(k, known, 2)) or '?'})" for k in unknown]
-        raise ValueError(f"unknown recipe keys: {'; '.join(hints)}")
-    for key, default in RECIPE_KEYS.items():
-        extra.setdefault(key, default)
-        if default is None and extra[key] is None:
-            raise ValueError(f"recipe: {key!r} is required")
+    extra, lora, sft = route_keys(recipe, RECIPE_KEYS, lora_fields, sft_fields)
     return extra, sft, lora

@@ -45,7 +45,6 @@ checkpoint; a run directory with checkpoints is never continued silently.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import sys
@@ -57,6 +56,7 @@ import yaml
 
 from llamatune.jsonl import read_json, read_jsonl, sha256_file, write_json, write_jsonl, write_text
 from llamatune.plots import plot_rewards
+from llamatune.recipe import load_recipe, route_keys
 from llamatune.rl_reward import prompt_text, reward_function
 
 # Recipe keys that are not GRPOConfig fields, with their defaults (None = required).
@@ -82,23 +82,8 @@ def split_rl_recipe(recipe: dict) -> tuple[dict, dict]:
     from trl import GRPOConfig
 
     fields = {f.name for f in dataclasses.fields(GRPOConfig) if f.init}
-    extra, cfg, unknown = {}, {}, []
-    for key, value in recipe.items():
-        if key in RL_KEYS:
-            extra[key] = value
-        elif key in fields:
-            cfg[key] = value
-        elif key not in INHERITED:
-            unknown.append(key)
-    if unknown:
-        known = list(RL_KEYS) + sorted(fields)
-        hints = [f"{k} (did you mean {', '.join(difflib.get_close_matches(k, known, 2)) or '?'})" for k in unknown]
-        raise ValueError(f"unknown recipe keys: {'; '.join(hints)}")
-    for key, default in RL_KEYS.items():
-        extra.setdefault(key, default)
-        if default is None and extra[key] is None:
-            raise ValueError(f"recipe: {key!r} is required" + (" (the validation and test files whose prompts GRPO "
-                                                              "must never use; [] for none)" if key == "exclude" else ""))
+    extra, cfg = route_keys(recipe, RL_KEYS, fields, ignore=INHERITED, required_hints={
+        "exclude": " (the validation and test files whose prompts GRPO must never use; [] for none)"})
     if int(extra["select_samples"] or 0) and not extra["select_gguf"]:
         raise ValueError("recipe: select_samples needs select_gguf (the SFT run's GGUF: llamatune export <sft_run>)")
     if extra["prompt_style"] not in ("eval", "train"):
@@ -315,8 +300,6 @@ def grpo(sft_run: str | Path, prompts: list[dict], out_dir: str | Path, exclude=
     ``steps`` optimizer steps of ``prompts_per_step`` prompts × ``num_generations`` completions. ``exclude``: the
     validation/test files, checked again (a prompt equal to one of theirs is an error); ``overrides``: ``--key value``
     recipe overrides. Resumes by default (what the demo and the sweep want)."""
-    from llamatune.recipe import load_recipe
-
     paths = [str(exclude)] if isinstance(exclude, (str, Path)) else [str(p) for p in exclude]
     r = load_recipe(recipe, [f"--sft_run={sft_run}", f"--output_dir={out_dir}", f"--max_steps={steps}",
                              f"--num_generations={num_generations}", f"--exclude={json.dumps(paths)}",
@@ -335,8 +318,6 @@ def add_arguments(parser) -> None:
 
 
 def main(args) -> int:
-    from llamatune.recipe import load_recipe
-
     overrides = list(args.overrides or [])
     resume = args.resume or "--resume" in overrides
     run_dir = train_grpo(load_recipe(args.recipe, [o for o in overrides if o != "--resume"]), resume=resume)
