@@ -13,6 +13,12 @@ A source is a training run (its LoRA merged first, as the export stage does, so 
 chat template (the merge stamps say so) and have the same tensors; the soup is computed tensor by tensor (one model's
 memory, whatever the count), in float32, and saved in the sources' dtype and shard layout, next to ``soup.json``
 (the sources and each weights file's sha256). The write is atomic: an interrupted soup leaves no half-written directory.
+
+Whether the ingredients share a basin can be read from their updates: when the base named by the stamps is on disk,
+``soup.json``'s ``updates`` gives each source's update ``W - W_base`` (all tensors together) as its norm, the cosine
+between every two sources' updates, and ``kept``, the norm of the soup's update over the sources' mean norm (1 when
+the updates agree, ``1/sqrt(n)`` when they are orthogonal and of equal size: the average then shrinks each one).
+README part 13: three runs from one LoRA initialisation in other row orders have cosines 0.3, three seeds 0.15.
 """
 
 from __future__ import annotations
@@ -88,6 +94,27 @@ def check_sources(dirs: list[Path]) -> list[dict[str, str]]:
     return maps
 
 
+def _base_dir(dirs: list[Path], maps: list[dict[str, str]]) -> Path | None:
+    """The sources' base model directory (from their stamp), when it is on disk with the sources' tensors."""
+    from llamatune.export import is_model_dir
+
+    base = (_stamp(dirs[0]) or {}).get("base")
+    if not base or not is_model_dir(Path(base)):
+        return None
+    return Path(base) if set(_shards(Path(base))) == set(maps[0]) else None
+
+
+def update_stats(gram: list[list[float]]) -> dict:
+    """Norms, pairwise cosines and ``kept`` (see the module doc) from the Gram matrix of the sources' updates."""
+    n = len(gram)
+    norms = [gram[i][i] ** 0.5 for i in range(n)]
+    cos = [[gram[i][j] / (norms[i] * norms[j]) if norms[i] and norms[j] else 0.0 for j in range(n)] for i in range(n)]
+    mean_norm = sum(norms) / n
+    soup_norm = max(sum(map(sum, gram)), 0.0) ** 0.5 / n
+    return {"norm": [round(x, 6) for x in norms], "pairwise_cosine": [[round(c, 4) for c in row] for row in cos],
+            "kept": round(soup_norm / mean_norm, 4) if mean_norm else None}
+
+
 def soup(sources: list[str | Path], out: str | Path) -> Path:
     """Average the models of ``sources`` uniformly into the HF model directory ``out`` (see the module doc)."""
     from contextlib import ExitStack
@@ -102,6 +129,9 @@ def soup(sources: list[str | Path], out: str | Path) -> Path:
 
     dirs = [_model_dir(Path(s)) for s in sources]
     maps = check_sources(dirs)
+    base = _base_dir(dirs, maps)
+    base_map = _shards(base) if base else {}
+    gram = [[0.0] * len(dirs) for _ in dirs]
     by_file: dict[str, list[str]] = {}
     for k, name in maps[0].items():  # the soup keeps the first source's shard layout
         by_file.setdefault(name, []).append(k)
@@ -124,16 +154,28 @@ def soup(sources: list[str | Path], out: str | Path) -> Path:
                 out_tensors = {}
                 for k in keys:
                     first = tensor(dirs[0], maps[0], k)
-                    acc = first.to(torch.float32, copy=True)
-                    for d, shards in zip(dirs[1:], maps[1:]):
-                        acc.add_(tensor(d, shards, k).to(torch.float32))
+                    ts = [first.to(torch.float32, copy=True)] + [tensor(d, shards, k).to(torch.float32)
+                                                                 for d, shards in zip(dirs[1:], maps[1:])]
+                    if base is not None:
+                        b = tensor(base, base_map, k).to(torch.float64).flatten()
+                        deltas = [t.to(torch.float64).flatten() - b for t in ts]
+                        for i, di in enumerate(deltas):
+                            for j in range(i, len(deltas)):
+                                gram[i][j] += float(di @ deltas[j])
+                    acc = ts[0]
+                    for t in ts[1:]:
+                        acc.add_(t)
                     out_tensors[k] = (acc / len(dirs)).to(first.dtype).contiguous()
                     bar.update(1)
                 save_file(out_tensors, str(tmp / name), metadata={"format": "pt"})
+        for i in range(len(dirs)):
+            for j in range(i):
+                gram[i][j] = gram[j][i]
         write_json(tmp / SOUP_STAMP, {
             "method": "uniform average of the weights (model soup)", "stamp": _stamp(dirs[0]),
             "sources": [{"path": str(d), "sha256": {f: sha256_file(d / f) for f in sorted(set(m.values()))}}
-                        for d, m in zip(dirs, maps)]}, indent=2)
+                        for d, m in zip(dirs, maps)],
+            "updates": {"base": str(base), **update_stats(gram)} if base is not None else None}, indent=2)
     return Path(out)
 
 
@@ -146,5 +188,7 @@ def add_arguments(parser) -> None:
 
 def main(args) -> int:
     out = soup(args.sources, args.out)
-    print(json.dumps({"soup": str(out), "sources": len(args.sources)}))
+    updates = read_json(out / SOUP_STAMP).get("updates") or {}
+    print(json.dumps({"soup": str(out), "sources": len(args.sources), "kept": updates.get("kept"),
+                      "pairwise_cosine": updates.get("pairwise_cosine")}))
     return 0

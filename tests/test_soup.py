@@ -76,6 +76,47 @@ def test_the_soup_is_the_mean_of_the_weights_and_loads_as_a_model(tiny_model_dir
     soup.soup([out, srcs[0]], tmp_path / "again")
 
 
+def test_the_sources_updates_are_measured_against_their_base(tiny_model_dir, tmp_path):
+    """soup.json's ``updates``: each source's ``W - W_base`` norm, the cosines between them and ``kept`` equal what
+    the weights give by hand; a copy of a source has cosine 1 with it; a source's negation has cosine -1 and
+    cancels it; without the base on disk there is no such entry."""
+    import torch
+
+    from llamatune import soup
+
+    base_w = _weights(tiny_model_dir)
+    srcs = [_finetune(tiny_model_dir, tmp_path / f"s{i}", seed=i) for i in range(2)]
+    twin = tmp_path / "twin"
+    shutil.copytree(srcs[0], twin)
+    ws = [_weights(s) for s in srcs]
+    mirror = tmp_path / "mirror"  # base - (s0 - base): the opposite update
+    shutil.copytree(srcs[0], mirror)
+    from safetensors.torch import save_file
+    save_file({k: 2 * base_w[k] - t for k, t in ws[0].items()}, str(mirror / "model.safetensors"),
+              metadata={"format": "pt"})
+
+    def flat(w):
+        return torch.cat([(w[k].double() - base_w[k].double()).flatten() for k in sorted(w)])
+
+    d0, d1 = flat(ws[0]), flat(ws[1])
+    up = json.loads((soup.soup([srcs[0], srcs[1], twin], tmp_path / "soup") / "soup.json").read_text())["updates"]
+    assert up["base"] == str(tiny_model_dir)
+    assert up["norm"][0] == pytest.approx(float(d0.norm()), rel=1e-5) == up["norm"][2]
+    cos01 = float(d0 @ d1 / d0.norm() / d1.norm())
+    assert abs(cos01) < 0.05  # independent noise: near orthogonal
+    assert up["pairwise_cosine"][0][1] == pytest.approx(cos01, abs=1e-4) == up["pairwise_cosine"][1][0]
+    assert up["pairwise_cosine"][0][2] == pytest.approx(1.0, abs=1e-4)
+    mean_norm = (2 * float(d0.norm()) + float(d1.norm())) / 3
+    assert up["kept"] == pytest.approx(float((2 * d0 + d1).norm()) / 3 / mean_norm, abs=1e-4)
+    opposite = json.loads((soup.soup([srcs[0], mirror], tmp_path / "zero") / "soup.json").read_text())["updates"]
+    assert opposite["pairwise_cosine"][0][1] == pytest.approx(-1.0, abs=1e-4) and opposite["kept"] < 1e-3
+    stamp = json.loads((srcs[1] / "llamatune_merge.json").read_text())
+    for s in srcs:
+        (s / "llamatune_merge.json").write_text(json.dumps({**stamp, "stamp": {**stamp["stamp"],
+                                                                               "base": str(tmp_path / "gone")}}))
+    assert json.loads((soup.soup(srcs, tmp_path / "nobase") / "soup.json").read_text())["updates"] is None
+
+
 def test_a_sharded_source_keeps_its_shard_layout(tiny_model_dir, tmp_path):
     import torch
 
