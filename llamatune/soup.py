@@ -24,6 +24,7 @@ README part 13: three runs from one LoRA initialisation in other row orders have
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -115,6 +116,26 @@ def update_stats(gram: list[list[float]]) -> dict:
             "kept": round(soup_norm / mean_norm, 4) if mean_norm else None}
 
 
+def add_gram(gram: list[list[float]], sources: list, base, rows_at_once: int = 1 << 22) -> None:
+    """Add one tensor's share to the upper triangle of the Gram matrix of the sources' updates, ``sources`` and
+    ``base`` being safetensors slices of it; read a block of rows at a time in float64, so the memory stays a few
+    blocks whatever the tensor's size or the sources' count."""
+    import torch
+
+    shape = base.get_shape()
+    if not shape:  # a 0-dim tensor (LLM checkpoints have none) cannot be sliced: left out of the statistics
+        return
+    per_row = math.prod(shape[1:])
+    step = max(1, rows_at_once // max(1, per_row))
+    n_rows = shape[0]
+    for r in range(0, n_rows, step):
+        b = base[r:r + step].to(torch.float64).flatten()
+        deltas = [s[r:r + step].to(torch.float64).flatten() - b for s in sources]
+        for i, di in enumerate(deltas):
+            for j in range(i, len(deltas)):
+                gram[i][j] += float(di @ deltas[j])
+
+
 def soup(sources: list[str | Path], out: str | Path) -> Path:
     """Average the models of ``sources`` uniformly into the HF model directory ``out`` (see the module doc)."""
     from contextlib import ExitStack
@@ -142,11 +163,17 @@ def soup(sources: list[str | Path], out: str | Path) -> Path:
                 shutil.copy2(f, tmp / f.name)
         handles: dict[Path, object] = {}
 
-        def tensor(d: Path, shards: dict[str, str], k: str):
+        def handle(d: Path, shards: dict[str, str], k: str):
             path = d / shards[k]
             if path not in handles:
                 handles[path] = stack.enter_context(safe_open(str(path), "pt"))
-            return handles[path].get_tensor(k)
+            return handles[path]
+
+        def tensor(d: Path, shards: dict[str, str], k: str):
+            return handle(d, shards, k).get_tensor(k)
+
+        def part(d: Path, shards: dict[str, str], k: str):
+            return handle(d, shards, k).get_slice(k)
 
         total = sum(len(v) for v in by_file.values())
         with tqdm(total=total, desc=f"averaging {len(dirs)} models", unit="tensor", disable=tqdm_disable()) as bar:
@@ -154,18 +181,12 @@ def soup(sources: list[str | Path], out: str | Path) -> Path:
                 out_tensors = {}
                 for k in keys:
                     first = tensor(dirs[0], maps[0], k)
-                    ts = [first.to(torch.float32, copy=True)] + [tensor(d, shards, k).to(torch.float32)
-                                                                 for d, shards in zip(dirs[1:], maps[1:])]
-                    if base is not None:
-                        b = tensor(base, base_map, k).to(torch.float64).flatten()
-                        deltas = [t.to(torch.float64).flatten() - b for t in ts]
-                        for i, di in enumerate(deltas):
-                            for j in range(i, len(deltas)):
-                                gram[i][j] += float(di @ deltas[j])
-                    acc = ts[0]
-                    for t in ts[1:]:
-                        acc.add_(t)
+                    acc = first.to(torch.float32, copy=True)
+                    for d, shards in zip(dirs[1:], maps[1:]):
+                        acc.add_(tensor(d, shards, k).to(torch.float32))
                     out_tensors[k] = (acc / len(dirs)).to(first.dtype).contiguous()
+                    if base is not None:
+                        add_gram(gram, [part(d, m, k) for d, m in zip(dirs, maps)], part(base, base_map, k))
                     bar.update(1)
                 save_file(out_tensors, str(tmp / name), metadata={"format": "pt"})
         for i in range(len(dirs)):
