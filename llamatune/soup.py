@@ -116,31 +116,39 @@ def update_stats(gram: list[list[float]]) -> dict:
             "kept": round(soup_norm / mean_norm, 4) if mean_norm else None}
 
 
-def add_gram(gram: list[list[float]], sources: list, base, rows_at_once: int = 1 << 22) -> None:
-    """Add one tensor's share to the upper triangle of the Gram matrix of the sources' updates, ``sources`` and
-    ``base`` being safetensors slices of it; read a block of rows at a time in float64, so the memory stays a few
-    blocks whatever the tensor's size or the sources' count."""
+def average(sources: list, base=None, gram: list[list[float]] | None = None, rows_at_once: int = 1 << 22):
+    """The uniform mean of one tensor over ``sources`` (safetensors slices of it): summed in float32 in the sources'
+    order, returned in their dtype. With ``base`` (its slice in the base model), the tensor's share of the Gram
+    matrix of the sources' updates is added to ``gram``'s upper triangle, in float64. Each file is read once, a block
+    of rows at a time, so the statistics cost a few blocks of memory whatever the tensor's size or the count."""
     import torch
 
-    shape = base.get_shape()
-    if not shape:  # a 0-dim tensor (LLM checkpoints have none) cannot be sliced: left out of the statistics
-        return
-    per_row = math.prod(shape[1:])
+    shape = sources[0].get_shape()
+    per_row = math.prod(shape[1:]) if shape else 1
     step = max(1, rows_at_once // max(1, per_row))
-    n_rows = shape[0]
-    for r in range(0, n_rows, step):
-        b = base[r:r + step].to(torch.float64).flatten()
-        deltas = [s[r:r + step].to(torch.float64).flatten() - b for s in sources]
-        for i, di in enumerate(deltas):
-            for j in range(i, len(deltas)):
-                gram[i][j] += float(di @ deltas[j])
+    blocks = [slice(r, r + step) for r in range(0, shape[0], step)] if shape else [...]
+    out = None
+    for rows in blocks:
+        parts = [s[rows] for s in sources]
+        acc = parts[0].to(torch.float32, copy=True)
+        for t in parts[1:]:
+            acc.add_(t.to(torch.float32))
+        if out is None:
+            out = torch.empty(shape, dtype=parts[0].dtype)
+        out[rows] = (acc / len(sources)).to(parts[0].dtype)
+        if base is not None and gram is not None:
+            b = base[rows].to(torch.float64).flatten()
+            deltas = [t.to(torch.float64).flatten() - b for t in parts]
+            for i, di in enumerate(deltas):
+                for j in range(i, len(deltas)):
+                    gram[i][j] += float(di @ deltas[j])
+    return out
 
 
 def soup(sources: list[str | Path], out: str | Path) -> Path:
     """Average the models of ``sources`` uniformly into the HF model directory ``out`` (see the module doc)."""
     from contextlib import ExitStack
 
-    import torch
     from safetensors import safe_open
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
@@ -163,30 +171,20 @@ def soup(sources: list[str | Path], out: str | Path) -> Path:
                 shutil.copy2(f, tmp / f.name)
         handles: dict[Path, object] = {}
 
-        def handle(d: Path, shards: dict[str, str], k: str):
+        def part(d: Path, shards: dict[str, str], k: str):
+            """Tensor ``k`` of the model in ``d`` as a safetensors slice (each file opened once)."""
             path = d / shards[k]
             if path not in handles:
                 handles[path] = stack.enter_context(safe_open(str(path), "pt"))
-            return handles[path]
-
-        def tensor(d: Path, shards: dict[str, str], k: str):
-            return handle(d, shards, k).get_tensor(k)
-
-        def part(d: Path, shards: dict[str, str], k: str):
-            return handle(d, shards, k).get_slice(k)
+            return handles[path].get_slice(k)
 
         total = sum(len(v) for v in by_file.values())
         with tqdm(total=total, desc=f"averaging {len(dirs)} models", unit="tensor", disable=tqdm_disable()) as bar:
             for name, keys in sorted(by_file.items()):
                 out_tensors = {}
                 for k in keys:
-                    first = tensor(dirs[0], maps[0], k)
-                    acc = first.to(torch.float32, copy=True)
-                    for d, shards in zip(dirs[1:], maps[1:]):
-                        acc.add_(tensor(d, shards, k).to(torch.float32))
-                    out_tensors[k] = (acc / len(dirs)).to(first.dtype).contiguous()
-                    if base is not None:
-                        add_gram(gram, [part(d, m, k) for d, m in zip(dirs, maps)], part(base, base_map, k))
+                    out_tensors[k] = average([part(d, m, k) for d, m in zip(dirs, maps)],
+                                             part(base, base_map, k) if base is not None else None, gram)
                     bar.update(1)
                 save_file(out_tensors, str(tmp / name), metadata={"format": "pt"})
         for i in range(len(dirs)):

@@ -108,14 +108,16 @@ def test_the_sources_updates_are_measured_against_their_base(tiny_model_dir, tmp
     assert up["pairwise_cosine"][0][2] == pytest.approx(1.0, abs=1e-4)
     mean_norm = (2 * float(d0.norm()) + float(d1.norm())) / 3
     assert up["kept"] == pytest.approx(float((2 * d0 + d1).norm()) / 3 / mean_norm, abs=1e-4)
-    from safetensors import safe_open  # read in blocks of a few rows, the Gram matrix is the same
+    from safetensors import safe_open  # read in blocks of a few rows, the mean and the Gram matrix are the same
     with safe_open(str(srcs[0] / "model.safetensors"), "pt") as f0, safe_open(str(srcs[1] / "model.safetensors"),
                                                                               "pt") as f1, \
             safe_open(str(tiny_model_dir / "model.safetensors"), "pt") as fb:
         whole, blocks = [[0.0] * 2 for _ in range(2)], [[0.0] * 2 for _ in range(2)]
         for k in f0.keys():
-            soup.add_gram(whole, [f0.get_slice(k), f1.get_slice(k)], fb.get_slice(k))
-            soup.add_gram(blocks, [f0.get_slice(k), f1.get_slice(k)], fb.get_slice(k), rows_at_once=7)
+            mean = soup.average([f0.get_slice(k), f1.get_slice(k)], fb.get_slice(k), whole)
+            by_rows = soup.average([f0.get_slice(k), f1.get_slice(k)], fb.get_slice(k), blocks, rows_at_once=7)
+            assert torch.equal(by_rows, mean)
+            torch.testing.assert_close(mean, (ws[0][k] + ws[1][k]) / 2, rtol=0, atol=1e-6)
     assert blocks[0] == pytest.approx(whole[0], rel=1e-9) and blocks[1][1] == pytest.approx(whole[1][1], rel=1e-9)
     assert whole[0][1] == pytest.approx(float(d0 @ d1), rel=1e-9)
     opposite = json.loads((soup.soup([srcs[0], mirror], tmp_path / "zero") / "soup.json").read_text())["updates"]
