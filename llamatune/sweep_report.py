@@ -24,12 +24,18 @@ def selection_key(val: dict) -> tuple[float, float]:
     return selection_score(val), val["accuracy"]["value"]
 
 
+def setting_of(row: dict) -> str:
+    """The setting a sweep row belongs to: its ``setting`` (``NAME`` of a ``NAME-seedS`` run), else its name (rows
+    written before seeds were)."""
+    return row.get("setting") or row["name"]
+
+
 def by_setting(rows: list[dict]) -> list[dict]:
     """The rows grouped by setting (a run without ``seeds`` is a setting of one seed), in first-seen order: the rows,
     the seeds, each seed's score, their mean, min and max, and the mean validation accuracy."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(r.get("setting") or r["name"], []).append(r)
+        groups.setdefault(setting_of(r), []).append(r)
     out = []
     for name, rs in groups.items():
         scores = [selection_score(r["val"]) for r in rs]
@@ -97,7 +103,7 @@ def markdown(rows: list[dict], search: dict | None = None, val_fraction: float =
     if sha:
         lines.append(f"Successive halving, eta {search['eta']}: rungs of {', '.join(map(str, search['rungs']))} steps "
                      "(steps shown as trained/budget); → = continued to the next rung.")
-    if not sha and any((r.get("setting") or r["name"]) != r["name"] for r in rows):  # seeds: a setting by its mean
+    if not sha and any(setting_of(r) != r["name"] for r in rows):  # seeds: a setting by its mean
         settings = by_setting(rows)
         top = max(settings, key=lambda g: (g["mean"], g["accuracy"]))
         lines += ["", f"| setting | seeds | score, mean [min, max] | val accuracy, mean | vs {top['setting']}: "

@@ -329,6 +329,8 @@ def test_seed_sets_the_lora_init_and_the_order_data_seed_the_order_alone(funccal
     """What README part 13 relies on: TRL seeds before PEFT draws the adapter, and the sampler takes ``data_seed``
     when it is set, so ``data_seed`` changes the order of the training rows and keeps ``seed``'s LoRA initialisation;
     another ``seed`` changes both."""
+    import torch
+
     from llamatune.recipe import load_recipe
     from llamatune.train import build_trainer
 
@@ -347,12 +349,6 @@ def test_seed_sets_the_lora_init_and_the_order_data_seed_the_order_alone(funccal
     assert len(order0) == len(set(order0)) >= 15  # distinct rows, so an order is a permutation of them
     assert sorted(order_d1) == sorted(order0) and sorted(order1) == sorted(order0)
     assert order_d1 != order0 and order1 != order0
-    assert init_d1.keys() == init0.keys() and all(torch_equal(init_d1[k], init0[k]) for k in init0)
-    assert not any(torch_equal(init1[k], init0[k]) for k in init0)
+    assert init_d1.keys() == init0.keys() and all(torch.equal(init_d1[k], init0[k]) for k in init0)
+    assert not any(torch.equal(init1[k], init0[k]) for k in init0)
     assert drawn("again", "--data_seed=1")[1] == order_d1  # and each is reproducible
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return bool(torch.equal(a, b))
